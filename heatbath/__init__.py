@@ -1,0 +1,28 @@
+"""heatbath: stochastic-gradient MCMC, variational inference and their optimizer limits.
+
+Every method moves parameters along the gradient of the (minibatch) log posterior with
+noise at a temperature T: T = 1 samples the posterior, T -> 0 anneals, T = 0 optimizes.
+
+    import heatbath as hb
+    result = hb.sample(model, hb.samplers.sgld(step_size=1e-4), data={"X": X, "y": y},
+                       batch_size=100, num_samples=2000, num_chains=4)
+    result.to_arviz()
+"""
+
+from heatbath import diagnostics, kernels, models, optim, samplers
+from heatbath.run import OptimizeResult, Result, optimize, sample
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "sample",
+    "optimize",
+    "Result",
+    "OptimizeResult",
+    "kernels",
+    "samplers",
+    "optim",
+    "models",
+    "diagnostics",
+    "__version__",
+]

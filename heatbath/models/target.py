@@ -1,0 +1,227 @@
+"""Targets: what every sampler, optimizer and VI method consumes.
+
+A :class:`Target` is the log posterior of a model in an unconstrained space, split so that
+minibatches are cheap:
+
+    log p(theta | x) = log_prior(theta) + sum_{i=1}^N log_lik(theta, x_i)
+
+- ``terms(params, batch) -> (log_prior, log_lik_sum)``: one evaluation of both parts, the
+  likelihood summed (unscaled) over the batch's rows. Everything else derives from it.
+- ``data``: a pytree of arrays whose leaves share the leading axis N (``num_data``).
+- ``init_params(key)``: a starting point (uniform(-2, 2) in the unconstrained space).
+- ``constrain(params)``: the user's space, with deterministic sites (a dict name -> array).
+- ``unconstrain(values)``: the inverse, for user-given initial values.
+- ``nonsmooth``: an optional nonsmooth term with its proximity operator (Bregman methods).
+
+Build one with :func:`from_logdensity` (plain JAX) or
+:func:`heatbath.models.from_numpyro` (a NumPyro model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from heatbath.kernels import tree as _tree
+
+PyTree = Any
+
+__all__ = ["Target", "from_logdensity", "validate_data", "named_leaves"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    terms: Callable
+    data: PyTree
+    num_data: int
+    init_params: Callable
+    constrain_fn: Callable  # (params, data) -> dict of constrained values
+    unconstrain: Callable
+    name: str = "target"
+    minibatch_error: Optional[str] = None  # why this target cannot be minibatched, if it cannot
+    observed_data: Optional[dict] = None
+    nonsmooth: Any = None
+    discrete_error: Optional[str] = None  # why gradient methods cannot run, if they cannot
+
+    # -- the contract's derived functions -------------------------------------------------
+    def logprior(self, params):
+        """log p(theta) in the unconstrained space (Jacobian included)."""
+        return self.terms(params, jax.tree.map(lambda x: x[:1], self.data))[0]
+
+    def loglik(self, params, batch):
+        """sum_{i in batch} log p(x_i | theta), unscaled."""
+        return self.terms(params, batch)[1]
+
+    def logdensity(self, params, batch=None):
+        """Unbiased estimate of the log posterior: log p(theta) + (N/n) sum_batch log p(x_i|theta).
+
+        With ``batch=None`` the full data is used and the value is exact.
+        """
+        batch = self.data if batch is None else batch
+        lp, ll = self.terms(params, batch)
+        n = jax.tree.leaves(batch)[0].shape[0]
+        return lp + (self.num_data / n) * ll
+
+    def constrain(self, params):
+        """Map unconstrained params to the user's space (a dict name -> array)."""
+        return self.constrain_fn(params, self.data)
+
+    def with_data(self, data) -> "Target":
+        """The same model on other data (same structure and row format)."""
+        data, num = validate_data(data, _structure_of=self.data)
+        return dataclasses.replace(self, data=data, num_data=num)
+
+    def example_params(self):
+        """Shapes and dtypes of the unconstrained parameters (no computation)."""
+        return jax.eval_shape(self.init_params, jax.random.key(0))
+
+
+def _leaf_name(path) -> str:
+    parts = []
+    for p in path:
+        if isinstance(p, jax.tree_util.DictKey):
+            parts.append(str(p.key))
+        elif isinstance(p, jax.tree_util.SequenceKey):
+            parts.append(str(p.idx))
+        elif isinstance(p, jax.tree_util.GetAttrKey):
+            parts.append(str(p.name))
+        else:
+            parts.append(str(p))
+    return ".".join(parts)
+
+
+def named_leaves(tree: PyTree, default: str = "theta") -> dict:
+    """A flat dict name -> leaf: dict keys (joined by '.') or positions; a bare array is ``default``."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if len(leaves) == 1 and not leaves[0][0]:
+        return {default: leaves[0][1]}
+    return {_leaf_name(path) or default: leaf for path, leaf in leaves}
+
+
+def validate_data(data, *, _structure_of=None):
+    """Check a data pytree: arrays with one shared leading axis N > 0, finite values.
+
+    Returns ``(data as jax arrays, N)``. Raises ``ValueError`` naming the offending leaf.
+    """
+    if data is None:
+        raise ValueError("data is None: pass the data (a pytree of arrays with leading axis N)")
+    flat = jax.tree_util.tree_flatten_with_path(data)[0]
+    if not flat:
+        raise ValueError("data is empty: it must hold at least one array with a leading axis N")
+    if _structure_of is not None and jax.tree.structure(data) != jax.tree.structure(_structure_of):
+        raise ValueError(
+            f"data has structure {jax.tree.structure(data)}, expected {jax.tree.structure(_structure_of)}"
+        )
+    lengths = {}
+    out = []
+    for path, leaf in flat:
+        name = _leaf_name(path) or "data"
+        arr = np.asarray(leaf)
+        if arr.dtype == object:
+            raise TypeError(f"data leaf {name!r} is not a numeric array (dtype object)")
+        if arr.ndim == 0:
+            raise ValueError(f"data leaf {name!r} is a scalar; every data leaf needs a leading axis of rows")
+        if arr.shape[0] == 0:
+            raise ValueError(f"data leaf {name!r} has no rows (shape {arr.shape})")
+        if np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.integer):
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                first = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise ValueError(
+                    f"data leaf {name!r} contains {int(bad.sum())} NaN or infinite value(s), the first at "
+                    f"index {first}; drop or impute those rows (or mask them in the model)"
+                )
+        lengths[name] = arr.shape[0]
+        out.append(jnp.asarray(arr))
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k}: {v}" for k, v in lengths.items())
+        raise ValueError(f"data arrays have unequal numbers of rows ({detail}); all leaves need the same leading axis")
+    treedef = jax.tree.structure(data)
+    return jax.tree.unflatten(treedef, out), next(iter(lengths.values()))
+
+
+def from_logdensity(
+    logprior: Callable,
+    loglik: Callable,
+    data,
+    *,
+    params=None,
+    constrain: Optional[Callable] = None,
+    unconstrain: Optional[Callable] = None,
+    name: str = "target",
+) -> Target:
+    """A target from plain JAX functions.
+
+    Args:
+      logprior: ``logprior(params) -> scalar``, log p(theta) in the space the sampler moves in.
+      loglik: ``loglik(params, batch) -> scalar``, the *sum* over the batch's rows of
+        log p(x_i | theta). ``batch`` has the structure of ``data`` with n rows.
+      data: a pytree of arrays sharing the leading axis N (e.g. ``(X, y)`` or a dict).
+      params: an example of the parameters (a pytree; only shapes and dtypes are used). It
+        gives the default initialisation (uniform(-2, 2), as for NumPyro models) and lets
+        the functions be checked now; without it ``hb.sample`` needs ``init=``.
+      constrain: optional map to the user's space returning a dict name -> array; the default
+        names the leaves of ``params`` (dict keys, or ``theta`` for a bare array).
+      unconstrain: the inverse of ``constrain`` (default: identity), used for user inits.
+    """
+    if not callable(logprior) or not callable(loglik):
+        raise TypeError("from_logdensity needs callables logprior(params) and loglik(params, batch)")
+    data, num_data = validate_data(data)
+
+    def terms(p, batch):
+        return logprior(p), loglik(p, batch)
+
+    if params is not None:
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), params)
+        probe = jax.tree.map(lambda x: x[:2], data)
+        try:
+            lp_shape, ll_shape = jax.eval_shape(terms, shapes, probe)
+        except Exception as err:  # noqa: BLE001 - re-raised with context
+            raise ValueError(f"logprior/loglik fail on the example params and a 2-row batch: {err}") from err
+        if lp_shape.shape != ():
+            raise ValueError(f"logprior must return a scalar, got shape {lp_shape.shape}")
+        if ll_shape.shape != ():
+            raise ValueError(
+                f"loglik must return the sum over the batch's rows (a scalar), got shape {ll_shape.shape}; "
+                "wrap it as lambda p, b: jnp.sum(per_row(p, b))"
+            )
+
+        def init_params(key):
+            return _tree.uniform_like(key, shapes)
+
+    else:
+
+        def init_params(key):
+            raise ValueError(
+                "this target was built without example params: pass init=... to the driver, or "
+                "params=... to from_logdensity"
+            )
+
+    if constrain is None:
+
+        def constrain_fn(p, data_):
+            del data_
+            return named_leaves(p)
+
+    else:
+
+        def constrain_fn(p, data_):
+            del data_
+            out = constrain(p)
+            return out if isinstance(out, dict) else named_leaves(out)
+
+    unconstrain_fn = unconstrain if unconstrain is not None else (lambda values: values)
+    return Target(
+        terms=terms,
+        data=data,
+        num_data=num_data,
+        init_params=init_params,
+        constrain_fn=constrain_fn,
+        unconstrain=unconstrain_fn,
+        name=name,
+        observed_data=None,
+    )

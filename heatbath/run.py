@@ -1,0 +1,637 @@
+"""The drivers: ``sample`` and ``optimize`` (``fit`` lives with the VI methods).
+
+One loop serves every method. Per chain the carry is (sampler state, gradient-estimator
+state, PRNG key); a step draws the minibatch indices inside the scan, builds the gradient
+estimator's ``grad_fn`` and calls ``sampler.step``. Chains run under ``vmap`` inside the
+scan body (so a progress callback sits outside the vmap), the thinning steps run in an
+inner scan, and the draws come back to the host chunk by chunk: each chunk is one compiled
+``lax.scan``, so memory is bounded by the chunk, not the run. Nothing syncs with the host
+inside a chunk except the optional progress bar.
+
+Reproducibility: chain i uses the key ``fold_in(key(seed), i)``, so its draws do not depend
+on how many chains run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import time
+import warnings
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from heatbath.kernels import tree as _tree
+from heatbath.kernels.gradients import Estimator
+from heatbath.models.numpyro_bridge import from_numpyro
+from heatbath.models.target import Target, named_leaves
+from heatbath.samplers.base import Sampler
+
+__all__ = ["sample", "optimize", "Result", "OptimizeResult", "as_target"]
+
+_MAP_KEY = 2**31 - 1  # fold_in index of the key used for the control-variates MAP search
+_CHUNK_BYTES = 1 << 27  # draws kept on device per chunk (128 MiB)
+
+
+# ----------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Result:
+    """Draws of ``hb.sample``.
+
+    Attributes:
+      samples: name -> array (chain, draw, ...) on the constrained (user's) scale, with the
+        model's deterministic sites.
+      stats: name -> array (chain, draw): ``step_size``, ``temperature``, ``grad_norm``,
+        ``lp`` (the log-density estimate), ``diverging`` (any non-finite state since the
+        previous draw) and whatever else the sampler reports.
+      final_state: the sampler state of every chain after the last step (leading axis chain);
+        ``final_state.position`` is the unconstrained position.
+      grad_evals: per-datum likelihood-gradient evaluations per chain (MAP search included).
+      num_data: N. ``grad_evals / num_data`` is the cost in passes over the data.
+      wall_time, compile_time: seconds (wall_time includes compile_time).
+    """
+
+    samples: dict
+    stats: dict
+    final_state: Any
+    grad_evals: float
+    num_data: int
+    wall_time: float
+    compile_time: float
+    sampler_name: str
+    observed_data: Optional[dict] = None
+    centre: Any = None
+
+    @property
+    def num_chains(self) -> int:
+        return int(next(iter(self.stats.values())).shape[0])
+
+    @property
+    def num_draws(self) -> int:
+        return int(next(iter(self.stats.values())).shape[1])
+
+    @property
+    def data_passes(self) -> float:
+        return self.grad_evals / self.num_data
+
+    def diverged_chains(self) -> list:
+        """Indices of the chains with at least one diverging draw."""
+        div = np.asarray(self.stats["diverging"])
+        return [int(c) for c in np.nonzero(div.any(axis=1))[0]]
+
+    def to_arviz(self):
+        """An ArviZ object: posterior (constrained), sample_stats, observed_data."""
+        from heatbath.diagnostics.arviz import to_arviz
+
+        return to_arviz(
+            self.samples,
+            self.stats,
+            self.observed_data,
+            attrs={"inference_library": "heatbath", "sampler": self.sampler_name},
+        )
+
+    def summary(self, **kwargs):
+        """``arviz.summary`` of the posterior; warns when some chains diverged."""
+        import arviz as az
+
+        bad = self.diverged_chains()
+        if bad:
+            warnings.warn(
+                f"chains {bad} diverged (non-finite states); their draws are in the summary: "
+                "inspect stats['diverging'] and lower the step size",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return az.summary(self.to_arviz(), **kwargs)
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{k}{tuple(v.shape[2:])}" for k, v in self.samples.items())
+        return (
+            f"Result({self.sampler_name}: {self.num_chains} chains x {self.num_draws} draws of {names}; "
+            f"{self.data_passes:.1f} data passes, {self.wall_time:.2f}s)"
+        )
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    """Output of ``hb.optimize``.
+
+    ``params``: the final unconstrained parameters; ``values``: the same on the user's scale;
+    ``trace``: name -> array over recorded steps (``lp``, ``grad_norm``, ...).
+    """
+
+    params: Any
+    values: dict
+    trace: dict
+    grad_evals: float
+    num_data: int
+    wall_time: float
+    compile_time: float
+
+    @property
+    def data_passes(self) -> float:
+        return self.grad_evals / self.num_data
+
+
+# ----------------------------------------------------------------------------------------
+# Input checks (all before any compilation)
+# ----------------------------------------------------------------------------------------
+def _check_int(value, name: str, minimum: int, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def as_target(model_or_target, data=None) -> Target:
+    """A :class:`Target` from a Target or a NumPyro model and its data.
+
+    For a NumPyro model, ``data`` holds the model's arguments: a dict of keyword arguments,
+    or a tuple of positional ones.
+    """
+    if isinstance(model_or_target, Target):
+        return model_or_target if data is None else model_or_target.with_data(data)
+    if callable(model_or_target):
+        if data is None:
+            return from_numpyro(model_or_target)
+        if isinstance(data, dict):
+            return from_numpyro(model_or_target, **data)
+        if isinstance(data, (tuple, list)):
+            return from_numpyro(model_or_target, *data)
+        raise TypeError(
+            "data for a NumPyro model must be a dict of keyword arguments or a tuple of positional ones, "
+            f"got {type(data).__name__}"
+        )
+    raise TypeError(
+        "expected a NumPyro model (a callable) or a heatbath Target (hb.models.from_numpyro / "
+        f"from_logdensity), got {type(model_or_target).__name__}"
+    )
+
+
+def _check_target_for_gradients(target: Target, batch_size):
+    if target.discrete_error:
+        raise ValueError(target.discrete_error)
+    if batch_size is not None:
+        if target.minibatch_error:
+            raise ValueError(target.minibatch_error)
+        if batch_size > target.num_data:
+            raise ValueError(f"batch_size={batch_size} is larger than the data ({target.num_data} rows)")
+
+
+def _check_sampler(sampler):
+    if not isinstance(sampler, Sampler):
+        raise TypeError(
+            "sampler must be a heatbath Sampler (e.g. hb.samplers.sgld(step_size=1e-4)), "
+            f"got {type(sampler).__name__}"
+        )
+
+
+def _initial_positions(target: Target, init, keys, num_chains):
+    """Unconstrained initial positions with a leading chain axis."""
+    if init is None:
+        return jax.vmap(target.init_params)(keys)
+    try:
+        example = target.example_params()
+    except ValueError:
+        example = None
+    values = target.unconstrain(init) if example is not None else init
+    if example is not None and isinstance(example, dict) and isinstance(values, dict):
+        # Sites not given by the user start at the default.
+        missing = set(example) - set(values)
+        if missing:
+            default = jax.vmap(target.init_params)(keys)
+            values = {k: (values[k] if k in values else None) for k in example}
+            leaves = {}
+            for k in example:
+                if k in missing:
+                    leaves[k] = default[k]
+                else:
+                    leaves[k] = jnp.broadcast_to(jnp.asarray(values[k], example[k].dtype), (num_chains,) + example[k].shape)
+            return leaves
+    if example is not None:
+        if jax.tree.structure(values) != jax.tree.structure(example):
+            raise ValueError(
+                f"init has tree structure {jax.tree.structure(values)}, the target's parameters have "
+                f"{jax.tree.structure(example)}"
+            )
+
+        def broadcast(v, e):
+            v = jnp.asarray(v, e.dtype)
+            if v.shape == e.shape:
+                return jnp.broadcast_to(v, (num_chains,) + e.shape)
+            if v.shape == (num_chains,) + e.shape:
+                return v
+            raise ValueError(f"init leaf of shape {v.shape} does not match the parameter shape {e.shape}")
+
+        return jax.tree.map(broadcast, values, example)
+    # No example params: broadcast the user's pytree unless it already has a chain axis.
+    return jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v), (num_chains,) + jnp.shape(v)), values)
+
+
+def _check_init_finite(target: Target, positions, data):
+    """Fail early (before the long compile) if the log density is not finite at the start."""
+    # Eager (op-by-op, cached per primitive): no compilation of a throwaway function per call.
+    lp, ll = jax.vmap(target.terms, in_axes=(0, None))(positions, jax.tree.map(lambda x: x[:1], data))
+    bad = np.nonzero(~np.isfinite(np.asarray(lp + ll)))[0]
+    if bad.size:
+        raise ValueError(
+            f"the log density is not finite at the initial position of chain(s) {bad.tolist()}; "
+            "pass init=... inside the support"
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Progress bar (host side, fed by callbacks from inside the scan)
+# ----------------------------------------------------------------------------------------
+class _Progress:
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.enabled = enabled and total > 0
+        self.bar = None
+        self.total = total
+        self.desc = desc
+        self.every = max(1, total // 50)
+
+    def __enter__(self):
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.desc, leave=True, dynamic_ncols=True)
+        return self
+
+    def update(self, n):
+        if self.bar is not None:
+            self.bar.update(int(n))
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ----------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------
+def _make_step(sampler: Sampler, estimator: Estimator, batch_size, num_data):
+    """One transition of one chain: draw a minibatch, estimate the gradient, step."""
+
+    def one_step(carry, shared_est, data):
+        state, est_state, key = carry
+        key, key_batch, key_step = jax.random.split(key, 3)
+        if estimator.shared:
+            current = shared_est
+        else:
+            current = estimator.refresh(est_state, state.position, data, state.step)
+        if batch_size is None:
+            batch = data
+        else:
+            idx = jax.random.randint(key_batch, (batch_size,), 0, num_data)
+            batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0, mode="clip"), data)
+
+        def grad_fn(position, b):
+            return estimator.estimate(current, position, b)
+
+        state, info = sampler.step(key_step, state, batch, grad_fn)
+        return (state, est_state if estimator.shared else current, key), info
+
+    return one_step
+
+
+def _make_chunk(one_step, num_draws: int, thinning: int, record, progress: Optional[_Progress], keep: bool = True):
+    """A function running ``num_draws * thinning`` steps of all chains, recording every ``thinning``-th.
+
+    ``record(position, data)`` maps one chain's position to what is kept (the constrained
+    draw, deterministic sites included); None records only the infos. ``keep=False`` (warmup)
+    returns nothing per draw.
+    """
+    vstep = jax.vmap(one_step, in_axes=(0, None, None))
+    vrecord = None if record is None else jax.vmap(record, in_axes=(0, None))
+
+    def draw(carry, shared_est, data):
+        def inner(c, _):
+            c, info = vstep(c, shared_est, data)
+            return c, info
+
+        if thinning == 1:
+            return vstep(carry, shared_est, data)
+        carry, infos = jax.lax.scan(inner, carry, None, length=thinning)
+        info = jax.tree.map(lambda x: x[-1], infos)
+        if hasattr(info, "diverging"):
+            info = info._replace(diverging=jnp.any(infos.diverging, axis=0))
+        return carry, info
+
+    def chunk(carry, shared_est, data):
+        def body(c, i):
+            c, info = draw(c, shared_est, data)
+            if progress is not None and progress.enabled:
+                every = progress.every
+
+                def tick():
+                    jax.debug.callback(progress.update, every * thinning)
+
+                jax.lax.cond((i + 1) % every == 0, tick, lambda: None)
+            if not keep:
+                return c, None
+            out = (vrecord(c[0].position, data) if vrecord is not None else (), info)
+            return c, out
+
+        return jax.lax.scan(body, carry, jnp.arange(num_draws))
+
+    return chunk
+
+
+def _chunk_lengths(total: int, size: int):
+    full, rest = divmod(total, size)
+    return [size] * full + ([rest] if rest else [])
+
+
+def _run(
+    target: Target,
+    sampler: Sampler,
+    estimator: Estimator,
+    positions,
+    chain_keys,
+    *,
+    batch_size,
+    num_draws: int,
+    thinning: int,
+    num_warmup: int,
+    chunk_size: Optional[int],
+    progress_bar: bool,
+    desc: str,
+    record: Optional[Callable] = None,
+):
+    """Run all chains; return host arrays of recorded draws (draw, chain, ...) and infos, plus timings."""
+    data = target.data
+    one_step = _make_step(sampler, estimator, batch_size, target.num_data)
+    num_chains = jax.tree.leaves(positions)[0].shape[0]
+    init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(chain_keys)
+    run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(chain_keys)
+    states = jax.vmap(sampler.init)(positions, init_keys)
+    if estimator.shared:
+        shared_est = estimator.init(jax.tree.map(lambda x: x[0], positions), data)
+        est_states = ()
+    else:
+        shared_est = ()
+        est_states = jax.vmap(estimator.init, in_axes=(0, None))(positions, data)
+    carry = (states, est_states, run_keys)
+
+    per_draw = num_chains * (
+        sum(int(np.prod(l.shape[1:])) * l.dtype.itemsize for l in jax.tree.leaves(positions)) + 64
+    )
+    if chunk_size is None:
+        chunk_size = max(1, min(num_draws, _CHUNK_BYTES // max(per_draw, 1)))
+    compile_time = 0.0
+    compiled = {}
+
+    def get(length, steps, keep, progress):
+        key = (length, steps, keep)
+        nonlocal compile_time
+        if key not in compiled:
+            fn = _make_chunk(one_step, length, steps, record, progress, keep)
+            t0 = time.perf_counter()
+            compiled[key] = jax.jit(fn).lower(carry, shared_est, data).compile()
+            compile_time += time.perf_counter() - t0
+        return compiled[key]
+
+    draws, infos = [], []
+    with _Progress(num_warmup + num_draws * thinning, desc, progress_bar) as progress:
+        if num_warmup:
+            for length in _chunk_lengths(num_warmup, max(1, chunk_size * thinning)):
+                carry, _ = get(length, 1, False, progress)(carry, shared_est, data)
+        for length in _chunk_lengths(num_draws, chunk_size):
+            carry, (pos, info) = get(length, thinning, True, progress)(carry, shared_est, data)
+            draws.append(jax.device_get(pos))
+            infos.append(jax.device_get(info))
+        jax.block_until_ready(carry)
+    positions_out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *draws)
+    infos_out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *infos)
+    return positions_out, infos_out, carry, compile_time
+
+
+def _grad_evals_per_chain(estimator: Estimator, sampler: Sampler, batch_size, num_data, num_steps):
+    rows = num_data if batch_size is None else batch_size
+    cost = num_steps * sampler.grads_per_step * estimator.rows_per_estimate * rows
+    if estimator.refresh_every:
+        cost += (num_steps // estimator.refresh_every) * num_data
+    return float(cost + estimator.rows_at_init)
+
+
+def _seed_key(seed):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+            return seed
+        raise TypeError(f"seed must be an integer or a JAX key, got {seed!r}")
+    return jax.random.key(int(seed))
+
+
+# ----------------------------------------------------------------------------------------
+# Public drivers
+# ----------------------------------------------------------------------------------------
+def sample(
+    model_or_target,
+    sampler: Sampler,
+    *,
+    data=None,
+    batch_size: Optional[int] = None,
+    num_samples: int,
+    num_warmup: int = 0,
+    thinning: int = 1,
+    num_chains: int = 1,
+    seed=0,
+    init=None,
+    progress_bar: bool = True,
+    chunk_size: Optional[int] = None,
+) -> Result:
+    """Run a heatbath sampler on a NumPyro model or a Target.
+
+    Args:
+      model_or_target: a NumPyro model (its arguments in ``data``) or a :class:`Target`.
+      sampler: a :class:`Sampler`, e.g. ``hb.samplers.sgld(step_size=1e-4)``.
+      data: the model's arguments (dict of keyword arguments or tuple of positional ones), or
+        new data for a Target.
+      batch_size: minibatch size n (rows drawn uniformly with replacement inside the scan);
+        None for full-batch gradients.
+      num_samples: draws kept per chain; ``num_warmup`` steps are run and discarded first;
+        ``thinning``: steps per kept draw.
+      num_chains: independent chains (run under vmap).
+      seed: an integer (or a JAX key). Chain i's draws depend only on (seed, i).
+      init: initial values on the user's (constrained) scale, a dict for NumPyro models;
+        missing sites start at the default (uniform(-2, 2) in the unconstrained space).
+      progress_bar: show a tqdm bar fed from inside the scan.
+      chunk_size: draws per compiled chunk (bounded memory); default: about 128 MiB of draws.
+
+    Returns:
+      A :class:`Result`.
+    """
+    t_start = time.perf_counter()
+    _check_sampler(sampler)
+    target = as_target(model_or_target, data)
+    num_samples = _check_int(num_samples, "num_samples", 1)
+    num_warmup = _check_int(num_warmup, "num_warmup", 0)
+    thinning = _check_int(thinning, "thinning", 1)
+    num_chains = _check_int(num_chains, "num_chains", 1)
+    batch_size = _check_int(batch_size, "batch_size", 1, allow_none=True)
+    chunk_size = _check_int(chunk_size, "chunk_size", 1, allow_none=True)
+    _check_target_for_gradients(target, batch_size)
+    master = _seed_key(seed)
+    chain_keys = jax.vmap(lambda i: jax.random.fold_in(master, i))(jnp.arange(num_chains))
+    positions = _initial_positions(target, init, jax.vmap(lambda k: jax.random.fold_in(k, 0))(chain_keys), num_chains)
+    _check_init_finite(target, positions, target.data)
+
+    spec = sampler.gradient
+    centre = None
+    map_cost = 0.0
+    if getattr(spec, "needs_centre", False) and spec.centre is None:
+        opt = optimize(
+            target,
+            None,
+            batch_size=batch_size,
+            num_steps=spec.map_steps,
+            seed=jax.random.fold_in(master, _MAP_KEY),
+            init=None,
+            progress_bar=False,
+        )
+        centre = opt.params
+        map_cost = opt.grad_evals
+        spec = spec.with_centre(centre)
+    elif getattr(spec, "needs_centre", False):
+        centre = spec.centre
+    estimator = spec.build(target.terms, target.num_data)
+
+    pos, infos, carry, compile_time = _run(
+        target,
+        sampler,
+        estimator,
+        positions,
+        chain_keys,
+        batch_size=batch_size,
+        num_draws=num_samples,
+        thinning=thinning,
+        num_warmup=num_warmup,
+        chunk_size=chunk_size,
+        progress_bar=progress_bar,
+        desc=sampler.name,
+        record=target.constrain_fn,
+    )
+    # (draw, chain, ...) -> (chain, draw, ...)
+    samples = {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in pos.items()}
+    stats = {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in infos._asdict().items()}
+
+    result = Result(
+        samples=samples,
+        stats=stats,
+        final_state=carry[0],
+        grad_evals=map_cost
+        + _grad_evals_per_chain(estimator, sampler, batch_size, target.num_data, num_warmup + num_samples * thinning),
+        num_data=target.num_data,
+        wall_time=time.perf_counter() - t_start,
+        compile_time=compile_time,
+        sampler_name=sampler.name,
+        observed_data=target.observed_data,
+        centre=centre,
+    )
+    bad = result.diverged_chains()
+    if bad:
+        first = [int(np.argmax(stats["diverging"][c])) for c in bad]
+        warnings.warn(
+            f"{len(bad)} of {num_chains} chain(s) diverged (non-finite state): chains {bad}, first at draws "
+            f"{first}. Their draws are flagged in stats['diverging']; lower the step size.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def _default_optimizer(num_steps: int):
+    import optax
+
+    return optax.adam(optax.cosine_decay_schedule(1e-2, num_steps, alpha=1e-2))
+
+
+def optimize(
+    model_or_target,
+    optimizer=None,
+    *,
+    data=None,
+    batch_size: Optional[int] = None,
+    num_steps: int = 2000,
+    seed=0,
+    init=None,
+    trace_every: Optional[int] = None,
+    progress_bar: bool = False,
+) -> OptimizeResult:
+    """Maximise the log posterior (the MAP): the sampling loop at temperature zero.
+
+    Args:
+      optimizer: a heatbath :class:`Sampler` at temperature 0 (or with a temperature schedule
+        that anneals), or an optax ``GradientTransformation``. Default: Adam with a cosine
+        decay from 1e-2 to 1e-4 (scale-free, robust for a MAP in the unconstrained space).
+      num_steps: optimisation steps; ``trace_every``: steps between recorded trace points
+        (default: about 200 points).
+      Other arguments as in :func:`sample`.
+    """
+    from heatbath.optim.optax_bridge import from_optax
+
+    t_start = time.perf_counter()
+    num_steps = _check_int(num_steps, "num_steps", 1)
+    if optimizer is None:
+        optimizer = from_optax(_default_optimizer(num_steps), name="adam")
+    elif not isinstance(optimizer, Sampler):
+        optimizer = from_optax(optimizer)
+    T = optimizer.temperature
+    from heatbath.kernels.schedules import is_constant
+
+    t_const = is_constant(T)
+    if t_const is not None and t_const != 0.0:
+        raise ValueError(
+            f"optimize runs at temperature 0 (or an annealing schedule), but the sampler has constant "
+            f"temperature {t_const}; build it with temperature=0.0 or a cooling schedule"
+        )
+    target = as_target(model_or_target, data)
+    batch_size = _check_int(batch_size, "batch_size", 1, allow_none=True)
+    _check_target_for_gradients(target, batch_size)
+    trace_every = _check_int(trace_every, "trace_every", 1, allow_none=True) or max(1, num_steps // 200)
+    master = _seed_key(seed)
+    chain_keys = jax.random.fold_in(master, 0)[None]
+    positions = _initial_positions(target, init, jax.vmap(lambda k: jax.random.fold_in(k, 0))(chain_keys), 1)
+    _check_init_finite(target, positions, target.data)
+    estimator = optimizer.gradient.build(target.terms, target.num_data)
+    trace_every = min(trace_every, num_steps)
+    num_records, rest = divmod(num_steps, trace_every)
+    # The first `rest` steps run unrecorded, then num_records draws every trace_every steps.
+    _, infos, carry, compile_time = _run(
+        target,
+        optimizer,
+        estimator,
+        positions,
+        chain_keys,
+        batch_size=batch_size,
+        num_draws=num_records,
+        thinning=trace_every,
+        num_warmup=rest,
+        chunk_size=None,
+        progress_bar=progress_bar,
+        desc=f"optimize ({optimizer.name})",
+    )
+    params = jax.tree.map(lambda x: x[0], carry[0].position)
+    trace = {k: np.asarray(v)[:, 0] for k, v in infos._asdict().items()}
+    values = {k: np.asarray(v) for k, v in jax.device_get(jax.jit(target.constrain_fn)(params, target.data)).items()}
+    if not bool(_tree.all_finite(params)):
+        warnings.warn("the optimizer diverged (non-finite parameters); lower the learning rate", RuntimeWarning, stacklevel=2)
+    return OptimizeResult(
+        params=params,
+        values=values,
+        trace=trace,
+        grad_evals=_grad_evals_per_chain(estimator, optimizer, batch_size, target.num_data, num_steps),
+        num_data=target.num_data,
+        wall_time=time.perf_counter() - t_start,
+        compile_time=compile_time,
+    )

@@ -1,0 +1,6 @@
+"""Samplers: one module per family, each constructor returning ``Sampler(init, step)``."""
+
+from heatbath.samplers.base import Info, Sampler
+from heatbath.samplers.sgld import psgld, sgld
+
+__all__ = ["Sampler", "Info", "sgld", "psgld"]

@@ -1,0 +1,69 @@
+"""The sampler contract shared by every family (BlackJAX-shaped).
+
+A constructor takes hyperparameters and returns ``Sampler(init, step, ...)``:
+
+- ``init(position, key=None) -> State``: a NamedTuple of arrays with at least ``position``
+  and ``step`` (the step count, which schedules are evaluated at).
+- ``step(key, state, batch, grad_fn) -> (State, Info)``: one transition. The driver supplies
+  ``grad_fn(position, batch) -> (log_density_estimate, grad)``, the gradient estimator of the
+  log posterior (naive, control variates, SVRG, ...), so kernels never see a model.
+- ``Info`` is a NamedTuple whose fields become ``Result.stats``; it always carries
+  ``step_size``, ``temperature``, ``grad_norm``, ``lp`` (the log-density estimate at the
+  start of the step) and ``diverging`` (the new state is not finite).
+
+The extra fields tell the driver what it needs to know without running anything:
+``gradient`` (the estimator spec), ``temperature`` (a schedule, so ``optimize`` can check it
+is zero or annealed), ``grads_per_step`` (gradient-estimator calls per step, for cost
+accounting) and ``hyperparameters`` (for printing and for rebuilding at another temperature).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+from heatbath.kernels import gradients as _gradients
+from heatbath.kernels import schedules as _schedules
+
+__all__ = ["Sampler", "Info", "check_gradient_spec"]
+
+
+class Sampler(NamedTuple):
+    init: Callable
+    step: Callable
+    gradient: Any = _gradients.naive()
+    temperature: Callable = _schedules.constant(1.0)
+    name: str = "sampler"
+    grads_per_step: float = 1.0
+    hyperparameters: dict = {}
+    rebuild: Callable | None = None  # rebuild(**changes) -> Sampler with some hyperparameters changed
+
+
+class Info(NamedTuple):
+    """Per-step diagnostics common to the first-order samplers."""
+
+    step_size: jax.Array
+    temperature: jax.Array
+    grad_norm: jax.Array
+    lp: jax.Array
+    diverging: jax.Array
+
+
+def check_gradient_spec(gradient):
+    """Validate a gradient-estimator spec passed to a sampler constructor."""
+    if isinstance(gradient, str):
+        table = {"naive": _gradients.naive, "cv": _gradients.control_variates,
+                 "control_variates": _gradients.control_variates}
+        if gradient not in table:
+            raise ValueError(
+                f"unknown gradient estimator {gradient!r}; use 'naive', 'cv' or an estimator "
+                "from heatbath.kernels.gradients (naive(), control_variates(...), svrg(...))"
+            )
+        return table[gradient]()
+    if not hasattr(gradient, "build"):
+        raise TypeError(
+            "gradient must be 'naive', 'cv' or a spec from heatbath.kernels.gradients, "
+            f"got {type(gradient).__name__}"
+        )
+    return gradient
