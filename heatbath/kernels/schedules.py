@@ -12,6 +12,12 @@ so a schedule costs one scalar expression per step.
 - ``geometric_cooling(v0, rate, v_min=0)``: v_k = max(v0 rate^k, v_min), an annealing schedule
 - ``polynomial_cooling(v0, num_steps, power)``: v_k = v0 max(1 - k / num_steps, 0)^power,
   reaching exactly 0 at ``num_steps`` (annealing to the MAP)
+- ``cyclical_temperature(T, num_steps, num_cycles, exploration)``: the temperature companion
+  of ``cyclical`` in cSG-MCMC: T_k = 0 in the exploration phase (the first ``exploration``
+  fraction of each cycle, large steps, an optimizer) and T_k = T in the sampling phase (the
+  low-step end of the cycle, where draws are kept)
+- ``in_sampling_phase(step, num_steps, num_cycles, exploration)``: the boolean mask of the
+  sampling phase, to select the draws of a cSG-MCMC run
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import math
 import numbers
 from typing import Callable, Union
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,6 +41,8 @@ __all__ = [
     "cyclical",
     "geometric_cooling",
     "polynomial_cooling",
+    "cyclical_temperature",
+    "in_sampling_phase",
     "is_constant",
 ]
 
@@ -119,13 +128,66 @@ def polynomial_cooling(value: float, num_steps: int, power: float = 1.0) -> Sche
     return schedule
 
 
+def _check_cycles(num_steps, num_cycles, exploration, who):
+    for name, v in (("num_steps", num_steps), ("num_cycles", num_cycles)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{who} needs an integer {name}, got {v!r}")
+    if num_steps <= 0 or num_cycles <= 0 or num_cycles > num_steps:
+        raise ValueError(f"{who} needs 0 < num_cycles <= num_steps, got {num_cycles} cycles over {num_steps} steps")
+    if not 0.0 <= float(exploration) < 1.0:
+        raise ValueError(f"{who} needs 0 <= exploration < 1 (the fraction of each cycle without noise), got {exploration}")
+    length = math.ceil(num_steps / num_cycles)
+    # The first sampling step of a cycle, in integers so that traced and NumPy steps agree:
+    # r_k >= exploration  <=>  mod(k, L) >= ceil(exploration * L).
+    first = min(length - 1, math.ceil(float(exploration) * length - 1e-9))
+    return length, first
+
+
+def in_sampling_phase(step, num_steps: int, num_cycles: int, exploration: float = 0.8):
+    """The sampling phase of cSG-MCMC (Zhang, Li, Zhang, Chen & Wilson, ICLR 2020).
+
+    With L = ceil(num_steps / num_cycles) and r_k = mod(k, L) / L, step k is in the sampling
+    phase when r_k >= exploration (the low-step-size end of the cosine cycle of
+    :func:`cyclical`), in the exploration phase otherwise. Works on a traced step or a
+    NumPy array of steps (e.g. to select the draws of ``hb.sample`` kept at those steps).
+    """
+    length, first = _check_cycles(num_steps, num_cycles, exploration, "in_sampling_phase")
+    if isinstance(step, (numbers.Integral, np.ndarray, list, tuple)):
+        return np.mod(np.asarray(step, np.int64), length) >= first
+    return jnp.mod(jnp.asarray(step, jnp.int32), length) >= first
+
+
+def cyclical_temperature(value: float, num_steps: int, num_cycles: int, exploration: float = 0.8) -> Schedule:
+    """Temperature of cSG-MCMC (Zhang et al. 2020): 0 while exploring, ``value`` while sampling.
+
+        r_k = mod(k, L) / L,  L = ceil(num_steps / num_cycles)
+        T_k = 0      if r_k < exploration   (exploration: large steps, an optimizer)
+        T_k = value  if r_k >= exploration  (sampling: small steps, Langevin noise on)
+
+    Pair it with ``cyclical(h0, num_steps, num_cycles)`` for the step size, so the noise is on
+    exactly in the low-step end of each cycle; keep the draws where
+    ``in_sampling_phase(step, ...)`` holds (equivalently ``stats["temperature"] > 0``).
+    The paper uses exploration = 0.8 to 0.94 on CIFAR.
+    """
+    if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"cyclical_temperature needs a finite temperature >= 0, got {value!r}")
+    length, first = _check_cycles(num_steps, num_cycles, exploration, "cyclical_temperature")
+    value = float(value)
+
+    def schedule(step):
+        return jnp.where(jnp.mod(jnp.asarray(step, jnp.int32), length) >= first, value, 0.0)
+
+    return schedule
+
+
 def as_schedule(value: ScheduleLike, name: str, *, positive: bool = True) -> Schedule:
     """Turn a number or a callable into a validated schedule.
 
     Raises a ``ValueError`` naming ``name`` when a number is out of range (negative, or zero
     when ``positive``), non-finite, or when a callable does not map a step count to a
     scalar of the allowed range. Callables are checked at steps 0 and 1 eagerly, before
-    any compilation.
+    any compilation, and traced once with an abstract step (a ``TypeError`` when they
+    branch on the step in Python, which would fail only inside the compiled loop).
     """
     if isinstance(value, (numbers.Real, np.ndarray, jnp.ndarray)) and not callable(value):
         if np.ndim(value) != 0:
@@ -154,4 +216,13 @@ def as_schedule(value: ScheduleLike, name: str, *, positive: bool = True) -> Sch
         v = float(out)
         if not math.isfinite(v) or v < 0 or (positive and v == 0 and step == 0):
             raise ValueError(f"{name} schedule returned {v} at step {step}; it must be finite and non-negative")
+    # Inside the sampler's scan the step is a traced int32: a schedule that branches on it
+    # in Python (``if step < 100``) only fails there, deep in the compile. Trace it now.
+    try:
+        jax.eval_shape(value, jax.ShapeDtypeStruct((), jnp.int32))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError) as err:
+        raise TypeError(
+            f"{name} schedule must be a traceable function of the step count (a traced int32 inside "
+            "the compiled loop): use jnp.where / jnp.minimum instead of Python if/int() on the step"
+        ) from err
     return value
