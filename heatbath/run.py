@@ -205,6 +205,11 @@ def _initial_positions(target: Target, init, keys, num_chains):
         example = None
     values = target.unconstrain(init) if example is not None else init
     if example is not None and isinstance(example, dict) and isinstance(values, dict):
+        unknown = set(values) - set(example)
+        if unknown:
+            raise ValueError(
+                f"init has unknown parameter(s) {sorted(unknown)}; the target's parameters are {sorted(example)}"
+            )
         # Sites not given by the user start at the default.
         missing = set(example) - set(values)
         if missing:
@@ -635,3 +640,342 @@ def optimize(
         wall_time=time.perf_counter() - t_start,
         compile_time=compile_time,
     )
+
+
+# ----------------------------------------------------------------------------------------
+# fit: Gaussian variational inference (FB-GVI, BW-SGD); the result is a Gaussian
+# ----------------------------------------------------------------------------------------
+import typing as _typing  # noqa: E402
+
+from jax.flatten_util import ravel_pytree as _ravel_pytree  # noqa: E402
+
+from heatbath.kernels import linalg as _linalg  # noqa: E402
+from heatbath.kernels.gradients import minibatch_logdensity as _minibatch_logdensity  # noqa: E402
+from heatbath.vi import gaussian as _gvi  # noqa: E402
+
+_TRACE_KEY = 3  # fold_in index of the key of the ELBO trace's common random numbers
+
+
+class _FitInfo(_typing.NamedTuple):
+    """What the loop keeps every ``trace_every`` steps: the method's info and its new state."""
+
+    diverging: jax.Array
+    info: Any
+    state: Any
+
+
+def _record_state(step):
+    def wrapped(key, state, batch, grad_fn):
+        new, info = step(key, state, batch, grad_fn)
+        return new, _FitInfo(info.diverging, info, new)
+
+    return wrapped
+
+
+def _flatten_target(target: Target, unravel) -> Target:
+    """The same target on a flat parameter vector x (params = unravel(x)), raveled once."""
+
+    def terms(x, batch):
+        return target.terms(unravel(x), batch)
+
+    def constrain_fn(x, data_):
+        return target.constrain_fn(unravel(x), data_)
+
+    def init_params(key):
+        return _ravel_pytree(target.init_params(key))[0]
+
+    def unconstrain(values):
+        return _ravel_pytree(target.unconstrain(values))[0]
+
+    return dataclasses.replace(
+        target, terms=terms, init_params=init_params, constrain_fn=constrain_fn, unconstrain=unconstrain
+    )
+
+
+@dataclasses.dataclass
+class Gaussian:
+    """The Gaussian approximation N(m, S) returned by :func:`fit`, in the unconstrained space.
+
+    The parameters are flat: m is a vector of the d unconstrained parameters (the model's
+    pytree raveled by ``jax.flatten_util.ravel_pytree``), S a d x d covariance; ``mean`` gives
+    m back as the model's pytree, ``sample`` and ``to_arviz`` map draws to the constrained
+    (user's) space like a :class:`Result`.
+
+    Attributes:
+      state: the method's final state (``state.position`` is m; the covariance's factors).
+      trace: name -> array over the recorded steps: ``step``, ``step_size``, ``temperature``,
+        ``grad_norm``, ``lp`` (mean log-density estimate at the step's points),
+        ``diverging``, ``min_variance`` (SPD check), ``entropy``, ``elbo`` (Monte Carlo
+        estimate of E_q log p~ + H(q) on the full data, when ``elbo_samples > 0``) and ``kl``
+        (exact KL(q || N(exact)), when ``exact`` was given).
+      grad_calls, hvp_calls: gradient evaluations and Hessian-vector products of the log
+        density on the step's batch (MAP search for control variates excluded).
+      grad_evals, hvp_evals: the same in per-datum units (rows touched), estimator
+        initialisation / refreshes and a control-variates MAP search included in grad_evals.
+      wall_time: seconds of the run (compile included); trace_time: seconds spent afterwards
+        computing ``trace``'s entropy / ELBO / KL.
+    """
+
+    state: Any
+    trace: dict
+    grad_calls: float
+    hvp_calls: float
+    grad_evals: float
+    hvp_evals: float
+    num_data: int
+    num_steps: int
+    wall_time: float
+    compile_time: float
+    trace_time: float
+    method_name: str
+    target: Any = dataclasses.field(repr=False, default=None)
+    unravel: Any = dataclasses.field(repr=False, default=None)
+    observed_data: Optional[dict] = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.state.position.shape[-1])
+
+    @property
+    def mean_flat(self) -> np.ndarray:
+        """m as a flat vector (unconstrained)."""
+        return np.asarray(self.state.position)
+
+    @property
+    def mean(self):
+        """m as the model's (unconstrained) parameter pytree."""
+        return jax.device_get(self.unravel(self.state.position))
+
+    @property
+    def cov(self) -> np.ndarray:
+        """The d x d covariance S (formed on request)."""
+        return np.asarray(_gvi.covariance(self.state))
+
+    @property
+    def variance(self) -> np.ndarray:
+        """diag(S), flat."""
+        return np.asarray(_gvi.variance(self.state))
+
+    @property
+    def sd(self) -> np.ndarray:
+        return np.sqrt(self.variance)
+
+    @property
+    def data_passes(self) -> float:
+        return self.grad_evals / self.num_data
+
+    def entropy(self) -> float:
+        """H(q) = (d (1 + log 2 pi) + log det S) / 2."""
+        return float(_gvi.entropy(self.state))
+
+    def kl_to(self, mean, cov) -> float:
+        """KL(q || N(mean, cov)) in the flat unconstrained space (exact)."""
+        mean = jnp.asarray(mean, self.state.position.dtype)
+        cov = jnp.asarray(_linalg.check_spd(cov, "cov", self.dim), self.state.position.dtype)
+        return float(_linalg.gaussian_kl(self.state.position, _gvi.covariance(self.state), mean, cov))
+
+    def sample(self, key, num: int, *, constrained: bool = True):
+        """``num`` draws of q.
+
+        Returns a dict name -> array (num, ...) on the constrained scale (deterministic sites
+        included), like one chain of ``Result.samples``; ``constrained=False`` returns the
+        unconstrained draws as the model's parameter pytree with a leading axis ``num``.
+        """
+        num = _check_int(num, "num", 1)
+        draws = _gvi.sample_normal(_seed_key(key), self.state, num)
+        if not constrained:
+            return jax.device_get(jax.vmap(self.unravel)(draws))
+        values = jax.jit(jax.vmap(self.target.constrain_fn, in_axes=(0, None)))(draws, self.target.data)
+        return {k: np.asarray(v) for k, v in jax.device_get(values).items()}
+
+    def to_arviz(self, num_samples: int = 1000, seed=0):
+        """An ArviZ object with ``num_samples`` draws of q (one chain, constrained)."""
+        from heatbath.diagnostics.arviz import to_arviz
+
+        draws = self.sample(seed, num_samples)
+        return to_arviz(
+            {k: v[None] for k, v in draws.items()},
+            None,
+            self.observed_data,
+            attrs={"inference_library": "heatbath", "method": self.method_name},
+        )
+
+    def elbo(self, key=0, num_samples: int = 1000) -> float:
+        """Monte Carlo ELBO E_q log p~(x) + H(q) on the full data (log p~ unnormalised)."""
+        num_samples = _check_int(num_samples, "num_samples", 1)
+        logdensity = _minibatch_logdensity(self.target.terms, self.target.num_data)
+        draws = _gvi.sample_normal(_seed_key(key), self.state, num_samples)
+        lps = jax.jit(jax.vmap(logdensity, in_axes=(0, None)))(draws, self.target.data)
+        return float(jnp.mean(lps)) + self.entropy()
+
+    def __repr__(self) -> str:
+        return (
+            f"Gaussian({self.method_name}: d={self.dim}, {self.num_steps} steps, {self.grad_calls:g} gradient "
+            f"calls + {self.hvp_calls:g} HVPs, {self.data_passes:.1f} data passes, {self.wall_time:.2f}s)"
+        )
+
+
+def _trace_diagnostics(flat_target: Target, states, eps, exact):
+    """Entropy, ELBO (common random numbers ``eps``) and exact KL at every recorded state."""
+    logdensity = _minibatch_logdensity(flat_target.terms, flat_target.num_data)
+
+    def one(state, data):
+        out = {"entropy": _gvi.entropy(state)}
+        if eps is not None:
+            xs = _gvi.affine(state, eps)
+            lps = jax.vmap(logdensity, in_axes=(0, None))(xs, data)
+            out["elbo"] = jnp.mean(lps) + out["entropy"]
+        if exact is not None:
+            out["kl"] = _linalg.gaussian_kl(state.position, _gvi.covariance(state), exact[0], exact[1])
+        return out
+
+    fn = jax.jit(lambda s, data: jax.lax.map(lambda st: one(st, data), s))
+    return {k: np.asarray(v) for k, v in jax.device_get(fn(states, flat_target.data)).items()}
+
+
+def fit(
+    model_or_target,
+    method: Sampler,
+    *,
+    data=None,
+    batch_size: Optional[int] = None,
+    seed=0,
+    init=None,
+    trace_every: Optional[int] = None,
+    elbo_samples: int = 16,
+    exact=None,
+    progress_bar: bool = False,
+    chunk_size: Optional[int] = None,
+) -> "Gaussian":
+    """Run a Gaussian VI method (``hb.vi.fbgvi``, ``hb.vi.bwsgd``) and return its :class:`Gaussian`.
+
+    The loop is the one of :func:`sample` (one jitted ``lax.scan`` per chunk, minibatch
+    indices drawn inside it) on a single chain whose state is (m, S). The model's parameter
+    pytree is raveled *once* into a flat vector outside the loop (a d x d covariance is
+    inherently flat); the log density unravels it, which XLA compiles to slices.
+
+    Args:
+      model_or_target: a NumPyro model (its arguments in ``data``) or a :class:`Target`.
+      method: ``hb.vi.fbgvi(...)`` or ``hb.vi.bwsgd(...)`` (it carries ``num_steps``).
+      batch_size: minibatch size n for doubly stochastic VI (V~ = -log p(theta) - (N/n) sum
+        over the batch); None: full data.
+      seed: an integer or a JAX key.
+      init: the initial mean on the constrained scale (like :func:`sample`'s ``init``);
+        default: uniform(-2, 2) in the unconstrained space.
+      trace_every: steps between recorded trace points (default: about 100 points).
+      elbo_samples: Monte Carlo draws (common random numbers across trace points) of the ELBO
+        trace, on the full data after the run; 0 skips it. It costs ``elbo_samples`` full-data
+        log-density evaluations per trace point (no gradients), timed in ``trace_time``.
+      exact: ``(mean, cov)`` of a Gaussian target in the flat unconstrained space; the trace
+        then has the exact ``kl``.
+      progress_bar, chunk_size: as in :func:`sample`.
+
+    Returns:
+      A :class:`Gaussian`.
+    """
+    t_start = time.perf_counter()
+    if not _gvi.is_gaussian_vi(method):
+        raise TypeError(
+            "method must be a Gaussian VI method (hb.vi.fbgvi(...) or hb.vi.bwsgd(...)), "
+            f"got {type(method).__name__}"
+        )
+    target = as_target(model_or_target, data)
+    batch_size = _check_int(batch_size, "batch_size", 1, allow_none=True)
+    chunk_size = _check_int(chunk_size, "chunk_size", 1, allow_none=True)
+    elbo_samples = _check_int(elbo_samples, "elbo_samples", 0)
+    _check_target_for_gradients(target, batch_size)
+    num_steps = int(method.hyperparameters["num_steps"])
+    trace_every = _check_int(trace_every, "trace_every", 1, allow_none=True) or max(1, num_steps // 100)
+    trace_every = min(trace_every, num_steps)
+    master = _seed_key(seed)
+    chain_keys = jax.random.fold_in(master, 0)[None]
+    positions = _initial_positions(target, init, jax.vmap(lambda k: jax.random.fold_in(k, 0))(chain_keys), 1)
+    flat0, unravel = _ravel_pytree(jax.tree.map(lambda x: x[0], positions))
+    dim = int(flat0.shape[0])
+    _gvi.check_dimension(method, dim)
+    flat_target = _flatten_target(target, unravel)
+    flat_positions = flat0[None]
+    _check_init_finite(flat_target, flat_positions, flat_target.data)
+    if exact is not None:
+        if not isinstance(exact, (tuple, list)) or len(exact) != 2:
+            raise TypeError("exact must be a (mean, cov) pair of the Gaussian target in the flat unconstrained space")
+        exact_mean = np.asarray(exact[0], dtype=np.float64)
+        if exact_mean.shape != (dim,):
+            raise ValueError(f"exact mean must have shape ({dim},), got {exact_mean.shape}")
+        exact_cov = _linalg.check_spd(exact[1], "exact covariance", dim)
+        exact = (jnp.asarray(exact_mean, flat0.dtype), jnp.asarray(exact_cov, flat0.dtype))
+
+    spec = method.gradient
+    map_cost = 0.0
+    if getattr(spec, "needs_centre", False) and spec.centre is None:
+        opt = optimize(
+            target, None, batch_size=batch_size, num_steps=spec.map_steps,
+            seed=jax.random.fold_in(master, _MAP_KEY), init=None, progress_bar=False,
+        )
+        map_cost = opt.grad_evals
+        spec = spec.with_centre(_ravel_pytree(opt.params)[0])
+    elif getattr(spec, "needs_centre", False):
+        spec = spec.with_centre(_ravel_pytree(spec.centre)[0])
+    estimator = spec.build(flat_target.terms, flat_target.num_data)
+
+    wrapped = method._replace(step=_record_state(method.step))
+    num_records, rest = divmod(num_steps, trace_every)
+    _, infos, carry, compile_time = _run(
+        flat_target,
+        wrapped,
+        estimator,
+        flat_positions,
+        chain_keys,
+        batch_size=batch_size,
+        num_draws=num_records,
+        thinning=trace_every,
+        num_warmup=rest,
+        chunk_size=chunk_size,
+        progress_bar=progress_bar,
+        desc=method.name,
+    )
+    wall_time = time.perf_counter() - t_start
+    final = jax.tree.map(lambda x: x[0], carry[0])
+
+    t_trace = time.perf_counter()
+    states = jax.tree.map(lambda x: jnp.asarray(x[:, 0]), infos.state)
+    trace = {"step": rest + trace_every * (np.arange(num_records) + 1)}
+    trace.update({k: np.asarray(v)[:, 0] for k, v in infos.info._asdict().items()})
+    eps = None
+    if elbo_samples:
+        k = _gvi.num_factor_columns(final)
+        eps = jax.random.normal(jax.random.fold_in(master, _TRACE_KEY), (elbo_samples, k), dtype=flat0.dtype)
+    trace.update(_trace_diagnostics(flat_target, states, eps, exact))
+    trace_time = time.perf_counter() - t_trace
+
+    grads, hvps = _gvi.calls_per_step(method, dim)
+    rows = (flat_target.num_data if batch_size is None else batch_size) * estimator.rows_per_estimate
+    grad_evals = num_steps * grads * rows + estimator.rows_at_init + map_cost
+    if estimator.refresh_every:
+        grad_evals += (num_steps // estimator.refresh_every) * flat_target.num_data
+    result = Gaussian(
+        state=final,
+        trace=trace,
+        grad_calls=float(num_steps * grads),
+        hvp_calls=float(num_steps * hvps),
+        grad_evals=float(grad_evals),
+        hvp_evals=float(num_steps * hvps * rows),
+        num_data=flat_target.num_data,
+        num_steps=num_steps,
+        wall_time=wall_time,
+        compile_time=compile_time,
+        trace_time=trace_time,
+        method_name=method.name,
+        target=flat_target,
+        unravel=unravel,
+        observed_data=target.observed_data,
+    )
+    if np.any(trace["diverging"]) or not bool(_tree.all_finite(final)):
+        first = int(trace["step"][int(np.argmax(trace["diverging"]))]) if np.any(trace["diverging"]) else num_steps
+        warnings.warn(
+            f"{method.name} diverged (non-finite state or a covariance that lost positive definiteness) "
+            f"by step {first}; lower the step size",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return result

@@ -87,6 +87,13 @@ def from_numpyro(model: Callable, *model_args, **model_kwargs) -> Target:
     """
     if not callable(model):
         raise TypeError(f"from_numpyro needs a NumPyro model (a callable), got {type(model).__name__}")
+    for label, a in [(f"argument {i}", a) for i, a in enumerate(model_args)] + list(model_kwargs.items()):
+        if _is_array(a) and np.issubdtype(np.asarray(a).dtype, np.floating) and not np.all(np.isfinite(a)):
+            bad = int(np.sum(~np.isfinite(np.asarray(a))))
+            raise ValueError(
+                f"model argument {label!r} contains {bad} NaN or infinite value(s); drop or impute "
+                "them (or mask the observations in the model and pass finite placeholders)"
+            )
     with handlers.block():
         trace = handlers.trace(handlers.seed(model, 0)).get_trace(*model_args, **model_kwargs)
 
@@ -145,13 +152,6 @@ def from_numpyro(model: Callable, *model_args, **model_kwargs) -> Target:
                 f"latent site(s) {local} sit inside the data plate {data_plate!r}: per-observation latent "
                 "variables cannot be minibatched; run full-batch (batch_size=None)"
             )
-    for label, a in [(f"argument {i}", a) for i, a in enumerate(model_args)] + list(model_kwargs.items()):
-        if _is_array(a) and np.issubdtype(np.asarray(a).dtype, np.floating) and not np.all(np.isfinite(a)):
-            bad = int(np.sum(~np.isfinite(np.asarray(a))))
-            raise ValueError(
-                f"model argument {label!r} contains {bad} NaN or infinite value(s); drop or impute "
-                "them (or mask the observations in the model and pass finite placeholders)"
-            )
     if data:
         data, num_data = validate_data(data)
     else:
@@ -196,7 +196,7 @@ def from_numpyro(model: Callable, *model_args, **model_kwargs) -> Target:
         for name, site in tr.items():
             if site["type"] == "sample" and name in uparams:
                 out[name] = site["value"]
-            elif site["type"] == "deterministic" and not _in_plate(site, data_plate):
+            elif site["type"] == "deterministic":
                 out[name] = site["value"]
         return out
 

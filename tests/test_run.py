@@ -1,0 +1,124 @@
+"""The drivers: reproducibility, chains, thinning, chunks, ArviZ, divergence, optimize."""
+
+import warnings
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import heatbath as hb
+
+
+def logistic_data(N=500, D=4, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(N, D)).astype(np.float32)
+    w = np.array([1.0, -1.0, 0.5, 0.0])[:D]
+    y = (rng.random(N) < 1 / (1 + np.exp(-X @ w))).astype(np.float32)
+    return X, y
+
+
+def logistic(X, y):
+    w = numpyro.sample("w", dist.Normal(0, 1).expand([X.shape[1]]).to_event(1))
+    with numpyro.plate("data", X.shape[0]):
+        numpyro.sample("y", dist.Bernoulli(logits=X @ w), obs=y)
+
+
+X, Y = logistic_data()
+DATA = {"X": X, "y": Y}
+KW = dict(data=DATA, batch_size=50, progress_bar=False)
+
+
+def test_same_seed_same_draws_and_chains_do_not_depend_on_num_chains():
+    s = hb.samplers.sgld(1e-3)
+    a = hb.sample(logistic, s, num_samples=200, num_chains=1, seed=3, **KW)
+    b = hb.sample(logistic, s, num_samples=200, num_chains=3, seed=3, **KW)
+    c = hb.sample(logistic, s, num_samples=200, num_chains=3, seed=3, **KW)
+    np.testing.assert_allclose(a.samples["w"][0], b.samples["w"][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(b.samples["w"], c.samples["w"])
+    assert not np.allclose(b.samples["w"][0], b.samples["w"][1])
+    d = hb.sample(logistic, s, num_samples=200, num_chains=1, seed=4, **KW)
+    assert not np.allclose(a.samples["w"], d.samples["w"])
+
+
+def test_thinning_warmup_and_chunks_keep_the_same_chain():
+    s = hb.samplers.sgld(1e-3)
+    full = hb.sample(logistic, s, num_samples=60, num_chains=2, seed=1, **KW)
+    thin = hb.sample(logistic, s, num_samples=20, thinning=3, num_chains=2, seed=1, **KW)
+    np.testing.assert_allclose(thin.samples["w"], full.samples["w"][:, 2::3], rtol=1e-5, atol=1e-6)
+    warm = hb.sample(logistic, s, num_samples=40, num_warmup=20, num_chains=2, seed=1, **KW)
+    np.testing.assert_allclose(warm.samples["w"], full.samples["w"][:, 20:], rtol=1e-5, atol=1e-6)
+    chunked = hb.sample(logistic, s, num_samples=60, num_chains=2, seed=1, chunk_size=7, **KW)
+    np.testing.assert_allclose(chunked.samples["w"], full.samples["w"], rtol=1e-5, atol=1e-6)
+    assert chunked.stats["lp"].shape == (2, 60)
+    # Thinned diverging flags cover every step since the previous draw; step sizes are recorded.
+    assert thin.stats["step_size"][0, 0] == pytest.approx(1e-3)
+
+
+def test_to_arviz_summary_ess_rhat_with_four_chains():
+    r = hb.sample(logistic, hb.samplers.sgld(2e-3), num_samples=1000, num_warmup=500, num_chains=4, seed=0, **KW)
+    idata = r.to_arviz()
+    assert set(idata.groups()) >= {"posterior", "sample_stats", "observed_data"}
+    assert idata.posterior["w"].shape == (4, 1000, 4)
+    assert idata.sample_stats["diverging"].dtype == bool
+    summ = az.summary(idata, var_names=["w"])
+    assert {"ess_bulk", "r_hat"} <= set(summ.columns)
+    # Four chains of a well-mixed logistic posterior: R-hat below 1.05 and a real ESS.
+    assert summ["r_hat"].max() < 1.05 and summ["ess_bulk"].min() > 100
+    assert r.grad_evals == pytest.approx(4 * 0 + 1500 * 50)
+    assert "sgld" in repr(r)
+
+
+def test_divergence_is_flagged_and_warned_and_other_chains_unaffected():
+    target = hb.models.from_numpyro(logistic, X, Y)
+    init = {"w": jnp.zeros(4)}
+    ok = hb.sample(target, hb.samplers.sgld(1e-3), num_samples=50, num_chains=1, seed=0, init=init,
+                   progress_bar=False, batch_size=50)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        bad = hb.sample(target, hb.samplers.sgld(10.0), num_samples=50, num_chains=2, seed=0, init=init,
+                        progress_bar=False, batch_size=50)
+    assert bad.stats["diverging"].any(axis=1).all()
+    assert bad.diverged_chains() == [0, 1]
+    assert not ok.stats["diverging"].any()
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        bad.summary()
+
+
+def test_optimize_finds_the_map():
+    # Gaussian linear model: the MAP is the ridge solution, in closed form.
+    rng = np.random.default_rng(1)
+    Xr = rng.normal(size=(300, 3)).astype(np.float32)
+    yr = (Xr @ np.array([1.0, 2.0, -1.0]) + 0.5 * rng.normal(size=300)).astype(np.float32)
+
+    def model(X, y):
+        w = numpyro.sample("w", dist.Normal(0, 1).expand([3]).to_event(1))
+        with numpyro.plate("data", X.shape[0]):
+            numpyro.sample("y", dist.Normal(X @ w, 0.5), obs=y)
+
+    ridge = np.linalg.solve(Xr.T @ Xr / 0.25 + np.eye(3), Xr.T @ yr / 0.25)
+    opt = hb.optimize(model, data={"X": Xr, "y": yr}, num_steps=3000)
+    np.testing.assert_allclose(opt.values["w"], ridge, atol=2e-3)
+    assert opt.trace["lp"].shape[0] == 200 and opt.trace["lp"][-1] > opt.trace["lp"][0]
+    # A heatbath sampler at T = 0 (gradient ascent) finds it too; full batch.
+    gd = hb.optimize(model, hb.samplers.sgld(1e-4, temperature=0.0), data={"X": Xr, "y": yr}, num_steps=2000)
+    np.testing.assert_allclose(gd.values["w"], ridge, atol=2e-3)
+    with pytest.raises(ValueError, match="temperature"):
+        hb.optimize(model, hb.samplers.sgld(1e-4), data={"X": Xr, "y": yr})
+
+
+def test_control_variates_use_the_map_and_count_its_cost():
+    cv = hb.samplers.sgld(2e-3, gradient="cv")
+    r = hb.sample(logistic, cv, num_samples=200, seed=0, **KW)
+    assert r.centre is not None and r.samples["w"].shape == (1, 200, 4)
+    # MAP search (2000 Adam steps on 50-row batches) + full gradient + 2 minibatch gradients per step.
+    assert r.grad_evals == pytest.approx(2000 * 50 + 500 + 200 * 2 * 50)
+    opt = hb.optimize(logistic, data=DATA, num_steps=3000)
+    np.testing.assert_allclose(r.centre["w"], opt.params["w"], atol=0.05)
+
+
+def test_progress_bar_runs():
+    r = hb.sample(logistic, hb.samplers.sgld(1e-3), data=DATA, batch_size=50, num_samples=100, progress_bar=True)
+    assert r.samples["w"].shape == (1, 100, 4)
