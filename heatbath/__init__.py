@@ -10,7 +10,8 @@ noise at a temperature T: T = 1 samples the posterior, T -> 0 anneals, T = 0 opt
 """
 
 from heatbath import diagnostics, kernels, models, optim, samplers
-from heatbath.run import OptimizeResult, Result, optimize, sample
+from heatbath.run import Gaussian, OptimizeResult, Result, fit, optimize, sample
+from heatbath import numpyro  # noqa: E402 - the samplers as numpyro.infer.MCMCKernels
 
 __version__ = "0.1.0"
 
@@ -24,5 +25,6 @@ __all__ = [
     "optim",
     "models",
     "diagnostics",
+    "numpyro",
     "__version__",
 ]
