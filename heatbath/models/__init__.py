@@ -3,12 +3,7 @@
 from heatbath.models.numpyro_bridge import from_numpyro
 from heatbath.models.target import Target, from_logdensity
 
-__all__ = ["Target", "from_numpyro", "from_logdensity", "reference", "list_references"]
+# The function `reference` shadows its module's name on purpose (hb.models.reference(name)).
+from heatbath.models.reference import ReferencePosterior, list_references, reference  # noqa: E402
 
-
-def __getattr__(name):
-    if name in ("reference", "list_references", "ReferencePosterior"):
-        from heatbath.models import reference as _reference_module
-
-        return getattr(_reference_module, name)
-    raise AttributeError(f"module 'heatbath.models' has no attribute {name!r}")
+__all__ = ["Target", "from_numpyro", "from_logdensity", "reference", "list_references", "ReferencePosterior"]
