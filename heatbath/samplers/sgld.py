@@ -18,9 +18,10 @@ through the current gradient (Li et al., eq. 4). ``correction=False`` (the paper
 drops Gamma; ``correction=True`` adds it, estimating the Hessian diagonal by Hutchinson's
 z * (H z) with one Hessian-vector product per step (about twice the cost of a gradient), and
 only once the averaging window 1/(1 - a) is full (Gamma ~ 1/V is stiff while V fills up from
-0). What dropping it costs is measured in the README: on N(0, 1) the difference is below the
-Monte Carlo error, because pSGLD's bias comes mostly from V's memory of past gradients,
-which Gamma does not model. At T = 0 pSGLD is RMSprop.
+0). What dropping it costs is measured in the README (benchmarks/psgld_correction.py): on
+N(0, 1) Gamma removes little of pSGLD's bias, which comes from V tracking the position when
+the window 1/(1 - a) is short in time units (the chain then samples pi / G); keep a close to
+1 - h/10, or use a fixed preconditioner. At T = 0 pSGLD is RMSprop.
 
 The gradient estimator (naive, control variates of Baker et al. 2019, SVRG) is chosen with
 ``gradient=`` and built by the driver; see :mod:`heatbath.kernels.gradients`.
