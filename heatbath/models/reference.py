@@ -5,25 +5,25 @@ moments (and, for posteriordb targets, 10 x 1000 draws) of its posterior as comp
 well-diagnosed NUTS run elsewhere. A sampler or VI method is judged by its distance to these
 numbers, per unit of time and of gradient evaluations.
 
-=============================================  =============================================
-name (alias)                                   model
-=============================================  =============================================
-``eight_schools-eight_schools_noncentered``    non-centred eight schools (posteriordb)
-(``eight_schools_noncentered``)
-``sblri-blr`` (``sblri``)                      badly scaled Bayesian linear regression, D=5
-``arK-arK`` (``arK``)                          AR(5) time series, T=200
-``gp_pois_regr-gp_pois_regr``                  latent GP Poisson regression, N=11
-(``gp_pois_regr``)                             (needs float64, see :func:`gp_pois_regr`)
-``low_dim_gauss_mix-low_dim_gauss_mix``        two-component 1-D Gaussian mixture, N=1000
-(``low_dim_gauss_mix``)
-``diamonds-diamonds`` (``diamonds``)           brms linear regression, N=5000, K=24,
-                                               strongly correlated
-``ig_german_credit_numeric_logistic_regression``  logistic regression, N=1000, D=25
-(``german_credit``)                            (inference_gym)
-``ig_eight_schools`` (``eight_schools``)       centred eight schools (inference_gym prior)
-``ig_brownian_motion_missing_middle_observations``  Gaussian state-space model, 30 states,
-(``brownian_motion``)                          20 observed (inference_gym); exact posterior
-=============================================  =============================================
+Targets (folder name, short alias in brackets):
+
+- ``eight_schools-eight_schools_noncentered`` (``eight_schools_noncentered``): non-centred
+  eight schools, posteriordb.
+- ``sblri-blr`` (``sblri``): badly scaled Bayesian linear regression, N=100, D=5; exact
+  moments by quadrature in ``extra``.
+- ``arK-arK`` (``arK``): AR(5) time series, T=200.
+- ``gp_pois_regr-gp_pois_regr`` (``gp_pois_regr``): latent GP Poisson regression, N=11;
+  needs float64 (see :func:`gp_pois_regr`).
+- ``low_dim_gauss_mix-low_dim_gauss_mix`` (``low_dim_gauss_mix``): two-component 1-D Gaussian
+  mixture, N=1000.
+- ``diamonds-diamonds`` (``diamonds``): brms linear regression, N=5000, 24 strongly
+  correlated covariates.
+- ``ig_german_credit_numeric_logistic_regression`` (``german_credit``): logistic regression,
+  N=1000, D=25, inference_gym.
+- ``ig_eight_schools`` (``eight_schools``): centred eight schools with inference_gym's prior.
+- ``ig_brownian_motion_missing_middle_observations`` (``brownian_motion``): Gaussian
+  state-space model, 30 states, 20 observed, inference_gym; exact posterior and exact
+  mean-field VI optimum in ``extra``.
 
 Usage::
 
@@ -33,6 +33,7 @@ Usage::
     ref.reference["weights"]["mean"]       # (25,) reference posterior mean, constrained scale
     report = ref.compare(result.samples)   # samples: name -> (chain, draw, *shape)
     report["max_abs_z"], report["sd_ratio_min"], report["sd_ratio_max"]
+    ref.data_as(np.float64)                # the data in float64, for runs with jax_enable_x64
 
 Conventions every model follows (the rest of the package relies on them):
 
@@ -42,11 +43,15 @@ Conventions every model follows (the rest of the package relies on them):
   computed from the arrays (never passed as a separate int), and every array in ``data`` has
   leading axis ``N``. Data are preprocessed for this (AR lag matrix, centred design matrix,
   observed subset of a time series, ...), so no ``NaN`` appears in any data array.
-- Per-observation latent variables (eight schools' ``theta_trans``, the GP's ``f_tilde``) are
-  sampled outside the data plate: they couple all rows, so these targets are full-batch only.
+- Per-observation latent variables (the eight schools' ``theta_trans`` / ``school_effects``,
+  the GP's ``f_tilde``) sit inside the data plate, which marks those targets as full-batch only
+  (``hb.models.from_numpyro`` then refuses to minibatch them, with a clear message). The
+  Brownian-motion path ``locs`` (30 states, 20 observed) is global, so that target minibatches.
 - No discrete latent sites; supports are declared through constrained distributions so that
   ``numpyro``'s ``biject_to`` gives the same unconstrained space as Stan. Each model's log joint
-  equals the source Stan program's ``target`` up to an additive constant (tested).
+  equals the source program's log density (Stan ``target`` or inference_gym's joint) up to an
+  additive constant (tested against hand-written densities; NumPyro NUTS reproduces every
+  reference, see ``tests/test_reference_nuts.py``).
 - Site names are the reference's parameter names (``mu``, ``tau``, ``theta``, ``beta``, ...);
   Stan's ``beta[1] .. beta[5]`` become one site ``beta`` of shape ``(5,)``.
 
@@ -148,8 +153,8 @@ def eight_schools_noncentered(*, y, sigma):
         \tilde\theta_j \sim \mathcal N(0, 1), \quad \theta_j = \mu + \tau \tilde\theta_j, \quad
         y_j \sim \mathcal N(\theta_j, \sigma_j), \qquad j = 1..J = 8.
 
-    Sites: ``mu``, ``tau``, ``theta_trans`` (latent, shape ``(J,)``), ``theta`` (deterministic);
-    ``y`` observed in the data plate. Stan's ``tau ~ cauchy(0, 5)`` on ``real<lower=0>`` is the
+    Sites: ``mu``, ``tau``; in the data plate ``theta_trans`` (per-school latent, so the target
+    is full-batch only), ``theta`` (deterministic) and the observed ``y``. Stan's ``tau ~ cauchy(0, 5)`` on ``real<lower=0>`` is the
     half-Cauchy up to a constant.
 
     Source: stan-dev/posteriordb @ 28f8d3d,
@@ -163,9 +168,9 @@ def eight_schools_noncentered(*, y, sigma):
     J = sigma.shape[0]
     mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
     tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
-    theta_trans = numpyro.sample("theta_trans", dist.Normal(0.0, 1.0).expand([J]).to_event(1))
-    theta = numpyro.deterministic("theta", mu + tau * theta_trans)
     with numpyro.plate(DATA_PLATE, J):
+        theta_trans = numpyro.sample("theta_trans", dist.Normal(0.0, 1.0))
+        theta = numpyro.deterministic("theta", mu + tau * theta_trans)
         numpyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
@@ -234,13 +239,15 @@ def gp_pois_regr(*, x, k, jitter=1e-10):
         K_{ij} = \alpha^2 \exp\!\big(-(x_i - x_j)^2 / (2\rho^2)\big) + 10^{-10}\,\delta_{ij},
         \quad f = \mathrm{chol}(K)\, \tilde f, \quad k_i \sim \mathrm{Poisson}(e^{f_i}).
 
-    Sites: ``rho``, ``alpha``, ``f_tilde`` (latent, outside the data plate since ``f`` mixes all
-    of it), ``f`` (deterministic); ``k`` observed in the data plate.
+    Sites: ``rho``, ``alpha``, ``f_tilde`` (per-observation latent, in the data plate: the
+    target is full-batch only, and ``f`` mixes all of ``f_tilde``), ``f`` (deterministic);
+    ``k`` observed in the data plate.
 
     **Needs float64** (``jax.config.update("jax_enable_x64", True)``): at typical posterior
     values (``rho`` ~ 5.7) the kernel matrix has condition number ~ 1e9-1e12 and a float32
-    Cholesky returns NaN. ``jitter`` (default: Stan's 1e-10) can be raised for float32 runs, at
-    the price of a slightly different model.
+    Cholesky returns NaN, so the model raises ``ValueError`` when traced in float32 with the
+    default ``jitter`` (Stan's 1e-10). ``jitter >= 1e-4`` makes float32 work, at the price of a
+    slightly different model (f gets extra white noise of variance ``jitter``).
 
     Source: stan-dev/posteriordb @ 28f8d3d, ``posterior_database/models/stan/gp_pois_regr.stan``.
     The data file's unused ``y`` column is dropped.
@@ -253,8 +260,17 @@ def gp_pois_regr(*, x, k, jitter=1e-10):
     N = x.shape[0]
     rho = numpyro.sample("rho", dist.Gamma(25.0, 4.0))
     alpha = numpyro.sample("alpha", dist.HalfNormal(2.0))
-    f_tilde = numpyro.sample("f_tilde", dist.Normal(0.0, 1.0).expand([N]).to_event(1))
-    x = jnp.asarray(x)
+    with numpyro.plate(DATA_PLATE, N):
+        f_tilde = numpyro.sample("f_tilde", dist.Normal(0.0, 1.0))
+    dtype = jnp.result_type(rho, alpha)
+    if jnp.finfo(dtype).bits < 64 and jitter < 1e-4:
+        raise ValueError(
+            "gp_pois_regr needs float64: its kernel matrix is too ill-conditioned for a float32 "
+            "Cholesky (NaN at typical posterior values). Run with "
+            "jax.config.update('jax_enable_x64', True) (and data_as(np.float64)), or pass "
+            "jitter >= 1e-4 for an approximate float32 model."
+        )
+    x = jnp.asarray(x, dtype)
     d2 = (x[:, None] - x[None, :]) ** 2
     cov = alpha**2 * jnp.exp(-d2 / (2.0 * rho**2)) + jitter * jnp.eye(N, dtype=d2.dtype)
     f = numpyro.deterministic("f", jnp.linalg.cholesky(cov) @ f_tilde)
@@ -356,8 +372,9 @@ def eight_schools_centered(*, treatment_effects, treatment_stddevs):
         \mathrm{avg} \sim \mathcal N(0, 10), \quad \log s \sim \mathcal N(5, 1), \quad
         e_j \sim \mathcal N(\mathrm{avg}, e^{\log s}), \quad y_j \sim \mathcal N(e_j, \sigma_j).
 
-    Sites: ``avg_effect``, ``log_stddev``, ``school_effects`` (shape ``(8,)``, outside the data
-    plate); ``treatment_effects`` observed in the data plate. Not the posteriordb prior.
+    Sites: ``avg_effect``, ``log_stddev``; in the data plate ``school_effects`` (per-school
+    latent, so the target is full-batch only) and the observed ``treatment_effects``. Not the
+    posteriordb prior.
 
     Source: tensorflow/probability @ c847a41,
     ``spinoffs/inference_gym/inference_gym/targets/eight_schools.py``.
@@ -369,10 +386,8 @@ def eight_schools_centered(*, treatment_effects, treatment_stddevs):
     J = treatment_stddevs.shape[0]
     avg = numpyro.sample("avg_effect", dist.Normal(0.0, 10.0))
     log_sd = numpyro.sample("log_stddev", dist.Normal(5.0, 1.0))
-    effects = numpyro.sample(
-        "school_effects", dist.Normal(avg, jnp.exp(log_sd)).expand([J]).to_event(1)
-    )
     with numpyro.plate(DATA_PLATE, J):
+        effects = numpyro.sample("school_effects", dist.Normal(avg, jnp.exp(log_sd)))
         numpyro.sample(
             "treatment_effects", dist.Normal(effects, treatment_stddevs), obs=treatment_effects
         )
@@ -426,62 +441,63 @@ def brownian_motion_missing_middle(
 # ---------------------------------------------------------------------------------------------
 
 
-def _f32(a) -> np.ndarray:
-    return np.asarray(a, dtype=np.float64).astype(np.float32)
+def _f(a, dtype) -> np.ndarray:
+    """Floats computed in float64, then cast to the data dtype (float32 by default)."""
+    return np.asarray(a, dtype=np.float64).astype(dtype)
 
 
-def _prep_eight_schools_noncentered(raw):
-    return {"y": _f32(raw["y"]), "sigma": _f32(raw["sigma"])}
+def _prep_eight_schools_noncentered(raw, dtype=np.float32):
+    return {"y": _f(raw["y"], dtype), "sigma": _f(raw["sigma"], dtype)}
 
 
-def _prep_sblri(raw):
-    return {"X": _f32(raw["X"]), "y": _f32(raw["y"])}
+def _prep_sblri(raw, dtype=np.float32):
+    return {"X": _f(raw["X"], dtype), "y": _f(raw["y"], dtype)}
 
 
-def _prep_arK(raw):
+def _prep_arK(raw, dtype=np.float32):
     y = np.asarray(raw["y"], dtype=np.float64)
     K, T = int(raw["K"]), int(raw["T"])
     if y.shape != (T,):
         raise ValueError(f"arK data: expected {T} values, got {y.shape}")
     t = np.arange(K, T)  # 0-based times of the modelled terms (Stan's K+1..T)
     lags = np.stack([y[t - k] for k in range(1, K + 1)], axis=1)  # lags[:, k-1] = y[t-k]
-    return {"y_lags": _f32(lags), "y": _f32(y[K:])}
+    return {"y_lags": _f(lags, dtype), "y": _f(y[K:], dtype)}
 
 
-def _prep_gp(raw):
-    return {"x": _f32(raw["x"]), "k": np.asarray(raw["k"], dtype=np.int32)}
+def _prep_gp(raw, dtype=np.float32):
+    return {"x": _f(raw["x"], dtype), "k": np.asarray(raw["k"], dtype=np.int32)}
 
 
-def _prep_gauss_mix(raw):
-    return {"y": _f32(raw["y"])}
+def _prep_gauss_mix(raw, dtype=np.float32):
+    return {"y": _f(raw["y"], dtype)}
 
 
-def _prep_diamonds(raw):
+def _prep_diamonds(raw, dtype=np.float32):
     X = np.asarray(raw["X"], dtype=np.float64)
     Xc = X[:, 1:] - X[:, 1:].mean(axis=0)
-    return {"Xc": _f32(Xc), "Y": _f32(raw["Y"])}
+    return {"Xc": _f(Xc, dtype), "Y": _f(raw["Y"], dtype)}
 
 
-def _prep_german(raw):
+def _prep_german(raw, dtype=np.float32):
     R = np.asarray(raw["raw_german_data_numeric"], dtype=np.float64)
     feats, cls = R[:, :-1], R[:, -1]
     Z = (feats - feats.mean(axis=0)) / feats.std(axis=0)  # population sd (ddof=0)
     X = np.concatenate([Z, np.ones((R.shape[0], 1))], axis=1)
-    return {"X": _f32(X), "y": (cls == 2).astype(np.int32)}
+    return {"X": _f(X, dtype), "y": (cls == 2).astype(np.int32)}
 
 
-def _prep_ig_eight_schools(raw):
+def _prep_ig_eight_schools(raw, dtype=np.float32):
     return {
-        "treatment_effects": _f32(raw["treatment_effects"]),
-        "treatment_stddevs": _f32(raw["treatment_stddevs"]),
+        "treatment_effects": _f(raw["treatment_effects"], dtype),
+        "treatment_stddevs": _f(raw["treatment_stddevs"], dtype),
     }
 
 
-def _prep_brownian(raw):
+def _prep_brownian(raw, dtype=np.float32):
     vals = raw["observed_locs"]
     idx = [i for i, v in enumerate(vals) if v is not None]
     return {
-        "observed_locs": _f32([vals[i] for i in idx]),
+        "observed_locs": _f([vals[i] for i in idx], dtype),
         "obs_index": np.asarray(idx, dtype=np.int32),
         "num_timesteps": len(vals),
         "innovation_noise_scale": float(raw["innovation_noise_scale"]),
@@ -499,7 +515,7 @@ class _Spec:
     folder: str
     alias: str
     model: Callable
-    prep: Callable[[dict], dict]
+    prep: Callable[..., dict]  # prep(raw, dtype=np.float32) -> model kwargs
     params: tuple[str, ...]
     requires_x64: bool = False
 
@@ -668,7 +684,8 @@ class ReferencePosterior:
     Attributes:
       name: folder name of the target, e.g. ``"ig_german_credit_numeric_logistic_regression"``.
       model: the NumPyro model, called ``model(**data)``.
-      data: preprocessed model keyword arguments (read-only numpy arrays, python scalars).
+      data: preprocessed model keyword arguments (read-only numpy arrays, float32 / int32,
+        and python scalars); :meth:`data_as` gives them in float64.
       raw_data: ``data.json`` as loaded.
       reference: site name -> ``{"mean", "sd", ...}`` arrays shaped like the site (scalars as
         0-d arrays), on the constrained scale; posteriordb targets also have ``"q05"``,
@@ -699,6 +716,15 @@ class ReferencePosterior:
     def params(self) -> tuple[str, ...]:
         """Names of the sites that have reference moments."""
         return tuple(self.reference)
+
+    def data_as(self, dtype) -> dict:
+        """The model kwargs preprocessed again from ``raw_data`` with float arrays in ``dtype``.
+
+        ``data`` is float32; use ``data_as(np.float64)`` for runs under ``jax_enable_x64`` so
+        that the data are not rounded to float32 (integer arrays and python scalars are
+        unchanged). Returns a fresh, writable dict.
+        """
+        return _BY_NAME[self.name].prep(self.raw_data, np.dtype(dtype))
 
     @property
     def num_data(self) -> int:
