@@ -731,6 +731,7 @@ class Gaussian:
     target: Any = dataclasses.field(repr=False, default=None)
     unravel: Any = dataclasses.field(repr=False, default=None)
     observed_data: Optional[dict] = None
+    trace_states: Any = dataclasses.field(repr=False, default=None)
 
     @property
     def dim(self) -> int:
@@ -844,6 +845,7 @@ def fit(
     trace_every: Optional[int] = None,
     elbo_samples: int = 16,
     exact=None,
+    keep_trace_states: bool = False,
     progress_bar: bool = False,
     chunk_size: Optional[int] = None,
 ) -> "Gaussian":
@@ -868,6 +870,9 @@ def fit(
         log-density evaluations per trace point (no gradients), timed in ``trace_time``.
       exact: ``(mean, cov)`` of a Gaussian target in the flat unconstrained space; the trace
         then has the exact ``kl``.
+      keep_trace_states: keep the method's state (mean and covariance factors) at every trace
+        point in ``Gaussian.trace_states`` (leading axis: trace point), e.g. to follow the
+        moments; memory: one state per trace point.
       progress_bar, chunk_size: as in :func:`sample`.
 
     Returns:
@@ -969,6 +974,7 @@ def fit(
         target=flat_target,
         unravel=unravel,
         observed_data=target.observed_data,
+        trace_states=jax.device_get(states) if keep_trace_states else None,
     )
     if np.any(trace["diverging"]) or not bool(_tree.all_finite(final)):
         first = int(trace["step"][int(np.argmax(trace["diverging"]))]) if np.any(trace["diverging"]) else num_steps
