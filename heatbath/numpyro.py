@@ -46,10 +46,21 @@ from numpyro.util import is_prng_key
 from heatbath.models.numpyro_bridge import from_numpyro
 from heatbath.models.target import Target
 from heatbath.samplers.base import Sampler
+from heatbath.samplers.sghmc import sghmc
 from heatbath.samplers.sgld import psgld, sgld
 
-__all__ = ["HeatbathKernel", "HeatbathState", "SGLD", "PSGLD"]
+__all__ = ["HeatbathKernel", "HeatbathState", "SGLD", "PSGLD", "SGHMC"]
 
+def _carry_has_alive() -> bool:
+    """Whether the driver's one_step carries (state, est, key, alive) or (state, est, key)."""
+    import inspect
+
+    from heatbath.run import _make_step
+
+    return "on_divergence" in inspect.signature(_make_step).parameters
+
+
+_CARRY_HAS_ALIVE = _carry_has_alive()
 _MAP_SEED = 2**31 - 1  # seed of the MAP search for control variates (as hb.sample's _MAP_KEY)
 
 
@@ -199,9 +210,11 @@ class HeatbathKernel(MCMCKernel):
         def transition(state, data_):
             sampler_state = state.sampler_state._replace(position=state.z)
             shared = state.est_state if estimator.shared else ()
-            (sampler_state, est_state, key), info = one_step(
-                (sampler_state, state.est_state, state.rng_key), shared, data_
-            )
+            carry = (sampler_state, state.est_state, state.rng_key)
+            if _CARRY_HAS_ALIVE:  # divergences are only flagged here: the chain is always alive
+                carry = carry + (jnp.ones((), bool),)
+            carry, info = one_step(carry, shared, data_)
+            sampler_state, est_state, key = carry[:3]
             return HeatbathState(
                 z=sampler_state.position,
                 sampler_state=sampler_state._replace(position=None),
@@ -427,3 +440,18 @@ def PSGLD(  # noqa: N802
         preconditioner=preconditioner,
     )
     return HeatbathKernel(model, sampler, batch_size=batch_size)
+
+
+def SGHMC(model, step_size, friction, integrator="obabo", *, batch_size=None, **kwargs) -> HeatbathKernel:  # noqa: N802
+    """SGHMC with a splitting integrator as a NumPyro kernel (Chen et al. 2014; Franzese et al. 2022).
+
+        d theta = M^-1 r dt;  dr = grad log p(theta) dt - C M^-1 r dt + sqrt(2 C T) dW,
+
+    integrated by ``integrator`` ("obabo", "baoab", "aboba", "lie_trotter", "euler", or a
+    word in A, B, O, E). ``HeatbathKernel(model, hb.samplers.sghmc(step_size, friction,
+    integrator, **kwargs), batch_size=batch_size)``; see :func:`heatbath.samplers.sghmc` for
+    the other arguments (``mass``, ``temperature``, ``gradient_noise``, ...). Each MCMC
+    sample is one integrator step: for ``num_steps_per_sample=k`` pass ``thinning=k`` to
+    ``numpyro.infer.MCMC``.
+    """
+    return HeatbathKernel(model, sghmc(step_size, friction, integrator, **kwargs), batch_size=batch_size)
