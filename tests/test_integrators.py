@@ -23,14 +23,18 @@ STEP_SIZES = (0.2, 0.1, 0.05)
 # ----------------------------------------------------------------------------------------
 # The linear recursion of a word on U = theta^2/2, and its Lyapunov solution
 # ----------------------------------------------------------------------------------------
-def stationary_variances(scheme, h, noise_var=0.0, noise_temperature=1.0, friction=1.0):
-    """(Var theta, Var r) at stationarity of ``scheme`` on U = theta^2/2, M = 1.
+def stationary_variances(scheme, h, noise_var=0.0, noise_temperature=None, friction=1.0, mass=1.0,
+                         precision=1.0, temperature=1.0):
+    """(Var theta, Var r) at stationarity of ``scheme`` on U = k theta^2/2 (k = ``precision``).
 
-    The gradient estimate is g = -theta + s eps (eps ~ N(0, 1), s^2 = ``noise_var``),
+    The gradient estimate is g = -k theta + s eps (eps ~ N(0, 1), s^2 = ``noise_var``),
     evaluated at a B only when an A moved theta since the last evaluation (at the start of an
-    FSAL word the carried g is current). The O/E pieces use ``noise_temperature`` (T_O).
+    FSAL word the carried g is current). The O/E pieces use ``noise_temperature`` T_O
+    (default: ``temperature``); A moves theta by dt r / m.
     """
     split = I.get(scheme)
+    t_o = temperature if noise_temperature is None else noise_temperature
+    m, c = mass, friction
     F, Q = np.eye(3), np.zeros((3, 3))
 
     def apply(P, L=None):
@@ -44,24 +48,24 @@ def stationary_variances(scheme, h, noise_var=0.0, noise_temperature=1.0, fricti
         dt = frac * h
         P = np.eye(3)
         if letter == "A":
-            P[0, 1] = dt
+            P[0, 1] = dt / m
             apply(P)
             current = False
         elif letter == "B":
             if not current:
                 E = np.eye(3)
-                E[2] = [-1.0, 0.0, 0.0]
+                E[2] = [-precision, 0.0, 0.0]
                 apply(E, np.array([0.0, 0.0, np.sqrt(noise_var)]))
                 current = True
             P[1, 2] = dt
             apply(P)
         elif letter == "O":
-            d = np.exp(-friction * dt)
+            d = np.exp(-c * dt / m)
             P[1, 1] = d
-            apply(P, np.array([0.0, np.sqrt(noise_temperature * (1 - d * d)), 0.0]))
+            apply(P, np.array([0.0, np.sqrt(t_o * m * (1 - d * d)), 0.0]))
         else:  # E
-            P[1, 1] = 1 - friction * dt
-            apply(P, np.array([0.0, np.sqrt(2 * friction * dt * noise_temperature), 0.0]))
+            P[1, 1] = 1 - c * dt / m
+            apply(P, np.array([0.0, np.sqrt(2 * c * dt * t_o), 0.0]))
     S = scipy.linalg.solve_discrete_lyapunov(F, Q)
     return S[0, 0], S[1, 1]
 

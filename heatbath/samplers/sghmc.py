@@ -1,0 +1,484 @@
+r"""Stochastic-gradient Hamiltonian samplers: SGHMC with splitting integrators, and SGNHT.
+
+SGHMC (Chen, Fox & Guestrin, ICML 2014) simulates the underdamped Langevin SDE
+
+    d theta = M^-1 r dt,    d r = grad log p(theta) dt - C M^-1 r dt + sqrt(2 C T) dW
+
+with a minibatch estimate g of grad log p, a diagonal mass M (a scalar or a pytree shaped
+like the position), a friction C and a temperature T. Its stationary law is
+p(theta)^(1/T) x N(r; 0, T M). One step of size h is a splitting of the SDE into the flows
+A (theta += h M^-1 r), B (r += h g) and O (the exact Ornstein-Uhlenbeck flow
+r <- e^{-C h/M} r + sqrt(T M (1 - e^{-2 C h/M})) xi), see
+:mod:`heatbath.kernels.integrators`:
+
+- ``"euler"`` (Chen et al. 2014, their Algorithm 2), in their variables v = h M^-1 r,
+  eta = h^2 / M, alpha = h C / M:
+
+      v <- (1 - alpha) v + eta g + N(0, 2 (alpha - beta^) eta T),    theta <- theta + v.
+
+- ``"lie_trotter"``: a leapfrog step B(h/2) A(h) B(h/2) then an exact O(h) (Franzese et al.,
+  ICML 2022, "Revisiting the effects of stochasticity for Hamiltonian samplers").
+- ``"obabo"``, ``"baoab"``, ``"aboba"``: symmetric (Strang) splittings; with exact gradients
+  their stationary bias is O(h^2) (BAOAB is exact in theta on Gaussian targets), against O(h)
+  for Euler's momentum. With minibatch gradient noise of variance V every scheme has an O(h)
+  bias, h V / (2 C) in the temperature of the momentum, which the beta-hat correction
+  removes when V is known (``gradient_noise=V``).
+
+Gradient-noise correction (Chen et al.'s beta-hat). A minibatch gradient with noise variance
+V per coordinate adds h^2 V to the momentum's variance each step, on top of the 2 C h T
+of the friction's noise. With ``gradient_noise=V`` the injected noise is reduced to keep the
+total at 2 C h T: the O/E pieces run at the noise temperature T_O = T - h V / (2 C)
+(for Euler this is Chen et al.'s N(0, 2 (alpha - beta^) eta T) with beta^ = eta V / 2 at
+T = 1). T_O < 0 cannot be corrected; a constant setting that gives it is an error.
+
+Temperature zero. At T = 0 Euler SGHMC is heavy-ball momentum, exactly optax.sgd with
+momentum: v <- (1 - alpha) v + eta g; theta <- theta + v is ``optax.sgd(learning_rate=eta,
+momentum=1 - alpha)`` on the loss U = -log p (optax's trace is -v / eta). Given a learning
+rate and a momentum, :func:`heavy_ball_parameters` returns the step size h = sqrt(eta M) and
+friction C = (1 - momentum) M / h.
+
+Momentum is carried across steps and draws (a chain of the SDE); ``resample_momentum=True``
+redraws r ~ N(0, T M) at the start of every ``num_steps_per_sample``-th step, as in Chen et
+al.'s Algorithm 2 (HMC-style restarts).
+
+``num_steps_per_sample`` is the number of integrator steps per recorded draw. Every step is
+one call of ``step`` with its own freshly drawn minibatch, so it is a driver-level thinning:
+the driver records one draw every ``thinning * num_steps_per_sample`` steps (it reads
+``Sampler.hyperparameters["num_steps_per_sample"]``).
+
+SGNHT (Ding, Fang, Babbush, Chen, Skeel & Neven, NeurIPS 2014) replaces the fixed friction
+by a thermostat xi that adapts to the unknown gradient noise, see :func:`sgnht`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from heatbath.kernels import integrators as _integrators
+from heatbath.kernels import schedules as _schedules
+from heatbath.kernels import tree
+from heatbath.kernels.gradients import naive
+from heatbath.samplers.base import Sampler, check_gradient_spec
+
+PyTree = Any
+
+__all__ = [
+    "SGHMCState",
+    "SGHMCInfo",
+    "SGNHTState",
+    "SGNHTInfo",
+    "sghmc",
+    "sgnht",
+    "heavy_ball_parameters",
+    "build_kernel",
+    "build_sgnht_kernel",
+]
+
+
+class SGHMCState(NamedTuple):
+    """``cache``: the gradient carried between steps by FSAL splittings (``()`` otherwise)."""
+
+    position: PyTree
+    momentum: PyTree
+    step: jax.Array
+    cache: Any = ()
+
+
+class SGHMCInfo(NamedTuple):
+    step_size: jax.Array
+    temperature: jax.Array
+    grad_norm: jax.Array
+    lp: jax.Array
+    diverging: jax.Array
+    kinetic_energy: jax.Array  # r^T M^-1 r / 2 at the end of the step
+
+
+class SGNHTState(NamedTuple):
+    position: PyTree
+    momentum: PyTree
+    step: jax.Array
+    thermostat: jax.Array  # xi, a scalar friction rate
+
+
+class SGNHTInfo(NamedTuple):
+    step_size: jax.Array
+    temperature: jax.Array
+    grad_norm: jax.Array
+    lp: jax.Array
+    diverging: jax.Array
+    kinetic_energy: jax.Array
+    thermostat: jax.Array
+
+
+# ----------------------------------------------------------------------------------------
+# Validation (eager, before any compilation)
+# ----------------------------------------------------------------------------------------
+def _is_scalar(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    return isinstance(value, (np.ndarray, jax.Array, np.generic)) and np.ndim(value) == 0
+
+
+def _check_tree_param(value, name: str, *, positive: bool):
+    """A positive (or non-negative) finite scalar, or a pytree of such arrays."""
+    if value is None:
+        raise ValueError(f"{name} must be a number or a pytree of arrays, got None")
+    if _is_scalar(value):
+        v = float(value)
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {v}")
+        return v
+    leaves = jax.tree.leaves(value)
+    if not leaves:
+        raise ValueError(f"{name} is an empty pytree")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
+        try:
+            arr = np.asarray(leaf, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} leaf {jax.tree_util.keystr(path)} is not numeric: {err}") from err
+        if not np.all(np.isfinite(arr)) or np.any(arr < 0) or (positive and np.any(arr == 0)):
+            raise ValueError(
+                f"{name} leaf {jax.tree_util.keystr(path)} must be {'> 0' if positive else '>= 0'} and finite"
+            )
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(float)), value)
+
+
+def _match(value, position, name: str):
+    """``value`` (scalar or pytree) as a pytree like ``position``, with a clear error if it is not."""
+    if isinstance(value, float):
+        return jax.tree.map(lambda p: jnp.asarray(value, jnp.result_type(p)), position)
+    if jax.tree.structure(value) != jax.tree.structure(position):
+        raise ValueError(
+            f"{name} has tree structure {jax.tree.structure(value)} but the position has "
+            f"{jax.tree.structure(position)}; pass a scalar or a pytree with the position's structure"
+        )
+
+    def leaf(v, p):
+        try:
+            shape = jnp.broadcast_shapes(jnp.shape(v), jnp.shape(p))
+        except ValueError:
+            shape = None
+        if shape != jnp.shape(p):
+            raise ValueError(
+                f"{name} leaf of shape {jnp.shape(v)} does not broadcast to the position leaf of shape {jnp.shape(p)}"
+            )
+        return jnp.asarray(v, jnp.result_type(p))
+
+    return jax.tree.map(leaf, value, position)
+
+
+def _check_steps_per_sample(k):
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"num_steps_per_sample must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _check_noise_budget(h, C, T, V, scale_name: str):
+    """Constant settings where the gradient noise alone exceeds the friction's noise: an error."""
+    hv, cv, tv = (_schedules.is_constant(s) for s in (h, C, T))
+    if None in (hv, cv, tv) or V is None:
+        return
+    vmax = V if isinstance(V, float) else max(float(np.max(np.asarray(x))) for x in jax.tree.leaves(V))
+    if hv * vmax > 2.0 * cv * tv * (1.0 + 1e-6):
+        raise ValueError(
+            f"gradient_noise={vmax:g} is too large to correct: step_size * gradient_noise = {hv * vmax:g} exceeds "
+            f"2 * {scale_name} * temperature = {2 * cv * tv:g} (beta-hat > alpha); increase the {scale_name} or "
+            "lower the step size"
+        )
+
+
+def _min_leaf(M) -> float:
+    return M if isinstance(M, float) else min(float(np.min(np.asarray(x))) for x in jax.tree.leaves(M))
+
+
+def heavy_ball_parameters(learning_rate: float, momentum: float, mass: float = 1.0) -> dict:
+    """The Euler-SGHMC (h, C) for which T = 0 is ``optax.sgd(learning_rate, momentum)``.
+
+    eta = h^2 / M = learning_rate and 1 - alpha = 1 - h C / M = momentum, so
+    h = sqrt(learning_rate M) and C = (1 - momentum) M / h.
+    """
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if not mass > 0:
+        raise ValueError(f"mass must be > 0, got {mass}")
+    h = math.sqrt(learning_rate * mass)
+    return {"step_size": h, "friction": (1.0 - momentum) * mass / h, "mass": mass}
+
+
+# ----------------------------------------------------------------------------------------
+# SGHMC
+# ----------------------------------------------------------------------------------------
+def _momentum_draw(key, position, mass, T, noiseless):
+    if noiseless or key is None:
+        return tree.zeros_like(position)
+    xi = tree.normal_like(key, position)
+    return jax.tree.map(lambda n, m: jnp.sqrt(T * m) * n, xi, mass)
+
+
+def _noise_temperature(T, h, C, V, position):
+    """T_O = T - h V / (2 C) (beta-hat correction), per leaf; T itself when V is None."""
+    if V is None:
+        return jax.tree.map(lambda p: T, position)
+    return jax.tree.map(lambda v, p: jnp.maximum(T - h * v / (2.0 * C), 0.0), V, position)
+
+
+def build_kernel(split: _integrators.Splitting, step_size, friction, temperature, mass, gradient_noise,
+                 num_steps_per_sample: int, resample_momentum: bool):
+    """The SGHMC transition for validated schedules and a validated mass / gradient noise."""
+    noiseless = _schedules.is_constant(temperature) == 0.0
+    integrate = _integrators.build(split, noiseless=noiseless)
+
+    def step(key, state: SGHMCState, batch, grad_fn):
+        position = state.position
+        h = step_size(state.step)
+        C = friction(state.step)
+        T = temperature(state.step)
+        M = _match(mass, position, "mass")
+        inv_M = jax.tree.map(lambda m: 1.0 / m, M)
+        C_tree = jax.tree.map(lambda p: C, position)
+        V = None if gradient_noise is None else _match(gradient_noise, position, "gradient_noise")
+        T_noise = _noise_temperature(T, h, C, V, position)
+        key_int, key_mom = jax.random.split(key)
+        momentum = state.momentum
+        if resample_momentum:
+            fresh = _momentum_draw(key_mom, position, M, T, noiseless)
+            restart = state.step % num_steps_per_sample == 0
+            momentum = jax.tree.map(lambda a, b: jnp.where(restart, a, b), fresh, momentum)
+        cache = state.cache if split.fsal else None
+        new_pos, new_mom, cache, lp, g = integrate(
+            key_int, position, momentum, cache, batch, grad_fn, h, C_tree, M, inv_M, T_noise
+        )
+        diverging = jnp.logical_not(jnp.logical_and(tree.all_finite(new_pos), tree.all_finite(new_mom)))
+        info = SGHMCInfo(h, T, tree.norm(g), lp, diverging, _integrators.kinetic_energy(new_mom, inv_M))
+        return SGHMCState(new_pos, new_mom, state.step + 1, cache if split.fsal else ()), info
+
+    return step
+
+
+def sghmc(
+    step_size,
+    friction,
+    integrator="obabo",
+    mass=1.0,
+    temperature=1.0,
+    num_steps_per_sample: int = 1,
+    *,
+    gradient_noise=None,
+    resample_momentum: bool = False,
+    gradient=None,
+) -> Sampler:
+    """Stochastic-gradient HMC with a splitting integrator (Chen et al. 2014; Franzese et al. 2022).
+
+    SDE: d theta = M^-1 r dt;  dr = grad log p(theta) dt - C M^-1 r dt + sqrt(2 C T) dW.
+    Pieces: A: theta += h M^-1 r;  B: r += h g;
+    O: r <- exp(-C h/M) r + sqrt(T_O M (1 - exp(-2 C h/M))) xi;  E: r <- (1 - C h/M) r + sqrt(2 C h T_O) xi,
+    with T_O = T - h V / (2 C) under the beta-hat correction (T_O = T without it).
+
+    Args:
+      step_size: h > 0, a number or a schedule of the step count.
+      friction: C > 0 (number or schedule). The momentum relaxes at the rate C / M.
+      integrator: ``"obabo"`` (default), ``"baoab"``, ``"aboba"``, ``"lie_trotter"``,
+        ``"euler"`` (Chen et al.'s SGHMC), any word in A, B, O, E (e.g. ``"OABAO"``), or a
+        :class:`heatbath.kernels.integrators.Splitting`. Every named scheme costs one
+        gradient per step (FSAL: the last gradient of a step is the first of the next; with
+        minibatches it was computed on the previous step's batch). FSAL schemes spend their
+        first step evaluating the initial gradient without moving.
+      mass: the diagonal mass M > 0: a number, or a pytree with the position's structure
+        (each leaf a scalar or an array broadcastable to the position leaf).
+      temperature: T >= 0 (number or schedule). T = 0 with ``"euler"`` is heavy-ball
+        momentum, ``optax.sgd(learning_rate=h^2/M, momentum=1 - h C/M)`` step by step (see
+        :func:`heavy_ball_parameters`).
+      num_steps_per_sample: integrator steps per recorded draw (each with its own minibatch);
+        read by the driver as a thinning factor, and the period of ``resample_momentum``.
+      gradient_noise: V, the variance of the minibatch gradient's noise per coordinate (a
+        number or a pytree like the position). Turns on Chen et al.'s beta-hat correction.
+      resample_momentum: redraw r ~ N(0, T M) at the start of every ``num_steps_per_sample``-th
+        step (default: never; the momentum is carried across draws).
+      gradient: the gradient estimator (``"naive"``, ``"cv"`` or a spec from
+        :mod:`heatbath.kernels.gradients`).
+
+    Returns:
+      A :class:`Sampler`. Its info adds ``kinetic_energy`` (r^T M^-1 r / 2, whose mean is
+      d T / 2 at stationarity) to the common fields.
+    """
+    split = _integrators.get(integrator)
+    h = _schedules.as_schedule(step_size, "step_size", positive=True)
+    C = _schedules.as_schedule(friction, "friction", positive=True)
+    T = _schedules.as_schedule(temperature, "temperature", positive=False)
+    M = _check_tree_param(mass, "mass", positive=True)
+    V = None if gradient_noise is None else _check_tree_param(gradient_noise, "gradient_noise", positive=False)
+    k = _check_steps_per_sample(num_steps_per_sample)
+    if not isinstance(resample_momentum, bool):
+        raise TypeError(f"resample_momentum must be True or False, got {resample_momentum!r}")
+    spec = check_gradient_spec(naive() if gradient is None else gradient)
+    _check_noise_budget(h, C, T, V, "friction")
+    if split.name == "euler" or "E" in split.letters:
+        hv, cv = _schedules.is_constant(h), _schedules.is_constant(C)
+        if hv is not None and cv is not None:
+            mmin = _min_leaf(M)
+            if hv * cv / mmin > 1.0:
+                raise ValueError(
+                    f"Euler SGHMC needs alpha = step_size * friction / mass <= 1 (the momentum decay is 1 - alpha), "
+                    f"got {hv * cv / mmin:g}; lower the step size or the friction, or use an exact-O integrator"
+                )
+    noiseless = _schedules.is_constant(T) == 0.0
+
+    def init(position, key=None):
+        Mt = _match(M, position, "mass")
+        if V is not None:
+            _match(V, position, "gradient_noise")
+        momentum = _momentum_draw(key, position, Mt, T(jnp.zeros((), jnp.int32)), noiseless)
+        step0 = jnp.zeros((), jnp.int32)
+        if split.fsal:
+            lp0 = jnp.zeros((), jnp.result_type(float))
+            cache = _integrators.Cache(lp0, tree.zeros_like(position), jnp.zeros((), bool))
+        else:
+            cache = ()
+        return SGHMCState(position, momentum, step0, cache)
+
+    hyper = dict(step_size=step_size, friction=friction, integrator=integrator, mass=mass, temperature=temperature,
+                 num_steps_per_sample=k, gradient_noise=gradient_noise, resample_momentum=resample_momentum,
+                 gradient=spec)
+    base = "sghmc" if split.name == "euler" else f"sghmc-{split.name}"
+    return Sampler(
+        init=init,
+        step=build_kernel(split, h, C, T, M, V, k, resample_momentum),
+        gradient=spec,
+        temperature=T,
+        name=base if spec.name == "naive" else f"{base}-{spec.name}",
+        grads_per_step=float(split.grads_per_step),
+        hyperparameters=hyper,
+        rebuild=lambda **changes: sghmc(**{**hyper, **changes}),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# SGNHT
+# ----------------------------------------------------------------------------------------
+def build_sgnht_kernel(step_size, diffusion, temperature, mass, gradient_noise, num_steps_per_sample: int,
+                       resample_momentum: bool):
+    """The SGNHT transition (Ding et al. 2014) for validated schedules, mass and gradient noise."""
+    noiseless = _schedules.is_constant(temperature) == 0.0
+
+    def step(key, state: SGNHTState, batch, grad_fn):
+        position = state.position
+        h = step_size(state.step)
+        A = diffusion(state.step)
+        T = temperature(state.step)
+        M = _match(mass, position, "mass")
+        inv_M = jax.tree.map(lambda m: 1.0 / m, M)
+        key_noise, key_mom = jax.random.split(key)
+        momentum = state.momentum
+        if resample_momentum:
+            fresh = _momentum_draw(key_mom, position, M, T, noiseless)
+            restart = state.step % num_steps_per_sample == 0
+            momentum = jax.tree.map(lambda a, b: jnp.where(restart, a, b), fresh, momentum)
+        lp, g = grad_fn(position, batch)
+        xi = state.thermostat
+        if noiseless:
+            momentum = jax.tree.map(lambda r, gl: (1.0 - h * xi) * r + h * gl, momentum, g)
+        else:
+            noise = tree.normal_like(key_noise, position)
+            if gradient_noise is None:
+                var = jax.tree.map(lambda m: 2.0 * h * A * T * m, M)
+            else:
+                V = _match(gradient_noise, position, "gradient_noise")
+                var = jax.tree.map(lambda m, v: jnp.maximum(2.0 * h * A * T * m - h * h * v, 0.0), M, V)
+            momentum = jax.tree.map(
+                lambda r, gl, s, n: (1.0 - h * xi) * r + h * gl + jnp.sqrt(s) * n, momentum, g, var, noise
+            )
+        new_pos = _integrators.position_update(position, momentum, h, inv_M)
+        kinetic = _integrators.kinetic_energy(momentum, inv_M)
+        d = tree.size(position)
+        new_xi = xi + h * (2.0 * kinetic / d - T)
+        diverging = jnp.logical_not(
+            jnp.logical_and(jnp.logical_and(tree.all_finite(new_pos), tree.all_finite(momentum)), jnp.isfinite(new_xi))
+        )
+        info = SGNHTInfo(h, T, tree.norm(g), lp, diverging, kinetic, new_xi)
+        return SGNHTState(new_pos, momentum, state.step + 1, new_xi), info
+
+    return step
+
+
+def sgnht(
+    step_size,
+    diffusion=1.0,
+    mass=1.0,
+    temperature=1.0,
+    num_steps_per_sample: int = 1,
+    *,
+    thermostat_init=None,
+    gradient_noise=None,
+    resample_momentum: bool = False,
+    gradient=None,
+) -> Sampler:
+    """Stochastic-gradient Nose-Hoover thermostat (Ding et al., NeurIPS 2014).
+
+    With a scalar thermostat xi (a friction rate that adapts), the diffusion A and d the
+    number of coordinates:
+
+        r     <- (1 - h xi) r + h g + N(0, 2 h A T M - h^2 V)
+        theta <- theta + h M^-1 r
+        xi    <- xi + h (r^T M^-1 r / d - T)
+
+    At equilibrium xi settles where the kinetic temperature r^T M^-1 r / d equals T, which
+    absorbs unknown gradient noise: with noise variance V it goes to xi = A + h mean(V/M)/(2T)
+    instead of needing V (the beta-hat correction of SGHMC). With M = T = 1 this is Ding et
+    al.'s Algorithm 2 written with the momentum r = v / h; with a scalar mass M it is Euler
+    SGHMC with the friction rate C / M replaced by xi.
+
+    Args:
+      step_size: h > 0 (number or schedule).
+      diffusion: A > 0 (number or schedule), the injected noise level; xi starts at A.
+      mass, temperature, num_steps_per_sample, gradient_noise, resample_momentum, gradient:
+        as in :func:`sghmc`.
+      thermostat_init: the initial xi (default: A at step 0).
+    """
+    h = _schedules.as_schedule(step_size, "step_size", positive=True)
+    A = _schedules.as_schedule(diffusion, "diffusion", positive=True)
+    T = _schedules.as_schedule(temperature, "temperature", positive=False)
+    M = _check_tree_param(mass, "mass", positive=True)
+    V = None if gradient_noise is None else _check_tree_param(gradient_noise, "gradient_noise", positive=False)
+    k = _check_steps_per_sample(num_steps_per_sample)
+    if not isinstance(resample_momentum, bool):
+        raise TypeError(f"resample_momentum must be True or False, got {resample_momentum!r}")
+    spec = check_gradient_spec(naive() if gradient is None else gradient)
+    av = _schedules.is_constant(A)
+    if V is not None and av is not None:
+        # noise budget per coordinate: 2 h A T M >= h^2 V, i.e. h V <= 2 (A M) T
+        _check_noise_budget(h, _schedules.constant(av * _min_leaf(M)), T, V, "diffusion * mass")
+    xi0 = float(A(jnp.zeros((), jnp.int32))) if thermostat_init is None else float(thermostat_init)
+    if not math.isfinite(xi0):
+        raise ValueError(f"thermostat_init must be finite, got {xi0}")
+    noiseless = _schedules.is_constant(T) == 0.0
+
+    def init(position, key=None):
+        Mt = _match(M, position, "mass")
+        if V is not None:
+            _match(V, position, "gradient_noise")
+        momentum = _momentum_draw(key, position, Mt, T(jnp.zeros((), jnp.int32)), noiseless)
+        return SGNHTState(position, momentum, jnp.zeros((), jnp.int32), jnp.asarray(xi0, jnp.result_type(float)))
+
+    hyper = dict(step_size=step_size, diffusion=diffusion, mass=mass, temperature=temperature,
+                 num_steps_per_sample=k, thermostat_init=thermostat_init, gradient_noise=gradient_noise,
+                 resample_momentum=resample_momentum, gradient=spec)
+    return Sampler(
+        init=init,
+        step=build_sgnht_kernel(h, A, T, M, V, k, resample_momentum),
+        gradient=spec,
+        temperature=T,
+        name="sgnht" if spec.name == "naive" else f"sgnht-{spec.name}",
+        grads_per_step=1.0,
+        hyperparameters=hyper,
+        rebuild=lambda **changes: sgnht(**{**hyper, **changes}),
+    )
