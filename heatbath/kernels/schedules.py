@@ -122,7 +122,10 @@ def polynomial_cooling(value: float, num_steps: int, power: float = 1.0) -> Sche
         raise ValueError("polynomial_cooling needs num_steps > 0 and power > 0")
 
     def schedule(step):
-        frac = jnp.clip(1.0 - jnp.asarray(step, jnp.float32) / num_steps, 0.0, 1.0)
+        # Subtract in integers first: 1 - k / K in float32 is not exactly 0 at k = K once XLA
+        # turns the division into a multiplication by 1 / K.
+        remaining = jnp.clip(num_steps - jnp.asarray(step, jnp.int32), 0, num_steps)
+        frac = remaining.astype(jnp.float32) / num_steps
         return value * frac**power
 
     return schedule
