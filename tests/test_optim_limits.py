@@ -227,6 +227,20 @@ def test_euler_sghmc_at_zero_temperature_is_momentum_sgd(problem, via):
         assert _max_step_diff(ref, got) <= TOL
 
 
+@pytest.mark.skipif(_SGHMC is None, reason="hb.samplers.sghmc (Euler SGHMC) has not landed yet")
+def test_as_optax_euler_sghmc_is_momentum_sgd(problem):
+    params, loss, batches = problem
+    with jax.enable_x64(True):
+        ref = _optax_path(optax.sgd(0.05, momentum=0.9), params, loss, batches)
+        sampler = hb.samplers.langevin(optax.sgd(0.05, momentum=0.9))  # T = 1, rebuilt at T = 0
+        got = _optax_path(as_optax(sampler, temperature=0.0), params, loss, batches)
+        assert _max_step_diff(ref, got) <= TOL
+    # FSAL splittings reuse the gradient at the new position: not expressible as an optax update.
+    tx = as_optax(_SGHMC(0.1, 1.0, integrator="obabo"))
+    with pytest.raises(ValueError, match="away from the current parameters"):
+        tx.update(jnp.ones(2), tx.init(jnp.zeros(2)), jnp.zeros(2))
+
+
 # ----------------------------------------------------------------------------------------
 # What the Adam-type Langevin samples at T > 0 (module docstring of samplers/langevin.py)
 # ----------------------------------------------------------------------------------------

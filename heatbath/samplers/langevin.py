@@ -422,15 +422,13 @@ def langevin(optimizer, temperature=1.0, *, drift: str = "momentum", correction:
 
         return sgld(lr, temperature, gradient=gradient)
     if kind == "momentum":
-        try:
-            from heatbath.samplers.sghmc import sghmc
-        except ImportError as err:  # pragma: no cover - until sghmc lands
-            raise NotImplementedError("heatbath.samplers.sghmc is not available in this version") from err
+        from heatbath.samplers.sghmc import heavy_ball_parameters, sghmc
+
         if callable(lr):
             raise TypeError("momentum SGD with a learning-rate schedule has no fixed SGHMC step size / friction; "
                             "use a constant learning rate")
-        h = float(lr) ** 0.5
-        return sghmc(h, (1.0 - info["momentum"]) / h, integrator="euler", mass=1.0, temperature=temperature,
+        p = heavy_ball_parameters(float(lr), info["momentum"])
+        return sghmc(p["step_size"], p["friction"], integrator="euler", mass=p["mass"], temperature=temperature,
                      gradient=gradient)
     if kind == "rmsprop":
         if not info["bias_correction"] and info["initial_scale"] == 0.0:
