@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import time
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +56,9 @@ class Result:
       grad_evals: per-datum likelihood-gradient evaluations per chain (MAP search included).
       num_data: N. ``grad_evals / num_data`` is the cost in passes over the data.
       wall_time, compile_time: seconds (wall_time includes compile_time).
+      moments: with ``keep="moments"``: ``count``, ``mean`` and ``var`` (name -> (chain, ...)),
+        and with ``swag_rank=K`` the ``deviations`` of the last K draws from the mean
+        (name -> (chain, K, ...)); ``samples`` is then empty.
     """
 
     samples: dict
@@ -67,6 +71,7 @@ class Result:
     sampler_name: str
     observed_data: Optional[dict] = None
     centre: Any = None
+    moments: Optional[dict] = None
 
     @property
     def num_chains(self) -> int:
@@ -85,10 +90,15 @@ class Result:
         div = np.asarray(self.stats["diverging"])
         return [int(c) for c in np.nonzero(div.any(axis=1))[0]]
 
+    def _need_draws(self):
+        if not self.samples:
+            raise ValueError("this run kept no draws (keep='moments'): use Result.moments")
+
     def to_arviz(self):
         """An ArviZ object: posterior (constrained), sample_stats, observed_data."""
         from heatbath.diagnostics.arviz import to_arviz
 
+        self._need_draws()
         return to_arviz(
             self.samples,
             self.stats,
@@ -100,6 +110,7 @@ class Result:
         """``arviz.summary`` of the posterior; warns when some chains diverged."""
         import arviz as az
 
+        self._need_draws()
         bad = self.diverged_chains()
         if bad:
             warnings.warn(
@@ -111,7 +122,10 @@ class Result:
         return az.summary(self.to_arviz(), **kwargs)
 
     def __repr__(self) -> str:
-        names = ", ".join(f"{k}{tuple(v.shape[2:])}" for k, v in self.samples.items())
+        if self.samples:
+            names = ", ".join(f"{k}{tuple(v.shape[2:])}" for k, v in self.samples.items())
+        else:
+            names = "running moments of " + ", ".join((self.moments or {}).get("mean", {}))
         return (
             f"Result({self.sampler_name}: {self.num_chains} chains x {self.num_draws} draws of {names}; "
             f"{self.data_passes:.1f} data passes, {self.wall_time:.2f}s)"
@@ -284,11 +298,22 @@ class _Progress:
 # ----------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------
-def _make_step(sampler: Sampler, estimator: Estimator, batch_size, num_data):
-    """One transition of one chain: draw a minibatch, estimate the gradient, step."""
+DIVERGENCE_MODES = ("stop", "restart", "flag")
+KEEP_MODES = ("draws", "moments")
+
+
+def _make_step(sampler: Sampler, estimator: Estimator, batch_size, num_data, on_divergence: str = "flag"):
+    """One transition of one chain: draw a minibatch, estimate the gradient, step.
+
+    The carry is (sampler state, estimator state, key, alive). A non-finite new state is
+    caught here, inside the scan: with ``on_divergence="restart"`` the step is rejected (the
+    chain stays at its last finite state and goes on with fresh randomness), with ``"stop"``
+    the chain freezes at its last finite state for good (``alive`` turns False), with
+    ``"flag"`` it is only flagged. Rejected or frozen steps are flagged ``diverging``.
+    """
 
     def one_step(carry, shared_est, data):
-        state, est_state, key = carry
+        state, est_state, key, alive = carry
         key, key_batch, key_step = jax.random.split(key, 3)
         if estimator.shared:
             current = shared_est
@@ -303,37 +328,67 @@ def _make_step(sampler: Sampler, estimator: Estimator, batch_size, num_data):
         def grad_fn(position, b):
             return estimator.estimate(current, position, b)
 
-        state, info = sampler.step(key_step, state, batch, grad_fn)
-        return (state, est_state if estimator.shared else current, key), info
+        new_state, info = sampler.step(key_step, state, batch, grad_fn)
+        if on_divergence != "flag":
+            ok = _tree.all_finite(new_state)
+            if on_divergence == "stop":
+                ok = jnp.logical_and(ok, alive)
+                alive = ok
+            new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+            info = info._replace(diverging=jnp.logical_or(info.diverging, jnp.logical_not(ok)))
+        return (new_state, est_state if estimator.shared else current, key, alive), info
 
     return one_step
 
 
-def _make_chunk(one_step, num_draws: int, thinning: int, record, progress: Optional[_Progress], keep: bool = True):
+def _moments_init(example, num_chains: int, swag_rank: int):
+    """Running moments (Welford) of the recorded values, per chain, and the SWAG ring buffer."""
+    zeros = jax.tree.map(lambda x: jnp.zeros((num_chains,) + jnp.shape(x), jnp.result_type(float)), example)
+    ring = jax.tree.map(lambda x: jnp.zeros((num_chains, swag_rank) + jnp.shape(x), jnp.result_type(float)), example)
+    return {"count": jnp.zeros((), jnp.int32), "mean": zeros, "m2": zeros, "ring": ring}
+
+
+def _moments_update(acc, values, swag_rank: int):
+    count = acc["count"] + 1
+    c = count.astype(jnp.result_type(float))
+    delta = jax.tree.map(lambda x, m: x - m, values, acc["mean"])
+    mean = jax.tree.map(lambda m, d: m + d / c, acc["mean"], delta)
+    m2 = jax.tree.map(lambda q, x, d, mn: q + d * (x - mn), acc["m2"], values, delta, mean)
+    ring = acc["ring"]
+    if swag_rank:
+        slot = acc["count"] % swag_rank
+        ring = jax.tree.map(lambda r, x: r.at[:, slot].set(x), ring, values)
+    return {"count": count, "mean": mean, "m2": m2, "ring": ring}
+
+
+def _make_chunk(one_step, num_draws: int, thinning: int, record, progress: Optional[_Progress],
+                keep: bool = True, moments: bool = False, swag_rank: int = 0):
     """A function running ``num_draws * thinning`` steps of all chains, recording every ``thinning``-th.
 
     ``record(position, data)`` maps one chain's position to what is kept (the constrained
     draw, deterministic sites included); None records only the infos. ``keep=False`` (warmup)
-    returns nothing per draw.
+    returns nothing per draw. ``moments=True`` folds the recorded values into running moments
+    (in the accumulator) instead of returning them.
     """
     vstep = jax.vmap(one_step, in_axes=(0, None, None))
     vrecord = None if record is None else jax.vmap(record, in_axes=(0, None))
 
     def draw(carry, shared_est, data):
-        def inner(c, _):
-            c, info = vstep(c, shared_est, data)
-            return c, info
-
         if thinning == 1:
             return vstep(carry, shared_est, data)
+
+        def inner(c, _):
+            return vstep(c, shared_est, data)
+
         carry, infos = jax.lax.scan(inner, carry, None, length=thinning)
         info = jax.tree.map(lambda x: x[-1], infos)
         if hasattr(info, "diverging"):
             info = info._replace(diverging=jnp.any(infos.diverging, axis=0))
         return carry, info
 
-    def chunk(carry, shared_est, data):
-        def body(c, i):
+    def chunk(carry, acc, shared_est, data):
+        def body(c_acc, i):
+            c, acc = c_acc
             c, info = draw(c, shared_est, data)
             if progress is not None and progress.enabled:
                 every = progress.every
@@ -343,11 +398,14 @@ def _make_chunk(one_step, num_draws: int, thinning: int, record, progress: Optio
 
                 jax.lax.cond((i + 1) % every == 0, tick, lambda: None)
             if not keep:
-                return c, None
-            out = (vrecord(c[0].position, data) if vrecord is not None else (), info)
-            return c, out
+                return (c, acc), None
+            values = vrecord(c[0].position, data) if vrecord is not None else ()
+            if moments:
+                acc = _moments_update(acc, values, swag_rank)
+                return (c, acc), ((), info)
+            return (c, acc), (values, info)
 
-        return jax.lax.scan(body, carry, jnp.arange(num_draws))
+        return jax.lax.scan(body, (carry, acc), jnp.arange(num_draws))
 
     return chunk
 
@@ -357,7 +415,51 @@ def _chunk_lengths(total: int, size: int):
     return [size] * full + ([rest] if rest else [])
 
 
-def _run(
+def _place(tree, sharding):
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+
+def _shardings(shard: Optional[str], devices, num_chains: int, num_data: int):
+    """(carry sharding, data sharding, replicated) for shard = None, 'chains' or 'data'."""
+    if shard is None:
+        return None
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    mesh = Mesh(np.array(devices), ("x",))
+    split = NamedSharding(mesh, PartitionSpec("x"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    if shard == "chains":
+        if num_chains % n:
+            raise ValueError(f"shard='chains' needs num_chains divisible by the {n} devices, got {num_chains}")
+        return split, replicated, replicated
+    if shard == "data":
+        if num_data % n:
+            raise ValueError(
+                f"shard='data' needs the {num_data} data rows to split evenly over {n} devices; drop "
+                f"{num_data % n} row(s) or use shard='chains'"
+            )
+        return replicated, split, replicated
+    raise ValueError(f"shard must be None, 'chains' or 'data', got {shard!r}")
+
+
+class _RunOut(NamedTuple):
+    draws: Any
+    infos: Any
+    carry: Any
+    compile_time: float
+    moments: Any
+    extra_state: Any
+
+
+def _run(*args, **kwargs):
+    """:func:`_run_segments` returning (draws, infos, final carry, compile time) only."""
+    out = _run_segments(*args, **kwargs)
+    return out.draws, out.infos, out.carry, out.compile_time
+
+
+def _run_segments(
     target: Target,
     sampler: Sampler,
     estimator: Estimator,
@@ -372,13 +474,32 @@ def _run(
     progress_bar: bool,
     desc: str,
     record: Optional[Callable] = None,
+    on_divergence: str = "flag",
+    keep: str = "draws",
+    swag_rank: int = 0,
+    shard: Optional[str] = None,
+    devices=None,
+    checkpoint=None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    extra_state: Any = None,
 ):
-    """Run all chains; return host arrays of recorded draws (draw, chain, ...) and infos, plus timings."""
+    """Run all chains in checkpointable segments (warmup chunks, then sampling chunks).
+
+    Returns (recorded draws (draw, chain, ...), infos, final carry, compile time, moments,
+    extra_state). ``extra_state`` is saved in checkpoints and restored on resume (e.g. the
+    control-variate centre).
+    """
     data = target.data
-    one_step = _make_step(sampler, estimator, batch_size, target.num_data)
     num_chains = jax.tree.leaves(positions)[0].shape[0]
+    one_step = _make_step(sampler, estimator, batch_size, target.num_data, on_divergence)
     init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(chain_keys)
     run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(chain_keys)
+    places = _shardings(shard, devices, num_chains, target.num_data)
+    if places is not None:
+        chain_place, data_place, replicated = places
+        data = _place(data, data_place)
+        positions = _place(positions, chain_place)
     states = jax.vmap(sampler.init)(positions, init_keys)
     if estimator.shared:
         shared_est = estimator.init(jax.tree.map(lambda x: x[0], positions), data)
@@ -386,39 +507,92 @@ def _run(
     else:
         shared_est = ()
         est_states = jax.vmap(estimator.init, in_axes=(0, None))(positions, data)
-    carry = (states, est_states, run_keys)
+    carry = (states, est_states, run_keys, jnp.ones((num_chains,), bool))
+    moments = keep == "moments"
+    acc = ()
+    if moments:
+        example = jax.eval_shape(record, jax.tree.map(lambda x: x[0], positions), data)
+        acc = _moments_init(example, num_chains, swag_rank)
+    if places is not None:
+        carry = _place(carry, chain_place)
+        acc = () if not moments else {
+            "count": jax.device_put(acc["count"], replicated),
+            **{k: _place(acc[k], chain_place) for k in ("mean", "m2", "ring")},
+        }
+        shared_est = _place(shared_est, replicated)
 
     per_draw = num_chains * (
         sum(int(np.prod(l.shape[1:])) * l.dtype.itemsize for l in jax.tree.leaves(positions)) + 64
     )
     if chunk_size is None:
         chunk_size = max(1, min(num_draws, _CHUNK_BYTES // max(per_draw, 1)))
+    segments = [(n, 1, False) for n in _chunk_lengths(num_warmup, max(1, chunk_size * thinning))] if num_warmup else []
+    segments += [(n, thinning, True) for n in _chunk_lengths(num_draws, chunk_size)]
+
+    draws, infos = [], []
+    start, previous = 0, None
+    if checkpoint is not None:
+        checkpoint.settings["chunk_size"] = chunk_size
+        if resume:
+            from heatbath.checkpoint import Checkpoint, load_tree
+
+            meta = Checkpoint.read_meta(checkpoint.path)
+            checkpoint.check_settings(meta)
+            carry, acc, shared_est = load_tree(checkpoint.path, meta["state"], (carry, acc, shared_est))
+            like = None
+            for desc_ in meta["draws"]:
+                if like is None:
+                    like = _draw_like(record, positions, data, sampler, moments, segments, thinning, one_step,
+                                      carry, shared_est, acc, swag_rank)
+                values, info = load_tree(checkpoint.path, desc_, like)
+                draws.append(jax.tree.map(np.asarray, values))
+                infos.append(jax.tree.map(np.asarray, info))
+            start, previous = int(meta["segments_done"]), meta
+            if start > len(segments):
+                raise ValueError(f"the checkpoint has {start} segments done, this run has only {len(segments)}")
+
     compile_time = 0.0
     compiled = {}
 
-    def get(length, steps, keep, progress):
-        key = (length, steps, keep)
+    def get(length, steps, keep_, progress):
+        key = (length, steps, keep_)
         nonlocal compile_time
         if key not in compiled:
-            fn = _make_chunk(one_step, length, steps, record, progress, keep)
+            fn = _make_chunk(one_step, length, steps, record, progress, keep_, moments, swag_rank)
             t0 = time.perf_counter()
-            compiled[key] = jax.jit(fn).lower(carry, shared_est, data).compile()
+            compiled[key] = jax.jit(fn).lower(carry, acc, shared_est, data).compile()
             compile_time += time.perf_counter() - t0
         return compiled[key]
 
-    draws, infos = [], []
+    done_steps = sum(n * t for n, t, _ in segments[:start])
+    pending = []
     with _Progress(num_warmup + num_draws * thinning, desc, progress_bar) as progress:
-        if num_warmup:
-            for length in _chunk_lengths(num_warmup, max(1, chunk_size * thinning)):
-                carry, _ = get(length, 1, False, progress)(carry, shared_est, data)
-        for length in _chunk_lengths(num_draws, chunk_size):
-            carry, (pos, info) = get(length, thinning, True, progress)(carry, shared_est, data)
-            draws.append(jax.device_get(pos))
-            infos.append(jax.device_get(info))
+        progress.update(done_steps)
+        for j in range(start, len(segments)):
+            length, steps, is_draws = segments[j]
+            (carry, acc), out = get(length, steps, is_draws, progress)(carry, acc, shared_est, data)
+            if is_draws:
+                values, info = jax.device_get(out)
+                draws.append(values)
+                infos.append(info)
+                pending.append((j, (values, info)))
+            if checkpoint is not None and ((j + 1) % checkpoint_every == 0 or j + 1 == len(segments)):
+                previous = checkpoint.commit(j + 1, (carry, acc, shared_est), pending, previous, extra_state)
+                pending = []
         jax.block_until_ready(carry)
-    positions_out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *draws)
+    draws_out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *draws)
     infos_out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *infos)
-    return positions_out, infos_out, carry, compile_time
+    moments_out = jax.device_get(acc) if moments else None
+    return _RunOut(draws_out, infos_out, carry, compile_time, moments_out, extra_state)
+
+
+def _draw_like(record, positions, data, sampler, moments, segments, thinning, one_step, carry, shared_est, acc,
+               swag_rank):
+    """Shapes of one sampling chunk's (values, infos), to check draws loaded from a checkpoint."""
+    length = next(n for n, _, is_draws in segments if is_draws)
+    fn = _make_chunk(one_step, length, thinning, record, None, True, moments, swag_rank)
+    _, (values, info) = jax.eval_shape(fn, carry, acc, shared_est, data)
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), (values, info))
 
 
 def _grad_evals_per_chain(estimator: Estimator, sampler: Sampler, batch_size, num_data, num_steps):
@@ -440,6 +614,54 @@ def _seed_key(seed):
 # ----------------------------------------------------------------------------------------
 # Public drivers
 # ----------------------------------------------------------------------------------------
+def _describe(obj):
+    """A stable, JSON-able description of hyperparameters (for checkpoint settings)."""
+    from heatbath.kernels.schedules import is_constant
+
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, numbers.Number):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {str(k): _describe(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_describe(v) for v in obj]
+    if callable(obj):
+        value = is_constant(obj)
+        if value is not None:
+            return value
+        return getattr(obj, "__qualname__", type(obj).__name__)
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        return np.asarray(obj).tolist() if np.size(obj) <= 16 else f"array{np.shape(obj)}"
+    text = repr(obj)
+    return text if " at 0x" not in text else type(obj).__name__
+
+
+def _check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _open_checkpoint(checkpoint, resume, settings):
+    """(Checkpoint or None, resuming?) from the user's ``checkpoint`` and ``resume`` arguments."""
+    from heatbath.checkpoint import Checkpoint
+
+    if resume is not None and resume is not False:
+        path = checkpoint if checkpoint is not None else resume
+        if checkpoint is not None and resume is not True and os.fspath(resume) != os.fspath(checkpoint):
+            raise ValueError("checkpoint and resume name different paths; pass one of them")
+        if resume is True:
+            if checkpoint is None:
+                raise ValueError("resume=True needs checkpoint=path")
+            path = checkpoint
+        Checkpoint.read_meta(path)  # fails early, with a clear error, when there is nothing to resume
+        return Checkpoint(path, settings), True
+    if checkpoint is not None:
+        return Checkpoint(checkpoint, settings), False
+    return None, False
+
+
 def sample(
     model_or_target,
     sampler: Sampler,
@@ -454,6 +676,14 @@ def sample(
     init=None,
     progress_bar: bool = True,
     chunk_size: Optional[int] = None,
+    on_divergence: str = "stop",
+    keep: str = "draws",
+    swag_rank: int = 0,
+    checkpoint=None,
+    checkpoint_every: int = 1,
+    resume=None,
+    shard: Optional[str] = None,
+    devices=None,
 ) -> Result:
     """Run a heatbath sampler on a NumPyro model or a Target.
 
@@ -472,6 +702,20 @@ def sample(
         missing sites start at the default (uniform(-2, 2) in the unconstrained space).
       progress_bar: show a tqdm bar fed from inside the scan.
       chunk_size: draws per compiled chunk (bounded memory); default: about 128 MiB of draws.
+      on_divergence: what a chain does when its state becomes non-finite, decided inside the
+        scan: ``"stop"`` (default: it freezes at its last finite state, every later draw is
+        flagged), ``"restart"`` (the step is rejected and the chain goes on from its last
+        finite state with fresh noise), ``"flag"`` (nothing is done; the state is non-finite).
+      keep: ``"draws"`` (default) keeps every recorded draw; ``"moments"`` keeps only running
+        means and variances per chain (and, with ``swag_rank=K``, the last K draws as SWAG-style
+        deviations), so memory does not grow with the run: see ``Result.moments``.
+      checkpoint: a directory; the run's state and draws are written there atomically every
+        ``checkpoint_every`` chunks (npz + JSON, no pickle).
+      resume: the checkpoint directory of an interrupted run (or True with ``checkpoint``):
+        the run continues where it stopped and its draws equal the uninterrupted run's.
+      shard: ``"chains"`` splits the chains over ``devices`` (default: all), ``"data"`` splits
+        the data rows (full-data gradients become sharded reductions); the draws are the
+        same as on one device.
 
     Returns:
       A :class:`Result`.
@@ -485,8 +729,22 @@ def sample(
     num_chains = _check_int(num_chains, "num_chains", 1)
     batch_size = _check_int(batch_size, "batch_size", 1, allow_none=True)
     chunk_size = _check_int(chunk_size, "chunk_size", 1, allow_none=True)
+    swag_rank = _check_int(swag_rank, "swag_rank", 0)
+    checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
+    _check_choice(on_divergence, "on_divergence", DIVERGENCE_MODES)
+    _check_choice(keep, "keep", KEEP_MODES)
+    if swag_rank and keep != "moments":
+        raise ValueError("swag_rank needs keep='moments'")
     _check_target_for_gradients(target, batch_size)
     master = _seed_key(seed)
+    settings = dict(
+        kind="sample", sampler=sampler.name, hyperparameters=_describe(sampler.hyperparameters),
+        num_data=target.num_data, batch_size=batch_size, num_samples=num_samples, num_warmup=num_warmup,
+        thinning=thinning, num_chains=num_chains, seed=seed if isinstance(seed, numbers.Integral) else "key",
+        keep=keep, swag_rank=swag_rank, on_divergence=on_divergence,
+        init=None if init is None else "given",
+    )
+    ckpt, resuming = _open_checkpoint(checkpoint, resume, settings)
     chain_keys = jax.vmap(lambda i: jax.random.fold_in(master, i))(jnp.arange(num_chains))
     positions = _initial_positions(target, init, jax.vmap(lambda k: jax.random.fold_in(k, 0))(chain_keys), num_chains)
     _check_init_finite(target, positions, target.data)
@@ -495,23 +753,19 @@ def sample(
     centre = None
     map_cost = 0.0
     if getattr(spec, "needs_centre", False) and spec.centre is None:
-        opt = optimize(
-            target,
-            None,
-            batch_size=batch_size,
-            num_steps=spec.map_steps,
-            seed=jax.random.fold_in(master, _MAP_KEY),
-            init=None,
-            progress_bar=False,
-        )
-        centre = opt.params
-        map_cost = opt.grad_evals
+        if resuming and ckpt.has_extra():
+            centre = ckpt.load_extra(jax.tree.map(lambda x: x[0], positions))
+        else:
+            opt = optimize(target, None, batch_size=batch_size, num_steps=spec.map_steps,
+                           seed=jax.random.fold_in(master, _MAP_KEY), init=None, progress_bar=False)
+            centre = opt.params
+        map_cost = float(spec.map_steps * (target.num_data if batch_size is None else batch_size))
         spec = spec.with_centre(centre)
     elif getattr(spec, "needs_centre", False):
         centre = spec.centre
     estimator = spec.build(target.terms, target.num_data)
 
-    pos, infos, carry, compile_time = _run(
+    out = _run_segments(
         target,
         sampler,
         estimator,
@@ -525,30 +779,55 @@ def sample(
         progress_bar=progress_bar,
         desc=sampler.name,
         record=target.constrain_fn,
+        on_divergence=on_divergence,
+        keep=keep,
+        swag_rank=swag_rank,
+        shard=shard,
+        devices=devices,
+        checkpoint=ckpt,
+        checkpoint_every=checkpoint_every,
+        resume=resuming,
+        extra_state=centre,
     )
     # (draw, chain, ...) -> (chain, draw, ...)
-    samples = {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in pos.items()}
-    stats = {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in infos._asdict().items()}
+    samples = {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in out.draws.items()} if keep == "draws" else {}
+    stats = {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in out.infos._asdict().items()}
+    moments = None
+    if keep == "moments":
+        acc = out.moments
+        count = int(acc["count"])
+        moments = {
+            "count": count,
+            "mean": {k: np.asarray(v) for k, v in acc["mean"].items()},
+            "var": {k: np.asarray(v) / max(count - 1, 1) for k, v in acc["m2"].items()},
+        }
+        if swag_rank:
+            moments["deviations"] = {
+                k: np.asarray(acc["ring"][k]) - np.asarray(acc["mean"][k])[:, None] for k in acc["ring"]
+            }
 
     result = Result(
         samples=samples,
         stats=stats,
-        final_state=carry[0],
+        final_state=out.carry[0],
         grad_evals=map_cost
         + _grad_evals_per_chain(estimator, sampler, batch_size, target.num_data, num_warmup + num_samples * thinning),
         num_data=target.num_data,
         wall_time=time.perf_counter() - t_start,
-        compile_time=compile_time,
+        compile_time=out.compile_time,
         sampler_name=sampler.name,
         observed_data=target.observed_data,
         centre=centre,
+        moments=moments,
     )
     bad = result.diverged_chains()
     if bad:
         first = [int(np.argmax(stats["diverging"][c])) for c in bad]
+        what = {"stop": "stopped at its last finite state", "restart": "steps rejected and restarted",
+                "flag": "left non-finite"}[on_divergence]
         warnings.warn(
-            f"{len(bad)} of {num_chains} chain(s) diverged (non-finite state): chains {bad}, first at draws "
-            f"{first}. Their draws are flagged in stats['diverging']; lower the step size.",
+            f"{len(bad)} of {num_chains} chain(s) diverged (non-finite state; {what}): chains {bad}, first at "
+            f"draws {first}. Their draws are flagged in stats['diverging']; lower the step size.",
             RuntimeWarning,
             stacklevel=2,
         )
