@@ -851,6 +851,12 @@ def optimize(
     init=None,
     trace_every: Optional[int] = None,
     progress_bar: bool = False,
+    chunk_size: Optional[int] = None,
+    checkpoint=None,
+    checkpoint_every: int = 1,
+    resume=None,
+    shard: Optional[str] = None,
+    devices=None,
 ) -> OptimizeResult:
     """Maximise the log posterior (the MAP): the sampling loop at temperature zero.
 
@@ -859,7 +865,9 @@ def optimize(
         that anneals), or an optax ``GradientTransformation``. Default: Adam with a cosine
         decay from 1e-2 to 1e-4 (scale-free, robust for a MAP in the unconstrained space).
       num_steps: optimisation steps; ``trace_every``: steps between recorded trace points
-        (default: about 200 points).
+        (default: about 200 points); ``chunk_size``: trace points per compiled chunk (the unit
+        of checkpointing; default: all in one chunk, or 20 chunks when checkpointing).
+      checkpoint, checkpoint_every, resume, shard, devices: as in :func:`sample`.
       Other arguments as in :func:`sample`.
     """
     from heatbath.optim.optax_bridge import from_optax
@@ -883,15 +891,25 @@ def optimize(
     batch_size = _check_int(batch_size, "batch_size", 1, allow_none=True)
     _check_target_for_gradients(target, batch_size)
     trace_every = _check_int(trace_every, "trace_every", 1, allow_none=True) or max(1, num_steps // 200)
+    chunk_size = _check_int(chunk_size, "chunk_size", 1, allow_none=True)
+    checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
     master = _seed_key(seed)
+    settings = dict(
+        kind="optimize", optimizer=optimizer.name, hyperparameters=_describe(optimizer.hyperparameters),
+        num_data=target.num_data, batch_size=batch_size, num_steps=num_steps, trace_every=trace_every,
+        seed=seed if isinstance(seed, numbers.Integral) else "key", init=None if init is None else "given",
+    )
+    ckpt, resuming = _open_checkpoint(checkpoint, resume, settings)
     chain_keys = jax.random.fold_in(master, 0)[None]
     positions = _initial_positions(target, init, jax.vmap(lambda k: jax.random.fold_in(k, 0))(chain_keys), 1)
     _check_init_finite(target, positions, target.data)
     estimator = optimizer.gradient.build(target.terms, target.num_data)
     trace_every = min(trace_every, num_steps)
     num_records, rest = divmod(num_steps, trace_every)
+    if chunk_size is None and ckpt is not None:
+        chunk_size = max(1, num_records // 20)
     # The first `rest` steps run unrecorded, then num_records draws every trace_every steps.
-    _, infos, carry, compile_time = _run(
+    out = _run_segments(
         target,
         optimizer,
         estimator,
@@ -901,10 +919,16 @@ def optimize(
         num_draws=num_records,
         thinning=trace_every,
         num_warmup=rest,
-        chunk_size=None,
+        chunk_size=chunk_size,
         progress_bar=progress_bar,
         desc=f"optimize ({optimizer.name})",
+        checkpoint=ckpt,
+        checkpoint_every=checkpoint_every,
+        resume=resuming,
+        shard=shard,
+        devices=devices,
     )
+    infos, carry, compile_time = out.infos, out.carry, out.compile_time
     params = jax.tree.map(lambda x: x[0], carry[0].position)
     trace = {k: np.asarray(v)[:, 0] for k, v in infos._asdict().items()}
     values = {k: np.asarray(v) for k, v in jax.device_get(jax.jit(target.constrain_fn)(params, target.data)).items()}

@@ -212,3 +212,26 @@ def test_shard_errors():
                   devices=[jax.devices()[0]] * 2, progress_bar=False)
     with pytest.raises(ValueError, match="shard must be"):
         hb.sample(gaussian(), hb.samplers.sgld(0.1), num_samples=5, shard="rows", progress_bar=False)
+
+
+def test_optimize_checkpoint_resume_after_a_crash(german, tmp_path, monkeypatch):
+    kw = dict(data=german.data, batch_size=100, num_steps=1000, trace_every=10, seed=2)
+    straight = hb.optimize(german.model, **kw)
+    ckpt = str(tmp_path / "opt")
+    real_commit = hb.checkpoint.Checkpoint.commit
+
+    def crash_after_five(self, segments_done, *args, **kwargs):
+        meta = real_commit(self, segments_done, *args, **kwargs)
+        if segments_done == 5:
+            raise KeyboardInterrupt("simulated crash after the 5th commit")
+        return meta
+
+    monkeypatch.setattr(hb.checkpoint.Checkpoint, "commit", crash_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        hb.optimize(german.model, checkpoint=ckpt, **kw)
+    monkeypatch.setattr(hb.checkpoint.Checkpoint, "commit", real_commit)
+    assert hb.checkpoint.Checkpoint.read_meta(ckpt)["segments_done"] == 5
+    resumed = hb.optimize(german.model, resume=ckpt, **kw)
+    np.testing.assert_array_equal(resumed.params["weights"], straight.params["weights"])
+    np.testing.assert_array_equal(resumed.trace["lp"], straight.trace["lp"])
+    assert hb.checkpoint.Checkpoint.read_meta(ckpt)["segments_done"] == 20
