@@ -55,14 +55,14 @@ def eigh_sym(a: jax.Array):
 def psd_function(a: jax.Array, f: Callable[[jax.Array], jax.Array], *, clip: bool = True) -> jax.Array:
     """f(A) = Q diag(f(lam)) Q^T for symmetric A (eigenvalues clipped at 0 when ``clip``).
 
-    One ``eigh``; the result is symmetric by construction. Differentiable through ``eigh``
+    One ``eigh``; the result is symmetrised, so it is exactly (bitwise) symmetric. Differentiable through ``eigh``
     (use :func:`sqrtm_psd` for a square root whose derivative is stable for repeated
     eigenvalues).
     """
     lam, q = eigh_sym(a)
     if clip:
         lam = jnp.maximum(lam, 0.0)
-    return (q * f(lam)[..., None, :]) @ jnp.swapaxes(q, -1, -2)
+    return symmetrize((q * f(lam)[..., None, :]) @ jnp.swapaxes(q, -1, -2))
 
 
 @jax.custom_jvp
@@ -83,11 +83,11 @@ def _sqrtm_psd_jvp(primals, tangents):
     lam, q = eigh_sym(a)
     root = jnp.sqrt(jnp.maximum(lam, 0.0))
     qt = jnp.swapaxes(q, -1, -2)
-    out = (q * root[..., None, :]) @ qt
+    out = symmetrize((q * root[..., None, :]) @ qt)
     denom = root[..., :, None] + root[..., None, :]
     tiny = jnp.finfo(denom.dtype).tiny
     inner = (qt @ symmetrize(da) @ q) / jnp.maximum(denom, tiny)
-    return out, q @ inner @ qt
+    return out, symmetrize(q @ inner @ qt)
 
 
 def is_spd(a: jax.Array, rtol: float | None = None) -> jax.Array:

@@ -68,7 +68,11 @@ calls per step: use it for small d.
   of the KL over the family (diag(H - T S^-1) = 0 and (H - T S^-1) U = 0), whatever the
   number of sweeps; with U = 0 it reduces to the diagonal FB-GVI, and for a full square
   factor the same proximal step is exactly the FB-GVI backward step. Nothing d x d is formed
-  (the deterministic mode aside).
+  (the deterministic mode aside). The KL over this family often has its optimum on the
+  boundary sigma_i = 0 (U carrying coordinate i), where the Woodbury formulas (which divide
+  by sigma^2) lose all precision; so the family is D >= 1e-3 diag(S): sigma_i^2 is floored
+  at 1e-3 of the coordinate's variance sigma_i^2 + |U_i|^2 (a change of S by at most 0.1% on
+  the diagonal).
 
 A method here is a :class:`~heatbath.samplers.base.Sampler` whose state's ``position`` is the
 mean (so the gradient estimators, SVRG's re-centring included, work unchanged) and whose
@@ -164,7 +168,7 @@ def covariance(state) -> jax.Array:
     """The dense d x d covariance of a state (forms it: for small d or inspection)."""
     if isinstance(state, FullState):
         q = state.eigvecs
-        return (q * state.eigvals[..., None, :]) @ jnp.swapaxes(q, -1, -2)
+        return _linalg.symmetrize((q * state.eigvals[..., None, :]) @ jnp.swapaxes(q, -1, -2))
     if isinstance(state, DiagState):
         return jax.vmap(jnp.diag)(state.variance) if state.variance.ndim > 1 else jnp.diag(state.variance)
     if isinstance(state, LowRankState):
@@ -344,6 +348,14 @@ def _diag_update(state: DiagState, gV, hdiagV, h, T, algorithm):
     return DiagState(mean, state.step + 1, s_new), jnp.min(s_new)
 
 
+_DIAG_FLOOR = 1e-3  # sigma_i^2 >= _DIAG_FLOOR * S_ii in the low-rank family
+
+
+def _floor_scale(sigma, u):
+    """Keep sigma_i^2 >= _DIAG_FLOOR * (sigma_i^2 + |U_i|^2) (see the module docstring)."""
+    return jnp.maximum(sigma, math.sqrt(_DIAG_FLOOR / (1.0 - _DIAG_FLOOR)) * jnp.linalg.norm(u, axis=1))
+
+
 def _lowrank_update(state: LowRankState, gV, curv, h, T, prox_iters):
     huV, hdiagV = curv
     sigma_half = jnp.abs((1.0 - h * hdiagV) * state.scale)
@@ -352,6 +364,7 @@ def _lowrank_update(state: LowRankState, gV, curv, h, T, prox_iters):
 
     def sweep(carry, _):
         sigma, u = carry
+        sigma = _floor_scale(sigma, u)
         inv_diag, apply_inv = _linalg.dplr_inverse_parts(sigma**2, u)
         q = inv_diag * sigma**2
         sigma_new = 0.5 * (sigma_half + jnp.sqrt(sigma_half**2 + 4.0 * hT * q))
@@ -359,6 +372,7 @@ def _lowrank_update(state: LowRankState, gV, curv, h, T, prox_iters):
         return (sigma_new, u_new), None
 
     (sigma, u), _ = jax.lax.scan(sweep, (state.scale, state.factor), None, length=prox_iters)
+    sigma = _floor_scale(sigma, u)
     mean = state.position - h * gV
     return LowRankState(mean, state.step + 1, sigma, u), jnp.min(sigma**2)
 
