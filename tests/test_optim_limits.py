@@ -377,3 +377,40 @@ def test_as_optax_state_carries_key_and_step():
     assert float(jnp.max(jnp.abs(u1 - u2))) > 0.1
     u1_again, _ = as_optax(hb.samplers.sgld(0.5, temperature=1.0), seed=5).update(jnp.zeros(1000), tx.init(params), params)
     np.testing.assert_array_equal(np.asarray(u1), np.asarray(u1_again))
+
+
+def test_as_optax_in_an_equinox_training_loop():
+    """The usual Equinox loop (eqx.filter, eqx.apply_updates, non-array leaves in the model):
+    as_optax(sgld, 0.0) trains exactly like optax.sgd, and at T > 0 it runs and keeps the model
+    finite while adding the Langevin noise (the trajectories then differ)."""
+    eqx = pytest.importorskip("equinox")
+    with jax.enable_x64(True):
+        params, loss_fn, batches = _problem()
+        model = eqx.nn.MLP(4, 1, 16, 1, activation=jnp.tanh, key=jax.random.key(2))
+
+        def loss(m, batch):
+            xb, yb = batch
+            return jnp.mean((jax.vmap(m)(xb)[:, 0] - yb) ** 2)
+
+        def train(tx):
+            m = model
+            state = tx.init(eqx.filter(m, eqx.is_array))
+
+            @eqx.filter_jit
+            def step(m, state, batch):
+                grads = eqx.filter_grad(loss)(m, batch)
+                updates, state = tx.update(grads, state, eqx.filter(m, eqx.is_array))
+                return eqx.apply_updates(m, updates), state
+
+            path = []
+            for batch in batches:
+                m, state = step(m, state, batch)
+                path.append(eqx.filter(m, eqx.is_array))
+            return path
+
+        ref = train(optax.sgd(0.1))
+        got = train(as_optax(hb.samplers.sgld(0.1), temperature=0.0))
+        assert _max_step_diff(ref, got) <= TOL
+        hot = train(as_optax(hb.samplers.sgld(0.1, temperature=1e-4), seed=1))
+        assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(hot[-1]))
+        assert _max_step_diff(ref, hot) > 1e-4
