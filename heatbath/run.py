@@ -156,6 +156,9 @@ class OptimizeResult:
 # ----------------------------------------------------------------------------------------
 # Input checks (all before any compilation)
 # ----------------------------------------------------------------------------------------
+_INT_MAX = 2**31 - 1
+
+
 def _check_int(value, name: str, minimum: int, allow_none: bool = False):
     if value is None and allow_none:
         return None
@@ -163,6 +166,8 @@ def _check_int(value, name: str, minimum: int, allow_none: bool = False):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > _INT_MAX:
+        raise ValueError(f"{name} must be <= {_INT_MAX} (heatbath counts steps and draws in int32), got {value}")
     return int(value)
 
 
@@ -176,15 +181,25 @@ def as_target(model_or_target, data=None) -> Target:
         return model_or_target if data is None else model_or_target.with_data(data)
     if callable(model_or_target):
         if data is None:
-            return from_numpyro(model_or_target)
-        if isinstance(data, dict):
-            return from_numpyro(model_or_target, **data)
-        if isinstance(data, (tuple, list)):
-            return from_numpyro(model_or_target, *data)
-        raise TypeError(
-            "data for a NumPyro model must be a dict of keyword arguments or a tuple of positional ones, "
-            f"got {type(data).__name__}"
-        )
+            args, kwargs = (), {}
+        elif isinstance(data, dict):
+            args, kwargs = (), data
+        elif isinstance(data, (tuple, list)):
+            args, kwargs = tuple(data), {}
+        else:
+            raise TypeError(
+                "data for a NumPyro model must be a dict of keyword arguments or a tuple of positional ones, "
+                f"got {type(data).__name__}"
+            )
+        try:
+            return from_numpyro(model_or_target, *args, **kwargs)
+        except AssertionError as err:
+            # NumPyro checks some inputs with assert (e.g. "size of plate should be positive").
+            labelled = [(f"argument {i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+            empty = [k for k, a in labelled if isinstance(a, (np.ndarray, jax.Array)) and a.ndim and not a.shape[0]]
+            hint = f"; model argument(s) {empty} have no rows" if empty else ""
+            name = getattr(model_or_target, "__name__", "model")
+            raise ValueError(f"the NumPyro model {name!r} failed on its arguments: {err or 'an assertion failed'}{hint}") from err
     raise TypeError(
         "expected a NumPyro model (a callable) or a heatbath Target (hb.models.from_numpyro / "
         f"from_logdensity), got {type(model_or_target).__name__}"
@@ -211,13 +226,37 @@ def _check_sampler(sampler):
 
 def _initial_positions(target: Target, init, keys, num_chains):
     """Unconstrained initial positions with a leading chain axis."""
-    if init is None:
-        return jax.vmap(target.init_params)(keys)
     try:
         example = target.example_params()
     except ValueError:
         example = None
-    values = target.unconstrain(init) if example is not None else init
+    if example is not None and not jax.tree.leaves(example):
+        raise ValueError(f"the target {target.name!r} has no parameters (no latent sites): there is nothing to sample")
+    if init is None:
+        return jax.vmap(target.init_params)(keys)
+
+    def as_array(path, v, dtype=None):
+        where = f"init leaf {jax.tree_util.keystr(path)}" if path else "init"
+        try:
+            arr = v if isinstance(v, jax.Array) else np.asarray(v)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{where} is not a numeric array: {err}") from err
+        if not (jnp.issubdtype(arr.dtype, jnp.number) or jnp.issubdtype(arr.dtype, jnp.bool_)):
+            raise TypeError(f"{where} is not a numeric array (dtype {arr.dtype})")
+        if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+            raise TypeError(f"{where} is complex; parameters are real")
+        if dtype is None and not jnp.issubdtype(arr.dtype, jnp.floating):
+            dtype = jnp.result_type(float)
+        return jnp.asarray(arr, dtype)
+
+    if example is not None:
+        try:
+            values = target.unconstrain(init)
+        except (TypeError, ValueError, IndexError, AssertionError) as err:
+            msg = str(err) if "init" in str(err) else f"init could not be mapped to the unconstrained space: {err}"
+            raise (TypeError if isinstance(err, TypeError) else ValueError)(msg) from err
+    else:
+        values = init
     if example is not None and isinstance(example, dict) and isinstance(values, dict):
         unknown = set(values) - set(example)
         if unknown:
@@ -234,7 +273,8 @@ def _initial_positions(target: Target, init, keys, num_chains):
                 if k in missing:
                     leaves[k] = default[k]
                 else:
-                    leaves[k] = jnp.broadcast_to(jnp.asarray(values[k], example[k].dtype), (num_chains,) + example[k].shape)
+                    leaves[k] = jnp.broadcast_to(as_array((jax.tree_util.DictKey(k),), values[k], example[k].dtype),
+                                                 (num_chains,) + example[k].shape)
             return leaves
     if example is not None:
         if jax.tree.structure(values) != jax.tree.structure(example):
@@ -243,17 +283,20 @@ def _initial_positions(target: Target, init, keys, num_chains):
                 f"{jax.tree.structure(example)}"
             )
 
-        def broadcast(v, e):
-            v = jnp.asarray(v, e.dtype)
+        def broadcast(path, v, e):
+            v = as_array(path, v, e.dtype)
             if v.shape == e.shape:
                 return jnp.broadcast_to(v, (num_chains,) + e.shape)
             if v.shape == (num_chains,) + e.shape:
                 return v
             raise ValueError(f"init leaf of shape {v.shape} does not match the parameter shape {e.shape}")
 
-        return jax.tree.map(broadcast, values, example)
+        return jax.tree_util.tree_map_with_path(broadcast, values, example)
     # No example params: broadcast the user's pytree unless it already has a chain axis.
-    return jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v), (num_chains,) + jnp.shape(v)), values)
+    values = jax.tree_util.tree_map_with_path(as_array, values)
+    if not jax.tree.leaves(values):
+        raise ValueError(f"init has no arrays (got {init!r}): the target needs at least one parameter array")
+    return jax.tree.map(lambda v: jnp.broadcast_to(v, (num_chains,) + jnp.shape(v)), values)
 
 
 def _check_init_finite(target: Target, positions, data):

@@ -102,6 +102,12 @@ def named_leaves(tree: PyTree, default: str = "theta") -> dict:
     return {_leaf_name(path) or default: leaf for path, leaf in leaves}
 
 
+def _is_numeric(dtype) -> bool:
+    """Booleans and numbers (bfloat16 included); not strings, dates, objects or records."""
+    dtype = np.dtype(dtype)
+    return dtype.kind in "biufc" or (dtype.kind == "V" and jnp.issubdtype(dtype, jnp.number))
+
+
 def validate_data(data, *, _structure_of=None):
     """Check a data pytree: arrays with one shared leading axis N > 0, finite values.
 
@@ -120,14 +126,17 @@ def validate_data(data, *, _structure_of=None):
     out = []
     for path, leaf in flat:
         name = _leaf_name(path) or "data"
-        arr = np.asarray(leaf)
-        if arr.dtype == object:
-            raise TypeError(f"data leaf {name!r} is not a numeric array (dtype object)")
+        try:
+            arr = np.asarray(leaf)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"data leaf {name!r} is not a numeric array: {err}") from err
+        if not _is_numeric(arr.dtype):
+            raise TypeError(f"data leaf {name!r} is not a numeric array (dtype {arr.dtype})")
         if arr.ndim == 0:
             raise ValueError(f"data leaf {name!r} is a scalar; every data leaf needs a leading axis of rows")
         if arr.shape[0] == 0:
             raise ValueError(f"data leaf {name!r} has no rows (shape {arr.shape})")
-        if np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.integer):
+        if jnp.issubdtype(arr.dtype, jnp.inexact):
             bad = ~np.isfinite(arr)
             if bad.any():
                 first = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -136,12 +145,45 @@ def validate_data(data, *, _structure_of=None):
                     f"index {first}; drop or impute those rows (or mask them in the model)"
                 )
         lengths[name] = arr.shape[0]
-        out.append(jnp.asarray(arr))
+        try:
+            converted = jnp.asarray(arr)
+        except TypeError as err:  # e.g. float128: numeric for NumPy, not for JAX
+            raise TypeError(f"data leaf {name!r} has dtype {arr.dtype}, which JAX does not support") from err
+        if converted.dtype != arr.dtype and arr.size:
+            # Without x64, JAX stores int64 / float64 in 32 bits: refuse values that wrap or overflow.
+            back = np.asarray(converted)
+            lost = not np.array_equal(back, arr) if arr.dtype.kind in "iu" else not np.isfinite(back).all()
+            if lost:
+                raise ValueError(
+                    f"data leaf {name!r} has {arr.dtype} values that do not fit in {converted.dtype} (JAX's "
+                    "default precision): rescale them, or enable 64-bit types with jax.config.update('jax_enable_x64', True)"
+                )
+        out.append(converted)
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{k}: {v}" for k, v in lengths.items())
         raise ValueError(f"data arrays have unequal numbers of rows ({detail}); all leaves need the same leading axis")
     treedef = jax.tree.structure(data)
     return jax.tree.unflatten(treedef, out), next(iter(lengths.values()))
+
+
+def _param_shapes(params):
+    """Shapes and dtypes of the example ``params``; a TypeError/ValueError naming the bad leaf."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if not flat:
+        raise ValueError(
+            f"params has no arrays (got {params!r}): the target needs at least one parameter array"
+        )
+    shapes = []
+    for path, leaf in flat:
+        name = _leaf_name(path) or "params"
+        try:
+            dtype = np.dtype(jnp.result_type(leaf))
+        except TypeError as err:
+            raise TypeError(f"params leaf {name!r} is not a numeric array ({type(leaf).__name__}): {err}") from err
+        if not _is_numeric(dtype):
+            raise TypeError(f"params leaf {name!r} is not a numeric array (dtype {dtype})")
+        shapes.append(jax.ShapeDtypeStruct(jnp.shape(leaf), dtype))
+    return jax.tree.unflatten(treedef, shapes)
 
 
 def from_logdensity(
@@ -176,12 +218,15 @@ def from_logdensity(
         return logprior(p), loglik(p, batch)
 
     if params is not None:
-        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), params)
+        shapes = _param_shapes(params)
         probe = jax.tree.map(lambda x: x[:2], data)
         try:
             lp_shape, ll_shape = jax.eval_shape(terms, shapes, probe)
         except Exception as err:  # noqa: BLE001 - re-raised with context
             raise ValueError(f"logprior/loglik fail on the example params and a 2-row batch: {err}") from err
+        for what, out in (("logprior", lp_shape), ("loglik", ll_shape)):
+            if jnp.issubdtype(out.dtype, jnp.complexfloating):
+                raise TypeError(f"{what} must return a real scalar, got dtype {out.dtype}")
         if lp_shape.shape != ():
             raise ValueError(f"logprior must return a scalar, got shape {lp_shape.shape}")
         if ll_shape.shape != ():
