@@ -308,7 +308,12 @@ def build(split: Splitting, *, noiseless: bool = False) -> Callable:
 
     def integrate(key, position, momentum, cache, batch, grad_fn, h, friction, mass, inv_mass, temperature):
         num_noise = sum(1 for letter, _ in pieces if letter in "OE")
-        keys = [None] * num_noise if noiseless else list(jax.random.split(key, max(num_noise, 1)))
+        if noiseless:
+            keys = [None] * num_noise
+        elif num_noise == 1:
+            keys = [key]
+        else:
+            keys = list(jax.random.split(key, num_noise))
         start_position, start_momentum = position, momentum
         if fsal:
             lp, grad, valid = cache.lp, cache.grad, True

@@ -248,9 +248,10 @@ def build_kernel(split: _integrators.Splitting, step_size, friction, temperature
         C_tree = jax.tree.map(lambda p: C, position)
         V = None if gradient_noise is None else _match(gradient_noise, position, "gradient_noise")
         T_noise = _noise_temperature(T, h, C, V, position)
-        key_int, key_mom = jax.random.split(key)
+        key_int = key
         momentum = state.momentum
         if resample_momentum:
+            key_int, key_mom = jax.random.split(key)
             fresh = _momentum_draw(key_mom, position, M, T, noiseless)
             restart = state.step % num_steps_per_sample == 0
             momentum = jax.tree.map(lambda a, b: jnp.where(restart, a, b), fresh, momentum)
@@ -377,9 +378,10 @@ def build_sgnht_kernel(step_size, diffusion, temperature, mass, gradient_noise, 
         T = temperature(state.step)
         M = _match(mass, position, "mass")
         inv_M = jax.tree.map(lambda m: 1.0 / m, M)
-        key_noise, key_mom = jax.random.split(key)
+        key_noise = key
         momentum = state.momentum
         if resample_momentum:
+            key_noise, key_mom = jax.random.split(key)
             fresh = _momentum_draw(key_mom, position, M, T, noiseless)
             restart = state.step % num_steps_per_sample == 0
             momentum = jax.tree.map(lambda a, b: jnp.where(restart, a, b), fresh, momentum)
