@@ -218,3 +218,35 @@ def test_lanczos_top_eigenvalue():
     assert abs(float(hessian_top_eigenvalue(lambda x: -jnp.sum(x**2), jnp.ones(4), jax.random.key(0))) + 2.0) < 1e-4
     with pytest.raises(ValueError, match="num_iters"):
         hessian_top_eigenvalue(loss, params, jax.random.key(1), num_iters=0)
+
+
+@pytest.mark.slow
+def test_digits_entropy_sgd_is_flatter_than_sgd_at_equal_accuracy():
+    """examples/entropy_sgd_digits.py, SGD vs Entropy-SGD, 3 seeds x 20000 minibatch gradients.
+
+    Measured (3 seeds): Hessian trace 8.18 +- 0.25 (SGD) vs 7.42 +- 0.16 (Entropy-SGD), top
+    eigenvalue 1.133 +- 0.048 vs 1.005 +- 0.043, test accuracy 0.977 vs 0.979 (sd 0.002). The
+    differences of the 3-seed means have standard errors 0.17 (trace), 0.037 (top eigenvalue)
+    and 0.0015 (accuracy): the assertions below sit 4.4, 3.4 and > 5 standard errors inside.
+    """
+    pytest.importorskip("sklearn")
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "entropy_sgd_digits.py"
+    spec = importlib.util.spec_from_file_location("entropy_sgd_digits", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    Xtr, Xte, ytr, yte = ex.load()
+    out = {"SGD": [], "Entropy-SGD": []}
+    for seed in range(3):
+        example = ex.init_params(jax.random.key(seed))
+        target = ex.make_target(Xtr, ytr, example)
+        contenders = ex.methods(20000, len(ytr))
+        for name in out:
+            res = hb.optimize(target, contenders[name], batch_size=32, num_steps=20000, init=example, seed=seed)
+            out[name].append(ex.evaluate(res.params, Xtr, ytr, Xte, yte, jax.random.key(1)))
+    mean = {n: {k: np.mean([e[k] for e in evs]) for k in evs[0]} for n, evs in out.items()}
+    assert mean["Entropy-SGD"]["hessian_trace"] < mean["SGD"]["hessian_trace"], mean
+    assert mean["Entropy-SGD"]["top_eigenvalue"] < mean["SGD"]["top_eigenvalue"], mean
+    assert mean["Entropy-SGD"]["test_acc"] >= mean["SGD"]["test_acc"] - 0.01, mean
