@@ -273,8 +273,13 @@ def _initial_positions(target: Target, init, keys, num_chains):
                 if k in missing:
                     leaves[k] = default[k]
                 else:
-                    leaves[k] = jnp.broadcast_to(as_array((jax.tree_util.DictKey(k),), values[k], example[k].dtype),
-                                                 (num_chains,) + example[k].shape)
+                    v = as_array((jax.tree_util.DictKey(k),), values[k], example[k].dtype)
+                    try:
+                        leaves[k] = jnp.broadcast_to(v, (num_chains,) + example[k].shape)
+                    except ValueError as err:
+                        raise ValueError(
+                            f"init leaf {k!r} of shape {v.shape} does not match the parameter shape {example[k].shape}"
+                        ) from err
             return leaves
     if example is not None:
         if jax.tree.structure(values) != jax.tree.structure(example):
@@ -1060,6 +1065,8 @@ class Gaussian:
         initialisation / refreshes and a control-variates MAP search included in grad_evals.
       wall_time: seconds of the run (compile included); trace_time: seconds spent afterwards
         computing ``trace``'s entropy / ELBO / KL.
+      trace_states: with ``fit(..., keep_trace_states=True)``, the method's state at every
+        trace point (leading axis: trace point), e.g. to follow the moments.
     """
 
     state: Any

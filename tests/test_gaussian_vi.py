@@ -358,17 +358,28 @@ def test_brownian_motion_exact_posterior_moments():
     np.testing.assert_allclose(q.sd, mf_sd, rtol=0.01)
 
 
+def constant_then_decay(h0, k0, gamma=2.0):
+    def schedule(k):
+        k = jnp.asarray(k, jnp.float32)
+        return h0 * jnp.minimum(1.0, (k0 / jnp.maximum(k, 1.0)) ** gamma)
+
+    return schedule
+
+
 def test_german_credit_matches_the_reference():
-    """Stochastic FB-GVI (one antithetic pair, full covariance) from N(0, 0.01 I): means within 0.1
-    reference sd, sds within 10% after 400 steps (800 gradient calls, 20000 HVPs)."""
+    """Stochastic FB-GVI (one antithetic pair, full covariance) from N(0, 0.01 I), h = 2.2e-3 <
+    1/lambda_max = 1/379 for 100 steps then decaying like (100/k)^2: means within 0.1 reference
+    sd, sds within 10% after 300 steps (600 gradient calls, 15000 HVPs); measured over seeds 0-4
+    with the same schedule: accurate for good from step 80-150 on, final max z 0.01-0.04. The
+    comparison uses 20000 draws of q (MC error of a mean: 0.007 sd)."""
     ref = _reference("german_credit")
-    method = hb.vi.fbgvi(2e-3, 400, antithetic=True, init_cov=0.01)
+    method = hb.vi.fbgvi(constant_then_decay(2.2e-3, 100), 300, antithetic=True, init_cov=0.01)
     q = hb.fit(ref.model, method, data=dict(ref.data), init={"weights": np.zeros(25)}, elbo_samples=64, seed=1)
     cmp = ref.compare({k: v[None] for k, v in q.sample(0, 20000).items()})
     assert cmp["max_abs_z"] < 0.1
     assert 0.9 < cmp["sd_ratio_min"] and cmp["sd_ratio_max"] < 1.1
-    assert q.grad_calls == 800 and q.hvp_calls == 400 * 2 * 25
-    assert q.grad_evals == 800 * 1000 and q.hvp_evals == 20000 * 1000
+    assert q.grad_calls == 600 and q.hvp_calls == 300 * 2 * 25
+    assert q.grad_evals == 600 * 1000 and q.hvp_evals == 15000 * 1000
     # the ELBO trace (64 common draws per point) rises and ends near its maximum (measured: from
     # -541.8 at step 4 to -529.3)
     elbo = q.trace["elbo"]
