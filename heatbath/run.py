@@ -784,6 +784,9 @@ def sample(
     if swag_rank and keep != "moments":
         raise ValueError("swag_rank needs keep='moments'")
     _check_target_for_gradients(target, batch_size)
+    # Samplers that take several integrator steps per draw (SGHMC's num_steps_per_sample) get
+    # them as driver-level thinning: every step draws its own minibatch.
+    steps_per_draw = thinning * int(sampler.hyperparameters.get("num_steps_per_sample", 1) or 1)
     master = _seed_key(seed)
     settings = dict(
         kind="sample", sampler=sampler.name, hyperparameters=_describe(sampler.hyperparameters),
@@ -821,7 +824,7 @@ def sample(
         chain_keys,
         batch_size=batch_size,
         num_draws=num_samples,
-        thinning=thinning,
+        thinning=steps_per_draw,
         num_warmup=num_warmup,
         chunk_size=chunk_size,
         progress_bar=progress_bar,
@@ -859,7 +862,7 @@ def sample(
         stats=stats,
         final_state=out.carry[0],
         grad_evals=map_cost
-        + _grad_evals_per_chain(estimator, sampler, batch_size, target.num_data, num_warmup + num_samples * thinning),
+        + _grad_evals_per_chain(estimator, sampler, batch_size, target.num_data, num_warmup + num_samples * steps_per_draw),
         num_data=target.num_data,
         wall_time=time.perf_counter() - t_start,
         compile_time=out.compile_time,

@@ -122,3 +122,12 @@ def test_control_variates_use_the_map_and_count_its_cost():
 def test_progress_bar_runs():
     r = hb.sample(logistic, hb.samplers.sgld(1e-3), data=DATA, batch_size=50, num_samples=100, progress_bar=True)
     assert r.samples["w"].shape == (1, 100, 4)
+
+
+def test_num_steps_per_sample_is_driver_level_thinning():
+    t = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p**2), lambda p, b: 0.0 * jnp.sum(b), jnp.zeros((4,)),
+                                  params=jnp.zeros(2))
+    a = hb.sample(t, hb.samplers.sghmc(0.1, 1.0, num_steps_per_sample=3), num_samples=10, progress_bar=False)
+    b = hb.sample(t, hb.samplers.sghmc(0.1, 1.0), num_samples=30, progress_bar=False)
+    np.testing.assert_array_equal(a.samples["theta"], b.samples["theta"][:, 2::3])
+    assert a.grad_evals == b.grad_evals
