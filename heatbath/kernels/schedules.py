@@ -47,6 +47,11 @@ __all__ = [
 ]
 
 
+def _as_float(step):
+    """The step count as the default float (float32, or float64 under jax_enable_x64)."""
+    return jnp.asarray(step).astype(jnp.result_type(float))
+
+
 class _Constant:
     """A constant schedule that remembers its value (so drivers can read it statically)."""
 
@@ -79,7 +84,7 @@ def polynomial_decay(a: float, b: float = 1.0, gamma: float = 0.55) -> Schedule:
         raise ValueError(f"polynomial_decay needs 0 <= gamma <= 1, got {gamma}")
 
     def schedule(step):
-        return a * (b + jnp.asarray(step, jnp.float32)) ** (-gamma)
+        return a * (b + _as_float(step)) ** (-gamma)
 
     return schedule
 
@@ -95,7 +100,7 @@ def cyclical(value: float, num_steps: int, num_cycles: int) -> Schedule:
     length = math.ceil(num_steps / num_cycles)
 
     def schedule(step):
-        phase = jnp.mod(jnp.asarray(step, jnp.float32), length) / length
+        phase = jnp.mod(_as_float(step), length) / length
         return 0.5 * value * (jnp.cos(jnp.pi * phase) + 1.0)
 
     return schedule
@@ -109,7 +114,7 @@ def geometric_cooling(value: float, rate: float, minimum: float = 0.0) -> Schedu
         raise ValueError(f"geometric_cooling needs 0 < rate < 1, got {rate}")
 
     def schedule(step):
-        return jnp.maximum(value * rate ** jnp.asarray(step, jnp.float32), minimum)
+        return jnp.maximum(value * rate ** _as_float(step), minimum)
 
     return schedule
 
@@ -125,7 +130,7 @@ def polynomial_cooling(value: float, num_steps: int, power: float = 1.0) -> Sche
         # Subtract in integers first: 1 - k / K in float32 is not exactly 0 at k = K once XLA
         # turns the division into a multiplication by 1 / K.
         remaining = jnp.clip(num_steps - jnp.asarray(step, jnp.int32), 0, num_steps)
-        frac = remaining.astype(jnp.float32) / num_steps
+        frac = _as_float(remaining) / num_steps
         return value * frac**power
 
     return schedule

@@ -140,8 +140,8 @@ def build_preconditioned_kernel(
             gamma = preconditioner.correction(pstate, g, tree.mul(z, hz))
             # Gamma ~ 1/V is stiff while the running average V is still filling up (V starts
             # at 0): switch it on once the averaging window (``correction_delay`` steps) is full.
-            on = (state.step >= correction_delay).astype(h.dtype if hasattr(h, "dtype") else jnp.float32)
-            drift = jax.tree.map(lambda d, gm: d + on * gm, drift, gamma)
+            on = state.step >= correction_delay
+            drift = jax.tree.map(lambda d, gm: d + jnp.where(on, gm, 0.0), drift, gamma)
         if noiseless:
             new = jax.tree.map(lambda p, d: p + h * d, state.position, drift)
         else:
