@@ -297,6 +297,31 @@ def test_stochastic_fbgvi_kl_not_above_bwsgd():
             assert kl_fb <= kl_bw * (1 + 1e-3) + 1e-6
 
 
+@pytest.mark.slow
+def test_stochastic_fbgvi_vs_bwsgd_paper_budgets_over_seeds():
+    """The paper's stochastic budgets (time 400; 360, 400, 800, 6400 iterations), 5 seeds each.
+    At h = 1.11 FB-GVI's KL is below BW-SGD's on every seed (BW-SGD ~1400). At h <= 1 = 1/lam_max
+    both covariances reach A^-1 and the final KL is the mean's noise: the paired difference
+    KL_FB - KL_BW has mean within 2 standard errors of 0 or below (measured at h = 1: 0.75 +- 0.46
+    vs 0.66 +- 0.42, FB-GVI lower on 2 of 5 seeds; at h = 0.5 and 0.0625 equal on every seed)."""
+    a, sigma, mu = paper_target()
+    target = quadratic_target(a.astype(np.float32), mu.astype(np.float32))
+    for iters in (360, 400, 800, 6400):
+        h = 400 / iters
+        fb, bw = [], []
+        for seed in range(5):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                fb.append(fit_final(target, hb.vi.fbgvi(h, iters), 10, exact=(mu, sigma), seed=seed).trace["kl"][-1])
+                bw.append(fit_final(target, hb.vi.bwsgd(h, iters), 10, exact=(mu, sigma), seed=seed).trace["kl"][-1])
+        fb, bw = np.asarray(fb, np.float64), np.asarray(bw, np.float64)
+        if iters == 360:
+            assert np.all(fb < 3.0) and np.all(~np.isfinite(bw) | (bw > 100.0))
+        else:
+            diff = fb - bw
+            assert diff.mean() <= 2 * diff.std(ddof=1) / np.sqrt(len(diff)) + 1e-6, (iters, fb, bw)
+
+
 def test_lowrank_is_exact_in_its_family_and_stationary_outside():
     """Target covariance D + U U^T with rank 3: rank-3 FB-GVI recovers it (KL ~ 0); rank 2 stops at
     a stationary point of the KL over the family: diag(A - S^-1) = 0 and (A - S^-1) U = 0."""
