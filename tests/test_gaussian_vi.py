@@ -450,6 +450,34 @@ def test_doubly_stochastic_minibatch_fbgvi():
     assert q.hvp_calls == 1500 * 2 * 3
 
 
+def test_structured_variants_on_a_small_bayesian_neural_network():
+    """A one-hidden-layer classifier (d = 141) with minibatches of 50 out of 500: the diagonal and
+    the low-rank (r = 5) variants run doubly stochastic, keep S positive definite, and raise the
+    ELBO (64 common draws on the full data) far above its starting value (measured: from -360
+    at step 5 to -165 (diag) and -168 (low rank) at step 600)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 4)).astype(np.float32)
+    t = (np.sin(x[:, 0]) + x[:, 1] * x[:, 2] > 0).astype(np.float32)
+    params = {"w1": jnp.zeros((4, 20)), "b1": jnp.zeros(20), "w2": jnp.zeros((20, 1)), "b2": jnp.zeros(1)}
+
+    def loglik(p, b):
+        logit = (jnp.tanh(b[0] @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"])[:, 0]
+        return jnp.sum(b[1] * jax.nn.log_sigmoid(logit) + (1 - b[1]) * jax.nn.log_sigmoid(-logit))
+
+    target = hb.models.from_logdensity(
+        lambda p: -0.5 * sum(jnp.sum(v**2) for v in jax.tree.leaves(p)), loglik, (x, t), params=params
+    )
+    init = jax.tree.map(lambda v: jnp.asarray(0.1 * rng.normal(size=v.shape), jnp.float32), params)
+    for kw in [dict(covariance="diag"), dict(covariance="lowrank", rank=5)]:
+        q = hb.fit(target, hb.vi.fbgvi(2e-3, 600, init_cov=0.01, **kw), batch_size=50, init=init, elbo_samples=64,
+                   trace_every=5, seed=0)
+        elbo = q.trace["elbo"]
+        assert np.all(np.isfinite(elbo)) and not q.trace["diverging"].any()
+        assert np.all(q.trace["min_variance"] > 0)
+        assert elbo[-1] > elbo[0] + 100 and elbo[-1] > -1000, (kw, elbo)
+        assert q.hvp_calls == 600 * (1 if kw["covariance"] == "diag" else 6)
+
+
 def _scale_model(y):
     loc = numpyro.sample("loc", dist.Normal(0.0, 10.0))
     scale = numpyro.sample("scale", dist.HalfNormal(5.0))
@@ -481,6 +509,13 @@ def test_gaussian_result_samples_constrained_and_exports_to_arviz():
     s = q.cov
     assert np.array_equal(s, s.T) and np.all(np.linalg.eigvalsh(s) > 0)
     assert "fbgvi" in repr(q)
+
+
+def test_rebuild_changes_only_what_is_asked():
+    m = hb.vi.bwsgd(0.1, 10, covariance="diag").rebuild(num_steps=5)
+    assert m.hyperparameters["num_steps"] == 5 and m.name == "bwsgd-diag"
+    m = hb.vi.fbgvi(0.1, 10, covariance="lowrank", rank=3).rebuild(step_size=0.2)
+    assert m.hyperparameters["step_size"] == 0.2 and m.hyperparameters["rank"] == 3
 
 
 def test_calls_per_step():

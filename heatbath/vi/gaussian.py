@@ -520,12 +520,15 @@ def _build(
         temperature=temperature,
         gradient=spec,
     )
+    if algorithm == "bwsgd":  # bwsgd's own arguments, so that rebuild(**changes) works
+        del hyper["rank"], hyper["prox_iters"]
     points = num_mc * (2 if antithetic else 1)
     name = algorithm if covariance == "full" else f"{algorithm}-{covariance}"
     if mode == "deterministic":
         name += "-det"
     ctor = fbgvi if algorithm == "fbgvi" else bwsgd
-    meta = dict(hyper, family="gaussian_vi", algorithm=algorithm, init_kind=init_kind, init_value=init_value)
+    meta = dict(hyper, rank=rank, prox_iters=prox_iters, family="gaussian_vi", algorithm=algorithm,
+                init_kind=init_kind, init_value=init_value)
     return Sampler(
         init=_make_init(covariance, init_kind, init_value, rank),
         step=_build_step(algorithm, h, T, mode, num_mc, antithetic, num_probes, prox_iters),
