@@ -32,7 +32,9 @@ polynomials of degree <= 3 under N(m, S)); g is the average gradient and H comes
 Stein's identity E hess V = S^-1 E[(X - m) grad V(X)^T] (symmetrised) under the same rule,
 so the deterministic mode needs gradients only (2k per step) and is *exact* when V is
 quadratic: on Gaussian targets it is the paper's deterministic FB-GVI. It costs O(d) gradient
-calls per step: use it for small d.
+calls per step: use it for small d. Its points sit sqrt(k) standard deviations from the mean,
+so on non-Gaussian targets in moderate d it is biased: on German credit (d = 25, points at 5 sd)
+the sds come out up to 6% low, against 2-3% for the stochastic mode.
 
 **Covariance structures** (``covariance=``):
 
