@@ -26,7 +26,6 @@ import scipy.linalg
 from scipy.stats import ortho_group
 
 import heatbath as hb
-from heatbath.kernels import linalg
 from heatbath.vi import gaussian as G
 
 
