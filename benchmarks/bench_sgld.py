@@ -202,10 +202,11 @@ def compiled_hb_loop(target, sampler, batch, steps, num_chains=1, seed=0, record
     positions = jax.vmap(target.init_params)(keys)
     states = jax.vmap(sampler.init)(positions, keys)
     shared = estimator.init(jax.tree.map(lambda x: x[0], positions), target.data)
-    if _NEW_LOOP:
-        args = ((states, (), keys, jnp.ones((num_chains,), bool)), (), shared, target.data)
-    else:
-        args = ((states, (), keys), shared, target.data)
+    carry = (states, (), keys) + ((jnp.ones((num_chains,), bool),) if _NEW_LOOP else ())
+    params = inspect.signature(chunk).parameters
+    args = (carry,) + (((),) if "acc" in params else ()) + (shared, target.data)
+    if "offset" in params:  # the global step count at the start of the chunk
+        args = args + (jnp.int32(0),)
     return aot(chunk, *args)
 
 
