@@ -425,3 +425,53 @@ def test_numpyro_sghmc_kernel_matches_hb_sample():
     res = hb.sample(model, hb.samplers.sghmc(1e-2, 5.0, "baoab"), data={"y": y}, batch_size=50, num_samples=200,
                     num_chains=1, seed=3, progress_bar=False)
     np.testing.assert_allclose(mcmc.get_samples()["mu"], res.samples["mu"][0], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# Reference posteriors: gradient evaluations to the foundation's bars, against SGLD
+# ----------------------------------------------------------------------------------------
+def _replicates_meeting_bars(ref, sampler, steps, seed=0, replicates=8):
+    """Replicates of 4 chains (one run of 4 * replicates chains) meeting the bars after ``steps``
+    kept draws (the first steps/10 discarded): max |z| <= 0.25, sd ratios in [0.9, 1.2]."""
+    res = hb.sample(ref.model, sampler, data=ref.data, batch_size=100, num_samples=steps + steps // 10,
+                    num_chains=4 * replicates, seed=seed, progress_bar=False)
+    n = 0
+    for i in range(replicates):
+        c = ref.compare({k: v[4 * i:4 * i + 4, steps // 10:] for k, v in res.samples.items()})
+        n += c["max_abs_z"] <= 0.25 and c["sd_ratio_min"] >= 0.9 and c["sd_ratio_max"] <= 1.2
+    return n
+
+
+@pytest.mark.slow
+def test_ark_splittings_reach_the_bars_in_half_the_gradients_of_sgld():
+    """arK (AR(5), batch 100): at 20,000 steps (2.2e6 row-gradients per chain) OBABO and BAOAB
+    (h = 0.0015, C = 35) meet the bars in >= 7 of 8 replicates, SGLD at its best step sizes
+    (2e-5, 3e-5; 5e-5 and above inflate alpha's sd by > 1.2) in <= 2 of 8. SGLD 2e-5 needs
+    ~30,000-40,000 steps (benchmarks/bench_sghmc.py accuracy: ratio ~2). The splittings win
+    because they have no O(h) variance inflation in the stiff intercept direction, which
+    SGLD's step has to avoid (sd ratio 1/sqrt(1 - h lambda / 2))."""
+    ref = hb.models.reference("arK")
+    for integrator in ("obabo", "baoab"):
+        n = _replicates_meeting_bars(ref, hb.samplers.sghmc(0.0015, 35.0, integrator), 20_000)
+        print(integrator, n)
+        assert n >= 7, (integrator, n)
+    for h in (2e-5, 3e-5):
+        n = _replicates_meeting_bars(ref, hb.samplers.sgld(h), 20_000)
+        print("sgld", h, n)
+        assert n <= 2, (h, n)
+
+
+@pytest.mark.slow
+def test_german_credit_splittings_meet_the_bars():
+    """German credit (25 weights, batch 100): OBABO and BAOAB (h = 0.009, C = 30) meet the
+    foundation's plain-SGLD bars in >= 7 of 8 replicates at 7,000 steps, as SGLD does at its
+    best step (3e-4) and its foundation step (1e-4) does not (it needs ~15,000 steps). Here the
+    splittings tie with tuned SGLD (benchmarks/bench_sghmc.py accuracy): the posterior is well
+    conditioned and the gradient noise, the same O(h/C) for both, sets the step."""
+    ref = hb.models.reference("german_credit")
+    for integrator in ("obabo", "baoab"):
+        n = _replicates_meeting_bars(ref, hb.samplers.sghmc(0.009, 30.0, integrator), 7_000)
+        print(integrator, n)
+        assert n >= 7, (integrator, n)
+    assert _replicates_meeting_bars(ref, hb.samplers.sgld(3e-4), 7_000) >= 7
+    assert _replicates_meeting_bars(ref, hb.samplers.sgld(1e-4), 7_000) <= 4
