@@ -360,13 +360,16 @@ def _make_step(sampler: Sampler, estimator: Estimator, batch_size, num_data, on_
     ``"flag"`` it is only flagged. Rejected or frozen steps are flagged ``diverging``.
     """
 
-    def one_step(carry, shared_est, data):
+    def one_step(carry, shared_est, data, step=None):
         state, est_state, key, alive = carry
         key, key_batch, key_step = jax.random.split(key, 3)
         if estimator.shared:
             current = shared_est
         else:
-            current = estimator.refresh(est_state, state.position, data, state.step)
+            # `step` is the driver's global step count, passed unbatched so that under the chain
+            # vmap the refresh stays a lax.cond (a batched predicate would turn it into a select
+            # that computes the full-data gradient at every step).
+            current = estimator.refresh(est_state, state.position, data, state.step if step is None else step)
         if batch_size is None:
             batch = data
         else:
@@ -418,26 +421,28 @@ def _make_chunk(one_step, num_draws: int, thinning: int, record, progress: Optio
     returns nothing per draw. ``moments=True`` folds the recorded values into running moments
     (in the accumulator) instead of returning them.
     """
-    vstep = jax.vmap(one_step, in_axes=(0, None, None))
+    vstep = jax.vmap(one_step, in_axes=(0, None, None, None))
     vrecord = None if record is None else jax.vmap(record, in_axes=(0, None))
 
-    def draw(carry, shared_est, data):
+    def draw(carry, shared_est, data, first_step):
         if thinning == 1:
-            return vstep(carry, shared_est, data)
+            return vstep(carry, shared_est, data, first_step)
 
-        def inner(c, _):
-            return vstep(c, shared_est, data)
+        def inner(c, k):
+            return vstep(c, shared_est, data, first_step + k)
 
-        carry, infos = jax.lax.scan(inner, carry, None, length=thinning)
+        carry, infos = jax.lax.scan(inner, carry, jnp.arange(thinning, dtype=jnp.int32))
         info = jax.tree.map(lambda x: x[-1], infos)
         if hasattr(info, "diverging"):
             info = info._replace(diverging=jnp.any(infos.diverging, axis=0))
         return carry, info
 
-    def chunk(carry, acc, shared_est, data):
+    def chunk(carry, acc, shared_est, data, offset):
+        """``offset``: the global step count at the start of the chunk (a traced scalar)."""
+
         def body(c_acc, i):
             c, acc = c_acc
-            c, info = draw(c, shared_est, data)
+            c, info = draw(c, shared_est, data, offset + i * thinning)
             if progress is not None and progress.enabled:
                 every = progress.every
 
@@ -453,7 +458,7 @@ def _make_chunk(one_step, num_draws: int, thinning: int, record, progress: Optio
                 return (c, acc), ((), info)
             return (c, acc), (values, info)
 
-        return jax.lax.scan(body, (carry, acc), jnp.arange(num_draws))
+        return jax.lax.scan(body, (carry, acc), jnp.arange(num_draws, dtype=jnp.int32))
 
     return chunk
 
@@ -608,7 +613,7 @@ def _run_segments(
         if key not in compiled:
             fn = _make_chunk(one_step, length, steps, record, progress, keep_, moments, swag_rank)
             t0 = time.perf_counter()
-            compiled[key] = jax.jit(fn).lower(carry, acc, shared_est, data).compile()
+            compiled[key] = jax.jit(fn).lower(carry, acc, shared_est, data, jnp.int32(0)).compile()
             compile_time += time.perf_counter() - t0
         return compiled[key]
 
@@ -618,7 +623,8 @@ def _run_segments(
         progress.update(done_steps)
         for j in range(start, len(segments)):
             length, steps, is_draws = segments[j]
-            (carry, acc), out = get(length, steps, is_draws, progress)(carry, acc, shared_est, data)
+            (carry, acc), out = get(length, steps, is_draws, progress)(carry, acc, shared_est, data, jnp.int32(done_steps))
+            done_steps += length * steps
             if is_draws:
                 values, info = jax.device_get(out)
                 draws.append(values)
@@ -639,7 +645,7 @@ def _draw_like(record, positions, data, sampler, moments, segments, thinning, on
     """Shapes of one sampling chunk's (values, infos), to check draws loaded from a checkpoint."""
     length = next(n for n, _, is_draws in segments if is_draws)
     fn = _make_chunk(one_step, length, thinning, record, None, True, moments, swag_rank)
-    _, (values, info) = jax.eval_shape(fn, carry, acc, shared_est, data)
+    _, (values, info) = jax.eval_shape(fn, carry, acc, shared_est, data, jnp.int32(0))
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), (values, info))
 
 

@@ -131,3 +131,22 @@ def test_num_steps_per_sample_is_driver_level_thinning():
     b = hb.sample(t, hb.samplers.sghmc(0.1, 1.0), num_samples=30, progress_bar=False)
     np.testing.assert_array_equal(a.samples["theta"], b.samples["theta"][:, 2::3])
     assert a.grad_evals == b.grad_evals
+
+
+def test_svrg_refresh_stays_a_cond_under_the_chain_vmap():
+    """A batched predicate would turn SVRG's refresh into a select that computes the full-data
+    gradient at every step; the driver passes an unbatched global step so it stays a cond."""
+    from heatbath import run
+
+    t = hb.models.from_numpyro(logistic, X, Y)
+    counts = {}
+    for name, spec in [("naive", hb.kernels.gradients.naive()), ("svrg", hb.kernels.gradients.svrg(10))]:
+        s = hb.samplers.sgld(1e-3, gradient=spec)
+        est = spec.build(t.terms, t.num_data)
+        chunk = run._make_chunk(run._make_step(s, est, 50, t.num_data, "stop"), 4, 2, None, None)
+        pos = jax.vmap(t.init_params)(jax.random.split(jax.random.key(0), 3))
+        ests = () if est.shared else jax.vmap(est.init, in_axes=(0, None))(pos, t.data)
+        shared = est.init(pos, t.data) if est.shared else ()
+        carry = (jax.vmap(s.init)(pos), ests, jax.random.split(jax.random.key(1), 3), jnp.ones(3, bool))
+        counts[name] = str(jax.make_jaxpr(chunk)(carry, (), shared, t.data, jnp.int32(0))).count("cond[")
+    assert counts == {"naive": 0, "svrg": 1}
