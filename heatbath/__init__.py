@@ -9,7 +9,7 @@ noise at a temperature T: T = 1 samples the posterior, T -> 0 anneals, T = 0 opt
     result.to_arviz()
 """
 
-from heatbath import checkpoint, diagnostics, kernels, models, optim, samplers
+from heatbath import checkpoint, diagnostics, kernels, models, optim, samplers, vi
 from heatbath.run import Gaussian, OptimizeResult, Result, fit, optimize, sample
 from heatbath import numpyro  # noqa: E402 - the samplers as numpyro.infer.MCMCKernels
 
@@ -18,6 +18,10 @@ __version__ = "0.1.0"
 __all__ = [
     "sample",
     "optimize",
+    "fit",
+    "Gaussian",
+    "vi",
+    "checkpoint",
     "Result",
     "OptimizeResult",
     "kernels",
