@@ -1210,6 +1210,11 @@ def fit(
     keep_trace_states: bool = False,
     progress_bar: bool = False,
     chunk_size: Optional[int] = None,
+    checkpoint=None,
+    checkpoint_every: int = 1,
+    resume=None,
+    shard: Optional[str] = None,
+    devices=None,
 ) -> "Gaussian":
     """Run a Gaussian VI method (``hb.vi.fbgvi``, ``hb.vi.bwsgd``) and return its :class:`Gaussian`.
 
@@ -1235,7 +1240,9 @@ def fit(
       keep_trace_states: keep the method's state (mean and covariance factors) at every trace
         point in ``Gaussian.trace_states`` (leading axis: trace point), e.g. to follow the
         moments; memory: one state per trace point.
-      progress_bar, chunk_size: as in :func:`sample`.
+      progress_bar, chunk_size, checkpoint, checkpoint_every, resume, shard, devices: as in
+        :func:`sample` (``chunk_size`` counts trace points; with a checkpoint and no chunk size the
+        run is cut into 20 chunks).
 
     Returns:
       A :class:`Gaussian`.
@@ -1285,8 +1292,17 @@ def fit(
         spec = spec.with_centre(_ravel_pytree(spec.centre)[0])
     estimator = spec.build(flat_target.terms, flat_target.num_data)
 
+    checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
+    settings = dict(
+        kind="fit", method=method.name, hyperparameters=_describe(method.hyperparameters),
+        num_data=target.num_data, batch_size=batch_size, trace_every=trace_every, dim=dim,
+        seed=seed if isinstance(seed, numbers.Integral) else "key", init=None if init is None else "given",
+    )
+    ckpt, resuming = _open_checkpoint(checkpoint, resume, settings)
     wrapped = method._replace(step=_record_state(method.step))
     num_records, rest = divmod(num_steps, trace_every)
+    if chunk_size is None and ckpt is not None:
+        chunk_size = max(1, num_records // 20)
     _, infos, carry, compile_time = _run(
         flat_target,
         wrapped,
@@ -1300,6 +1316,11 @@ def fit(
         chunk_size=chunk_size,
         progress_bar=progress_bar,
         desc=method.name,
+        checkpoint=ckpt,
+        checkpoint_every=checkpoint_every,
+        resume=resuming,
+        shard=shard,
+        devices=devices,
     )
     wall_time = time.perf_counter() - t_start
     final = jax.tree.map(lambda x: x[0], carry[0])

@@ -235,3 +235,25 @@ def test_optimize_checkpoint_resume_after_a_crash(german, tmp_path, monkeypatch)
     np.testing.assert_array_equal(resumed.params["weights"], straight.params["weights"])
     np.testing.assert_array_equal(resumed.trace["lp"], straight.trace["lp"])
     assert hb.checkpoint.Checkpoint.read_meta(ckpt)["segments_done"] == 20
+
+
+def test_fit_checkpoint_resume_after_a_crash(german, tmp_path, monkeypatch):
+    method = hb.vi.fbgvi(step_size=2e-3, num_steps=200, antithetic=True)
+    kw = dict(data=german.data, seed=4, trace_every=5, elbo_samples=0)
+    straight = hb.fit(german.model, method, **kw)
+    ckpt = str(tmp_path / "fit")
+    real_commit = hb.checkpoint.Checkpoint.commit
+
+    def crash(self, segments_done, *args, **kwargs):
+        meta = real_commit(self, segments_done, *args, **kwargs)
+        if segments_done == 7:
+            raise KeyboardInterrupt("simulated crash")
+        return meta
+
+    monkeypatch.setattr(hb.checkpoint.Checkpoint, "commit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        hb.fit(german.model, method, checkpoint=ckpt, **kw)
+    monkeypatch.setattr(hb.checkpoint.Checkpoint, "commit", real_commit)
+    resumed = hb.fit(german.model, method, resume=ckpt, **kw)
+    np.testing.assert_array_equal(resumed.mean_flat, straight.mean_flat)
+    np.testing.assert_array_equal(np.asarray(resumed.cov), np.asarray(straight.cov))
