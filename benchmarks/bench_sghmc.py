@@ -27,9 +27,13 @@ them at S and at every larger S of the grid.
 Gradient evaluations per chain to the bars = 1.1 S x 100 rows. Each method takes the best of
 a small grid of its hyperparameters (listed in the output).
 
-blackjax. Time to the German credit bars (wall clock, 32 chains), heatbath OBABO and Euler
-against blackjax.sghmc (Euler, positions then momenta, 10 steps per minibatch) over a grid of
-its step size and friction alpha.
+blackjax. Time to the German credit bars with 32 chains: (gradient steps to the bars, as
+above) x (seconds per gradient step of the compiled loop, timed interleaved, min over repeats),
+heatbath OBABO, BAOAB and Euler (through the NumPyro bridge, every draw recorded) against
+blackjax.sghmc (Euler, positions then momenta, k steps per minibatch, the momentum redrawn
+every k steps; a hand-written log density) over a small grid of its step size, friction
+alpha and k. With k = 1 blackjax.sghmc moves the position with the freshly drawn momentum
+before any gradient acts, so the gradient never reaches the position; k >= 5 here.
 """
 
 from __future__ import annotations
@@ -272,10 +276,11 @@ def part_accuracy(args):
 # blackjax: time to the bars on German credit
 # ----------------------------------------------------------------------------------------
 def part_blackjax(args):
+    """Steps to the German credit bars (8 x seeds replicates) x seconds per step (timed interleaved)."""
     ref = hb.models.reference("german_credit")
     X, y = (jnp.asarray(ref.data["X"]), jnp.asarray(ref.data["y"]))
     N = X.shape[0]
-    grid = SETTINGS["german_credit"]["grid"] + [15000, 20000, 30000]
+    grid = SETTINGS["german_credit"]["grid"] + [15000, 20000, 30000, 40000, 60000]
     smax = max(grid)
     total = int(1.1 * smax)
     num_chains = 4 * REPLICATES
@@ -283,37 +288,52 @@ def part_blackjax(args):
     def prior(w):
         return -0.5 * jnp.sum(w**2)
 
-    rows = []
-    # heatbath (its own loop; wall time of the run without compilation)
-    for scheme, (h, c) in (("obabo", (0.009, 30.0)), ("euler", (0.009, 30.0))):
+    stars, timers = {}, {}
+    # heatbath: its own driver on the NumPyro model
+    target = hb.models.from_numpyro(ref.model, **ref.data)
+    for scheme, (h, c) in (("obabo", (0.012, 40.0)), ("baoab", (0.012, 40.0)), ("euler", (0.009, 30.0))):
         sampler = hb.samplers.sghmc(h, c, scheme)
-        star, counts, _, res = run_method(ref, sampler, grid)
-        run = res.wall_time - res.compile_time
-        t_star = None if star is None else run * 1.1 * star / total
-        print(f"heatbath {scheme} h={h} C={c}: S*={star}, run {run:.2f}s for {total} steps x {num_chains} chains; "
-              + " ".join(f"{S}:{k}" for S, k in zip(grid, counts)), flush=True)
-        rows.append([f"heatbath sghmc {scheme}", f"h={h:g}, C={c:g}", star, f"{run / total * 1e6:.1f}",
-                     "-" if t_star is None else f"{t_star:.2f}"])
-    # blackjax.sghmc: samples of k steps on one minibatch
-    k = 10
-    for h, alpha in ((0.009, 30.0), (0.003, 30.0), (0.001, 30.0), (0.003, 100.0)):
+        label = f"heatbath sghmc-{scheme} h={h:g} C={c:g}"
+        star, counts, _, _ = run_method(ref, sampler, grid, seeds=range(args.seeds))
+        print(f"{label}: S*={star}; " + " ".join(f"{S}:{k}" for S, k in zip(grid, counts)), flush=True)
+        stars[label] = star
+        timers[label] = compiled_hb_loop(target, sampler, BATCH, args.time_steps, num_chains=num_chains)
+    # blackjax.sghmc: samples of k Euler steps on one minibatch, the momentum redrawn every sample
+    for h, alpha, k in ((0.003, 100.0, 10), (0.005, 100.0, 10), (0.003, 50.0, 5), (0.006, 100.0, 5)):
+        label = f"blackjax.sghmc h={h:g} alpha={alpha:g} k={k}"
         run_fn = build_blackjax_sghmc(N, BATCH, total // k, h, alpha, k, _loglik_row, prior)
-        keys = jax.random.split(jax.random.key(0), num_chains)
-        w0 = jax.vmap(lambda kk: jax.random.uniform(kk, (25,), minval=-2.0, maxval=2.0))(keys)
         fn = jax.jit(jax.vmap(run_fn, in_axes=(0, 0, None, None)))
-        compiled = fn.lower(w0, keys, X, y).compile()
-        t0 = time.perf_counter()
-        draws = jax.block_until_ready(compiled(w0, keys, X, y))  # (chains, samples, 25)
-        run = time.perf_counter() - t0
-        draws = np.repeat(np.asarray(draws), k, axis=1)  # index by gradient steps (each sample = k steps)
-        star, counts = steps_to_bars(ref, {"weights": draws}, grid)
-        t_star = None if star is None else run * 1.1 * star / total
-        print(f"blackjax.sghmc h={h} alpha={alpha} k={k}: S*={star}, run {run:.2f}s; "
-              + " ".join(f"{S}:{c}" for S, c in zip(grid, counts)), flush=True)
-        rows.append([f"blackjax.sghmc (k={k})", f"h={h:g}, alpha={alpha:g}", star, f"{run / total * 1e6:.1f}",
-                     "-" if t_star is None else f"{t_star:.2f}"])
-    print(markdown_table(["sampler", "setting", "gradient steps to the bars", "us per step (32 chains)",
-                          "seconds to the bars"], rows))
+        counts = np.zeros(len(grid), int)
+        for seed in range(args.seeds):
+            keys = jax.random.split(jax.random.key(seed), num_chains)
+            w0 = jax.vmap(lambda kk: jax.random.uniform(kk, (25,), minval=-2.0, maxval=2.0))(keys)
+            draws = np.repeat(np.asarray(fn(w0, keys, X, y)), k, axis=1)  # indexed by gradient steps
+            counts += np.asarray(bars_counts(ref, {"weights": draws}, grid))
+        star = first_reached(grid, list(counts), REPLICATES * args.seeds)
+        print(f"{label}: S*={star}; " + " ".join(f"{S}:{c}" for S, c in zip(grid, counts)), flush=True)
+        stars[label] = star
+        keys = jax.random.split(jax.random.key(0), num_chains)
+        timers[label] = aot(jax.vmap(build_blackjax_sghmc(N, BATCH, args.time_steps // k, h, alpha, k, _loglik_row,
+                                                          prior), in_axes=(0, 0, None, None)),
+                            jnp.zeros((num_chains, 25)), keys, X, y)
+    # the floor: hand-written OBABO and Euler (same logistic model), vmapped over the chains, every draw kept
+    keys = jax.random.split(jax.random.key(0), num_chains)
+    for scheme, floor, (h, c) in (("obabo", build_floor_obabo, (0.012, 40.0)), ("euler", build_floor_euler, (0.009, 30.0))):
+        label = f"floor {scheme} (hand-written, 1 minibatch per step)"
+        timers[label] = aot(jax.vmap(floor(N, BATCH, args.time_steps, h, c), in_axes=(0, 0, None, None)),
+                            jnp.zeros((num_chains, 25)), keys, X, y)
+        stars[label] = None
+    print(f"timing {args.time_steps} gradient steps x {num_chains} chains, repeats={args.repeats}", flush=True)
+    timings = interleaved(timers, repeats=args.repeats)
+    rows = []
+    for label, t in timings.items():
+        per_step = t.best / args.time_steps
+        star = stars[label]
+        rows.append([label, "-" if label.startswith("floor") else "not reached" if star is None else str(star),
+                     f"{per_step * 1e6:.1f}",
+                     "-" if star is None else f"{1.1 * star * per_step:.2f}", t.spread])
+    print(markdown_table(["sampler", "gradient steps to the bars", "us per gradient step (32 chains, min)",
+                          "seconds to the bars", "spread"], rows))
 
 
 def main(argv=None):
@@ -323,6 +343,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--targets", nargs="+", default=["german_credit", "arK"])
     ap.add_argument("--seeds", type=int, default=3, help="accuracy: independent runs of 8 x 4 chains per method")
+    ap.add_argument("--time-steps", type=int, default=5000, help="blackjax: steps per timed call")
     args = ap.parse_args(argv)
     for k, v in machine_info().items():
         print(f"{k}: {v}")
