@@ -191,19 +191,33 @@ def as_target(model_or_target, data=None) -> Target:
                 "data for a NumPyro model must be a dict of keyword arguments or a tuple of positional ones, "
                 f"got {type(data).__name__}"
             )
-        try:
-            return from_numpyro(model_or_target, *args, **kwargs)
-        except AssertionError as err:
-            # NumPyro checks some inputs with assert (e.g. "size of plate should be positive").
-            labelled = [(f"argument {i}", a) for i, a in enumerate(args)] + list(kwargs.items())
-            empty = [k for k, a in labelled if isinstance(a, (np.ndarray, jax.Array)) and a.ndim and not a.shape[0]]
-            hint = f"; model argument(s) {empty} have no rows" if empty else ""
-            name = getattr(model_or_target, "__name__", "model")
-            raise ValueError(f"the NumPyro model {name!r} failed on its arguments: {err or 'an assertion failed'}{hint}") from err
+        return from_numpyro(model_or_target, *args, **kwargs)
     raise TypeError(
         "expected a NumPyro model (a callable) or a heatbath Target (hb.models.from_numpyro / "
         f"from_logdensity), got {type(model_or_target).__name__}"
     )
+
+
+def _check_total_steps(total: int):
+    if total >= 2**31 - 1:
+        raise ValueError(
+            f"the run has {total} steps in all (num_warmup + num_samples * thinning); the step counter is "
+            "int32: split it into runs below 2**31 steps (e.g. with checkpoint/resume)"
+        )
+
+
+def _check_centre(target: Target, centre):
+    """The control-variates centre must have the structure and shapes of the parameters."""
+    example = target.example_params()
+    if jax.tree.structure(centre) != jax.tree.structure(example):
+        raise ValueError(
+            f"the control-variates centre has structure {jax.tree.structure(centre)}, the parameters have "
+            f"{jax.tree.structure(example)} (it lives in the unconstrained space, like Result.centre)"
+        )
+    for c, e in zip(jax.tree.leaves(centre), jax.tree.leaves(example)):
+        if jnp.shape(c) != e.shape:
+            raise ValueError(f"the control-variates centre has a leaf of shape {jnp.shape(c)} where the parameter has {e.shape}")
+    return jax.tree.map(lambda c, e: jnp.asarray(c, e.dtype), centre, example)
 
 
 def _check_target_for_gradients(target: Target, batch_size):
@@ -308,6 +322,12 @@ def _check_init_finite(target: Target, positions, data):
     """Fail early (before the long compile) if the log density is not finite at the start."""
     # Eager (op-by-op, cached per primitive): no compilation of a throwaway function per call.
     lp, ll = jax.vmap(target.terms, in_axes=(0, None))(positions, jax.tree.map(lambda x: x[:1], data))
+    for name, value in (("logprior", lp), ("loglik", ll)):
+        if jnp.shape(value) != (jnp.shape(lp)[0],) or not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+            raise ValueError(
+                f"{name} must return a real scalar (loglik: the sum over the batch's rows), got shape "
+                f"{jnp.shape(value)[1:]} and dtype {jnp.result_type(value)}"
+            )
     bad = np.nonzero(~np.isfinite(np.asarray(lp + ll)))[0]
     if bad.size:
         raise ValueError(
@@ -480,6 +500,8 @@ def _shardings(shard: Optional[str], devices, num_chains: int, num_data: int):
 
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
+    if n == 0:
+        raise ValueError("devices is empty: pass at least one device (default: jax.devices())")
     mesh = Mesh(np.array(devices), ("x",))
     split = NamedSharding(mesh, PartitionSpec("x"))
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -660,8 +682,12 @@ def _grad_evals_per_chain(estimator: Estimator, sampler: Sampler, batch_size, nu
 def _seed_key(seed):
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+            if seed.shape != ():
+                raise ValueError(f"seed must be a single JAX key (shape ()), got a key array of shape {seed.shape}")
             return seed
         raise TypeError(f"seed must be an integer or a JAX key, got {seed!r}")
+    if not -(2**63) <= int(seed) < 2**63:
+        raise ValueError(f"seed must fit in 64 bits, got {seed}")
     return jax.random.key(int(seed))
 
 
@@ -692,7 +718,7 @@ def _describe(obj):
 
 
 def _check_choice(value, name, choices):
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
@@ -793,6 +819,9 @@ def sample(
     # Samplers that take several integrator steps per draw (SGHMC's num_steps_per_sample) get
     # them as driver-level thinning: every step draws its own minibatch.
     steps_per_draw = thinning * int(sampler.hyperparameters.get("num_steps_per_sample", 1) or 1)
+    _check_total_steps(num_warmup + num_samples * steps_per_draw)
+    if shard is not None:
+        _shardings(shard, devices, num_chains, target.num_data)
     master = _seed_key(seed)
     settings = dict(
         kind="sample", sampler=sampler.name, hyperparameters=_describe(sampler.hyperparameters),
@@ -819,7 +848,8 @@ def sample(
         map_cost = float(spec.map_steps * (target.num_data if batch_size is None else batch_size))
         spec = spec.with_centre(centre)
     elif getattr(spec, "needs_centre", False):
-        centre = spec.centre
+        centre = _check_centre(target, spec.centre)
+        spec = spec.with_centre(centre)
     estimator = spec.build(target.terms, target.num_data)
 
     out = _run_segments(

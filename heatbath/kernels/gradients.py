@@ -31,6 +31,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from heatbath.kernels import tree
 
@@ -47,6 +48,18 @@ __all__ = [
     "minibatch_logdensity",
     "full_data_value_and_grad",
 ]
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def _chunk_rows(value):
+    return None if value is None else _positive_int(value, "chunk_rows")
 
 
 def batch_size_of(batch: PyTree) -> int:
@@ -177,11 +190,9 @@ class _ControlVariates:
     name = "control_variates"
 
     def __init__(self, centre=None, map_steps: int = 2000, chunk_rows: Optional[int] = None):
-        if map_steps <= 0:
-            raise ValueError(f"map_steps must be positive, got {map_steps}")
         self.centre = centre
-        self.map_steps = int(map_steps)
-        self.chunk_rows = chunk_rows
+        self.map_steps = _positive_int(map_steps, "map_steps")
+        self.chunk_rows = _chunk_rows(chunk_rows)
 
     def with_centre(self, centre):
         return _ControlVariates(centre, self.map_steps, self.chunk_rows)
@@ -223,10 +234,8 @@ class _SVRG:
     name = "svrg"
 
     def __init__(self, update_every: int, chunk_rows: Optional[int] = None):
-        if int(update_every) <= 0:
-            raise ValueError(f"svrg update_every must be a positive integer, got {update_every}")
-        self.update_every = int(update_every)
-        self.chunk_rows = chunk_rows
+        self.update_every = _positive_int(update_every, "svrg update_every")
+        self.chunk_rows = _chunk_rows(chunk_rows)
 
     def build(self, terms: TermsFn, num_data: int) -> Estimator:
         vg = jax.value_and_grad(minibatch_logdensity(terms, num_data))

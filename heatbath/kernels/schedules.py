@@ -221,7 +221,10 @@ def as_schedule(value: ScheduleLike, name: str, *, positive: bool = True) -> Sch
             ) from err
         if np.ndim(out) != 0:
             raise ValueError(f"{name} schedule must return a scalar, got shape {np.shape(out)} at step {step}")
-        v = float(out)
+        try:
+            v = float(out)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} schedule must return a number, got {out!r} at step {step}") from err
         if not math.isfinite(v) or v < 0 or (positive and v == 0 and step == 0):
             raise ValueError(f"{name} schedule returned {v} at step {step}; it must be finite and non-negative")
     # Inside the sampler's scan the step is a traced int32: a schedule that branches on it

@@ -94,8 +94,28 @@ def from_numpyro(model: Callable, *model_args, **model_kwargs) -> Target:
                 f"model argument {label!r} contains {bad} NaN or infinite value(s); drop or impute "
                 "them (or mask the observations in the model and pass finite placeholders)"
             )
-    with handlers.block():
-        trace = handlers.trace(handlers.seed(model, 0)).get_trace(*model_args, **model_kwargs)
+    for label, a in [(f"argument {i}", a) for i, a in enumerate(model_args)] + list(model_kwargs.items()):
+        if isinstance(a, np.ndarray) and not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise TypeError(f"model argument {label!r} is not a numeric array (dtype {a.dtype})")
+    labelled = [(f"argument {i}", a) for i, a in enumerate(model_args)] + list(model_kwargs.items())
+    empty = [label for label, a in labelled if _is_array(a) and np.shape(a)[0] == 0]
+    if empty:
+        raise ValueError(f"model argument(s) {empty} have no rows: every data array needs at least one row")
+    try:
+        with handlers.block():
+            trace = handlers.trace(handlers.seed(model, 0)).get_trace(*model_args, **model_kwargs)
+    except Exception as err:  # noqa: BLE001 - re-raised with what heatbath can tell about the inputs
+        lengths = {
+            label: np.shape(a)[0]
+            for label, a in [(f"argument {i}", a) for i, a in enumerate(model_args)] + list(model_kwargs.items())
+            if _is_array(a)
+        }
+        hint = ""
+        if len(set(lengths.values())) > 1:
+            hint = " The array arguments have unequal numbers of rows: " + ", ".join(
+                f"{k}: {v}" for k, v in lengths.items()
+            ) + "."
+        raise ValueError(f"the NumPyro model failed when run on its arguments: {type(err).__name__}: {err}.{hint}") from err
 
     latent = {}
     discrete = []
