@@ -219,7 +219,8 @@ def test_same_seed_same_draws_and_chain_independence():
     t = _noisy_gaussian_target()
     a = hb.sample(t, sampler, batch_size=BATCH, num_samples=50, num_chains=3, seed=4, progress_bar=False)
     b = hb.sample(t, sampler, batch_size=BATCH, num_samples=50, num_chains=1, seed=4, progress_bar=False)
-    np.testing.assert_array_equal(a.samples["theta"][:1], b.samples["theta"])
+    # Equal up to float32 rounding (a single chain may be compiled without the chain vmap).
+    np.testing.assert_allclose(a.samples["theta"][:1], b.samples["theta"], rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------
