@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleaved, machine_info, markdown_table, paired_ratio  # noqa: E402
+from common import interleaved, machine_info, markdown_table, ops_per_step, paired_ratio  # noqa: E402
 from bench_sgld import compiled_hb_loop, hb_sample_measure, loglik, logprior, make_data  # noqa: E402
 
 import blackjax  # noqa: E402
@@ -61,10 +61,49 @@ import heatbath as hb  # noqa: E402
 # ----------------------------------------------------------------------------------------
 # cost: the floors
 # ----------------------------------------------------------------------------------------
-def build_floor_obabo(n_rows, batch, steps, h, C):
-    """Hand-written OBABO, M = T = 1, the gradient carried from the end of one step to the next."""
+def build_floor_obabo(n_rows, batch, steps, h, C, with_value=False):
+    """Hand-written OBABO, M = T = 1, the gradient carried from the end of one step to the next.
+
+    ``with_value``: also compute the minibatch log density (heatbath's samplers report it as
+    ``lp``, so their gradient estimator evaluates value and gradient together)."""
     d = math.exp(-C * h / 2)
     s = math.sqrt(1 - d * d)
+
+    def logpost(w, Xb, yb):
+        return logprior(w) + (n_rows / batch) * loglik(w, (Xb, yb))
+
+    if with_value:
+        vg = jax.value_and_grad(logpost)
+    else:
+        def vg(w, Xb, yb):
+            return None, jax.grad(logpost)(w, Xb, yb)
+
+    def run(w0, key, X, y):
+        k0, key = jax.random.split(key)
+        r0 = jax.random.normal(k0, w0.shape)
+        _, g0 = vg(w0, X[:batch], y[:batch])
+
+        def body(carry, _):
+            w, r, g, key = carry
+            key, kb, kn = jax.random.split(key, 3)
+            xi = jax.random.normal(kn, (2,) + w.shape)  # both O noises from one RNG call
+            r = d * r + s * xi[0]
+            r = r + 0.5 * h * g
+            w = w + h * r
+            idx = jax.random.randint(kb, (batch,), 0, n_rows)
+            lp, g = vg(w, X[idx], y[idx])
+            r = r + 0.5 * h * g
+            r = d * r + s * xi[1]
+            return (w, r, g, key), (w if lp is None else (w, lp))
+
+        return jax.lax.scan(body, (w0, r0, g0, key), None, length=steps)[1]
+
+    return run
+
+
+def build_floor_euler(n_rows, batch, steps, h, C, with_value=False):
+    """Hand-written Euler SGHMC (Chen et al. 2014): r <- (1 - hC) r + h g + sqrt(2 C h) xi; w <- w + h r."""
+    a, s = 1.0 - C * h, math.sqrt(2 * C * h)
 
     def logpost(w, Xb, yb):
         return logprior(w) + (n_rows / batch) * loglik(w, (Xb, yb))
@@ -74,45 +113,18 @@ def build_floor_obabo(n_rows, batch, steps, h, C):
     def run(w0, key, X, y):
         k0, key = jax.random.split(key)
         r0 = jax.random.normal(k0, w0.shape)
-        _, g0 = vg(w0, X[:batch], y[:batch])
-
-        def body(carry, _):
-            w, r, g, key = carry
-            key, kb, k1, k2 = jax.random.split(key, 4)
-            r = d * r + s * jax.random.normal(k1, w.shape)
-            r = r + 0.5 * h * g
-            w = w + h * r
-            idx = jax.random.randint(kb, (batch,), 0, n_rows)
-            _, g = vg(w, X[idx], y[idx])
-            r = r + 0.5 * h * g
-            r = d * r + s * jax.random.normal(k2, w.shape)
-            return (w, r, g, key), w
-
-        return jax.lax.scan(body, (w0, r0, g0, key), None, length=steps)[1]
-
-    return run
-
-
-def build_floor_euler(n_rows, batch, steps, h, C):
-    """Hand-written Euler SGHMC (Chen et al. 2014): r <- (1 - hC) r + h g + sqrt(2 C h) xi; w <- w + h r."""
-    a, s = 1.0 - C * h, math.sqrt(2 * C * h)
-
-    def logpost(w, Xb, yb):
-        return logprior(w) + (n_rows / batch) * loglik(w, (Xb, yb))
-
-    grad = jax.grad(logpost)
-
-    def run(w0, key, X, y):
-        k0, key = jax.random.split(key)
-        r0 = jax.random.normal(k0, w0.shape)
 
         def body(carry, _):
             w, r, key = carry
             key, kb, kn = jax.random.split(key, 3)
             idx = jax.random.randint(kb, (batch,), 0, n_rows)
-            r = a * r + h * grad(w, X[idx], y[idx]) + s * jax.random.normal(kn, w.shape)
+            if with_value:
+                lp, g = vg(w, X[idx], y[idx])
+            else:
+                lp, g = None, jax.grad(logpost)(w, X[idx], y[idx])
+            r = a * r + h * g + s * jax.random.normal(kn, w.shape)
             w = w + h * r
-            return (w, r, key), w
+            return (w, r, key), (w if lp is None else (w, lp))
 
         return jax.lax.scan(body, (w0, r0, key), None, length=steps)[1]
 
@@ -146,7 +158,12 @@ def _loglik_row(w, row):
 
 def aot(fn, *args):
     compiled = jax.jit(fn).lower(*args).compile()
-    return lambda: compiled(*args)
+
+    def call():
+        return compiled(*args)
+
+    call.compiled = compiled
+    return call
 
 
 def part_cost(args):
@@ -160,6 +177,7 @@ def part_cost(args):
     for scheme, floor in (("obabo", build_floor_obabo), ("euler", build_floor_euler)):
         sampler = hb.samplers.sghmc(h, C, scheme)
         contenders[f"floor {scheme}"] = aot(floor(N, B, S, h, C), w0, key, Xj, yj)
+        contenders[f"floor {scheme} + value (lp)"] = aot(floor(N, B, S, h, C, with_value=True), w0, key, Xj, yj)
         contenders[f"hb loop {scheme}"] = compiled_hb_loop(target, sampler, B, S)
         name = f"hb.sample {scheme}"
         measure[name] = hb_sample_measure(target, sampler, None, B, S)
@@ -176,10 +194,13 @@ def part_cost(args):
         med, q25, q75 = paired_ratio(timings, name, ref)
         if "run" in t.extra:
             med = float(np.median(np.asarray(t.extra["run"]) / np.asarray(timings[ref].times)))
+        cpu = t.best_cpu / timings[ref].best_cpu
+        compiled = getattr(contenders[name], "compiled", None)
+        ops = "" if compiled is None else str(ops_per_step(compiled))
         rows.append([name + (" (run)" if "run" in t.extra else ""), f"{best / S * 1e6:.1f}",
-                     f"{best / timings[ref].best:.3f}", f"{med:.3f}", ref, t.spread])
-    print(markdown_table(["contender", "us/step (min)", "x floor (mins)", "x floor (median paired)", "floor",
-                          "spread"], rows))
+                     f"{best / timings[ref].best:.3f}", f"{med:.3f}", f"{cpu:.3f}", ops, ref, t.spread])
+    print(markdown_table(["contender", "us/step (min)", "x floor (mins)", "x floor (median paired)",
+                          "x floor (CPU time, mins)", "XLA ops/step", "floor", "spread"], rows))
 
 
 # ----------------------------------------------------------------------------------------

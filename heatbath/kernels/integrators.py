@@ -79,6 +79,7 @@ __all__ = [
     "ou_update",
     "euler_ou_update",
     "kinetic_energy",
+    "normal_draws",
     "leafwise",
     "build",
 ]
@@ -120,20 +121,34 @@ def momentum_update(momentum: PyTree, grad: PyTree, h) -> PyTree:
     return jax.tree.map(lambda r, g: r + h * g, momentum, grad)
 
 
+def normal_draws(key, like: PyTree, num: int) -> list:
+    """``num`` independent standard-normal pytrees shaped like ``like``, from one RNG call per leaf.
+
+    (One call of shape (num, *leaf) instead of ``num`` calls: on small models the cost of a step
+    is mostly the number of operations launched, and each RNG call is several.)
+    """
+    leaves, treedef = jax.tree.flatten(like)
+    keys = [key] if len(leaves) == 1 else list(jax.random.split(key, len(leaves)))
+    draws = [jax.random.normal(k, (num,) + jnp.shape(leaf), jnp.result_type(leaf)) for k, leaf in zip(keys, leaves)]
+    return [jax.tree.unflatten(treedef, [d[i] for d in draws]) for i in range(num)]
+
+
 def ou_update(key, momentum: PyTree, h, friction: PyTree, inv_mass: PyTree, mass: PyTree, temperature: PyTree,
-              noiseless: bool = False) -> PyTree:
+              noiseless: bool = False, xi: PyTree = None) -> PyTree:
     """O, the exact Ornstein-Uhlenbeck flow of dr = -C M^-1 r dt + sqrt(2 C T) dW over time h:
 
         r <- exp(-C h / M) r + sqrt(T M (1 - exp(-2 C h / M))) xi,   xi ~ N(0, I).
 
     It leaves N(0, T M) invariant for every h (no discretisation error). ``friction``,
     ``inv_mass``, ``mass`` and ``temperature`` are pytrees like ``momentum`` (see
-    :func:`leafwise`); ``noiseless=True`` (T = 0) skips the noise.
+    :func:`leafwise`); ``noiseless=True`` (T = 0) skips the noise; ``xi`` (a standard-normal
+    pytree like ``momentum``) replaces the draw from ``key``.
     """
     decay = jax.tree.map(lambda c, im: jnp.exp(-(h * c) * im), friction, inv_mass)
     if noiseless:
         return jax.tree.map(lambda r, d: d * r, momentum, decay)
-    xi = tree.normal_like(key, momentum)
+    if xi is None:
+        xi = tree.normal_like(key, momentum)
 
     def leaf(r, d, m, t, n):
         var = jnp.maximum(t * m * (1.0 - d * d), 0.0)
@@ -143,7 +158,7 @@ def ou_update(key, momentum: PyTree, h, friction: PyTree, inv_mass: PyTree, mass
 
 
 def euler_ou_update(key, momentum: PyTree, h, friction: PyTree, inv_mass: PyTree, temperature: PyTree,
-                    noiseless: bool = False) -> PyTree:
+                    noiseless: bool = False, xi: PyTree = None) -> PyTree:
     """E, Euler-Maruyama on the OU part (Chen et al. 2014):
 
         r <- (1 - C h / M) r + sqrt(2 C h T) xi.
@@ -153,7 +168,8 @@ def euler_ou_update(key, momentum: PyTree, h, friction: PyTree, inv_mass: PyTree
     """
     if noiseless:
         return jax.tree.map(lambda r, c, im: (1.0 - (h * c) * im) * r, momentum, friction, inv_mass)
-    xi = tree.normal_like(key, momentum)
+    if xi is None:
+        xi = tree.normal_like(key, momentum)
 
     def leaf(r, c, im, t, n):
         return (1.0 - (h * c) * im) * r + jnp.sqrt(jnp.maximum(2.0 * h * c * t, 0.0)) * n
@@ -308,12 +324,7 @@ def build(split: Splitting, *, noiseless: bool = False) -> Callable:
 
     def integrate(key, position, momentum, cache, batch, grad_fn, h, friction, mass, inv_mass, temperature):
         num_noise = sum(1 for letter, _ in pieces if letter in "OE")
-        if noiseless:
-            keys = [None] * num_noise
-        elif num_noise == 1:
-            keys = [key]
-        else:
-            keys = list(jax.random.split(key, num_noise))
+        noises = [None] * num_noise if noiseless else normal_draws(key, momentum, num_noise)
         start_position, start_momentum = position, momentum
         if fsal:
             lp, grad, valid = cache.lp, cache.grad, True
@@ -340,9 +351,11 @@ def build(split: Splitting, *, noiseless: bool = False) -> Callable:
                     valid, first_eval = True, False
                 momentum = momentum_update(momentum, grad, dt)
             elif letter == "O":
-                momentum = ou_update(keys.pop(0), momentum, dt, friction, inv_mass, mass, temperature, noiseless)
+                momentum = ou_update(None, momentum, dt, friction, inv_mass, mass, temperature, noiseless,
+                                     noises.pop(0))
             else:  # "E"
-                momentum = euler_ou_update(keys.pop(0), momentum, dt, friction, inv_mass, temperature, noiseless)
+                momentum = euler_ou_update(None, momentum, dt, friction, inv_mass, temperature, noiseless,
+                                           noises.pop(0))
         if fsal:
             if not valid:  # cannot happen for an FSAL word; kept as a guard for custom words
                 raise AssertionError("an FSAL splitting must end with a valid gradient")
