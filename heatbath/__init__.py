@@ -10,7 +10,7 @@ noise at a temperature T: T = 1 samples the posterior, T -> 0 anneals, T = 0 opt
 """
 
 from heatbath import checkpoint, diagnostics, kernels, models, optim, samplers, vi
-from heatbath.run import Gaussian, OptimizeResult, Result, fit, optimize, sample
+from heatbath.run import Gaussian, OptimizeResult, Result, clear_caches, fit, optimize, sample
 from heatbath import numpyro  # noqa: E402 - the samplers as numpyro.infer.MCMCKernels
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ __all__ = [
     "optimize",
     "fit",
     "Gaussian",
+    "clear_caches",
     "vi",
     "checkpoint",
     "Result",

@@ -150,3 +150,18 @@ def test_svrg_refresh_stays_a_cond_under_the_chain_vmap():
         carry = (jax.vmap(s.init)(pos), ests, jax.random.split(jax.random.key(1), 3), jnp.ones(3, bool))
         counts[name] = str(jax.make_jaxpr(chunk)(carry, (), shared, t.data, jnp.int32(0))).count("cond[")
     assert counts == {"naive": 0, "svrg": 1}
+
+
+def test_repeated_calls_reuse_the_compiled_loop_and_see_new_data():
+    s = hb.samplers.sgld(1e-3)
+    Xc = X.copy()
+    a = hb.sample(logistic, s, data={"X": Xc, "y": Y}, batch_size=50, num_samples=100, seed=0, progress_bar=False)
+    b = hb.sample(logistic, s, data={"X": Xc, "y": Y}, batch_size=50, num_samples=100, seed=0, progress_bar=False)
+    assert b.compile_time == 0.0
+    np.testing.assert_array_equal(a.samples["w"], b.samples["w"])
+    Xc[:, 0] += 1.0  # edited in place: a new fingerprint, a new target
+    c = hb.sample(logistic, s, data={"X": Xc, "y": Y}, batch_size=50, num_samples=100, seed=0, progress_bar=False)
+    assert not np.allclose(a.samples["w"], c.samples["w"])
+    hb.clear_caches()
+    d = hb.sample(logistic, s, data={"X": X, "y": Y}, batch_size=50, num_samples=100, seed=0, progress_bar=False)
+    assert d.compile_time > 0
