@@ -51,16 +51,6 @@ from heatbath.samplers.sgld import psgld, sgld
 
 __all__ = ["HeatbathKernel", "HeatbathState", "SGLD", "PSGLD", "SGHMC"]
 
-def _carry_has_alive() -> bool:
-    """Whether the driver's one_step carries (state, est, key, alive) or (state, est, key)."""
-    import inspect
-
-    from heatbath.run import _make_step
-
-    return "on_divergence" in inspect.signature(_make_step).parameters
-
-
-_CARRY_HAS_ALIVE = _carry_has_alive()
 _MAP_SEED = 2**31 - 1  # seed of the MAP search for control variates (as hb.sample's _MAP_KEY)
 
 
@@ -210,9 +200,9 @@ class HeatbathKernel(MCMCKernel):
         def transition(state, data_):
             sampler_state = state.sampler_state._replace(position=state.z)
             shared = state.est_state if estimator.shared else ()
-            carry = (sampler_state, state.est_state, state.rng_key)
-            if _CARRY_HAS_ALIVE:  # divergences are only flagged here: the chain is always alive
-                carry = carry + (jnp.ones((), bool),)
+            # Divergences are only flagged here (the driver's default on_divergence="flag" for
+            # this one_step): the chain is always alive.
+            carry = (sampler_state, state.est_state, state.rng_key, jnp.ones((), bool))
             carry, info = one_step(carry, shared, data_)
             sampler_state, est_state, key = carry[:3]
             return HeatbathState(
