@@ -149,7 +149,9 @@ class Checkpoint:
         state_desc = save_tree(os.path.join(self.path, f"state_{segments_done:06d}.npz"), state)
         draws = list(previous["draws"]) if previous else []
         for index, tree in new_draws:
-            draws.append(save_tree(os.path.join(self.path, f"draws_{index:06d}.npz"), tree))
+            desc = save_tree(os.path.join(self.path, f"draws_{index:06d}.npz"), tree)
+            desc["segment"] = int(index)
+            draws.append(desc)
         meta = {
             "format": FORMAT,
             "version": VERSION,

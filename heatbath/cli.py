@@ -22,21 +22,23 @@ DEMO_METHODS = (
 )
 
 
-def _sampler(kind: str, step_size: float, temperature: float = 1.0):
+SAMPLER_KINDS = ("sgld", "sgld-cv", "sgld-svrg", "psgld", "sghmc")
+
+
+def _sampler(kind: str, step_size: float, temperature: float = 1.0, friction: float = 1.0):
     import heatbath as hb
 
     if kind == "sgld":
-        return hb.samplers.sgld(step_size, temperature)
+        return hb.samplers.sgld(step_size, temperature=temperature)
     if kind == "sgld-cv":
-        return hb.samplers.sgld(step_size, temperature, gradient="cv")
+        return hb.samplers.sgld(step_size, temperature=temperature, gradient="cv")
     if kind == "sgld-svrg":
-        return hb.samplers.sgld(step_size, temperature, gradient=hb.kernels.gradients.svrg(1000))
+        return hb.samplers.sgld(step_size, temperature=temperature, gradient=hb.kernels.gradients.svrg(1000))
     if kind == "psgld":
-        return hb.samplers.psgld(step_size, temperature)
-    samplers = getattr(hb.samplers, kind, None)
-    if samplers is None:
-        raise SystemExit(f"unknown sampler {kind!r}; use sgld, sgld-cv, sgld-svrg, psgld")
-    return samplers(step_size)
+        return hb.samplers.psgld(step_size, temperature=temperature)
+    if kind == "sghmc":
+        return hb.samplers.sghmc(step_size, friction, temperature=temperature)
+    raise ValueError(f"unknown sampler {kind!r}; use one of {', '.join(SAMPLER_KINDS)}")
 
 
 def _row(name, result, ref):
@@ -63,7 +65,8 @@ def _row(name, result, ref):
     }
 
 
-def _print_table(rows, file=sys.stdout):
+def _print_table(rows, file=None):
+    file = sys.stdout if file is None else file
     cols = list(rows[0])
     fmt = {
         "wall time (s)": "{:.1f}",
@@ -165,7 +168,7 @@ def cmd_sample(args) -> int:
     ref = hb.models.reference(args.name)
     res = hb.sample(
         ref.model,
-        _sampler(args.sampler, args.step_size, args.temperature),
+        _sampler(args.sampler, args.step_size, args.temperature, args.friction),
         data=ref.data,
         batch_size=args.batch_size,
         num_samples=args.steps,
@@ -203,7 +206,8 @@ def main(argv=None) -> int:
 
     smp = sub.add_parser("sample", help="run one sampler on one reference posterior")
     smp.add_argument("name", help="reference posterior (see `heatbath references`)")
-    smp.add_argument("--sampler", default="sgld", help="sgld, sgld-cv, sgld-svrg, psgld, or any hb.samplers name")
+    smp.add_argument("--sampler", default="sgld", choices=SAMPLER_KINDS)
+    smp.add_argument("--friction", type=float, default=1.0, help="SGHMC friction C")
     smp.add_argument("--step-size", type=float, required=True)
     smp.add_argument("--temperature", type=float, default=1.0)
     smp.add_argument("--batch-size", type=int, default=None)

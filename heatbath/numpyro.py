@@ -188,6 +188,13 @@ class HeatbathKernel(MCMCKernel):
         vectorized = not is_prng_key(rng_key)
         keys = rng_key if vectorized else rng_key[None]
         num_chains = keys.shape[0]
+        if vectorized and estimator.refresh_every:
+            raise ValueError(
+                f"the {estimator.name} gradient estimator re-centres every {estimator.refresh_every} steps; "
+                "under NumPyro's chain_method='vectorized' that conditional would run at every step (a "
+                "full-data gradient per step). Use chain_method='sequential' or 'parallel', or "
+                "hb.sample(..., num_chains=...), which keeps it a conditional."
+            )
         positions = self._initial_positions(target, keys, init_params, vectorized, num_chains)
         concrete = not (_is_tracer(keys) or _is_tracer(positions) or _is_tracer(data))
         if concrete:
@@ -203,7 +210,9 @@ class HeatbathKernel(MCMCKernel):
             # Divergences are only flagged here (the driver's default on_divergence="flag" for
             # this one_step): the chain is always alive.
             carry = (sampler_state, state.est_state, state.rng_key, jnp.ones((), bool))
-            carry, info = one_step(carry, shared, data_)
+            # The chain's own step count: unbatched here unless NumPyro vectorizes the chains,
+            # which init refuses for estimators that refresh (SVRG).
+            carry, info = one_step(carry, shared, data_, sampler_state.step)
             sampler_state, est_state, key = carry[:3]
             return HeatbathState(
                 z=sampler_state.position,
@@ -265,17 +274,13 @@ class HeatbathKernel(MCMCKernel):
         return state
 
     # -- helpers -----------------------------------------------------------------------
-    @staticmethod
-    def _args_key(model_args, model_kwargs):
-        def h(x):
-            return id(x) if isinstance(x, (np.ndarray, jax.Array)) else x
+    def _args_key(self, model_args, model_kwargs):
+        """A digest of the arguments' bytes (ids of arrays can be reused once they are freed)."""
+        from heatbath.run import _fingerprint
 
-        try:
-            key = (tuple(h(a) for a in model_args), tuple(sorted((k, h(v)) for k, v in model_kwargs.items())))
-            hash(key)
-        except TypeError:
+        if _is_tracer((model_args, model_kwargs)):
             return None
-        return key
+        return _fingerprint(self._model, tuple(model_args), dict(model_kwargs))
 
     def _target_for(self, model_args, model_kwargs) -> Target:
         if isinstance(self._model, Target):
@@ -291,7 +296,7 @@ class HeatbathKernel(MCMCKernel):
         """(target, estimator, one_step) for these model arguments, built once and cached."""
         key = self._args_key(model_args, model_kwargs)
         cache = self._setup_cache
-        if cache is not None and (cache[0] == key or _is_tracer((model_args, model_kwargs))):
+        if cache is not None and ((key is not None and cache[0] == key) or _is_tracer((model_args, model_kwargs))):
             return cache[1:]
         # Eagerly, even when MCMC calls init under a transform (pmap of "parallel" chains):
         # the target's data and the control-variate centre are concrete arrays.

@@ -267,6 +267,10 @@ def _check_target_for_gradients(target: Target, batch_size):
 
 
 def _check_sampler(sampler):
+    from heatbath.vi.gaussian import is_gaussian_vi
+
+    if is_gaussian_vi(sampler):
+        raise TypeError(f"{sampler.name} is a variational method: run it with hb.fit(model, method, ...)")
     if not isinstance(sampler, Sampler):
         raise TypeError(
             "sampler must be a heatbath Sampler (e.g. hb.samplers.sgld(step_size=1e-4)), "
@@ -372,7 +376,8 @@ def _initial_positions(target: Target, init, keys, num_chains):
 def _check_init_finite(target: Target, positions, data):
     """Fail early (before the long compile) if the log density is not finite at the start."""
     terms = _per_target(target, "init_terms", lambda: jax.jit(jax.vmap(target.terms, in_axes=(0, None))))
-    lp, ll = terms(positions, jax.tree.map(lambda x: x[:1], data))
+    rows = data if target.minibatch_error else jax.tree.map(lambda x: x[:1], data)
+    lp, ll = terms(positions, rows)
     for name, value in (("logprior", lp), ("loglik", ll)):
         if jnp.shape(value) != (jnp.shape(lp)[0],) or not jnp.issubdtype(jnp.result_type(value), jnp.floating):
             raise ValueError(
@@ -420,6 +425,11 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(int(n))
 
+    def set(self, n):
+        """Move the bar to ``n`` steps done (after each chunk, so it never drifts)."""
+        if self.bar is not None and int(n) != self.bar.n:
+            self.bar.update(int(n) - self.bar.n)
+
     def __exit__(self, *exc):
         _ACTIVE_PROGRESS[0] = None
         if self.bar is not None:
@@ -443,7 +453,7 @@ def _make_step(sampler: Sampler, estimator: Estimator, batch_size, num_data, on_
     ``"flag"`` it is only flagged. Rejected or frozen steps are flagged ``diverging``.
     """
 
-    def one_step(carry, shared_est, data, step=None):
+    def one_step(carry, shared_est, data, step):
         state, est_state, key, alive = carry
         key, key_batch, key_step = jax.random.split(key, 3)
         if estimator.shared:
@@ -451,8 +461,8 @@ def _make_step(sampler: Sampler, estimator: Estimator, batch_size, num_data, on_
         else:
             # `step` is the driver's global step count, passed unbatched so that under the chain
             # vmap the refresh stays a lax.cond (a batched predicate would turn it into a select
-            # that computes the full-data gradient at every step).
-            current = estimator.refresh(est_state, state.position, data, state.step if step is None else step)
+            # that computes the full-data gradient at every step). It is required for that reason.
+            current = estimator.refresh(est_state, state.position, data, step)
         if batch_size is None:
             batch = data
         else:
@@ -547,7 +557,7 @@ def _make_chunk(one_step, num_draws: int, thinning: int, record, progress: Optio
             c, acc = c_acc
             c, info = draw(c, shared_est, data, offset + i * thinning)
             if progress is not None and progress.enabled:
-                every = progress.every
+                every = max(1, progress.every // thinning)  # draws between ticks
 
                 def tick():
                     jax.debug.callback(_progress_tick, every * thinning)
@@ -618,6 +628,8 @@ def clear_caches():
     """
     _COMPILED.clear()
     _TARGETS.clear()
+    _OPTIMIZERS.clear()
+    _WRAPPED.clear()
 
 
 def _signature(tree):
@@ -705,9 +717,16 @@ def _run_segments(
         }
         shared_est = _place(shared_est, replicated)
 
-    per_draw = num_chains * (
-        sum(int(np.prod(l.shape[1:])) * l.dtype.itemsize for l in jax.tree.leaves(positions)) + 64
-    )
+    # Bytes kept per draw: what `record` returns (constrained values and deterministic sites,
+    # which may be much larger than the position) plus the stats.
+    if record is not None:
+        recorded = jax.eval_shape(record, jax.tree.map(lambda x: x[0], positions), data)
+    else:
+        recorded = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), positions)
+    per_draw = num_chains * (sum(int(np.prod(l.shape)) * np.dtype(l.dtype).itemsize
+                                 for l in jax.tree.leaves(recorded)) + 64)
+    if moments:
+        per_draw = num_chains * 64
     if chunk_size is None:
         chunk_size = max(1, min(num_draws, _CHUNK_BYTES // max(per_draw, 1)))
     segments = [(n, 1, False) for n in _chunk_lengths(num_warmup, max(1, chunk_size * thinning))] if num_warmup else []
@@ -723,12 +742,16 @@ def _run_segments(
             meta = Checkpoint.read_meta(checkpoint.path)
             checkpoint.check_settings(meta)
             carry, acc, shared_est = load_tree(checkpoint.path, meta["state"], (carry, acc, shared_est))
-            like = None
+            likes = {}
             for desc_ in meta["draws"]:
-                if like is None:
-                    like = _draw_like(record, positions, data, sampler, moments, segments, thinning, one_step,
-                                      carry, shared_est, acc, swag_rank)
-                values, info = load_tree(checkpoint.path, desc_, like)
+                index = int(desc_.get("segment", -1))
+                if not 0 <= index < len(segments) or not segments[index][2]:
+                    raise ValueError(f"checkpoint {checkpoint.path} lists draws of a segment this run does not have")
+                length = segments[index][0]
+                if length not in likes:
+                    likes[length] = _draw_like(record, length, thinning, one_step, carry, shared_est, acc, data,
+                                               moments, swag_rank)
+                values, info = load_tree(checkpoint.path, desc_, likes[length])
                 draws.append(jax.tree.map(np.asarray, values))
                 infos.append(jax.tree.map(np.asarray, info))
             start, previous = int(meta["segments_done"]), meta
@@ -764,6 +787,7 @@ def _run_segments(
             length, steps, is_draws = segments[j]
             (carry, acc), out = get(length, steps, is_draws, progress)(carry, acc, shared_est, data, jnp.int32(done_steps))
             done_steps += length * steps
+            progress.set(done_steps)
             if is_draws:
                 values, info = jax.device_get(out)
                 draws.append(values)
@@ -779,20 +803,23 @@ def _run_segments(
     return _RunOut(draws_out, infos_out, carry, compile_time, moments_out, extra_state)
 
 
-def _draw_like(record, positions, data, sampler, moments, segments, thinning, one_step, carry, shared_est, acc,
-               swag_rank):
-    """Shapes of one sampling chunk's (values, infos), to check draws loaded from a checkpoint."""
-    length = next(n for n, _, is_draws in segments if is_draws)
+def _draw_like(record, length, thinning, one_step, carry, shared_est, acc, data, moments, swag_rank):
+    """Shapes of one sampling chunk's (values, infos) of ``length`` draws, to check loaded draws."""
     fn = _make_chunk(one_step, length, thinning, record, None, True, moments, swag_rank)
     _, (values, info) = jax.eval_shape(fn, carry, acc, shared_est, data, jnp.int32(0))
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), (values, info))
+
+
+def _num_refreshes(num_steps: int, every: int) -> int:
+    """Re-centrings in a run of ``num_steps`` steps: at steps s = m, 2m, ... < num_steps (init is s = 0)."""
+    return max(num_steps - 1, 0) // every
 
 
 def _grad_evals_per_chain(estimator: Estimator, sampler: Sampler, batch_size, num_data, num_steps):
     rows = num_data if batch_size is None else batch_size
     cost = num_steps * sampler.grads_per_step * estimator.rows_per_estimate * rows
     if estimator.refresh_every:
-        cost += (num_steps // estimator.refresh_every) * num_data
+        cost += _num_refreshes(num_steps, estimator.refresh_every) * num_data
     return float(cost + estimator.rows_at_init)
 
 
@@ -811,27 +838,46 @@ def _seed_key(seed):
 # ----------------------------------------------------------------------------------------
 # Public drivers
 # ----------------------------------------------------------------------------------------
-def _describe(obj):
-    """A stable, JSON-able description of hyperparameters (for checkpoint settings)."""
-    from heatbath.kernels.schedules import is_constant
+def _describe(obj, unknown: Optional[list] = None, where: str = "hyperparameters"):
+    """A stable, JSON-able description of hyperparameters (for checkpoint settings).
 
+    Numbers, strings, small arrays, heatbath schedules (by their parameters) and objects with
+    an informative repr are described exactly; what cannot be (a plain function, an optax
+    transformation, a large array) is described by name or shape plus a digest where possible,
+    and its path is appended to ``unknown`` so that the caller can warn.
+    """
+    from heatbath.kernels.schedules import Described, is_constant
+
+    if unknown is None:
+        unknown = []
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, numbers.Number):
         return float(obj)
     if isinstance(obj, dict):
-        return {str(k): _describe(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(obj, (list, tuple)):
-        return [_describe(v) for v in obj]
+        return {str(k): _describe(v, unknown, f"{where}.{k}") for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return [_describe(v, unknown, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, Described):
+        return repr(obj)
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        arr = np.asarray(obj)
+        if arr.size <= 16:
+            return arr.tolist()
+        return f"array{arr.shape}:{hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=8).hexdigest()}"
     if callable(obj):
         value = is_constant(obj)
         if value is not None:
             return value
+        unknown.append(where)
         return getattr(obj, "__qualname__", type(obj).__name__)
-    if isinstance(obj, (np.ndarray, jax.Array)):
-        return np.asarray(obj).tolist() if np.size(obj) <= 16 else f"array{np.shape(obj)}"
+    if hasattr(obj, "_fields"):  # NamedTuples (a Sampler, an optax transformation, ...)
+        return {f: _describe(getattr(obj, f), unknown, f"{where}.{f}") for f in obj._fields}
     text = repr(obj)
-    return text if " at 0x" not in text else type(obj).__name__
+    if " at 0x" in text:
+        unknown.append(where)
+        return type(obj).__name__
+    return text
 
 
 def _check_choice(value, name, choices):
@@ -857,6 +903,63 @@ def _open_checkpoint(checkpoint, resume, settings):
     if checkpoint is not None:
         return Checkpoint(checkpoint, settings), False
     return None, False
+
+
+def _settings(kind: str, hyper, **settings):
+    """Checkpoint settings; warns (only when checkpointing) about what cannot be checked on resume."""
+    unknown: list = []
+    settings = dict(kind=kind, hyperparameters=_describe(hyper, unknown), **settings)
+    return settings, unknown
+
+
+def _warn_unverifiable(ckpt, unknown):
+    if ckpt is not None and unknown:
+        warnings.warn(
+            f"heatbath cannot record {sorted(set(unknown))} by value in the checkpoint (functions without "
+            "parameters it can read): a resumed run is only checked to use functions of the same name, so "
+            "make sure they compute the same thing",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _resolve_centre(target: Target, spec, positions, master, batch_size, ckpt=None):
+    """The control-variate centre: given (checked), restored from a checkpoint, or the MAP.
+
+    The MAP search starts from chain 0's starting point (so a user ``init`` that keeps the
+    chain inside the support keeps the search there too) with the key
+    ``fold_in(key(seed), 2**31 - 1)``, runs ``spec.map_steps`` steps of the default optimizer on
+    minibatches of ``batch_size`` rows, and its cost is charged to the run.
+
+    Returns (spec with its centre, centre or None, MAP cost in per-datum gradients, MAP compile time).
+    """
+    if not getattr(spec, "needs_centre", False):
+        return spec, None, 0.0, 0.0
+    if spec.centre is not None:
+        centre = _check_centre(target, spec.centre)
+        return spec.with_centre(centre), centre, 0.0, 0.0
+    cost = float(spec.map_steps * (target.num_data if batch_size is None else batch_size))
+    if ckpt is not None and ckpt.has_extra():
+        centre = ckpt.load_extra(jax.tree.map(lambda x: x[0], positions))
+        return spec.with_centre(centre), centre, cost, 0.0
+    opt = _optimize_from(
+        target, _as_optimizer(None, spec.map_steps), jax.tree.map(lambda x: x[:1], positions),
+        jax.random.fold_in(master, _MAP_KEY)[None], batch_size=batch_size, num_steps=spec.map_steps,
+        trace_every=spec.map_steps, chunk_size=None, progress_bar=False, ckpt=None, checkpoint_every=1,
+        resuming=False, shard=None, devices=None, t_start=time.perf_counter(),
+    )
+    return spec.with_centre(opt.params), opt.params, cost, opt.compile_time
+
+
+def _data_digest(target: Target) -> str:
+    """A digest of the target's data (for checkpoint settings: resuming on other data is refused)."""
+    h = hashlib.blake2b(digest_size=12)
+    h.update(str(target.name).encode())
+    for leaf in jax.tree.leaves(target.data):
+        arr = np.asarray(leaf)
+        h.update(str((arr.shape, arr.dtype.str)).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
 
 
 def sample(
@@ -940,33 +1043,22 @@ def sample(
     if shard is not None:
         _shardings(shard, devices, num_chains, target.num_data)
     master = _seed_key(seed)
-    settings = dict(
-        kind="sample", sampler=sampler.name, hyperparameters=_describe(sampler.hyperparameters),
+    settings, unknown = _settings(
+        "sample", sampler.hyperparameters, sampler=sampler.name,
         num_data=target.num_data, batch_size=batch_size, num_samples=num_samples, num_warmup=num_warmup,
         thinning=thinning, num_chains=num_chains, seed=seed if isinstance(seed, numbers.Integral) else "key",
         keep=keep, swag_rank=swag_rank, on_divergence=on_divergence,
-        init=None if init is None else "given",
+        init=None if init is None else "given", data=_data_digest(target),
     )
     ckpt, resuming = _open_checkpoint(checkpoint, resume, settings)
+    _warn_unverifiable(ckpt, unknown)
     chain_keys = jax.vmap(lambda i: jax.random.fold_in(master, i))(jnp.arange(num_chains))
     positions = _initial_positions(target, init, jax.vmap(lambda k: jax.random.fold_in(k, 0))(chain_keys), num_chains)
     _check_init_finite(target, positions, target.data)
 
-    spec = sampler.gradient
-    centre = None
-    map_cost = 0.0
-    if getattr(spec, "needs_centre", False) and spec.centre is None:
-        if resuming and ckpt.has_extra():
-            centre = ckpt.load_extra(jax.tree.map(lambda x: x[0], positions))
-        else:
-            opt = optimize(target, None, batch_size=batch_size, num_steps=spec.map_steps,
-                           seed=jax.random.fold_in(master, _MAP_KEY), init=None, progress_bar=False)
-            centre = opt.params
-        map_cost = float(spec.map_steps * (target.num_data if batch_size is None else batch_size))
-        spec = spec.with_centre(centre)
-    elif getattr(spec, "needs_centre", False):
-        centre = _check_centre(target, spec.centre)
-        spec = spec.with_centre(centre)
+    spec, centre, map_cost, map_compile = _resolve_centre(
+        target, sampler.gradient, positions, master, batch_size, ckpt if resuming else None
+    )
     estimator = spec.build(target.terms, target.num_data)
 
     out = _run_segments(
@@ -1018,7 +1110,7 @@ def sample(
         + _grad_evals_per_chain(estimator, sampler, batch_size, target.num_data, num_warmup + num_samples * steps_per_draw),
         num_data=target.num_data,
         wall_time=time.perf_counter() - t_start,
-        compile_time=out.compile_time,
+        compile_time=out.compile_time + map_compile,
         sampler_name=sampler.name,
         observed_data=target.observed_data,
         centre=centre,
@@ -1074,23 +1166,9 @@ def optimize(
       checkpoint, checkpoint_every, resume, shard, devices: as in :func:`sample`.
       Other arguments as in :func:`sample`.
     """
-    from heatbath.optim.optax_bridge import from_optax
-
     t_start = time.perf_counter()
     num_steps = _check_int(num_steps, "num_steps", 1)
-    if optimizer is None:
-        optimizer = from_optax(_default_optimizer(num_steps), name="adam")
-    elif not isinstance(optimizer, Sampler):
-        optimizer = from_optax(optimizer)
-    T = optimizer.temperature
-    from heatbath.kernels.schedules import is_constant
-
-    t_const = is_constant(T)
-    if t_const is not None and t_const != 0.0:
-        raise ValueError(
-            f"optimize runs at temperature 0 (or an annealing schedule), but the sampler has constant "
-            f"temperature {t_const}; build it with temperature=0.0 or a cooling schedule"
-        )
+    optimizer = _as_optimizer(optimizer, num_steps)
     target = as_target(model_or_target, data)
     batch_size = _check_int(batch_size, "batch_size", 1, allow_none=True)
     _check_target_for_gradients(target, batch_size)
@@ -1098,15 +1176,66 @@ def optimize(
     chunk_size = _check_int(chunk_size, "chunk_size", 1, allow_none=True)
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
     master = _seed_key(seed)
-    settings = dict(
-        kind="optimize", optimizer=optimizer.name, hyperparameters=_describe(optimizer.hyperparameters),
+    settings, unknown = _settings(
+        "optimize", optimizer.hyperparameters, optimizer=optimizer.name,
         num_data=target.num_data, batch_size=batch_size, num_steps=num_steps, trace_every=trace_every,
         seed=seed if isinstance(seed, numbers.Integral) else "key", init=None if init is None else "given",
+        data=_data_digest(target),
     )
     ckpt, resuming = _open_checkpoint(checkpoint, resume, settings)
+    _warn_unverifiable(ckpt, unknown)
     chain_keys = jax.random.fold_in(master, 0)[None]
     positions = _initial_positions(target, init, jax.vmap(lambda k: jax.random.fold_in(k, 0))(chain_keys), 1)
     _check_init_finite(target, positions, target.data)
+    return _optimize_from(target, optimizer, positions, chain_keys, batch_size=batch_size, num_steps=num_steps,
+                          trace_every=trace_every, chunk_size=chunk_size, progress_bar=progress_bar, ckpt=ckpt,
+                          checkpoint_every=checkpoint_every, resuming=resuming, shard=shard, devices=devices,
+                          t_start=t_start)
+
+
+_OPTIMIZERS: "collections.OrderedDict" = collections.OrderedDict()
+
+
+def _as_optimizer(optimizer, num_steps: int) -> Sampler:
+    """A T = 0 (or annealing) Sampler from None (the default Adam), an optax transform or a Sampler.
+
+    The wrappers are cached (by the transform's identity, or by ``num_steps`` for the default),
+    so repeated calls reuse the compiled loop.
+    """
+    from heatbath.kernels.schedules import is_constant
+    from heatbath.optim.optax_bridge import from_optax
+
+    if optimizer is None or not isinstance(optimizer, Sampler):
+        key = ("default", num_steps) if optimizer is None else ("optax", id(optimizer))
+        hit = _OPTIMIZERS.get(key)
+        if hit is not None and hit[0] is optimizer:
+            _OPTIMIZERS.move_to_end(key)
+            optimizer = hit[1]
+        else:
+            if optimizer is None:
+                wrapped = from_optax(_default_optimizer(num_steps), name="adam")
+                wrapped = wrapped._replace(hyperparameters={
+                    "optimizer": f"adam(cosine_decay_schedule(1e-2, {num_steps}, alpha=1e-2))",
+                    "gradient": wrapped.gradient,
+                })
+            else:
+                wrapped = from_optax(optimizer)
+            _OPTIMIZERS[key] = (optimizer, wrapped)
+            while len(_OPTIMIZERS) > _CACHE_SIZE:
+                _OPTIMIZERS.popitem(last=False)
+            optimizer = wrapped
+    t_const = is_constant(optimizer.temperature)
+    if t_const is not None and t_const != 0.0:
+        raise ValueError(
+            f"optimize runs at temperature 0 (or an annealing schedule), but the sampler has constant "
+            f"temperature {t_const}; build it with temperature=0.0 or a cooling schedule"
+        )
+    return optimizer
+
+
+def _optimize_from(target, optimizer, positions, chain_keys, *, batch_size, num_steps, trace_every, chunk_size,
+                   progress_bar, ckpt, checkpoint_every, resuming, shard, devices, t_start):
+    """The optimisation loop from unconstrained ``positions`` (leading axis of size 1)."""
     estimator = optimizer.gradient.build(target.terms, target.num_data)
     trace_every = min(trace_every, num_steps)
     num_records, rest = divmod(num_steps, trace_every)
@@ -1135,9 +1264,10 @@ def optimize(
     infos, carry, compile_time = out.infos, out.carry, out.compile_time
     params = jax.tree.map(lambda x: x[0], carry[0].position)
     trace = {k: np.asarray(v)[:, 0] for k, v in infos._asdict().items()}
-    values = {k: np.asarray(v) for k, v in jax.device_get(jax.jit(target.constrain_fn)(params, target.data)).items()}
+    constrain = _per_target(target, "constrain", lambda: jax.jit(target.constrain_fn))
+    values = {k: np.asarray(v) for k, v in jax.device_get(constrain(params, target.data)).items()}
     if not bool(_tree.all_finite(params)):
-        warnings.warn("the optimizer diverged (non-finite parameters); lower the learning rate", RuntimeWarning, stacklevel=2)
+        warnings.warn("the optimizer diverged (non-finite parameters); lower the learning rate", RuntimeWarning, stacklevel=3)
     return OptimizeResult(
         params=params,
         values=values,
@@ -1169,6 +1299,21 @@ class _FitInfo(_typing.NamedTuple):
     diverging: jax.Array
     info: Any
     state: Any
+
+
+_WRAPPED: "collections.OrderedDict" = collections.OrderedDict()
+
+
+def _wrapped_method(method):
+    """``method`` with a step that also records its new state (cached, to reuse compiled loops)."""
+    hit = _WRAPPED.get(id(method))
+    if hit is not None and hit[0] is method:
+        return hit[1]
+    wrapped = method._replace(step=_record_state(method.step))
+    _WRAPPED[id(method)] = (method, wrapped)
+    while len(_WRAPPED) > _CACHE_SIZE:
+        _WRAPPED.popitem(last=False)
+    return wrapped
 
 
 def _record_state(step):
@@ -1327,20 +1472,25 @@ class Gaussian:
 
 def _trace_diagnostics(flat_target: Target, states, eps, exact):
     """Entropy, ELBO (common random numbers ``eps``) and exact KL at every recorded state."""
-    logdensity = _minibatch_logdensity(flat_target.terms, flat_target.num_data)
 
-    def one(state, data):
-        out = {"entropy": _gvi.entropy(state)}
-        if eps is not None:
-            xs = _gvi.affine(state, eps)
-            lps = jax.vmap(logdensity, in_axes=(0, None))(xs, data)
-            out["elbo"] = jnp.mean(lps) + out["entropy"]
-        if exact is not None:
-            out["kl"] = _linalg.gaussian_kl(state.position, _gvi.covariance(state), exact[0], exact[1])
-        return out
+    def build(with_elbo, with_kl):
+        logdensity = _minibatch_logdensity(flat_target.terms, flat_target.num_data)
 
-    fn = jax.jit(lambda s, data: jax.lax.map(lambda st: one(st, data), s))
-    return {k: np.asarray(v) for k, v in jax.device_get(fn(states, flat_target.data)).items()}
+        def one(state, data, eps_, exact_):
+            out = {"entropy": _gvi.entropy(state)}
+            if with_elbo:
+                xs = _gvi.affine(state, eps_)
+                lps = jax.vmap(logdensity, in_axes=(0, None))(xs, data)
+                out["elbo"] = jnp.mean(lps) + out["entropy"]
+            if with_kl:
+                out["kl"] = _linalg.gaussian_kl(state.position, _gvi.covariance(state), exact_[0], exact_[1])
+            return out
+
+        return jax.jit(lambda s, data, eps_, exact_: jax.lax.map(lambda st: one(st, data, eps_, exact_), s))
+
+    flags = (eps is not None, exact is not None)
+    fn = _per_target(flat_target, ("trace", flags), lambda: build(*flags))
+    return {k: np.asarray(v) for k, v in jax.device_get(fn(states, flat_target.data, eps, exact)).items()}
 
 
 def fit(
@@ -1414,7 +1564,7 @@ def fit(
     flat0, unravel = _ravel_pytree(jax.tree.map(lambda x: x[0], positions))
     dim = int(flat0.shape[0])
     _gvi.check_dimension(method, dim)
-    flat_target = _flatten_target(target, unravel)
+    flat_target = _per_target(target, "flat_target", lambda: _flatten_target(target, unravel))
     flat_positions = flat0[None]
     _check_init_finite(flat_target, flat_positions, flat_target.data)
     if exact is not None:
@@ -1427,30 +1577,25 @@ def fit(
         exact = (jnp.asarray(exact_mean, flat0.dtype), jnp.asarray(exact_cov, flat0.dtype))
 
     spec = method.gradient
-    map_cost = 0.0
-    if getattr(spec, "needs_centre", False) and spec.centre is None:
-        opt = optimize(
-            target, None, batch_size=batch_size, num_steps=spec.map_steps,
-            seed=jax.random.fold_in(master, _MAP_KEY), init=None, progress_bar=False,
-        )
-        map_cost = opt.grad_evals
-        spec = spec.with_centre(_ravel_pytree(opt.params)[0])
-    elif getattr(spec, "needs_centre", False):
-        spec = spec.with_centre(_ravel_pytree(spec.centre)[0])
-    estimator = spec.build(flat_target.terms, flat_target.num_data)
-
+    if getattr(spec, "needs_centre", False) and spec.centre is not None:
+        spec = spec.with_centre(_ravel_pytree(_check_centre(target, spec.centre))[0])
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
-    settings = dict(
-        kind="fit", method=method.name, hyperparameters=_describe(method.hyperparameters),
-        num_data=target.num_data, batch_size=batch_size, trace_every=trace_every, dim=dim,
+    settings, unknown = _settings(
+        "fit", method.hyperparameters, method=method.name,
+        num_data=target.num_data, batch_size=batch_size, trace_every=trace_every, dim=dim, data=_data_digest(target),
         seed=seed if isinstance(seed, numbers.Integral) else "key", init=None if init is None else "given",
     )
     ckpt, resuming = _open_checkpoint(checkpoint, resume, settings)
-    wrapped = method._replace(step=_record_state(method.step))
+    _warn_unverifiable(ckpt, unknown)
+    spec, centre, map_cost, map_compile = _resolve_centre(
+        flat_target, spec, flat_positions, master, batch_size, ckpt if resuming else None
+    )
+    estimator = spec.build(flat_target.terms, flat_target.num_data)
+    wrapped = _wrapped_method(method)
     num_records, rest = divmod(num_steps, trace_every)
     if chunk_size is None and ckpt is not None:
         chunk_size = max(1, num_records // 20)
-    _, infos, carry, compile_time = _run(
+    out = _run_segments(
         flat_target,
         wrapped,
         estimator,
@@ -1468,7 +1613,9 @@ def fit(
         resume=resuming,
         shard=shard,
         devices=devices,
+        extra_state=centre,
     )
+    infos, carry, compile_time = out.infos, out.carry, out.compile_time + map_compile
     wall_time = time.perf_counter() - t_start
     final = jax.tree.map(lambda x: x[0], carry[0])
 
@@ -1487,7 +1634,7 @@ def fit(
     rows = (flat_target.num_data if batch_size is None else batch_size) * estimator.rows_per_estimate
     grad_evals = num_steps * grads * rows + estimator.rows_at_init + map_cost
     if estimator.refresh_every:
-        grad_evals += (num_steps // estimator.refresh_every) * flat_target.num_data
+        grad_evals += _num_refreshes(num_steps, estimator.refresh_every) * flat_target.num_data
     result = Gaussian(
         state=final,
         trace=trace,

@@ -344,3 +344,26 @@ def test_parallel_chains_on_two_devices():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_svrg_is_refused_under_vectorized_chains():
+    """Under NumPyro's vectorized chains SVRG's refresh would run every step: refused with a reason."""
+    import heatbath as hb
+    from numpyro.infer import MCMC
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=50).astype(np.float32)
+
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0, 1))
+        with numpyro.plate("data", y.shape[0]):
+            numpyro.sample("y", dist.Normal(mu, 1), obs=y)
+
+    kernel = hb.numpyro.HeatbathKernel(model, hb.samplers.sgld(1e-3, gradient=hb.kernels.gradients.svrg(10)),
+                                       batch_size=10)
+    mcmc = MCMC(kernel, num_warmup=0, num_samples=5, num_chains=2, chain_method="vectorized", progress_bar=False)
+    with pytest.raises(ValueError, match="vectorized"):
+        mcmc.run(jax.random.key(0), y)
+    seq = MCMC(kernel, num_warmup=0, num_samples=5, num_chains=1, progress_bar=False)
+    seq.run(jax.random.key(0), y)
+    assert seq.get_samples()["mu"].shape == (5,)

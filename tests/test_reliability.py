@@ -257,3 +257,57 @@ def test_fit_checkpoint_resume_after_a_crash(german, tmp_path, monkeypatch):
     resumed = hb.fit(german.model, method, resume=ckpt, **kw)
     np.testing.assert_array_equal(resumed.mean_flat, straight.mean_flat)
     np.testing.assert_array_equal(np.asarray(resumed.cov), np.asarray(straight.cov))
+
+
+def test_resuming_a_finished_run_with_a_short_last_chunk(tmp_path):
+    ckpt = str(tmp_path / "done")
+    kw = dict(num_samples=5, chunk_size=2, num_chains=1, progress_bar=False, seed=0)
+    first = hb.sample(gaussian(), hb.samplers.sgld(0.1), checkpoint=ckpt, **kw)
+    again = hb.sample(gaussian(), hb.samplers.sgld(0.1), resume=ckpt, **kw)
+    np.testing.assert_array_equal(first.samples["theta"], again.samples["theta"])
+
+
+def test_chunks_are_sized_by_what_is_recorded():
+    import numpyro
+    import numpyro.distributions as dist
+
+    from heatbath import run
+
+    def model(X, y):
+        w = numpyro.sample("w", dist.Normal(0, 1).expand([X.shape[1]]).to_event(1))
+        mu = numpyro.deterministic("mu", X @ w)  # one value per row: 200,000 floats per draw
+        with numpyro.plate("data", X.shape[0]):
+            numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    X = np.random.default_rng(0).normal(size=(200_000, 2)).astype(np.float32)
+    y = X @ np.array([1.0, -1.0], np.float32)
+    seen = []
+    real = run._make_chunk
+
+    def spy(one_step, num_draws, *args, **kwargs):
+        seen.append(num_draws)
+        return real(one_step, num_draws, *args, **kwargs)
+
+    import unittest.mock as mock
+
+    with mock.patch.object(run, "_make_chunk", spy):
+        hb.sample(model, hb.samplers.sgld(1e-6), data={"X": X, "y": y}, batch_size=100, num_samples=400,
+                  progress_bar=False)
+    # 800 kB per draw: the default 128 MiB chunk holds at most ~167 draws.
+    assert max(seen) <= 170
+
+
+def test_checkpoint_records_schedule_parameters_and_warns_about_functions(tmp_path):
+    from heatbath.kernels.schedules import polynomial_decay
+
+    ckpt = str(tmp_path / "sched")
+    kw = dict(num_samples=20, chunk_size=5, progress_bar=False)
+    hb.sample(gaussian(), hb.samplers.sgld(polynomial_decay(1e-2)), checkpoint=ckpt, **kw)
+    with pytest.raises(ValueError, match="different run"):
+        hb.sample(gaussian(), hb.samplers.sgld(polynomial_decay(5e-1)), resume=ckpt, **kw)
+    with pytest.warns(UserWarning, match="cannot record"):
+        hb.sample(gaussian(), hb.samplers.sgld(lambda k: 0.01 + 0.0 * k), checkpoint=str(tmp_path / "f"), **kw)
+    other = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p**2), lambda p, b: 0.0 * jnp.sum(b),
+                                      jnp.ones((4,)), params=jnp.zeros(2))
+    with pytest.raises(ValueError, match="different run"):  # other data, same shapes
+        hb.sample(other, hb.samplers.sgld(polynomial_decay(1e-2)), resume=ckpt, **kw)

@@ -44,12 +44,31 @@ __all__ = [
     "cyclical_temperature",
     "in_sampling_phase",
     "is_constant",
+    "Described",
 ]
 
 
 def _as_float(step):
     """The step count as the default float (float32, or float64 under jax_enable_x64)."""
     return jnp.asarray(step).astype(jnp.result_type(float))
+
+
+class Described:
+    """A schedule that knows its own parameters: ``repr`` gives ``name(arg=value, ...)``.
+
+    heatbath's schedules are Described, so checkpoints can record them and refuse to resume a
+    run with other schedule parameters.
+    """
+
+    def __init__(self, fn, name: str, **params):
+        self._fn = fn
+        self.description = f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
+
+    def __call__(self, step):
+        return self._fn(step)
+
+    def __repr__(self) -> str:
+        return self.description
 
 
 class _Constant:
@@ -86,7 +105,7 @@ def polynomial_decay(a: float, b: float = 1.0, gamma: float = 0.55) -> Schedule:
     def schedule(step):
         return a * (b + _as_float(step)) ** (-gamma)
 
-    return schedule
+    return Described(schedule, "polynomial_decay", a=a, b=b, gamma=gamma)
 
 
 def cyclical(value: float, num_steps: int, num_cycles: int) -> Schedule:
@@ -103,7 +122,7 @@ def cyclical(value: float, num_steps: int, num_cycles: int) -> Schedule:
         phase = jnp.mod(_as_float(step), length) / length
         return 0.5 * value * (jnp.cos(jnp.pi * phase) + 1.0)
 
-    return schedule
+    return Described(schedule, "cyclical", value=value, num_steps=num_steps, num_cycles=num_cycles)
 
 
 def geometric_cooling(value: float, rate: float, minimum: float = 0.0) -> Schedule:
@@ -116,7 +135,7 @@ def geometric_cooling(value: float, rate: float, minimum: float = 0.0) -> Schedu
     def schedule(step):
         return jnp.maximum(value * rate ** _as_float(step), minimum)
 
-    return schedule
+    return Described(schedule, "geometric_cooling", value=value, rate=rate, minimum=minimum)
 
 
 def polynomial_cooling(value: float, num_steps: int, power: float = 1.0) -> Schedule:
@@ -133,7 +152,7 @@ def polynomial_cooling(value: float, num_steps: int, power: float = 1.0) -> Sche
         frac = _as_float(remaining) / num_steps
         return value * frac**power
 
-    return schedule
+    return Described(schedule, "polynomial_cooling", value=value, num_steps=num_steps, power=power)
 
 
 def _check_cycles(num_steps, num_cycles, exploration, who):
@@ -185,7 +204,7 @@ def cyclical_temperature(value: float, num_steps: int, num_cycles: int, explorat
     def schedule(step):
         return jnp.where(jnp.mod(jnp.asarray(step, jnp.int32), length) >= first, value, 0.0)
 
-    return schedule
+    return Described(schedule, "cyclical_temperature", value=value, num_steps=num_steps, num_cycles=num_cycles, exploration=exploration)
 
 
 def as_schedule(value: ScheduleLike, name: str, *, positive: bool = True) -> Schedule:

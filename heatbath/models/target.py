@@ -49,8 +49,14 @@ class Target:
 
     # -- the contract's derived functions -------------------------------------------------
     def logprior(self, params):
-        """log p(theta) in the unconstrained space (Jacobian included)."""
-        return self.terms(params, jax.tree.map(lambda x: x[:1], self.data))[0]
+        """log p(theta) in the unconstrained space (Jacobian included).
+
+        ``terms``' prior part does not depend on the batch for minibatchable targets, so one row
+        is enough; a full-batch-only target (local latent variables in its data plate) puts
+        every term in the prior and is evaluated on its full (small) data.
+        """
+        rows = self.data if self.minibatch_error else jax.tree.map(lambda x: x[:1], self.data)
+        return self.terms(params, rows)[0]
 
     def loglik(self, params, batch):
         """sum_{i in batch} log p(x_i | theta), unscaled."""
