@@ -104,7 +104,7 @@ def main(argv=None):
         chunk_size=args.chunk, swag_rank=args.swag if keep == "moments" else 0, wall_s=wall,
         compile_s=r.compile_time, run_s=r.wall_time, held_bytes=held,
         self_maxrss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        mean_var_free=float(np.mean(var[free])), num_free=int(free.sum()),
+        mean_var_free=float(np.mean(var[free])) if free.any() else None, num_free=int(free.sum()),
         diverged=bool(np.any(r.stats["diverging"])), backend=jax.default_backend(),
     )
     print(json.dumps(out), flush=True)
