@@ -114,16 +114,20 @@ def load_tree(directory: str, desc: dict, like: Any) -> Any:
             if leaf.shape != ref.shape:
                 raise ValueError(f"checkpoint {path}: key shape {leaf.shape} != expected {ref.shape}")
         else:
-            ref_shape, ref_dtype = np.shape(ref), jnp.result_type(ref)
+            ref_shape = np.shape(ref)
+            ref_dtype = ref.dtype if isinstance(ref, np.ndarray) else jnp.result_type(ref)
             if tuple(arr.shape) != tuple(ref_shape) or arr.dtype != ref_dtype:
                 raise ValueError(
                     f"checkpoint {path}: an array of shape {arr.shape} and dtype {arr.dtype} where this run "
                     f"expects {tuple(ref_shape)} {ref_dtype}: it was written by a different run"
                 )
-            leaf = jnp.asarray(arr)
-            sharding = getattr(ref, "sharding", None)
-            if sharding is not None and isinstance(ref, jax.Array):
-                leaf = jax.device_put(leaf, sharding)
+            if isinstance(ref, np.ndarray):  # host-side state (e.g. float64 moments) stays on the host
+                leaf = arr
+            else:
+                leaf = jnp.asarray(arr)
+                sharding = getattr(ref, "sharding", None)
+                if sharding is not None and isinstance(ref, jax.Array):
+                    leaf = jax.device_put(leaf, sharding)
         out.append(leaf)
     return jax.tree.unflatten(treedef, out)
 

@@ -489,7 +489,8 @@ def _moments_init(example, num_chains: int, swag_rank: int):
     """Running moments (Welford) of the recorded values, per chain, and the SWAG ring buffer."""
     zeros = jax.tree.map(lambda x: jnp.zeros((num_chains,) + jnp.shape(x), jnp.result_type(float)), example)
     ring = jax.tree.map(lambda x: jnp.zeros((num_chains, swag_rank) + jnp.shape(x), jnp.result_type(float)), example)
-    return {"count": jnp.zeros((), jnp.int32), "mean": zeros, "m2": zeros, "ring": ring}
+    return {"count": jnp.zeros((), jnp.int32), "mean": zeros, "m2": zeros, "ring": ring,
+            "ring_count": jnp.zeros((), jnp.int32)}
 
 
 def _moments_update(acc, values, swag_rank: int):
@@ -500,9 +501,9 @@ def _moments_update(acc, values, swag_rank: int):
     m2 = jax.tree.map(lambda q, x, d, mn: q + d * (x - mn), acc["m2"], values, delta, mean)
     ring = acc["ring"]
     if swag_rank:
-        slot = acc["count"] % swag_rank
+        slot = acc["ring_count"] % swag_rank
         ring = jax.tree.map(lambda r, x: r.at[:, slot].set(x), ring, values)
-    return {"count": count, "mean": mean, "m2": m2, "ring": ring}
+    return {"count": count, "mean": mean, "m2": m2, "ring": ring, "ring_count": acc["ring_count"] + 1}
 
 
 def _make_chunk(one_step, num_draws: int, thinning: int, record, progress: Optional[_Progress],
@@ -713,6 +714,7 @@ def _run_segments(
         carry = _place(carry, chain_place)
         acc = () if not moments else {
             "count": jax.device_put(acc["count"], replicated),
+            "ring_count": jax.device_put(acc["ring_count"], replicated),
             **{k: _place(acc[k], chain_place) for k in ("mean", "m2", "ring")},
         }
         shared_est = _place(shared_est, replicated)
@@ -725,14 +727,17 @@ def _run_segments(
         recorded = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), positions)
     per_draw = num_chains * (sum(int(np.prod(l.shape)) * np.dtype(l.dtype).itemsize
                                  for l in jax.tree.leaves(recorded)) + 64)
-    if moments:
-        per_draw = num_chains * 64
     if chunk_size is None:
         chunk_size = max(1, min(num_draws, _CHUNK_BYTES // max(per_draw, 1)))
+        if moments:
+            # Each chunk's float32 moments are merged on the host in float64 (Chan et al.): short
+            # chunks keep the float32 Welford recursion's drift negligible (~1e-6 relative).
+            chunk_size = max(1, min(num_draws, _MOMENT_CHUNK))
     segments = [(n, 1, False) for n in _chunk_lengths(num_warmup, max(1, chunk_size * thinning))] if num_warmup else []
     segments += [(n, thinning, True) for n in _chunk_lengths(num_draws, chunk_size)]
 
-    draws, infos = [], []
+    draws, infos = _Collector(num_draws), _Collector(num_draws)
+    host = _host_moments(acc) if moments else None
     start, previous = 0, None
     if checkpoint is not None:
         checkpoint.settings["chunk_size"] = chunk_size
@@ -741,7 +746,7 @@ def _run_segments(
 
             meta = Checkpoint.read_meta(checkpoint.path)
             checkpoint.check_settings(meta)
-            carry, acc, shared_est = load_tree(checkpoint.path, meta["state"], (carry, acc, shared_est))
+            carry, acc, shared_est, host = load_tree(checkpoint.path, meta["state"], (carry, acc, shared_est, host))
             likes = {}
             for desc_ in meta["draws"]:
                 index = int(desc_.get("segment", -1))
@@ -752,8 +757,8 @@ def _run_segments(
                     likes[length] = _draw_like(record, length, thinning, one_step, carry, shared_est, acc, data,
                                                moments, swag_rank)
                 values, info = load_tree(checkpoint.path, desc_, likes[length])
-                draws.append(jax.tree.map(np.asarray, values))
-                infos.append(jax.tree.map(np.asarray, info))
+                draws.add(jax.tree.map(np.asarray, values))
+                infos.add(jax.tree.map(np.asarray, info))
             start, previous = int(meta["segments_done"]), meta
             if start > len(segments):
                 raise ValueError(f"the checkpoint has {start} segments done, this run has only {len(segments)}")
@@ -790,17 +795,72 @@ def _run_segments(
             progress.set(done_steps)
             if is_draws:
                 values, info = jax.device_get(out)
-                draws.append(values)
-                infos.append(info)
+                draws.add(values)
+                infos.add(info)
                 pending.append((j, (values, info)))
+                if moments:
+                    host, acc = _merge_moments(host, acc)
             if checkpoint is not None and ((j + 1) % checkpoint_every == 0 or j + 1 == len(segments)):
-                previous = checkpoint.commit(j + 1, (carry, acc, shared_est), pending, previous, extra_state)
+                previous = checkpoint.commit(j + 1, (carry, acc, shared_est, host), pending, previous, extra_state)
                 pending = []
         jax.block_until_ready(carry)
-    draws_out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *draws)
-    infos_out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *infos)
-    moments_out = jax.device_get(acc) if moments else None
-    return _RunOut(draws_out, infos_out, carry, compile_time, moments_out, extra_state)
+    moments_out = None
+    if moments:
+        moments_out = {"count": host["count"], "mean": host["mean"], "m2": host["m2"],
+                       "ring": jax.device_get(acc["ring"])}
+    return _RunOut(draws.result(), infos.result(), carry, compile_time, moments_out, extra_state)
+
+
+_MOMENT_CHUNK = 10_000
+
+
+class _Collector:
+    """Chunks of draws (leading axis: draw) copied into arrays preallocated for the whole run,
+    so the host holds one copy of the draws (a final concatenate would briefly hold two)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.arrays = None
+        self.filled = 0
+
+    def add(self, tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        if self.arrays is None:
+            self.treedef = treedef
+            self.arrays = [np.empty((self.total,) + np.shape(x)[1:], np.asarray(x).dtype) for x in leaves]
+        n = np.shape(leaves[0])[0] if leaves else 0
+        for dst, src in zip(self.arrays, leaves):
+            dst[self.filled : self.filled + n] = src
+        self.filled += n
+
+    def result(self):
+        if self.arrays is None:
+            return {}
+        return jax.tree.unflatten(self.treedef, [a[: self.filled] for a in self.arrays])
+
+
+def _host_moments(acc):
+    """Running moments kept on the host in float64: count, mean and M2 (sum of squared deviations)."""
+    zeros = jax.tree.map(lambda x: np.zeros(np.shape(x), np.float64), acc["mean"])
+    return {"count": np.zeros((), np.int64), "mean": zeros, "m2": jax.tree.map(np.copy, zeros)}
+
+
+def _merge_moments(host, acc):
+    """Fold one chunk's device moments into the host's (Chan, Golub & LeVeque 1979), then zero
+    the device's count, mean and M2 (the SWAG ring buffer carries on)."""
+    nb = int(acc["count"])
+    if nb == 0:
+        return host, acc
+    na = int(host["count"])
+    n = na + nb
+    mean_b = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(acc["mean"]))
+    m2_b = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(acc["m2"]))
+    delta = jax.tree.map(lambda mb, ma: mb - ma, mean_b, host["mean"])
+    mean = jax.tree.map(lambda ma, d: ma + d * (nb / n), host["mean"], delta)
+    m2 = jax.tree.map(lambda qa, qb, d: qa + qb + d * d * (na * nb / n), host["m2"], m2_b, delta)
+    reset = dict(acc, count=jnp.zeros_like(acc["count"]), mean=jax.tree.map(jnp.zeros_like, acc["mean"]),
+                 m2=jax.tree.map(jnp.zeros_like, acc["m2"]))
+    return {"count": np.asarray(n, np.int64), "mean": mean, "m2": m2}, reset
 
 
 def _draw_like(record, length, thinning, one_step, carry, shared_est, acc, data, moments, swag_rank):
@@ -880,6 +940,12 @@ def _describe(obj, unknown: Optional[list] = None, where: str = "hyperparameters
     return text
 
 
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _check_choice(value, name, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -901,6 +967,10 @@ def _open_checkpoint(checkpoint, resume, settings):
         Checkpoint.read_meta(path)  # fails early, with a clear error, when there is nothing to resume
         return Checkpoint(path, settings), True
     if checkpoint is not None:
+        try:
+            os.makedirs(os.fspath(checkpoint), exist_ok=True)
+        except (OSError, TypeError) as err:
+            raise ValueError(f"cannot create the checkpoint directory {checkpoint!r}: {err}") from err
         return Checkpoint(checkpoint, settings), False
     return None, False
 
@@ -1031,6 +1101,7 @@ def sample(
     chunk_size = _check_int(chunk_size, "chunk_size", 1, allow_none=True)
     swag_rank = _check_int(swag_rank, "swag_rank", 0)
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
+    progress_bar = _check_bool(progress_bar, "progress_bar")
     _check_choice(on_divergence, "on_divergence", DIVERGENCE_MODES)
     _check_choice(keep, "keep", KEEP_MODES)
     if swag_rank and keep != "moments":
@@ -1168,6 +1239,7 @@ def optimize(
     """
     t_start = time.perf_counter()
     num_steps = _check_int(num_steps, "num_steps", 1)
+    progress_bar = _check_bool(progress_bar, "progress_bar")
     optimizer = _as_optimizer(optimizer, num_steps)
     target = as_target(model_or_target, data)
     batch_size = _check_int(batch_size, "batch_size", 1, allow_none=True)

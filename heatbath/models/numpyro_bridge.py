@@ -239,10 +239,14 @@ def from_numpyro(model: Callable, *model_args, **model_kwargs) -> Target:
         args, kwargs = call_args({})
         with handlers.block():
             tr = handlers.trace(handlers.substitute(handlers.seed(model, 0), data=values)).get_trace(*args, **kwargs)
-        return {
-            name: biject_to(tr[name]["fn"].support).inv(jnp.asarray(tr[name]["value"], jnp.result_type(float)))
-            for name in values
-        }
+        out = {}
+        for name in values:
+            support = tr[name]["fn"].support
+            value = jnp.asarray(tr[name]["value"], jnp.result_type(float))
+            if not bool(jnp.all(support(value))):
+                raise ValueError(f"init for site {name!r} is outside its support ({support})")
+            out[name] = biject_to(support).inv(value)
+        return out
 
     discrete_error = None
     if discrete:
