@@ -80,7 +80,7 @@ __all__ = [
     "euler_ou_update",
     "kinetic_energy",
     "normal_draws",
-    "leafwise",
+    "gradient_first",
     "build",
 ]
 
@@ -95,22 +95,6 @@ _LETTERS = {
 # ----------------------------------------------------------------------------------------
 # The pieces
 # ----------------------------------------------------------------------------------------
-def leafwise(value, like: PyTree) -> PyTree:
-    """``value`` as a pytree with the structure of ``like``.
-
-    A scalar (number or 0-d array) is repeated on every leaf; a pytree must already have the
-    structure of ``like`` (each leaf a scalar or an array broadcastable to the leaf).
-    """
-    if isinstance(value, (int, float)) or (hasattr(value, "ndim") and not isinstance(value, (dict, list, tuple)) and jnp.ndim(value) == 0):
-        return jax.tree.map(lambda _: value, like)
-    if jax.tree.structure(value) != jax.tree.structure(like):
-        raise ValueError(
-            f"a per-leaf parameter has tree structure {jax.tree.structure(value)}, but the position has "
-            f"{jax.tree.structure(like)}; pass a scalar or a pytree matching the position"
-        )
-    return value
-
-
 def position_update(position: PyTree, momentum: PyTree, h, inv_mass: PyTree) -> PyTree:
     """A: theta <- theta + h M^-1 r (``inv_mass`` a pytree like the position)."""
     return jax.tree.map(lambda p, r, im: p + (h * im) * r, position, momentum, inv_mass)
@@ -141,7 +125,7 @@ def ou_update(key, momentum: PyTree, h, friction: PyTree, inv_mass: PyTree, mass
 
     It leaves N(0, T M) invariant for every h (no discretisation error). ``friction``,
     ``inv_mass``, ``mass`` and ``temperature`` are pytrees like ``momentum`` (see
-    :func:`leafwise`); ``noiseless=True`` (T = 0) skips the noise; ``xi`` (a standard-normal
+    :func:`heatbath.kernels.tree.leafwise`); ``noiseless=True`` (T = 0) skips the noise; ``xi`` (a standard-normal
     pytree like ``momentum``) replaces the draw from ``key``.
     """
     decay = jax.tree.map(lambda c, im: jnp.exp(-(h * c) * im), friction, inv_mass)
@@ -207,6 +191,13 @@ class Splitting(NamedTuple):
         return s.index("B") < s.index("A") and s.rindex("B") > s.rindex("A")
 
     @property
+    def gradient_at_start(self) -> bool:
+        """Every B precedes the first A: all the step's kicks use the gradient at the position
+        the step starts from (one evaluation, on the step's own minibatch; never FSAL)."""
+        s = self.letters
+        return s.rindex("B") < s.index("A")
+
+    @property
     def grads_per_step(self) -> int:
         valid, count = self.fsal, 0
         for letter in self.letters:
@@ -267,6 +258,37 @@ def splitting(word: Union[str, Sequence], name: str | None = None) -> Splitting:
     return Splitting(name or default_name, pieces)
 
 
+def gradient_first(split: Union[str, Splitting]) -> Splitting:
+    """The same chain of positions, with each step starting at its gradient evaluation.
+
+    An FSAL splitting with one gradient per step evaluates that gradient right after its
+    last A, and the kicks around the step boundary share it. Cutting the word after its last
+    A and moving the tail to the front, X A..A Y -> Y X A..A, gives a word whose kicks all
+    use the gradient at the step's starting position: ``"OBABO"`` -> ``"BOOBA"`` (B(h/2)
+    O(h/2) O(h/2) B(h/2) A(h)), ``"BAOAB"`` -> ``"BBAOA"``, ``"BABO"`` -> ``"BOBA"``. The
+    pieces between two drifts are the same, so the rotated chain started at (theta_0, r_0)
+    is the original chain started at (theta_0, Y r_0), Y r_0 the momentum after the tail Y at
+    theta_0: the same law of positions after every step (the original's FSAL priming step
+    aside), with the momentum recorded at another point of the cycle. Such a word is what an
+    optax update,
+    handed one gradient at the current parameters, can run
+    (:func:`heatbath.optim.as_optax`). A word that already has every B before its first A
+    (``"euler"``) is returned unchanged; others (two gradients per step, or ``"ABOBA"``,
+    whose gradient point is mid-drift) raise a ``ValueError``.
+    """
+    split = get(split)
+    if split.gradient_at_start:
+        return split
+    if not split.fsal or split.grads_per_step != 1:
+        raise ValueError(
+            f"splitting {split.letters!r} has no rotation that starts at its gradient: it needs a word whose "
+            "first B precedes its first A and whose last B follows its last A, with one gradient per step "
+            "(e.g. OBABO, BAOAB, BABO)"
+        )
+    cut = split.letters.rindex("A") + 1
+    return Splitting(f"{split.name}-gradient-first", split.pieces[cut:] + split.pieces[:cut])
+
+
 euler = splitting("EBA", "euler")
 lie_trotter = splitting("BABO", "lie_trotter")
 obabo = splitting("OBABO", "obabo")
@@ -310,7 +332,7 @@ def build(split: Splitting, *, noiseless: bool = False) -> Callable:
     Returns ``integrate(key, position, momentum, cache, batch, grad_fn, h, friction, mass,
     inv_mass, temperature) -> (position, momentum, cache, lp_start, grad_new)`` where
     ``friction``, ``mass``, ``inv_mass`` and ``temperature`` are pytrees like the position
-    (:func:`leafwise`), ``cache`` a :class:`Cache` for FSAL splittings (None otherwise),
+    (:func:`heatbath.kernels.tree.leafwise`), ``cache`` a :class:`Cache` for FSAL splittings (None otherwise),
     ``lp_start`` the log-density estimate at the start of the step and ``grad_new`` the last
     gradient evaluated in it.
 

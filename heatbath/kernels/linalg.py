@@ -1,13 +1,14 @@
-"""Dense linear algebra for Gaussian methods: symmetric (PSD) matrix functions, SPD checks,
-Gaussian KL and entropy, and diagonal-plus-low-rank (Woodbury) helpers.
+"""Dense linear algebra for Gaussian methods: the symmetric PSD square root, SPD checks,
+the Gaussian KL divergence and 2-Wasserstein (Bures) distance, and diagonal-plus-low-rank
+(Woodbury) helpers.
 
 Everything here acts on *flat* matrices: a covariance over d parameters is a d x d array
 (inherently flat, whatever pytree the parameters form). Functions are pure JAX and go
 through ``jit``, ``vmap`` and ``grad``, except ``check_spd`` which validates user input on
 the host before anything compiles.
 
-Matrix functions of a symmetric A = Q diag(lam) Q^T are computed from one ``eigh`` of the
-symmetrised matrix (A + A^T)/2: f(A) = Q diag(f(lam)) Q^T. Differentiating ``eigh`` itself is
+The square root of a symmetric A = Q diag(lam) Q^T is computed from one ``eigh`` of the
+symmetrised matrix (A + A^T)/2: A^(1/2) = Q diag(sqrt(lam)) Q^T. Differentiating ``eigh`` itself is
 unstable when eigenvalues repeat (its derivative has 1/(lam_i - lam_j) terms), so
 ``sqrtm_psd`` carries its own derivative, the Daleckii-Krein formula
 
@@ -21,8 +22,6 @@ differentiable).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,13 +29,11 @@ import numpy as np
 __all__ = [
     "symmetrize",
     "eigh_sym",
-    "psd_function",
     "sqrtm_psd",
-    "is_spd",
     "check_spd",
     "logdet_spd",
     "gaussian_kl",
-    "gaussian_entropy",
+    "gaussian_w2",
     "dplr_inverse_parts",
     "dplr_logdet",
 ]
@@ -52,19 +49,6 @@ def eigh_sym(a: jax.Array):
     return jnp.linalg.eigh(symmetrize(a))
 
 
-def psd_function(a: jax.Array, f: Callable[[jax.Array], jax.Array], *, clip: bool = True) -> jax.Array:
-    """f(A) = Q diag(f(lam)) Q^T for symmetric A (eigenvalues clipped at 0 when ``clip``).
-
-    One ``eigh``; the result is symmetrised, so it is exactly (bitwise) symmetric. Differentiable through ``eigh``
-    (use :func:`sqrtm_psd` for a square root whose derivative is stable for repeated
-    eigenvalues).
-    """
-    lam, q = eigh_sym(a)
-    if clip:
-        lam = jnp.maximum(lam, 0.0)
-    return symmetrize((q * f(lam)[..., None, :]) @ jnp.swapaxes(q, -1, -2))
-
-
 @jax.custom_jvp
 def sqrtm_psd(a: jax.Array) -> jax.Array:
     """The symmetric PSD square root of a symmetric PSD matrix (eigh-based).
@@ -74,7 +58,9 @@ def sqrtm_psd(a: jax.Array) -> jax.Array:
     the Daleckii-Krein / Sylvester formula of the module docstring (stable for repeated
     eigenvalues). Works on stacks of matrices (leading batch axes).
     """
-    return psd_function(a, jnp.sqrt)
+    lam, q = eigh_sym(a)
+    root = jnp.sqrt(jnp.maximum(lam, 0.0))
+    return symmetrize((q * root[..., None, :]) @ jnp.swapaxes(q, -1, -2))
 
 
 @sqrtm_psd.defjvp
@@ -88,19 +74,6 @@ def _sqrtm_psd_jvp(primals, tangents):
     tiny = jnp.finfo(denom.dtype).tiny
     inner = (qt @ symmetrize(da) @ q) / jnp.maximum(denom, tiny)
     return out, symmetrize(q @ inner @ qt)
-
-
-def is_spd(a: jax.Array, rtol: float | None = None) -> jax.Array:
-    """True when ``a`` is finite, symmetric to ``rtol`` (relative to max |A|) and has a
-    finite Cholesky factor (positive definite in working precision). Traceable."""
-    if rtol is None:
-        rtol = 100 * float(jnp.finfo(jnp.result_type(a)).eps)
-    finite = jnp.all(jnp.isfinite(a))
-    scale = jnp.max(jnp.abs(a))
-    sym = jnp.max(jnp.abs(a - jnp.swapaxes(a, -1, -2))) <= rtol * scale
-    chol = jnp.linalg.cholesky(symmetrize(a))
-    pd = jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.diagonal(chol, axis1=-2, axis2=-1) > 0)
-    return finite & sym & pd
 
 
 def check_spd(a, name: str = "covariance", dim: int | None = None) -> np.ndarray:
@@ -133,12 +106,6 @@ def logdet_spd(a: jax.Array) -> jax.Array:
     return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
 
 
-def gaussian_entropy(cov: jax.Array) -> jax.Array:
-    """H(N(m, S)) = (d (1 + log 2 pi) + log det S) / 2."""
-    d = cov.shape[-1]
-    return 0.5 * (d * (1.0 + jnp.log(2.0 * jnp.pi)) + logdet_spd(cov))
-
-
 def gaussian_kl(mean0: jax.Array, cov0: jax.Array, mean1: jax.Array, cov1: jax.Array) -> jax.Array:
     """KL(N(m0, S0) || N(m1, S1)) = [tr(S1^-1 S0) + (m1 - m0)^T S1^-1 (m1 - m0) - d
     + log det S1 - log det S0] / 2, through Cholesky solves (no explicit inverse)."""
@@ -149,6 +116,23 @@ def gaussian_kl(mean0: jax.Array, cov0: jax.Array, mean1: jax.Array, cov1: jax.A
     diff = mean1 - mean0
     maha = diff @ solve(diff)
     return 0.5 * (tr + maha - d + logdet_spd(cov1) - logdet_spd(cov0))
+
+
+def gaussian_w2(mean0: jax.Array, cov0: jax.Array, mean1: jax.Array, cov1: jax.Array) -> jax.Array:
+    """The 2-Wasserstein distance between N(m0, S0) and N(m1, S1) (Dowson & Landau 1982;
+    the Bures metric on covariances, the geometry of FB-GVI and BW-SGD):
+
+        W2^2 = |m0 - m1|^2 + tr(S0 + S1 - 2 (S1^(1/2) S0 S1^(1/2))^(1/2)),
+
+    with both square roots from :func:`sqrtm_psd` (so it is differentiable where W2 > 0 and
+    S1 S0 is nonsingular, also at repeated eigenvalues). Returns W2 (W2^2 clipped at 0
+    against roundoff).
+    """
+    root1 = sqrtm_psd(cov1)
+    cross = sqrtm_psd(root1 @ cov0 @ root1)
+    diff = mean0 - mean1
+    sq = diff @ diff + jnp.trace(cov0) + jnp.trace(cov1) - 2.0 * jnp.trace(cross)
+    return jnp.sqrt(jnp.maximum(sq, 0.0))
 
 
 def dplr_inverse_parts(diag: jax.Array, factor: jax.Array):

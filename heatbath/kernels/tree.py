@@ -8,10 +8,12 @@ only place where that arithmetic is written.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 
@@ -19,7 +21,6 @@ __all__ = [
     "add",
     "sub",
     "scale",
-    "axpy",
     "mul",
     "map",
     "zeros_like",
@@ -32,6 +33,7 @@ __all__ = [
     "rademacher_like",
     "uniform_like",
     "cast",
+    "leafwise",
 ]
 
 
@@ -58,11 +60,6 @@ def mul(x: PyTree, y: PyTree) -> PyTree:
 def scale(a, x: PyTree) -> PyTree:
     """a * x for a scalar (or broadcastable array) a."""
     return jax.tree.map(lambda leaf: a * leaf, x)
-
-
-def axpy(a, x: PyTree, y: PyTree) -> PyTree:
-    """a * x + y, leaf by leaf (a a scalar)."""
-    return jax.tree.map(lambda xl, yl: a * xl + yl, x, y)
 
 
 def zeros_like(x: PyTree) -> PyTree:
@@ -149,3 +146,43 @@ def cast(tree: PyTree, dtype) -> PyTree:
         lambda leaf: leaf.astype(dtype) if jnp.issubdtype(jnp.result_type(leaf), jnp.floating) else leaf,
         tree,
     )
+
+
+def _is_scalar(value) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    return isinstance(value, (np.ndarray, np.generic, jax.Array)) and np.ndim(value) == 0
+
+
+def leafwise(value, like: PyTree, name: str = "value") -> PyTree:
+    """``value`` (a scalar, or a pytree like ``like``) as a pytree with the structure of ``like``.
+
+    A per-leaf hyperparameter (a mass, a friction, a fixed preconditioner, a gradient-noise
+    variance): a scalar (a number or a 0-d array) is repeated on every leaf; a pytree must
+    have the structure of ``like``, each of its leaves a scalar or an array that broadcasts
+    to the shape of the matching leaf of ``like`` (it is not broadcast: arithmetic does it).
+    Every leaf is cast to the dtype of its ``like`` leaf. Raises a ``ValueError`` naming
+    ``name`` when the structure or a shape does not match. Works on traced values.
+    """
+    if _is_scalar(value):
+        return jax.tree.map(lambda p: jnp.asarray(value, jnp.result_type(p)), like)
+    if jax.tree.structure(value) != jax.tree.structure(like):
+        raise ValueError(
+            f"{name} has tree structure {jax.tree.structure(value)} but the position has "
+            f"{jax.tree.structure(like)}; pass a scalar or a pytree with the position's structure"
+        )
+
+    def leaf(v, p):
+        try:
+            shape = jnp.broadcast_shapes(jnp.shape(v), jnp.shape(p))
+        except ValueError:
+            shape = None
+        if shape != jnp.shape(p):
+            raise ValueError(
+                f"{name} leaf of shape {jnp.shape(v)} does not broadcast to the position leaf of shape {jnp.shape(p)}"
+            )
+        return jnp.asarray(v, jnp.result_type(p))
+
+    return jax.tree.map(leaf, value, like)
