@@ -370,8 +370,10 @@ def test_mass_with_wrong_structure_fails_before_compiling():
     [
         (dict(step_size=-0.1), ValueError, "step_size must be > 0"),
         (dict(temperature=-1.0), ValueError, "temperature must be >= 0"),
-        (dict(num_steps_per_sample=0), ValueError, "num_steps_per_sample must be a positive integer"),
-        (dict(num_steps_per_sample=2.5), ValueError, "num_steps_per_sample"),
+        (dict(num_steps_per_sample=0), ValueError, "num_steps_per_sample must be >= 1"),
+        (dict(num_steps_per_sample=2.5), TypeError, "num_steps_per_sample must be an integer"),
+        (dict(mass="heavy"), TypeError, "mass must be a number or a pytree"),
+        (dict(mass={"a": float("nan")}), ValueError, "mass leaf \\['a'\\] must be > 0 and finite"),
         (dict(gradient_noise=100.0), ValueError, "gradient_noise=100 is too large to correct"),
         (dict(gradient_noise=-1.0), ValueError, "gradient_noise must be >= 0"),
         (dict(integrator="euler", step_size=2.0), ValueError, "alpha = step_size \\* friction / mass <= 1"),
@@ -393,6 +395,12 @@ def test_sgnht_bad_input():
         hb.samplers.sgnht(0.1, 1.0, gradient_noise=50.0)
     with pytest.raises(ValueError, match="mass has tree structure"):
         hb.samplers.sgnht(0.1, 1.0, mass={"a": 1.0}).init({"a": jnp.zeros(2), "b": jnp.zeros(())}, jax.random.key(0))
+    with pytest.raises(ValueError, match="thermostat_init must be finite"):
+        hb.samplers.sgnht(0.1, thermostat_init=float("inf"))
+    with pytest.raises(TypeError, match="resample_momentum must be True or False"):
+        hb.samplers.sgnht(0.1, resample_momentum=1)
+    with pytest.raises(TypeError):  # everything after diffusion is keyword-only
+        hb.samplers.sgnht(0.1, 1.0, 1.0)
 
 
 def test_heavy_ball_parameters_bad_input():

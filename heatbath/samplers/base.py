@@ -14,7 +14,11 @@ A constructor takes hyperparameters and returns ``Sampler(init, step, ...)``:
 The extra fields tell the driver what it needs to know without running anything:
 ``gradient`` (the estimator spec), ``temperature`` (a schedule, so ``optimize`` can check it
 is zero or annealed), ``grads_per_step`` (gradient-estimator calls per step, for cost
-accounting) and ``hyperparameters`` (for printing and for rebuilding at another temperature).
+accounting), ``hyperparameters`` (for printing and for rebuilding at another temperature) and
+``gradient_at_position`` (False when a step evaluates its gradient elsewhere than at the
+state's position, e.g. after a drift A of an FSAL splitting, at an inner chain's point or at
+Monte Carlo draws, or differentiates it: such a sampler cannot be an optax update,
+see :func:`heatbath.optim.as_optax`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class Sampler(NamedTuple):
     grads_per_step: float = 1.0
     hyperparameters: dict = {}
     rebuild: Callable | None = None  # rebuild(**changes) -> Sampler with some hyperparameters changed
+    # True when every gradient a step asks for is at the state's position (and not
+    # differentiated): what an optax update, handed one gradient at params, can serve.
+    gradient_at_position: bool = True
 
 
 class Info(NamedTuple):

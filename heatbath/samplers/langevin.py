@@ -1,27 +1,29 @@
 """Preconditioned Langevin samplers built from an optax optimizer's preconditioner.
 
-``langevin(tx, temperature)`` reads an optax optimizer and returns the heatbath sampler whose
-zero-temperature limit is exactly that optimizer (same arithmetic, step by step):
+``langevin(tx, temperature=T)`` reads an optax optimizer and returns the heatbath sampler
+whose zero-temperature limit is exactly that optimizer (same arithmetic, step by step):
 
 ===========================================  =================================================
 optimizer                                    sampler (T = 0 reproduces the optimizer)
 ===========================================  =================================================
 ``optax.sgd(lr)``                            :func:`~heatbath.samplers.sgld` (SGLD)
 ``optax.sgd(lr, momentum=mu)``               Euler :func:`~heatbath.samplers.sghmc` (SGHMC)
-``optax.rmsprop(lr, decay, eps, ...)``       :func:`~heatbath.samplers.psgld` (pSGLD), or the
-                                             kernel below with ``b1=None`` when optax's
-                                             ``bias_correction`` / ``initial_scale`` are set
+``optax.rmsprop(lr, decay, eps, ...)``       :func:`~heatbath.samplers.psgld` with the
+                                             preconditioner ``rmsprop(decay, eps, eps_in_sqrt,
+                                             bias_correction, initial_scale)``
 ``optax.adam(lr, b1, b2, eps, eps_root)``    :func:`adam_langevin` (below)
 ===========================================  =================================================
 
-The Adam-type Langevin kernel (Li et al. 2016 for the RMSprop preconditioner, Kingma & Ba
-2015 for Adam's moments), with g = grad log p~(theta) (ascent direction), t = k + 1:
+All but SGHMC run one kernel, :func:`heatbath.samplers.sgld.build_preconditioned_kernel`,
+with a preconditioner from :mod:`heatbath.kernels.preconditioners`. The Adam-type Langevin
+step (Li et al. 2016 for the preconditioned Langevin step, Kingma & Ba 2015 for Adam's
+moments), with g = grad log p~(theta) (ascent direction), t = k + 1:
 
     mu <- b1 mu + (1 - b1) g                          (first moment; absent for RMSprop)
     nu <- b2 nu + (1 - b2) g * g                      (second moment)
     mu^ = mu / (1 - b1^t),  nu^ = nu / (1 - b2^t)     (bias corrections)
     D = sqrt(nu^ + eps_root) + eps,  G = 1 / D        (the diagonal preconditioner)
-    theta <- theta + h d + h Gamma + sqrt(2 h T G) xi,   xi ~ N(0, I)
+    theta <- theta + h d + h T Gamma + sqrt(2 h T G) xi,   xi ~ N(0, I)
 
 with the drift ``d = mu^ / D`` (``drift="momentum"``, the default: T = 0 is exactly
 ``optax.adam``) or ``d = g / D`` (``drift="gradient"``).
@@ -31,11 +33,12 @@ What it samples at T > 0 (be precise, because an Adam drift is not a Langevin dr
 - ``drift="gradient"`` is preconditioned Langevin dynamics (pSGLD) with Adam's second moment
   as the preconditioner: with G held fixed the chain targets p^(1/T) up to SGLD's O(h) bias.
   G moves with theta through nu, and a theta-dependent G needs the divergence term
-  Gamma_i = dG_ii / d theta_i (Ma, Chen & Fox 2015) for p^(1/T) to stay stationary. Here
-  Gamma_i = -G_i^2 (1 - b2) g_i H_ii / ((1 - b2^t) sqrt(nu^_i + eps_root)), H the Hessian of
-  log p~; ``correction=False`` (default, as pSGLD) drops it at a bias of order (1 - b2);
-  ``correction=True`` adds it with Hutchinson's estimate of H_ii (one extra Hessian-vector
-  product per step). Its T = 0 limit is Adam with b1 = 0.
+  T Gamma, Gamma_i = dG_ii / d theta_i (Ma, Chen & Fox 2015), for p^(1/T) to stay stationary
+  (the diffusion is T G). Here Gamma_i = -G_i^2 (1 - b2) g_i H_ii / ((1 - b2^t)
+  sqrt(nu^_i + eps_root)), H the Hessian of log p~; ``correction=False`` (default, as pSGLD)
+  drops it at a bias of order (1 - b2); ``correction=True`` adds it with Hutchinson's
+  estimate of H_ii (one extra Hessian-vector product per step), from step ceil(1/(1 - b2)).
+  Its T = 0 limit is Adam with b1 = 0.
 - ``drift="momentum"`` replaces g by mu^, an exponential average of past gradients. The pair
   (theta, mu) is then a Markov chain whose theta-marginal is not p^(1/T) for any h > 0: mu is
   not a Hamiltonian momentum (it has no noise and no friction balancing it), it is a lagged
@@ -44,207 +47,29 @@ What it samples at T > 0 (be precise, because an Adam drift is not a Langevin dr
   samples p^(1/T) up to an O(h / (1 - b1)) error on top of SGLD's O(h). On a Gaussian of
   precision a with G frozen, the stationary variance solves a 2x2 discrete Lyapunov equation
   (the tests check it): Var = (T / a)(1 + h G a (1/2 + b1 / (1 - b1)) + O((h G a)^2)), e.g.
-  1.48 T / a at h G a = 0.05, b1 = 0.9, where SGLD's is 1.03 T / a. Dropped: Gamma as above, and any correction of the lag itself (there is
-  none that keeps T = 0 equal to Adam). Use it to turn an Adam training run into a cold /
-  annealed sampler; use ``drift="gradient"`` or :func:`~heatbath.samplers.psgld` when the
-  posterior itself matters.
+  1.48 T / a at h G a = 0.05, b1 = 0.9, where SGLD's is 1.03 T / a. Dropped: Gamma as above,
+  and any correction of the lag itself (there is none that keeps T = 0 equal to Adam). Use it
+  to turn an Adam training run into a cold / annealed sampler; use ``drift="gradient"`` or
+  :func:`~heatbath.samplers.psgld` when the posterior itself matters.
 """
 
 from __future__ import annotations
 
-import numbers
-from typing import Any, NamedTuple, Optional
-
-import jax
-import jax.numpy as jnp
-
+from heatbath.kernels import _validate
 from heatbath.kernels import preconditioners as _precond
 from heatbath.kernels import schedules as _schedules
-from heatbath.kernels import tree
 from heatbath.kernels.gradients import naive
-from heatbath.samplers.base import Info, Sampler, check_gradient_spec
+from heatbath.samplers.base import Sampler, check_gradient_spec
+from heatbath.samplers.sghmc import heavy_ball_parameters, sghmc
+from heatbath.samplers.sgld import _preconditioned_sampler, psgld, sgld
 
-PyTree = Any
-
-__all__ = ["AdaptiveLangevinState", "langevin", "adam_langevin", "build_adaptive_kernel", "read_optax"]
-
-
-class AdaptiveLangevinState(NamedTuple):
-    position: PyTree
-    step: jax.Array
-    mu: Any  # first moment (a pytree like position), () without momentum
-    nu: PyTree  # second moment
-
-
-# ----------------------------------------------------------------------------------------
-# The kernel
-# ----------------------------------------------------------------------------------------
-def _bias_correct(moment, decay, count):
-    # optax.tree.bias_correction: t / (1 - decay^count), the division in the moment's dtype.
-    bc = 1 - decay**count
-    return jax.tree.map(lambda t: t / bc.astype(t.dtype), moment)
-
-
-def build_adaptive_kernel(
-    step_size,
-    temperature,
-    *,
-    b1: Optional[float],
-    b2: float,
-    eps: float,
-    eps_root: float,
-    form: str,
-    bias_correction: bool,
-    nesterov: bool,
-    drift: str,
-    correction: bool,
-):
-    """The Adam/RMSprop-preconditioned Langevin transition (see the module docstring).
-
-    ``form`` fixes the arithmetic of the preconditioner so that T = 0 is optax's update to
-    the last bit: ``"adam"``: d = m / (sqrt(v + eps_root) + eps); ``"rms_in"``:
-    d = rsqrt(v + eps) * m; ``"rms_out"``: d = (1 / (sqrt(v) + eps)) * m.
-    """
-    noiseless = _schedules.is_constant(temperature) == 0.0
-    use_momentum = b1 is not None and drift == "momentum"
-
-    def denominator(v):
-        if form == "adam":
-            return jnp.sqrt(v + eps_root) + eps
-        if form == "rms_in":
-            return jnp.sqrt(v + eps)
-        return jnp.sqrt(v) + eps
-
-    def apply(v, m):
-        if form == "adam":
-            return m / (jnp.sqrt(v + eps_root) + eps)
-        if form == "rms_in":
-            return jax.lax.rsqrt(v + eps) * m
-        return (1 / (jnp.sqrt(v) + eps)) * m
-
-    root_shift = eps_root if form == "adam" else (eps if form == "rms_in" else 0.0)
-
-    def step(key, state: AdaptiveLangevinState, batch, grad_fn):
-        h = step_size(state.step)
-        T = temperature(state.step)
-        count = state.step + 1
-        key_noise, key_probe = jax.random.split(key)
-        if correction:
-            z = tree.rademacher_like(key_probe, state.position)
-            (lp, g), (_, hz) = jax.jvp(lambda p: grad_fn(p, batch), (state.position,), (z,))
-        else:
-            lp, g = grad_fn(state.position, batch)
-        nu = jax.tree.map(lambda gl, v: (1 - b2) * (gl**2) + b2 * v, g, state.nu)
-        nu_hat = _bias_correct(nu, b2, count) if bias_correction else nu
-        if use_momentum:
-            mu = jax.tree.map(lambda gl, m: (1 - b1) * gl + b1 * m, g, state.mu)
-            if nesterov:
-                mu_hat = jax.tree.map(
-                    lambda m, gl: b1 * m + (1 - b1) * gl,
-                    _bias_correct(mu, b1, count + 1),
-                    _bias_correct(g, b1, count),
-                )
-            else:
-                mu_hat = _bias_correct(mu, b1, count)
-        else:
-            mu, mu_hat = (), g
-        d = jax.tree.map(apply, nu_hat, mu_hat if use_momentum else g)
-        if correction:
-            scale_t = (1 - b2) / (1 - b2**count) if bias_correction else (1 - b2)
-
-            def gamma_leaf(v, gl, zhz):
-                root = jnp.sqrt(v + root_shift)
-                G = 1.0 / denominator(v)
-                safe = jnp.where(root > 0, root, 1.0)
-                return jnp.where(root > 0, -scale_t.astype(v.dtype) * gl * zhz * G * G / safe, 0.0)
-
-            d = tree.add(d, jax.tree.map(gamma_leaf, nu_hat, g, tree.mul(z, hz)))
-        if noiseless:
-            new = jax.tree.map(lambda p, dl: p + h * dl, state.position, d)
-        else:
-            xi = tree.normal_like(key_noise, state.position)
-            new = jax.tree.map(
-                lambda p, dl, n, v: p + h * dl + jnp.sqrt(2.0 * h * T / denominator(v)) * n,
-                state.position,
-                d,
-                xi,
-                nu_hat,
-            )
-        info = Info(h, T, tree.norm(g), lp, jnp.logical_not(tree.all_finite(new)))
-        return AdaptiveLangevinState(new, state.step + 1, mu, nu), info
-
-    return step
-
-
-def _check_unit(value, name, low_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    ok = (0.0 < value < 1.0) if low_open else (0.0 <= value < 1.0)
-    if not ok:
-        raise ValueError(f"{name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value}")
-    return float(value)
-
-
-def _adaptive_sampler(
-    step_size,
-    temperature,
-    *,
-    b1,
-    b2,
-    eps,
-    eps_root,
-    form,
-    bias_correction,
-    initial_scale,
-    nesterov,
-    drift,
-    correction,
-    gradient,
-    name,
-    rebuild,
-):
-    h = _schedules.as_schedule(step_size, "step_size", positive=True)
-    T = _schedules.as_schedule(temperature, "temperature", positive=False)
-    spec = check_gradient_spec(naive() if gradient is None else gradient)
-    if drift not in ("momentum", "gradient"):
-        raise ValueError(f"drift must be 'momentum' (T = 0 is Adam) or 'gradient' (pSGLD-type), got {drift!r}")
-    if b1 is not None:
-        b1 = _check_unit(b1, "b1")
-    b2 = _check_unit(b2, "b2")
-    for nm, v in (("eps", eps), ("eps_root", eps_root), ("initial_scale", initial_scale)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or v < 0:
-            raise ValueError(f"{nm} must be a number >= 0, got {v!r}")
-    if form != "adam" and eps <= 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-
-    def init(position, key=None):
-        del key
-        mu = jax.tree.map(jnp.zeros_like, position) if (b1 is not None and drift == "momentum") else ()
-        nu = jax.tree.map(lambda p: jnp.full_like(p, initial_scale), position)
-        return AdaptiveLangevinState(position, jnp.zeros((), jnp.int32), mu, nu)
-
-    step = build_adaptive_kernel(
-        h, T, b1=b1, b2=b2, eps=eps, eps_root=eps_root, form=form, bias_correction=bias_correction,
-        nesterov=nesterov, drift=drift, correction=correction,
-    )
-    hyper = dict(step_size=step_size, temperature=temperature, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-                 drift=drift, correction=correction, gradient=spec)
-    return Sampler(
-        init=init,
-        step=step,
-        gradient=spec,
-        temperature=T,
-        name=name if spec.name == "naive" else f"{name}-{spec.name}",
-        grads_per_step=3.0 if correction else 1.0,
-        hyperparameters=hyper,
-        rebuild=rebuild,
-    )
+__all__ = ["langevin", "adam_langevin", "read_optax"]
 
 
 def adam_langevin(
     step_size,
-    temperature=1.0,
     *,
+    temperature=1.0,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -258,44 +83,40 @@ def adam_langevin(
 
         mu <- b1 mu + (1 - b1) g;  nu <- b2 nu + (1 - b2) g^2;  t = k + 1
         D = sqrt(nu / (1 - b2^t) + eps_root) + eps
-        theta <- theta + h mu / ((1 - b1^t) D) [+ h Gamma] + sqrt(2 h T / D) xi
+        theta <- theta + h mu / ((1 - b1^t) D) [+ h T Gamma] + sqrt(2 h T / D) xi
 
     (``drift="gradient"`` uses g in place of mu / (1 - b1^t)). Kingma & Ba (ICLR 2015) for
     the moments, Li et al. (AAAI 2016) for the preconditioned Langevin step; what the chain
     samples at T > 0, and which correction terms are dropped, is in the module docstring.
+    It is :func:`heatbath.samplers.sgld.build_preconditioned_kernel` with the preconditioner
+    :func:`heatbath.kernels.preconditioners.adam` and the first-moment drift ``b1``.
 
     Args:
       step_size: h > 0 (optax's learning rate), a number or a schedule of the step count.
-      temperature: T >= 0, a number or a schedule. T = 0 is Adam; T < 1 a cold posterior.
+      temperature: T >= 0, a number or a schedule (keyword-only). T = 0 is Adam; T < 1 a
+        cold posterior.
       b1, b2, eps, eps_root, nesterov: Adam's hyperparameters, with optax's meaning.
       drift: ``"momentum"`` (default, T = 0 is Adam) or ``"gradient"`` (pSGLD with Adam's
         bias-corrected second moment: a valid Langevin drift, T = 0 is Adam with b1 = 0).
-      correction: add the divergence term Gamma (Hutchinson, one Hessian-vector product).
+      correction: add the divergence term T Gamma (Hutchinson, one Hessian-vector product),
+        from step ceil(1 / (1 - b2)) on.
       gradient: the gradient estimator (see :func:`heatbath.samplers.sgld`).
     """
+    if drift not in ("momentum", "gradient"):
+        raise ValueError(f"drift must be 'momentum' (T = 0 is Adam) or 'gradient' (pSGLD-type), got {drift!r}")
+    b1 = _validate.check_unit(b1, "b1")
+    nesterov = _validate.check_bool(nesterov, "nesterov")
+    pre = _precond.adam(b2, eps, eps_root)
+    spec = check_gradient_spec(naive() if gradient is None else gradient)
     hyper = dict(step_size=step_size, temperature=temperature, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-                 nesterov=nesterov, drift=drift, correction=correction, gradient=gradient)
-    if not isinstance(nesterov, bool):
-        raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
-    return _adaptive_sampler(
-        step_size, temperature, b1=b1, b2=b2, eps=eps, eps_root=eps_root, form="adam", bias_correction=True,
-        initial_scale=0.0, nesterov=nesterov, drift=drift, correction=correction, gradient=gradient,
+                 nesterov=nesterov, drift=drift, correction=correction, gradient=spec)
+    return _preconditioned_sampler(
+        step_size, temperature, pre, correction, spec,
         name="adam-langevin" if drift == "momentum" else "adam-psgld",
+        hyperparameters=hyper,
         rebuild=lambda **changes: adam_langevin(**{**hyper, **changes}),
-    )
-
-
-def _rmsprop_langevin(step_size, temperature, *, decay, eps, eps_in_sqrt, bias_correction, initial_scale,
-                      correction, gradient):
-    hyper = dict(step_size=step_size, temperature=temperature, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt,
-                 bias_correction=bias_correction, initial_scale=initial_scale, correction=correction,
-                 gradient=gradient)
-    return _adaptive_sampler(
-        step_size, temperature, b1=None, b2=decay, eps=eps, eps_root=0.0,
-        form="rms_in" if eps_in_sqrt else "rms_out", bias_correction=bias_correction,
-        initial_scale=initial_scale, nesterov=False, drift="gradient", correction=correction,
-        gradient=gradient, name="rmsprop-langevin",
-        rebuild=lambda **changes: _rmsprop_langevin(**{**hyper, **changes}),
+        b1=b1 if drift == "momentum" else None,
+        nesterov=nesterov,
     )
 
 
@@ -384,7 +205,7 @@ def read_optax(tx) -> dict:
     return out
 
 
-def langevin(optimizer, temperature=1.0, *, drift: str = "momentum", correction: bool = False, gradient=None) -> Sampler:
+def langevin(optimizer, *, temperature=1.0, drift: str = "momentum", correction: bool = False, gradient=None) -> Sampler:
     """The Langevin sampler whose zero-temperature limit is the optax ``optimizer``.
 
     The optimizer's preconditioner becomes the Langevin preconditioner G and its learning
@@ -394,8 +215,9 @@ def langevin(optimizer, temperature=1.0, *, drift: str = "momentum", correction:
     - ``optax.sgd(lr)``: SGLD, theta <- theta + lr g + sqrt(2 lr T) xi.
     - ``optax.sgd(lr, momentum=mu)``: Euler SGHMC with v <- mu v + lr g + noise, i.e.
       ``sghmc(step_size=sqrt(lr), friction=(1 - mu) / sqrt(lr), mass=1, integrator="euler")``.
-    - ``optax.rmsprop(lr, decay, eps, eps_in_sqrt, bias_correction, initial_scale)``: pSGLD
-      with optax's exact preconditioner (G = rsqrt(V + eps) or 1 / (sqrt(V) + eps)).
+    - ``optax.rmsprop(lr, decay, eps, eps_in_sqrt, bias_correction, initial_scale)``:
+      :func:`~heatbath.samplers.psgld` with optax's exact preconditioner
+      (``preconditioners.rmsprop(decay, eps, eps_in_sqrt, bias_correction, initial_scale)``).
     - ``optax.adam(lr, b1, b2, eps, eps_root, nesterov)``: :func:`adam_langevin` with
       ``drift`` (see the module docstring for what it samples at T > 0).
 
@@ -405,7 +227,7 @@ def langevin(optimizer, temperature=1.0, *, drift: str = "momentum", correction:
     Args:
       optimizer: an optax optimizer from ``optax.sgd``, ``optax.rmsprop`` or ``optax.adam``
         (learning rate a number or an optax schedule).
-      temperature: T >= 0, a number or a schedule of the step count.
+      temperature: T >= 0, a number or a schedule of the step count (keyword-only).
       drift: for Adam only: ``"momentum"`` or ``"gradient"``.
       correction: add the preconditioner's divergence term (RMSprop and Adam only).
       gradient: the gradient estimator (see :func:`heatbath.samplers.sgld`).
@@ -419,12 +241,8 @@ def langevin(optimizer, temperature=1.0, *, drift: str = "momentum", correction:
     if kind == "sgd":
         if correction:
             raise ValueError("SGLD has a constant preconditioner: there is no divergence correction to add")
-        from heatbath.samplers.sgld import sgld
-
-        return sgld(lr, temperature, gradient=gradient)
+        return sgld(lr, temperature=temperature, gradient=gradient)
     if kind == "momentum":
-        from heatbath.samplers.sghmc import heavy_ball_parameters, sghmc
-
         if callable(lr):
             raise TypeError("momentum SGD with a learning-rate schedule has no fixed SGHMC step size / friction; "
                             "use a constant learning rate")
@@ -432,14 +250,10 @@ def langevin(optimizer, temperature=1.0, *, drift: str = "momentum", correction:
         return sghmc(p["step_size"], p["friction"], integrator="euler", mass=p["mass"], temperature=temperature,
                      gradient=gradient)
     if kind == "rmsprop":
-        if not info["bias_correction"] and info["initial_scale"] == 0.0:
-            from heatbath.samplers.sgld import psgld
-
-            pre = _precond.rmsprop(info["decay"], info["eps"], eps_in_sqrt=info["eps_in_sqrt"])
-            return psgld(lr, temperature, decay=info["decay"], eps=info["eps"], correction=correction,
-                         gradient=gradient, preconditioner=pre)
-        return _rmsprop_langevin(lr, temperature, decay=info["decay"], eps=info["eps"],
-                                 eps_in_sqrt=info["eps_in_sqrt"], bias_correction=info["bias_correction"],
-                                 initial_scale=info["initial_scale"], correction=correction, gradient=gradient)
-    return adam_langevin(lr, temperature, b1=info["b1"], b2=info["b2"], eps=info["eps"], eps_root=info["eps_root"],
-                         nesterov=info["nesterov"], drift=drift, correction=correction, gradient=gradient)
+        pre = _precond.rmsprop(info["decay"], info["eps"], eps_in_sqrt=info["eps_in_sqrt"],
+                               bias_correction=info["bias_correction"], initial_scale=info["initial_scale"])
+        return psgld(lr, temperature=temperature, decay=info["decay"], eps=info["eps"], correction=correction,
+                     gradient=gradient, preconditioner=pre)
+    return adam_langevin(lr, temperature=temperature, b1=info["b1"], b2=info["b2"], eps=info["eps"],
+                         eps_root=info["eps_root"], nesterov=info["nesterov"], drift=drift, correction=correction,
+                         gradient=gradient)

@@ -37,6 +37,12 @@ momentum=1 - alpha)`` on the loss U = -log p (optax's trace is -v / eta). Given 
 rate and a momentum, :func:`heavy_ball_parameters` returns the step size h = sqrt(eta M) and
 friction C = (1 - momentum) M / h.
 
+As an optax update. :func:`heatbath.optim.as_optax` hands a sampler one gradient, at the
+current parameters. Euler's kicks all precede its drift, so it qualifies; the FSAL splittings
+(OBABO, BAOAB, Lie-Trotter) evaluate their gradient after the drift and are refused, but
+``integrators.gradient_first(word)`` rotates them to start at that evaluation (OBABO ->
+``"BOOBA"``), the same chain of positions (``Sampler.gradient_at_position``).
+
 Momentum is carried across steps and draws (a chain of the SDE); ``resample_momentum=True``
 redraws r ~ N(0, T M) at the start of every ``num_steps_per_sample``-th step, as in Chen et
 al.'s Algorithm 2 (HMC-style restarts).
@@ -53,13 +59,13 @@ by a thermostat xi that adapts to the unknown gradient noise, see :func:`sgnht`.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from heatbath.kernels import _validate
 from heatbath.kernels import integrators as _integrators
 from heatbath.kernels import schedules as _schedules
 from heatbath.kernels import tree
@@ -117,68 +123,16 @@ class SGNHTInfo(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------
-# Validation (eager, before any compilation)
+# Validation (eager, before any compilation) and the pieces SGHMC and SGNHT share
 # ----------------------------------------------------------------------------------------
-def _is_scalar(value) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, numbers.Real):
-        return True
-    return isinstance(value, (np.ndarray, jax.Array, np.generic)) and np.ndim(value) == 0
-
-
-def _check_tree_param(value, name: str, *, positive: bool):
-    """A positive (or non-negative) finite scalar, or a pytree of such arrays."""
-    if value is None:
-        raise ValueError(f"{name} must be a number or a pytree of arrays, got None")
-    if _is_scalar(value):
-        v = float(value)
-        if not math.isfinite(v) or v < 0 or (positive and v == 0):
-            raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {v}")
-        return v
-    leaves = jax.tree.leaves(value)
-    if not leaves:
-        raise ValueError(f"{name} is an empty pytree")
-    for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
-        try:
-            arr = np.asarray(leaf, dtype=float)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"{name} leaf {jax.tree_util.keystr(path)} is not numeric: {err}") from err
-        if not np.all(np.isfinite(arr)) or np.any(arr < 0) or (positive and np.any(arr == 0)):
-            raise ValueError(
-                f"{name} leaf {jax.tree_util.keystr(path)} must be {'> 0' if positive else '>= 0'} and finite"
-            )
-    return jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(float)), value)
-
-
-def _match(value, position, name: str):
-    """``value`` (scalar or pytree) as a pytree like ``position``, with a clear error if it is not."""
-    if isinstance(value, float):
-        return jax.tree.map(lambda p: jnp.asarray(value, jnp.result_type(p)), position)
-    if jax.tree.structure(value) != jax.tree.structure(position):
-        raise ValueError(
-            f"{name} has tree structure {jax.tree.structure(value)} but the position has "
-            f"{jax.tree.structure(position)}; pass a scalar or a pytree with the position's structure"
-        )
-
-    def leaf(v, p):
-        try:
-            shape = jnp.broadcast_shapes(jnp.shape(v), jnp.shape(p))
-        except ValueError:
-            shape = None
-        if shape != jnp.shape(p):
-            raise ValueError(
-                f"{name} leaf of shape {jnp.shape(v)} does not broadcast to the position leaf of shape {jnp.shape(p)}"
-            )
-        return jnp.asarray(v, jnp.result_type(p))
-
-    return jax.tree.map(leaf, value, position)
-
-
-def _check_steps_per_sample(k):
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"num_steps_per_sample must be a positive integer, got {k!r}")
-    return int(k)
+def _check_common(mass, gradient_noise, num_steps_per_sample, resample_momentum, gradient):
+    """Validated (M, V, k, gradient spec) of the arguments SGHMC and SGNHT share."""
+    M = _validate.check_tree(mass, "mass", positive=True)
+    V = None if gradient_noise is None else _validate.check_tree(gradient_noise, "gradient_noise", positive=False)
+    k = _validate.check_int(num_steps_per_sample, "num_steps_per_sample", minimum=1)
+    _validate.check_bool(resample_momentum, "resample_momentum")
+    spec = check_gradient_spec(naive() if gradient is None else gradient)
+    return M, V, k, spec
 
 
 def _check_noise_budget(h, C, T, V, scale_name: str):
@@ -205,12 +159,9 @@ def heavy_ball_parameters(learning_rate: float, momentum: float, mass: float = 1
     eta = h^2 / M = learning_rate and 1 - alpha = 1 - h C / M = momentum, so
     h = sqrt(learning_rate M) and C = (1 - momentum) M / h.
     """
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    if not mass > 0:
-        raise ValueError(f"mass must be > 0, got {mass}")
+    learning_rate = _validate.check_real(learning_rate, "learning_rate", low=0.0, low_open=True)
+    momentum = _validate.check_unit(momentum, "momentum")
+    mass = _validate.check_real(mass, "mass", low=0.0, low_open=True)
     h = math.sqrt(learning_rate * mass)
     return {"step_size": h, "friction": (1.0 - momentum) * mass / h, "mass": mass}
 
@@ -219,10 +170,29 @@ def heavy_ball_parameters(learning_rate: float, momentum: float, mass: float = 1
 # SGHMC
 # ----------------------------------------------------------------------------------------
 def _momentum_draw(key, position, mass, T, noiseless):
+    """r ~ N(0, T M) (zeros at T = 0 or without a key)."""
     if noiseless or key is None:
         return tree.zeros_like(position)
     xi = tree.normal_like(key, position)
     return jax.tree.map(lambda n, m: jnp.sqrt(T * m) * n, xi, mass)
+
+
+def _initial_momentum(position, key, mass, gradient_noise, temperature, noiseless):
+    """The first momentum, r ~ N(0, T_0 M), after checking M and V against the position."""
+    M = tree.leafwise(mass, position, "mass")
+    if gradient_noise is not None:
+        tree.leafwise(gradient_noise, position, "gradient_noise")
+    return _momentum_draw(key, position, M, temperature(jnp.zeros((), jnp.int32)), noiseless)
+
+
+def _restart_momentum(key, state, M, T, noiseless, num_steps_per_sample):
+    """``resample_momentum``: r ~ N(0, T M) at every ``num_steps_per_sample``-th step.
+
+    Returns the key left for the step and the momentum to start it with."""
+    key, key_mom = jax.random.split(key)
+    fresh = _momentum_draw(key_mom, state.position, M, T, noiseless)
+    restart = state.step % num_steps_per_sample == 0
+    return key, jax.tree.map(lambda a, b: jnp.where(restart, a, b), fresh, state.momentum)
 
 
 def _noise_temperature(T, h, C, V, position):
@@ -243,18 +213,14 @@ def build_kernel(split: _integrators.Splitting, step_size, friction, temperature
         h = step_size(state.step)
         C = friction(state.step)
         T = temperature(state.step)
-        M = _match(mass, position, "mass")
+        M = tree.leafwise(mass, position, "mass")
         inv_M = jax.tree.map(lambda m: 1.0 / m, M)
         C_tree = jax.tree.map(lambda p: C, position)
-        V = None if gradient_noise is None else _match(gradient_noise, position, "gradient_noise")
+        V = None if gradient_noise is None else tree.leafwise(gradient_noise, position, "gradient_noise")
         T_noise = _noise_temperature(T, h, C, V, position)
-        key_int = key
-        momentum = state.momentum
+        key_int, momentum = key, state.momentum
         if resample_momentum:
-            key_int, key_mom = jax.random.split(key)
-            fresh = _momentum_draw(key_mom, position, M, T, noiseless)
-            restart = state.step % num_steps_per_sample == 0
-            momentum = jax.tree.map(lambda a, b: jnp.where(restart, a, b), fresh, momentum)
+            key_int, momentum = _restart_momentum(key, state, M, T, noiseless, num_steps_per_sample)
         cache = state.cache if split.fsal else None
         new_pos, new_mom, cache, lp, g = integrate(
             key_int, position, momentum, cache, batch, grad_fn, h, C_tree, M, inv_M, T_noise
@@ -270,10 +236,10 @@ def sghmc(
     step_size,
     friction,
     integrator="obabo",
+    *,
     mass=1.0,
     temperature=1.0,
     num_steps_per_sample: int = 1,
-    *,
     gradient_noise=None,
     resample_momentum: bool = False,
     gradient=None,
@@ -293,9 +259,13 @@ def sghmc(
         :class:`heatbath.kernels.integrators.Splitting`. Every named scheme costs one
         gradient per step (FSAL: the last gradient of a step is the first of the next; with
         minibatches it was computed on the previous step's batch). FSAL schemes spend their
-        first step evaluating the initial gradient without moving.
+        first step evaluating the initial gradient without moving. As an optax update
+        (:func:`heatbath.optim.as_optax`, one gradient at the current parameters) use a word
+        whose every B precedes its first A: ``"euler"``, or
+        ``integrators.gradient_first("obabo")`` (``"BOOBA"``: the same chain of positions).
       mass: the diagonal mass M > 0: a number, or a pytree with the position's structure
-        (each leaf a scalar or an array broadcastable to the position leaf).
+        (each leaf a scalar or an array broadcastable to the position leaf). This and every
+        argument after it are keyword-only.
       temperature: T >= 0 (number or schedule). T = 0 with ``"euler"`` is heavy-ball
         momentum, ``optax.sgd(learning_rate=h^2/M, momentum=1 - h C/M)`` step by step (see
         :func:`heavy_ball_parameters`).
@@ -322,12 +292,7 @@ def sghmc(
     h = _schedules.as_schedule(step_size, "step_size", positive=True)
     C = _schedules.as_schedule(friction, "friction", positive=True)
     T = _schedules.as_schedule(temperature, "temperature", positive=False)
-    M = _check_tree_param(mass, "mass", positive=True)
-    V = None if gradient_noise is None else _check_tree_param(gradient_noise, "gradient_noise", positive=False)
-    k = _check_steps_per_sample(num_steps_per_sample)
-    if not isinstance(resample_momentum, bool):
-        raise TypeError(f"resample_momentum must be True or False, got {resample_momentum!r}")
-    spec = check_gradient_spec(naive() if gradient is None else gradient)
+    M, V, k, spec = _check_common(mass, gradient_noise, num_steps_per_sample, resample_momentum, gradient)
     _check_noise_budget(h, C, T, V, "friction")
     if split.name == "euler" or "E" in split.letters:
         hv, cv = _schedules.is_constant(h), _schedules.is_constant(C)
@@ -341,10 +306,7 @@ def sghmc(
     noiseless = _schedules.is_constant(T) == 0.0
 
     def init(position, key=None):
-        Mt = _match(M, position, "mass")
-        if V is not None:
-            _match(V, position, "gradient_noise")
-        momentum = _momentum_draw(key, position, Mt, T(jnp.zeros((), jnp.int32)), noiseless)
+        momentum = _initial_momentum(position, key, M, V, T, noiseless)
         step0 = jnp.zeros((), jnp.int32)
         if split.fsal:
             lp0 = jnp.zeros((), jnp.result_type(float))
@@ -366,6 +328,7 @@ def sghmc(
         grads_per_step=float(split.grads_per_step),
         hyperparameters=hyper,
         rebuild=lambda **changes: sghmc(**{**hyper, **changes}),
+        gradient_at_position=split.gradient_at_start,
     )
 
 
@@ -382,15 +345,11 @@ def build_sgnht_kernel(step_size, diffusion, temperature, mass, gradient_noise, 
         h = step_size(state.step)
         A = diffusion(state.step)
         T = temperature(state.step)
-        M = _match(mass, position, "mass")
+        M = tree.leafwise(mass, position, "mass")
         inv_M = jax.tree.map(lambda m: 1.0 / m, M)
-        key_noise = key
-        momentum = state.momentum
+        key_noise, momentum = key, state.momentum
         if resample_momentum:
-            key_noise, key_mom = jax.random.split(key)
-            fresh = _momentum_draw(key_mom, position, M, T, noiseless)
-            restart = state.step % num_steps_per_sample == 0
-            momentum = jax.tree.map(lambda a, b: jnp.where(restart, a, b), fresh, momentum)
+            key_noise, momentum = _restart_momentum(key, state, M, T, noiseless, num_steps_per_sample)
         lp, g = grad_fn(position, batch)
         xi = state.thermostat
         if noiseless:
@@ -400,7 +359,7 @@ def build_sgnht_kernel(step_size, diffusion, temperature, mass, gradient_noise, 
             if gradient_noise is None:
                 var = jax.tree.map(lambda m: 2.0 * h * A * T * m, M)
             else:
-                V = _match(gradient_noise, position, "gradient_noise")
+                V = tree.leafwise(gradient_noise, position, "gradient_noise")
                 var = jax.tree.map(lambda m, v: jnp.maximum(2.0 * h * A * T * m - h * h * v, 0.0), M, V)
             momentum = jax.tree.map(
                 lambda r, gl, s, n: (1.0 - h * xi) * r + h * gl + jnp.sqrt(s) * n, momentum, g, var, noise
@@ -421,10 +380,10 @@ def build_sgnht_kernel(step_size, diffusion, temperature, mass, gradient_noise, 
 def sgnht(
     step_size,
     diffusion=1.0,
+    *,
     mass=1.0,
     temperature=1.0,
     num_steps_per_sample: int = 1,
-    *,
     thermostat_init=None,
     gradient_noise=None,
     resample_momentum: bool = False,
@@ -449,32 +408,25 @@ def sgnht(
       step_size: h > 0 (number or schedule).
       diffusion: A > 0 (number or schedule), the injected noise level; xi starts at A.
       mass, temperature, num_steps_per_sample, gradient_noise, resample_momentum, gradient:
-        as in :func:`sghmc`.
+        as in :func:`sghmc` (keyword-only).
       thermostat_init: the initial xi (default: A at step 0).
     """
     h = _schedules.as_schedule(step_size, "step_size", positive=True)
     A = _schedules.as_schedule(diffusion, "diffusion", positive=True)
     T = _schedules.as_schedule(temperature, "temperature", positive=False)
-    M = _check_tree_param(mass, "mass", positive=True)
-    V = None if gradient_noise is None else _check_tree_param(gradient_noise, "gradient_noise", positive=False)
-    k = _check_steps_per_sample(num_steps_per_sample)
-    if not isinstance(resample_momentum, bool):
-        raise TypeError(f"resample_momentum must be True or False, got {resample_momentum!r}")
-    spec = check_gradient_spec(naive() if gradient is None else gradient)
+    M, V, k, spec = _check_common(mass, gradient_noise, num_steps_per_sample, resample_momentum, gradient)
     av = _schedules.is_constant(A)
     if V is not None and av is not None:
         # noise budget per coordinate: 2 h A T M >= h^2 V, i.e. h V <= 2 (A M) T
         _check_noise_budget(h, _schedules.constant(av * _min_leaf(M)), T, V, "diffusion * mass")
-    xi0 = float(A(jnp.zeros((), jnp.int32))) if thermostat_init is None else float(thermostat_init)
-    if not math.isfinite(xi0):
-        raise ValueError(f"thermostat_init must be finite, got {xi0}")
+    if thermostat_init is None:
+        xi0 = float(A(jnp.zeros((), jnp.int32)))
+    else:
+        xi0 = _validate.check_real(thermostat_init, "thermostat_init")
     noiseless = _schedules.is_constant(T) == 0.0
 
     def init(position, key=None):
-        Mt = _match(M, position, "mass")
-        if V is not None:
-            _match(V, position, "gradient_noise")
-        momentum = _momentum_draw(key, position, Mt, T(jnp.zeros((), jnp.int32)), noiseless)
+        momentum = _initial_momentum(position, key, M, V, T, noiseless)
         return SGNHTState(position, momentum, jnp.zeros((), jnp.int32), jnp.asarray(xi0, jnp.result_type(float)))
 
     hyper = dict(step_size=step_size, diffusion=diffusion, mass=mass, temperature=temperature,

@@ -11,17 +11,25 @@ T = 0 it is exactly gradient ascent on log p~, i.e. SGD on the potential U = -lo
 pSGLD (Li, Chen, Carlson & Carin, AAAI 2016), with the RMSprop diagonal G:
 
     V <- a V + (1 - a) g * g,   G = 1 / (eps + sqrt(V)),
-    theta <- theta + h (G g + Gamma) + sqrt(2 h T G) xi,
+    theta <- theta + h (G g + T Gamma) + sqrt(2 h T G) xi,
 
 with Gamma_i = dG_ii/dtheta_i the divergence correction, taking V as a function of theta
-through the current gradient (Li et al., eq. 4). ``correction=False`` (the paper's choice)
-drops Gamma; ``correction=True`` adds it, estimating the Hessian diagonal by Hutchinson's
-z * (H z) with one Hessian-vector product per step (about twice the cost of a gradient), and
-only once the averaging window 1/(1 - a) is full (Gamma ~ 1/V is stiff while V fills up from
-0). What dropping it costs is measured in the README (benchmarks/psgld_correction.py): on
-N(0, 1) Gamma removes little of pSGLD's bias, which comes from V tracking the position when
-the window 1/(1 - a) is short in time units (the chain then samples pi / G); keep a close to
-1 - h/10, or use a fixed preconditioner. At T = 0 pSGLD is RMSprop.
+through the current gradient (Li et al., eq. 4, written there at T = 1). The noise
+sqrt(2 h T G) xi makes the diffusion T G, so Gamma enters multiplied by T (Ma, Chen & Fox
+2015; see :mod:`heatbath.kernels.preconditioners`): with Gamma unscaled the chain would
+sample p^(1/T) G^((1-T)/T) at T != 1. ``correction=False`` (the paper's choice) drops Gamma;
+``correction=True`` adds T Gamma, estimating the Hessian diagonal by Hutchinson's z * (H z)
+with one Hessian-vector product per step (about twice the cost of a gradient), and only once
+the preconditioner's averaging window (ceil(1/(1 - a)) steps for RMSprop) is full (Gamma ~
+1/V is stiff while V fills up from 0). What dropping it costs at T = 1 is measured in the
+README (benchmarks/psgld_correction.py): on N(0, 1) Gamma removes little of pSGLD's bias,
+which comes from V tracking the position when the window 1/(1 - a) is short in time units
+(the chain then samples pi / G); keep a close to 1 - h/10, or use a fixed preconditioner.
+At T = 0 pSGLD is RMSprop, with or without the correction (T Gamma = 0).
+
+pSGLD, optax.rmsprop-Langevin and Adam-Langevin (:mod:`heatbath.samplers.langevin`) are one
+kernel, :func:`build_preconditioned_kernel`, with a preconditioner from
+:mod:`heatbath.kernels.preconditioners` and, for Adam, a first-moment drift.
 
 The gradient estimator (naive, control variates of Baker et al. 2019, SVRG) is chosen with
 ``gradient=`` and built by the driver; see :mod:`heatbath.kernels.gradients`.
@@ -29,12 +37,12 @@ The gradient estimator (naive, control variates of Baker et al. 2019, SVRG) is c
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from heatbath.kernels import _validate
 from heatbath.kernels import preconditioners as _precond
 from heatbath.kernels import schedules as _schedules
 from heatbath.kernels import tree
@@ -54,7 +62,8 @@ class SGLDState(NamedTuple):
 class PSGLDState(NamedTuple):
     position: PyTree
     step: jax.Array
-    preconditioner: Any
+    preconditioner: Any  # the preconditioner's state (RMSprop's / Adam's second moment, ...)
+    momentum: Any = ()  # Adam's first moment mu (a pytree like position) with b1, () otherwise
 
 
 def _noise_scale(h, T):
@@ -81,13 +90,14 @@ def build_kernel(step_size, temperature):
     return step
 
 
-def sgld(step_size, temperature=1.0, *, gradient=None) -> Sampler:
+def sgld(step_size, *, temperature=1.0, gradient=None) -> Sampler:
     """SGLD: theta <- theta + h grad log p~(theta) + sqrt(2 h T) xi (Welling & Teh 2011).
 
     Args:
       step_size: h > 0, a number or a schedule of the step count
         (e.g. ``heatbath.kernels.schedules.polynomial_decay``).
-      temperature: T >= 0, a number or a schedule. T = 0 is SGD; T < 1 a cold posterior.
+      temperature: T >= 0, a number or a schedule (keyword-only). T = 0 is SGD
+        (``optax.sgd(h)`` step by step); T < 1 a cold posterior.
       gradient: the gradient estimator: ``"naive"`` (default), ``"cv"`` (control variates at
         the MAP, found by the driver) or a spec from :mod:`heatbath.kernels.gradients`
         (``control_variates(centre=...)``, ``svrg(update_every)``).
@@ -114,34 +124,71 @@ def sgld(step_size, temperature=1.0, *, gradient=None) -> Sampler:
 
 
 def build_preconditioned_kernel(
-    step_size, temperature, preconditioner: _precond.Preconditioner, correction: bool, correction_delay: int = 0
+    step_size,
+    temperature,
+    preconditioner: _precond.Preconditioner,
+    correction: bool,
+    *,
+    b1: float | None = None,
+    nesterov: bool = False,
 ):
-    """The preconditioned Langevin transition (pSGLD when the preconditioner is RMSprop)."""
+    """The preconditioned Langevin transition, for validated schedules ``step_size`` (h) and
+    ``temperature`` (T) and a preconditioner G from :mod:`heatbath.kernels.preconditioners`:
+
+        theta <- theta + h (G d + T Gamma) + sqrt(2 h T G) xi,      xi ~ N(0, I),
+
+    with the drift direction d = g = grad log p~(theta) (pSGLD, Li et al. 2016), or, with
+    ``b1`` set, Adam's bias-corrected first moment (Kingma & Ba 2015), t = k + 1:
+
+        mu <- b1 mu + (1 - b1) g,    d = mu / (1 - b1^t)
+        (nesterov: d = b1 mu / (1 - b1^(t+1)) + (1 - b1) g / (1 - b1^t), as optax.adam).
+
+    G is updated with the new gradient before it is used. ``correction=True`` adds T Gamma
+    (Gamma_i = dG_ii / d theta_i, with Hutchinson's z * (H z) for the Hessian diagonal: one
+    Hessian-vector product per step) from step ``preconditioner.window`` on; at a constant
+    T = 0 it is skipped (it would be multiplied by 0). With ``b1`` the pair (theta, mu) is not
+    a Langevin sampler of p^(1/T) for h > 0 (see :mod:`heatbath.samplers.langevin`).
+    """
     noiseless = _schedules.is_constant(temperature) == 0.0
     if correction and preconditioner.correction is None:
         raise ValueError(f"the {preconditioner.name} preconditioner has no divergence correction to add")
+    with_gamma = bool(correction) and not noiseless
+    window = int(preconditioner.window)
 
     def step(key, state: PSGLDState, batch, grad_fn):
         h = step_size(state.step)
         T = temperature(state.step)
-        key_noise, key_probe = jax.random.split(key)
-        if correction:
+        if with_gamma:
+            key_noise, key_probe = jax.random.split(key)
             z = tree.rademacher_like(key_probe, state.position)
             (lp, g), (_, hz) = jax.jvp(lambda p: grad_fn(p, batch), (state.position,), (z,))
         else:
+            key_noise = key
             lp, g = grad_fn(state.position, batch)
         pstate = preconditioner.update(state.preconditioner, g)
-        G = preconditioner.diagonal(pstate)
-        if G is None:
-            drift = g
+        if b1 is None:
+            momentum, direction = state.momentum, g
         else:
-            drift = tree.mul(G, g)
-        if correction:
+            count = state.step + 1
+            momentum = jax.tree.map(lambda gl, m: (1 - b1) * gl + b1 * m, g, state.momentum)
+            if nesterov:
+                direction = jax.tree.map(
+                    lambda m, gl: b1 * m + (1 - b1) * gl,
+                    _precond.bias_correction(momentum, b1, count + 1),
+                    _precond.bias_correction(g, b1, count),
+                )
+            else:
+                direction = _precond.bias_correction(momentum, b1, count)
+        G = None if noiseless else preconditioner.diagonal(pstate)
+        if G is not None and preconditioner.apply is None:
+            drift = tree.mul(G, direction)  # one G for the drift and the noise
+        else:
+            drift = _precond.precondition(preconditioner, pstate, direction)
+        if with_gamma:
             gamma = preconditioner.correction(pstate, g, tree.mul(z, hz))
-            # Gamma ~ 1/V is stiff while the running average V is still filling up (V starts
-            # at 0): switch it on once the averaging window (``correction_delay`` steps) is full.
-            on = state.step >= correction_delay
-            drift = jax.tree.map(lambda d, gm: d + jnp.where(on, gm, 0.0), drift, gamma)
+            on = state.step >= window
+            # T Gamma, not Gamma: the diffusion is T G (see heatbath.kernels.preconditioners).
+            drift = jax.tree.map(lambda d, gm: d + T * jnp.where(on, gm, 0.0), drift, gamma)
         if noiseless:
             new = jax.tree.map(lambda p, d: p + h * d, state.position, drift)
         else:
@@ -154,15 +201,51 @@ def build_preconditioned_kernel(
                     lambda p, d, n, gl: p + h * d + jnp.sqrt(2.0 * h * T * gl) * n, state.position, drift, xi, G
                 )
         info = Info(h, T, tree.norm(g), lp, jnp.logical_not(tree.all_finite(new)))
-        return PSGLDState(new, state.step + 1, pstate), info
+        return PSGLDState(new, state.step + 1, pstate, momentum), info
 
     return step
 
 
+def _preconditioned_sampler(
+    step_size, temperature, preconditioner, correction, gradient, *, name, hyperparameters, rebuild,
+    b1=None, nesterov=False,
+) -> Sampler:
+    """The Sampler around :func:`build_preconditioned_kernel` (pSGLD, RMSprop- and Adam-Langevin)."""
+    h = _schedules.as_schedule(step_size, "step_size", positive=True)
+    T = _schedules.as_schedule(temperature, "temperature", positive=False)
+    if not isinstance(preconditioner, _precond.Preconditioner):
+        raise TypeError(
+            "preconditioner must be one of heatbath.kernels.preconditioners (identity(), fixed(...), "
+            f"rmsprop(...), adam(...)), got {type(preconditioner).__name__}"
+        )
+    correction = _validate.check_bool(correction, "correction")
+    spec = check_gradient_spec(naive() if gradient is None else gradient)
+    step = build_preconditioned_kernel(h, T, preconditioner, correction, b1=b1, nesterov=nesterov)
+    with_gamma = correction and _schedules.is_constant(T) != 0.0
+
+    def init(position, key=None):
+        del key
+        momentum = tree.zeros_like(position) if b1 is not None else ()
+        return PSGLDState(position, jnp.zeros((), jnp.int32), preconditioner.init(position), momentum)
+
+    return Sampler(
+        init=init,
+        step=step,
+        gradient=spec,
+        temperature=T,
+        name=name if spec.name == "naive" else f"{name}-{spec.name}",
+        grads_per_step=3.0 if with_gamma else 1.0,
+        hyperparameters=hyperparameters,
+        rebuild=rebuild,
+        # The Hessian-vector product of the correction differentiates the gradient estimator.
+        gradient_at_position=not with_gamma,
+    )
+
+
 def psgld(
     step_size,
-    temperature=1.0,
     *,
+    temperature=1.0,
     decay: float = 0.99,
     eps: float = 1e-5,
     correction: bool = False,
@@ -172,37 +255,28 @@ def psgld(
     """pSGLD: RMSprop-preconditioned SGLD (Li et al. 2016).
 
         V <- a V + (1 - a) g^2;  G = 1 / (eps + sqrt(V));
-        theta <- theta + h (G g + Gamma) + sqrt(2 h T G) xi
+        theta <- theta + h (G g + T Gamma) + sqrt(2 h T G) xi
 
     Args:
       step_size: h > 0 (number or schedule). Note that G ~ 1/|g| makes h dimensionless;
         typical values are 1e-4 to 1e-2 whatever the scale of the posterior.
-      temperature: T >= 0 (number or schedule); T = 0 is RMSprop.
-      decay: a, the RMSprop averaging constant.
-      eps: the RMSprop damping.
-      correction: add the divergence term Gamma (one extra Hessian-vector product per step).
+      temperature: T >= 0 (number or schedule), keyword-only. T = 0 is RMSprop:
+        ``optax.rmsprop(h, decay=a, eps=eps, eps_in_sqrt=False)`` step by step (optax's
+        default ``eps_in_sqrt=True`` is ``preconditioner=rmsprop(a, eps, eps_in_sqrt=True)``).
+      decay: a, the RMSprop averaging constant, in [0, 1).
+      eps: the RMSprop damping, > 0.
+      correction: add the divergence term T Gamma (one extra Hessian-vector product per step),
+        from step ``preconditioner.window`` (ceil(1 / (1 - a)) for RMSprop) on. Without it
+        the chain samples p^(1/T) only up to an O(1 - a) bias (the paper's choice).
       gradient: the gradient estimator (see :func:`sgld`).
       preconditioner: any diagonal preconditioner from :mod:`heatbath.kernels.preconditioners`
-        in place of RMSprop (``decay`` and ``eps`` are then ignored).
+        in place of ``rmsprop(decay, eps)`` (``decay`` and ``eps`` are then ignored).
     """
-    h = _schedules.as_schedule(step_size, "step_size", positive=True)
-    T = _schedules.as_schedule(temperature, "temperature", positive=False)
-    spec = check_gradient_spec(naive() if gradient is None else gradient)
     pre = _precond.rmsprop(decay, eps) if preconditioner is None else preconditioner
-
-    def init(position, key=None):
-        del key
-        return PSGLDState(position, jnp.zeros((), jnp.int32), pre.init(position))
-
+    spec = check_gradient_spec(naive() if gradient is None else gradient)
     hyper = dict(step_size=step_size, temperature=temperature, decay=decay, eps=eps,
                  correction=correction, gradient=spec, preconditioner=preconditioner)
-    return Sampler(
-        init=init,
-        step=build_preconditioned_kernel(h, T, pre, correction, int(math.ceil(1.0 / (1.0 - decay)))),
-        gradient=spec,
-        temperature=T,
-        name="psgld" if spec.name == "naive" else f"psgld-{spec.name}",
-        grads_per_step=3.0 if correction else 1.0,
-        hyperparameters=hyper,
+    return _preconditioned_sampler(
+        step_size, temperature, pre, correction, spec, name="psgld", hyperparameters=hyper,
         rebuild=lambda **changes: psgld(**{**hyper, **changes}),
     )
