@@ -118,10 +118,14 @@ def test_entropy_sgd_bad_input():
         entropy_sgd(0.1, 1.0, inner_step_size=0.01, mean_decay=1.0)
     with pytest.raises(ValueError, match="inner_step_size"):
         entropy_sgd(0.1, 1.0, inner_step_size=-0.01)
-    # The inner loop evaluates gradients away from the parameters: not an optax transform.
-    tx = hb.optim.as_optax(entropy_sgd(0.1, 1.0, inner_step_size=0.01))
+    with pytest.raises(TypeError, match="num_inner must be an integer"):
+        entropy_sgd(0.1, 1.0, inner_step_size=0.01, num_inner=2.5)
+    with pytest.raises(TypeError, match="gamma must be a real number"):
+        entropy_sgd(0.1, "1.0", inner_step_size=0.01)
+    # The inner loop evaluates gradients away from the parameters: not an optax transform,
+    # refused when the transformation is built.
     with pytest.raises(ValueError, match="away from the current parameters"):
-        tx.update(jnp.ones(2), tx.init(jnp.zeros(2)), jnp.zeros(2))
+        hb.optim.as_optax(entropy_sgd(0.1, 1.0, inner_step_size=0.01))
 
 
 # ----------------------------------------------------------------------------------------
@@ -177,8 +181,10 @@ def test_averaged_bad_input():
         averaged("sgld")
     with pytest.raises(ValueError, match="every"):
         averaged(hb.samplers.sgld(0.1), every=0)
-    with pytest.raises(ValueError, match="start"):
+    with pytest.raises(ValueError, match="start must be >= 0"):
         averaged(hb.samplers.sgld(0.1), start=-1)
+    with pytest.raises(TypeError, match="every must be an integer"):
+        averaged(hb.samplers.sgld(0.1), every=2.0)
 
 
 # ----------------------------------------------------------------------------------------

@@ -265,7 +265,10 @@ def test_fbgvi_is_stable_above_one_over_lambda_max_where_bwsgd_is_not():
 
 def test_paper_setup_deterministic_budget_200():
     """Diao et al.'s d = 10 experiment, total time 200 with 180 iterations (h = 1.11 > 1/lam_max = 1).
-    Measured (float32): FB-GVI KL 0.019, BW-SGD KL 3.3 (the other budgets are in the benchmark)."""
+    Measured (float32): FB-GVI KL 0.019, decreasing; BW-SGD's KL jumps chaotically (0.12 to 3.7
+    over steps 100-180; its final value depends on float32 rounding, 3.3 or 0.96 in two
+    builds), so the test asserts it never meets FB-GVI's bar (0.05) there and exceeds 1 at
+    some point (the other budgets are in the benchmark)."""
     a, sigma, mu = paper_target()
     target = quadratic_target(a.astype(np.float32), mu.astype(np.float32))
     h = 200 / 180
@@ -273,25 +276,30 @@ def test_paper_setup_deterministic_budget_200():
     bw = fit_final(target, hb.vi.bwsgd(h, 180, mode="deterministic"), 10, exact=(mu, sigma), trace_every=20)
     assert fb.trace["kl"][-1] < 0.05
     assert np.all(np.diff(fb.trace["kl"]) < 1e-4)  # monotone (up to float32 noise)
-    assert bw.trace["kl"][-1] > 1.0
+    kl_bw = bw.trace["kl"][4:]  # steps 100 to 180
+    assert not np.all(np.isfinite(kl_bw)) or (kl_bw.min() > 0.05 and kl_bw.max() > 1.0), kl_bw
 
 
 def test_stochastic_fbgvi_kl_not_above_bwsgd():
-    """Same target, one draw per step, same seeds. At h = 400/360 > 1/lam_max BW-SGD blows up while
-    FB-GVI stays near the target; at h = 0.5 both covariance iterations reach A^-1 exactly (the
-    Hessian of a Gaussian is constant) and the runs then share their mean noise, so the KLs
-    agree (measured: equal to 4 digits) -- FB-GVI is never above."""
+    """Same target, one draw per step, same seeds. At h = 400/360 > 1/lam_max BW-SGD's covariance
+    is unstable (chaotic: measured over seeds 0-3, its KL every 30 steps reaches 20 to 820, its
+    final value anywhere from 2.3 to 820 depending on float32 rounding) while FB-GVI's KL stays
+    below 5 (at most 2.4 for seed 0, 4.5 over seeds 0-3); at h = 0.5 both covariance iterations
+    reach A^-1 exactly (the Hessian of a Gaussian is constant) and the runs then share their
+    mean noise, so the KLs agree (measured: equal to 4 digits) -- FB-GVI is never above."""
     a, sigma, mu = paper_target()
     target = quadratic_target(a.astype(np.float32), mu.astype(np.float32))
     for iters in (360, 800):
         h = 400 / iters
-        fb = fit_final(target, hb.vi.fbgvi(h, iters), 10, exact=(mu, sigma))
+        every = 30 if iters == 360 else iters
+        fb = fit_final(target, hb.vi.fbgvi(h, iters), 10, exact=(mu, sigma), trace_every=every)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # BW-SGD may hit non-finite states
-            bw = fit_final(target, hb.vi.bwsgd(h, iters), 10, exact=(mu, sigma))
+            bw = fit_final(target, hb.vi.bwsgd(h, iters), 10, exact=(mu, sigma), trace_every=every)
         kl_fb, kl_bw = fb.trace["kl"][-1], bw.trace["kl"][-1]
         if iters == 360:  # h = 1.11
-            assert kl_fb < 3.0 and (not np.isfinite(kl_bw) or kl_bw > 100.0)
+            assert np.max(fb.trace["kl"]) < 5.0
+            assert not np.all(np.isfinite(bw.trace["kl"])) or np.max(bw.trace["kl"]) > 10.0
         else:
             assert kl_fb <= kl_bw * (1 + 1e-3) + 1e-6
 
@@ -444,8 +452,8 @@ def test_doubly_stochastic_minibatch_fbgvi():
     assert np.max(np.abs(q.sd / sd - 1)) < 0.1
     assert q.trace["kl"][-1] < 0.01
     # cost: 2 minibatch rows per datum (SVRG evaluates position and centre), a full pass at init
-    # and every 50 steps
-    assert q.grad_evals == 1500 * 2 * 40 * 2 + 400 + (1500 // 50) * 400
+    # and one at each re-centring, steps 50, 100, ..., 1450 (29 of them)
+    assert q.grad_evals == 1500 * 2 * 40 * 2 + 400 + 29 * 400
     assert q.hvp_calls == 1500 * 2 * 3
 
 

@@ -113,12 +113,26 @@ LIMITS = {
     ),
     "psgld=rmsprop": (
         lambda: optax.rmsprop(1e-2, decay=0.9, eps=1e-8),  # optax's default: eps inside the sqrt
-        lambda: hb.samplers.psgld(1e-2, 0.0, decay=0.9, eps=1e-8,
+        lambda: hb.samplers.psgld(1e-2, temperature=0.0, decay=0.9, eps=1e-8,
                                   preconditioner=P.rmsprop(0.9, 1e-8, eps_in_sqrt=True)),
     ),
     "psgld(default)=rmsprop(eps_in_sqrt=False)": (
         lambda: optax.rmsprop(1e-2, decay=0.99, eps=1e-5, eps_in_sqrt=False),
-        lambda: hb.samplers.psgld(1e-2, 0.0),  # pSGLD's own default: eps outside the sqrt
+        lambda: hb.samplers.psgld(1e-2, temperature=0.0),  # pSGLD's own default: eps outside the sqrt
+    ),
+    # The divergence correction enters as T Gamma: at T = 0 the corrected pSGLD is RMSprop,
+    # whether T is the constant 0 (Gamma skipped) or a schedule that is 0 (Gamma computed, x 0).
+    "psgld(correction)=rmsprop(eps_in_sqrt=False)": (
+        lambda: optax.rmsprop(1e-2, decay=0.99, eps=1e-5, eps_in_sqrt=False),
+        lambda: hb.samplers.psgld(1e-2, temperature=0.0, correction=True),
+    ),
+    "psgld(correction, T(k) = 0)=rmsprop(eps_in_sqrt=False)": (
+        lambda: optax.rmsprop(1e-2, decay=0.9, eps=1e-5, eps_in_sqrt=False),
+        lambda: hb.samplers.psgld(1e-2, temperature=lambda k: 0.0 * k, decay=0.9, correction=True),
+    ),
+    "adam_langevin(correction, T(k) = 0)=adam": (
+        lambda: optax.adam(1e-2, b2=0.9),
+        lambda: adam_langevin(1e-2, temperature=lambda k: 0.0 * k, b2=0.9, correction=True),
     ),
     "langevin(rmsprop)=rmsprop": (
         lambda: optax.rmsprop(1e-2),
@@ -235,10 +249,81 @@ def test_as_optax_euler_sghmc_is_momentum_sgd(problem):
         sampler = hb.samplers.langevin(optax.sgd(0.05, momentum=0.9))  # T = 1, rebuilt at T = 0
         got = _optax_path(as_optax(sampler, temperature=0.0), params, loss, batches)
         assert _max_step_diff(ref, got) <= TOL
-    # FSAL splittings reuse the gradient at the new position: not expressible as an optax update.
-    tx = as_optax(_SGHMC(0.1, 1.0, integrator="obabo"))
-    with pytest.raises(ValueError, match="away from the current parameters"):
-        tx.update(jnp.ones(2), tx.init(jnp.zeros(2)), jnp.zeros(2))
+
+@pytest.mark.parametrize(
+    "build, why",
+    [
+        # FSAL splittings evaluate their gradient after the drift A (the default sghmc too).
+        (lambda: _SGHMC(0.1, 1.0), "sghmc-obabo"),
+        (lambda: _SGHMC(0.1, 1.0, integrator="baoab"), "sghmc-baoab"),
+        (lambda: _SGHMC(0.1, 1.0, integrator="lie_trotter"), "sghmc-lie_trotter"),
+        (lambda: _SGHMC(0.1, 1.0, integrator="aboba"), "sghmc-aboba"),
+        # the position is the average; the gradient is at the wrapped iterate
+        (lambda: hb.optim.averaged(hb.samplers.sgld(0.1)), "averaged-sgld"),
+        (lambda: hb.optim.entropy_sgd(0.1, 1.0, inner_step_size=0.01), "entropy-sgd"),
+        # the divergence correction differentiates the gradient (a Hessian-vector product)
+        (lambda: hb.samplers.psgld(1e-3, correction=True), "psgld"),
+        (lambda: adam_langevin(1e-3, drift="gradient", correction=True), "adam-psgld"),
+        (lambda: hb.vi.fbgvi(0.1, 10, num_mc=1, antithetic=False), "fbgvi"),
+    ],
+)
+def test_as_optax_refuses_samplers_that_need_a_gradient_elsewhere_at_construction(build, why):
+    """Each of these used to be accepted and failed on the first update; now as_optax refuses
+    it when the transformation is built, naming the sampler (Sampler.gradient_at_position)."""
+    sampler = build()
+    assert not sampler.gradient_at_position
+    with pytest.raises(ValueError, match=f"one gradient per step, at the current parameters.*{why}"):
+        as_optax(sampler)
+
+
+def test_as_optax_accepts_what_it_can_run():
+    # At T = 0 the correction vanishes (T Gamma), so the corrected pSGLD is RMSprop, one gradient.
+    assert as_optax(hb.samplers.psgld(1e-3, correction=True), temperature=0.0) is not None
+    # (a temperature schedule that happens to be 0 still computes Gamma, and is refused)
+    assert hb.samplers.psgld(1e-3, temperature=lambda k: 0.0 * k, correction=True).grads_per_step == 3.0
+    for sampler in (_SGHMC(0.1, 1.0, integrator="euler"), hb.samplers.sgnht(0.1),
+                    _SGHMC(0.1, 1.0, integrator=hb.kernels.integrators.gradient_first("obabo"))):
+        assert sampler.gradient_at_position and sampler.grads_per_step == 1.0
+        as_optax(sampler)
+
+
+@pytest.mark.parametrize("scheme", ["baoab", "obabo"])
+def test_as_optax_sghmc_rotated_splitting_samples_the_splittings_law(scheme):
+    """A splitting rotated to start at its gradient (gradient_first: BAOAB -> "BBAOA",
+    OBABO -> "BOOBA"), run inside a plain optax loop (one gradient of the loss
+    U = a theta^2 / 2 per update, at params), has the stationary Var(theta) of the original
+    splitting, from its Lyapunov equation (tests/test_integrators.py): T / a exactly for BAOAB
+    at any h (Leimkuhler & Matthews 2013), T / (a (1 - h^2 a / 4)) = 4/3 T / a for OBABO at
+    h sqrt(a) = 1. (Euler at this step, alpha = 1, has twice the variance.)
+
+    Monte Carlo error: 1000 independent chains (one optax state each, under vmap) of 400
+    updates, the last 200 kept; with C = 2, a = 4 the autocorrelation time of theta^2 is a
+    few steps, so 200 000 draws hold >= 20 000 effective ones: the relative standard error of
+    the variance is sqrt(2 / 20 000) = 1%; tolerance 5% (5 standard errors), while the two
+    schemes' values differ by 33%.
+    """
+    from test_integrators import stationary_variances
+
+    a, T, h, C = 4.0, 0.5, 0.5, 2.0
+    split = hb.kernels.integrators.gradient_first(scheme)
+    expected = stationary_variances(scheme, h, friction=C, precision=a, temperature=T)[0]
+    assert expected == pytest.approx(T / a if scheme == "baoab" else T / (a * (1 - h * h * a / 4)), rel=1e-9)
+
+    def chain(key):
+        tx = as_optax(_SGHMC(h, C, integrator=split, temperature=T), seed=key)
+        params = jnp.zeros(())
+
+        def body(carry, _):
+            params, state = carry
+            updates, state = tx.update(a * params, state, params)  # grad U = a theta
+            params = optax.apply_updates(params, updates)
+            return (params, state), params
+
+        return jax.lax.scan(body, (params, tx.init(params)), None, length=400)[1][200:]
+
+    draws = jax.jit(jax.vmap(chain))(jax.random.split(jax.random.key(0), 1000))
+    var = float(jnp.mean(draws**2))
+    assert abs(var / expected - 1) < 0.05, (var, expected)
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,12 +1,19 @@
 """Optimizers as the zero-temperature and annealing limits of the samplers.
 
 Every heatbath sampler is an optimizer at T = 0, exactly (tested step by step against
-optax in float64): ``sgld`` is ``optax.sgd``, Euler ``sghmc`` is ``optax.sgd(momentum=...)``,
-``psgld`` is ``optax.rmsprop``, ``hb.samplers.langevin(optax.adam(...))`` is ``optax.adam``.
+optax in float64): ``sgld(h)`` is ``optax.sgd(h)``; Euler ``sghmc`` is
+``optax.sgd(momentum=...)`` (``heavy_ball_parameters``); ``psgld(h, decay=a, eps=e)`` is
+``optax.rmsprop(h, decay=a, eps=e, eps_in_sqrt=False)`` (pSGLD puts eps outside the square
+root; optax's default ``eps_in_sqrt=True`` is ``psgld(..., preconditioner=rmsprop(a, e,
+eps_in_sqrt=True))``, and ``hb.samplers.langevin(optax.rmsprop(...))`` matches any
+``optax.rmsprop`` settings); ``hb.samplers.langevin(optax.adam(...))`` is ``optax.adam``.
+The divergence correction (``correction=True``) enters as T Gamma and vanishes at T = 0.
 
-- ``as_optax(sampler, temperature)``: any single-gradient sampler as an optax
-  ``GradientTransformation`` (T = 0: the optimizer; T > 0: SG-MCMC inside an optax, Flax or
-  Equinox training loop; a schedule: annealing). ``from_optax(tx)``: the other direction.
+- ``as_optax(sampler, temperature)``: a sampler that uses one gradient per step, at its
+  position (``Sampler.gradient_at_position``), as an optax ``GradientTransformation``
+  (T = 0: the optimizer; T > 0: SG-MCMC inside an optax, Flax or Equinox training loop; a
+  schedule: annealing); others are refused when it is built. ``from_optax(tx)``: the other
+  direction.
 - ``anneal(sampler, schedule)``, ``cyclical(sampler, ...)`` (cSG-MCMC), ``sampling_phase``:
   simulated annealing to the MAP and cyclical SG-MCMC; the temperature dial, including cold
   posteriors (0 < T < 1), is explained in :mod:`heatbath.optim.annealing`.

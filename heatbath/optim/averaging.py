@@ -22,12 +22,12 @@ own temperature is in ``stats["temperature"]`` and ``hyperparameters["sampler"]`
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from heatbath.kernels import _validate
 from heatbath.kernels import schedules as _schedules
 from heatbath.samplers.base import Sampler
 
@@ -58,10 +58,8 @@ def averaged(sampler: Sampler, start: int = 0, every: int = 1) -> Sampler:
     """
     if not isinstance(sampler, Sampler):
         raise TypeError(f"averaged needs a heatbath Sampler, got {type(sampler).__name__}")
-    for name, v, low in (("start", start, 0), ("every", every, 1)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-    start, every = int(start), int(every)
+    start = _validate.check_int(start, "start", minimum=0)
+    every = _validate.check_int(every, "every", minimum=1)
 
     def init(position, key=None):
         inner = sampler.init(position, key)
@@ -98,4 +96,5 @@ def averaged(sampler: Sampler, start: int = 0, every: int = 1) -> Sampler:
         grads_per_step=sampler.grads_per_step,
         hyperparameters=hyper,
         rebuild=rebuild,
+        gradient_at_position=False,  # the position is the average, the gradient is at the iterate
     )

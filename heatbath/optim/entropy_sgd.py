@@ -28,12 +28,12 @@ the N likelihood terms) T = 1 is the posterior itself: the local entropy of the 
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from heatbath.kernels import _validate
 from heatbath.kernels import schedules as _schedules
 from heatbath.kernels import tree
 from heatbath.kernels.gradients import naive
@@ -51,22 +51,6 @@ class EntropySGDState(NamedTuple):
     step: jax.Array  # driver steps = inner steps
     inner: SGLDState  # theta', the inner SGLD chain (its step is the global step)
     mean: PyTree  # mu, the running estimate of the local Gibbs mean
-
-
-def _check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_real(value, name, low, high=None, low_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    if (v <= low if low_open else v < low) or (high is not None and v >= high):
-        bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'})"
-        raise ValueError(f"{name} must be in {bounds}, got {v}")
-    return v
 
 
 def entropy_sgd(
@@ -104,12 +88,12 @@ def entropy_sgd(
       gradient: the gradient estimator (see :func:`heatbath.samplers.sgld`).
     """
     eta = _schedules.as_schedule(step_size, "step_size", positive=True)
-    gamma0 = _check_real(gamma, "gamma", 0.0, low_open=True)
+    gamma0 = _validate.check_real(gamma, "gamma", low=0.0, low_open=True)
     h_inner = _schedules.as_schedule(inner_step_size, "inner_step_size", positive=True)
     T = _schedules.as_schedule(temperature, "temperature", positive=False)
-    L = _check_int(num_inner, "num_inner", 1)
-    beta = _check_real(mean_decay, "mean_decay", 0.0, 1.0)
-    scope = _check_real(scoping, "scoping", 0.0)
+    L = _validate.check_int(num_inner, "num_inner", minimum=1)
+    beta = _validate.check_unit(mean_decay, "mean_decay")
+    scope = _validate.check_real(scoping, "scoping", low=0.0)
     spec = check_gradient_spec(naive() if gradient is None else gradient)
     inner_kernel = _sgld_kernel(h_inner, T)
 
@@ -149,4 +133,5 @@ def entropy_sgd(
         grads_per_step=1.0,
         hyperparameters=hyper,
         rebuild=lambda **changes: entropy_sgd(**{**hyper, **changes}),
+        gradient_at_position=False,  # the inner chain's gradients are at theta', not theta
     )

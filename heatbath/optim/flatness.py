@@ -17,12 +17,13 @@ vector; the samplers never do.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+
+from heatbath.kernels import _validate
 
 PyTree = Any
 
@@ -38,8 +39,7 @@ def hvp(loss: Callable, params: PyTree) -> Callable:
 def _check(loss, num, name):
     if not callable(loss):
         raise TypeError(f"loss must be a function of the parameters, got {type(loss).__name__}")
-    if isinstance(num, bool) or not isinstance(num, numbers.Integral) or num < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {num!r}")
+    return _validate.check_int(num, name, minimum=1)
 
 
 def hessian_trace(loss: Callable, params: PyTree, key, num_probes: int = 100, batch_size: int = 10):
@@ -50,7 +50,8 @@ def hessian_trace(loss: Callable, params: PyTree, key, num_probes: int = 100, ba
     Returns ``(estimate, standard_error)``, the error from the spread of the m terms.
     Probes run ``batch_size`` at a time under ``vmap``.
     """
-    _check(loss, num_probes, "num_probes")
+    num_probes = _check(loss, num_probes, "num_probes")
+    batch_size = _validate.check_int(batch_size, "batch_size", minimum=1)
     flat, unravel = ravel_pytree(params)
     matvec = hvp(lambda x: loss(unravel(x)), flat)
     num_batches = -(-num_probes // batch_size)
@@ -75,7 +76,7 @@ def hessian_top_eigenvalue(loss: Callable, params: PyTree, key, num_iters: int =
 
     ``num_iters`` is capped at the dimension. Returns a scalar array.
     """
-    _check(loss, num_iters, "num_iters")
+    num_iters = _check(loss, num_iters, "num_iters")
     flat, unravel = ravel_pytree(params)
     d = flat.size
     k = min(int(num_iters), d)

@@ -91,14 +91,22 @@ def as_optax(sampler: Sampler, temperature=None, *, seed=0) -> optax.GradientTra
     posterior, U must be the *full-data* negative log posterior estimate,
     U = -log p(theta) - (N / n) sum_batch log p(x_i | theta) (a mean loss samples the
     posterior of a data set of one point, i.e. at temperature N). ``sgld(h)`` at T = 0 is
-    ``optax.sgd(h)``; ``psgld`` at T = 0 is ``optax.rmsprop``; ``langevin(optax.adam(h))``
+    ``optax.sgd(h)``; ``psgld(h)`` at T = 0 is ``optax.rmsprop(h, decay=0.99, eps=1e-5,
+    eps_in_sqrt=False)``; ``langevin(optax.adam(h))``
     at T = 0 is ``optax.adam(h)`` (Welling & Teh 2011; Li et al. 2016).
 
     Args:
       sampler: a heatbath :class:`~heatbath.samplers.Sampler` that uses one gradient per
-        step at its current position (``sgld``, ``psgld`` without correction, ``sghmc``,
-        ``langevin(...)``). Samplers that evaluate gradients elsewhere (Entropy-SGD's inner
-        loop, divergence corrections) need the driver (``hb.sample`` / ``hb.optimize``).
+        step at its current position (``Sampler.gradient_at_position`` and
+        ``grads_per_step == 1``): ``sgld``, ``psgld`` and ``langevin(...)`` (the divergence
+        correction only at T = 0, where it vanishes), ``sgnht``, and ``sghmc`` with a splitting
+        whose kicks all precede its drift (``"euler"``, or
+        ``hb.kernels.integrators.gradient_first("obabo")``, the OBABO chain rotated to start
+        at its gradient). Refused at construction, with the reason: FSAL splittings (the
+        default ``"obabo"``, ``"baoab"``, ``"lie_trotter"``: their gradient is evaluated after
+        the drift), ``"aboba"``, the divergence correction at T > 0 (a Hessian-vector product),
+        Entropy-SGD (its inner chain), ``averaged`` (its position is the average) and the
+        Gaussian VI methods; run those with ``hb.sample`` / ``hb.optimize`` / ``hb.fit``.
       temperature: None keeps the sampler's temperature; a number T >= 0 or a schedule of
         the step count rebuilds the sampler at that temperature (``0.0``: the optimizer).
       seed: an integer or a JAX key for the Langevin noise (kept in the state as raw
@@ -116,9 +124,18 @@ def as_optax(sampler: Sampler, temperature=None, *, seed=0) -> optax.GradientTra
         if sampler.rebuild is None:
             raise ValueError(f"the {sampler.name} sampler cannot be rebuilt at another temperature")
         sampler = sampler.rebuild(temperature=temperature)
+    if not sampler.gradient_at_position:
+        raise ValueError(
+            f"as_optax needs a sampler that uses one gradient per step, at the current parameters; the "
+            f"{sampler.name} sampler asks for a gradient away from the current parameters (after a drift, at an "
+            "inner chain's point or at Monte Carlo draws) or differentiates it, which an optax update (handed one "
+            "gradient at params) cannot give: run it with hb.sample / hb.optimize. For SGHMC use a splitting whose "
+            "kicks all precede its drift: integrator='euler' or hb.kernels.integrators.gradient_first('obabo') "
+            "(the same chain of positions as OBABO)"
+        )
     if sampler.grads_per_step != 1.0:
         raise ValueError(
-            f"as_optax needs a sampler that uses one gradient per step at the current position; {sampler.name} "
+            f"as_optax needs a sampler that uses one gradient per step, at the current parameters; {sampler.name} "
             f"uses {sampler.grads_per_step} (run it with hb.sample / hb.optimize instead)"
         )
     key0 = _key_data(seed)

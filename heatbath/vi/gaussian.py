@@ -85,13 +85,13 @@ mean (so the gradient estimators, SVRG's re-centring included, work unchanged) a
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from heatbath.kernels import _validate
 from heatbath.kernels import linalg as _linalg
 from heatbath.kernels import schedules as _schedules
 from heatbath.kernels.gradients import naive
@@ -206,15 +206,11 @@ def entropy(state) -> jax.Array:
     return 0.5 * (d * (1.0 + math.log(2.0 * math.pi)) + logdet)
 
 
-def _num_factor_columns(state) -> int:
+def num_factor_columns(state) -> int:
+    """k, the number of columns of the factor B (S = B B^T): d, or d + r for low rank."""
     if isinstance(state, LowRankState):
         return state.scale.shape[-1] + state.factor.shape[-1]
     return state.position.shape[-1]
-
-
-def num_factor_columns(state) -> int:
-    """k, the number of columns of the factor B (S = B B^T): d, or d + r for low rank."""
-    return _num_factor_columns(state)
 
 
 def affine(state, eps) -> jax.Array:
@@ -234,7 +230,7 @@ def _apply_factor(state, eps):
 
 def sample_normal(key, state, num: int) -> jax.Array:
     """``num`` draws from N(m, S), shape (num, d)."""
-    k = _num_factor_columns(state)
+    k = num_factor_columns(state)
     eps = jax.random.normal(key, (num, k), dtype=state.position.dtype)
     return state.position + _apply_factor(state, eps)
 
@@ -260,7 +256,7 @@ def _stochastic_moments(key, state, batch, grad_fn, num_mc, antithetic, num_prob
     d = m.shape[0]
     dtype = m.dtype
     key_eps, key_probe = jax.random.split(key)
-    eps = jax.random.normal(key_eps, (num_mc, _num_factor_columns(state)), dtype=dtype)
+    eps = jax.random.normal(key_eps, (num_mc, num_factor_columns(state)), dtype=dtype)
     dx = _apply_factor(state, eps)
     if antithetic:
         dx = jnp.concatenate([dx, -dx], axis=0)
@@ -300,7 +296,7 @@ def _deterministic_moments(state, batch, grad_fn):
     """
     m = state.position
     d = m.shape[0]
-    k = _num_factor_columns(state)
+    k = num_factor_columns(state)
     eye = jnp.eye(k, dtype=m.dtype)
     cols = _apply_factor(state, eye)  # (k, d): row j = b_j
     root_k = math.sqrt(k)
@@ -407,14 +403,6 @@ def _build_step(algorithm, step_size, temperature, mode, num_mc, antithetic, num
 # ----------------------------------------------------------------------------------------
 # Constructors
 # ----------------------------------------------------------------------------------------
-def _check_count(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_init_cov(init_cov, cov_kind):
     """Validate ``init_cov``: None (identity), a positive scalar, a vector of variances, or
     (full covariance only) an SPD matrix. Returns ("scalar"|"vector"|"matrix", numpy value)."""
@@ -492,19 +480,18 @@ def _build(
 ):
     h = _schedules.as_schedule(step_size, "step_size", positive=True)
     T = _schedules.as_schedule(temperature, "temperature", positive=False)
-    num_steps = _check_count(num_steps, "num_steps")
+    num_steps = _validate.check_int(num_steps, "num_steps", minimum=1)
     if mode not in _MODES:
         raise ValueError(f"mode must be 'stochastic' or 'deterministic', got {mode!r}")
-    num_mc = _check_count(num_mc, "num_mc")
+    num_mc = _validate.check_int(num_mc, "num_mc", minimum=1)
     if covariance not in _COVARIANCES:
         raise ValueError(f"covariance must be one of {_COVARIANCES}, got {covariance!r}")
     if algorithm == "bwsgd" and covariance == "lowrank":
         raise ValueError("bwsgd supports covariance='full' or 'diag'; the low-rank variant is FB-GVI's")
-    rank = _check_count(rank, "rank")
-    num_probes = _check_count(num_probes, "num_probes")
-    prox_iters = _check_count(prox_iters, "prox_iters")
-    if not isinstance(antithetic, bool):
-        raise TypeError(f"antithetic must be True or False, got {antithetic!r}")
+    rank = _validate.check_int(rank, "rank", minimum=1)
+    num_probes = _validate.check_int(num_probes, "num_probes", minimum=1)
+    prox_iters = _validate.check_int(prox_iters, "prox_iters", minimum=1)
+    antithetic = _validate.check_bool(antithetic, "antithetic")
     init_kind, init_value = _check_init_cov(init_cov, covariance)
     spec = check_gradient_spec(naive() if gradient is None else gradient)
 
@@ -540,6 +527,7 @@ def _build(
         grads_per_step=float(points) if mode == "stochastic" else float("nan"),
         hyperparameters=meta,
         rebuild=lambda **changes: ctor(**{**hyper, **changes}),
+        gradient_at_position=False,  # gradients at draws of N(m, S), not at the mean
     )
 
 
