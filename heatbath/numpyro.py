@@ -47,6 +47,7 @@ from heatbath.models.numpyro_bridge import from_numpyro
 from heatbath.models.target import Target
 from heatbath.samplers.base import Sampler
 from heatbath.samplers.sghmc import sghmc
+from heatbath.kernels._validate import check_int
 from heatbath.samplers.sgld import psgld, sgld
 
 __all__ = ["HeatbathKernel", "HeatbathState", "SGLD", "PSGLD", "SGHMC"]
@@ -90,13 +91,7 @@ def _eager():
 
 
 def _check_batch_size(batch_size):
-    if batch_size is None:
-        return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise TypeError(f"batch_size must be an integer or None, got {batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return int(batch_size)
+    return None if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
 
 
 class HeatbathKernel(MCMCKernel):
@@ -402,7 +397,7 @@ def SGLD(model, step_size, temperature=1.0, *, batch_size=None, gradient=None) -
     temperature, gradient=gradient), batch_size=batch_size)``; see :class:`HeatbathKernel`
     and :func:`heatbath.samplers.sgld` for the arguments.
     """
-    return HeatbathKernel(model, sgld(step_size, temperature, gradient=gradient), batch_size=batch_size)
+    return HeatbathKernel(model, sgld(step_size, temperature=temperature, gradient=gradient), batch_size=batch_size)
 
 
 def PSGLD(  # noqa: N802
@@ -420,14 +415,14 @@ def PSGLD(  # noqa: N802
     """pSGLD as a NumPyro kernel (Li, Chen, Carlson & Carin, AAAI 2016).
 
         V <- a V + (1 - a) g^2;  G = 1 / (eps + sqrt(V));
-        theta <- theta + h (G g + Gamma) + sqrt(2 h T G) xi
+        theta <- theta + h (G g + T Gamma) + sqrt(2 h T G) xi
 
     ``HeatbathKernel(model, hb.samplers.psgld(...), batch_size=batch_size)``; see
     :func:`heatbath.samplers.psgld` for the arguments.
     """
     sampler = psgld(
         step_size,
-        temperature,
+        temperature=temperature,
         decay=decay,
         eps=eps,
         correction=correction,

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from heatbath.kernels import tree as _tree
+from heatbath.kernels._validate import check_bool, check_int
 from heatbath.kernels.gradients import Estimator
 from heatbath.models.numpyro_bridge import from_numpyro
 from heatbath.models.target import Target, named_leaves
@@ -162,15 +163,10 @@ _INT_MAX = 2**31 - 1
 
 
 def _check_int(value, name: str, minimum: int, allow_none: bool = False):
+    """An integer argument in [minimum, 2**31 - 1] (heatbath counts steps and draws in int32)."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if value > _INT_MAX:
-        raise ValueError(f"{name} must be <= {_INT_MAX} (heatbath counts steps and draws in int32), got {value}")
-    return int(value)
+    return check_int(value, name, minimum=minimum, maximum=_INT_MAX)
 
 
 _TARGETS: "collections.OrderedDict" = collections.OrderedDict()
@@ -940,10 +936,7 @@ def _describe(obj, unknown: Optional[list] = None, where: str = "hyperparameters
     return text
 
 
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
+_check_bool = check_bool
 
 
 def _check_choice(value, name, choices):

@@ -31,9 +31,9 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from heatbath.kernels import tree
+from heatbath.kernels._validate import check_int
 
 PyTree = Any
 TermsFn = Callable[[PyTree, PyTree], tuple]
@@ -51,11 +51,7 @@ __all__ = [
 
 
 def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive integer, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return int(value)
+    return check_int(value, name, minimum=1)
 
 
 def _chunk_rows(value):
