@@ -168,7 +168,7 @@ def weighted(valid, invalid, percent_valid):
 
 BAD_INTS = st.sampled_from(
     [0, -1, -(2**40), 2**31, 2**70, 2.0, 0.5, float("nan"), float("inf"), True, False, None, "3",
-     np.float32(2.0), np.array(2), np.ones(2, int), 1j, [2]]
+     np.float32(2.0), np.array(2.0), np.ones(2, int), 1j, [2]]
 )
 BAD_CHOICES = st.sampled_from(["x", "", None, 1, "DRAWS", ["draws"], ("moments",), b"draws"])
 
