@@ -263,25 +263,6 @@ def profile_variants(target, h, batch, steps, X, y):
                                              record=None)
     v["proto: hb loop, rbg keys"] = compiled_hb_loop(target, base, batch, steps, impl="rbg")
 
-    # The proposed fix: for one chain, keep the chain axis in the carry but squeeze it around
-    # one_step instead of vmapping over an axis of size 1 (same draws, bit for bit).
-    estimator = base.gradient.build(target.terms, n_rows)
-    one = _make_step(base, estimator, batch, n_rows)
-    squeeze = lambda t: jax.tree.map(lambda x: x[0], t)  # noqa: E731
-    expand = lambda t: jax.tree.map(lambda x: x[None], t)  # noqa: E731
-
-    def chunk_squeezed(carry, shared_est, data):
-        def body(c, _):
-            c1, info = one(squeeze(c), shared_est, data)
-            return expand(c1), (expand(target.constrain_fn(c1[0].position, data)), expand(info))
-
-        return jax.lax.scan(body, carry, None, length=steps)
-
-    k0 = jax.random.split(jax.random.key(0), 1)
-    states0 = jax.vmap(base.init)(jax.vmap(target.init_params)(k0), k0)
-    carry0 = (states0, (), k0) + ((jnp.ones((1,), bool),) if _NEW_LOOP else ())
-    shared0 = estimator.init(squeeze(states0.position), target.data)
-    v["proto: hb loop, chain axis squeezed (1 chain)"] = aot(chunk_squeezed, carry0, shared0, target.data)
     fl = build_floor(n_rows, batch, steps, h)
     v["proto: floor under vmap (1 chain)"] = aot(jax.vmap(fl, in_axes=(0, 0, None, None)), jnp.zeros((1, X.shape[1])),
                                                  jax.random.split(jax.random.key(0), 1), X, y)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import math
 import numbers
@@ -38,6 +39,20 @@ from heatbath.samplers.base import Sampler
 __all__ = ["sample", "optimize", "Result", "OptimizeResult", "as_target", "clear_caches"]
 
 _MAP_KEY = 2**31 - 1  # fold_in index of the key used for the control-variates MAP search
+
+
+# Key derivations as jitted functions of stable identity: an eager ``jax.vmap`` of a fresh
+# lambda is re-traced on every call (a few ms of host time per ``hb.sample``).
+@jax.jit
+def _fold_each(keys, i):
+    """``fold_in(keys[c], i)`` for every chain c."""
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _chain_keys(master, num_chains):
+    """Chain c's key, ``fold_in(master, c)``: chain c's draws never depend on ``num_chains``."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(master, jnp.arange(num_chains))
 _CHUNK_BYTES = 1 << 27  # draws kept on device per chunk (128 MiB)
 
 
@@ -686,8 +701,8 @@ def _run_segments(
     data = target.data
     num_chains = jax.tree.leaves(positions)[0].shape[0]
     one_step = _make_step(sampler, estimator, batch_size, target.num_data, on_divergence)
-    init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(chain_keys)
-    run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(chain_keys)
+    init_keys = _fold_each(chain_keys, 1)
+    run_keys = _fold_each(chain_keys, 2)
     places = _shardings(shard, devices, num_chains, target.num_data)
     if places is not None:
         chain_place, data_place, replicated = places
@@ -945,9 +960,16 @@ def _check_choice(value, name, choices):
     return value
 
 
-def _open_checkpoint(checkpoint, resume, settings):
-    """(Checkpoint or None, resuming?) from the user's ``checkpoint`` and ``resume`` arguments."""
+def _open_checkpoint(checkpoint, resume, settings, target: Target):
+    """(Checkpoint or None, resuming?) from the user's ``checkpoint`` and ``resume`` arguments.
+
+    The digest of the target's data joins the settings only here: hashing the data costs a
+    pass over it (15 ms for 10 MB), paid only by runs that checkpoint.
+    """
     from heatbath.checkpoint import Checkpoint
+
+    if (resume is not None and resume is not False) or checkpoint is not None:
+        settings = dict(settings, data=_data_digest(target))
 
     if resume is not None and resume is not False:
         path = checkpoint if checkpoint is not None else resume
@@ -1112,12 +1134,12 @@ def sample(
         num_data=target.num_data, batch_size=batch_size, num_samples=num_samples, num_warmup=num_warmup,
         thinning=thinning, num_chains=num_chains, seed=seed if isinstance(seed, numbers.Integral) else "key",
         keep=keep, swag_rank=swag_rank, on_divergence=on_divergence,
-        init=None if init is None else "given", data=_data_digest(target),
+        init=None if init is None else "given",
     )
-    ckpt, resuming = _open_checkpoint(checkpoint, resume, settings)
+    ckpt, resuming = _open_checkpoint(checkpoint, resume, settings, target)
     _warn_unverifiable(ckpt, unknown)
-    chain_keys = jax.vmap(lambda i: jax.random.fold_in(master, i))(jnp.arange(num_chains))
-    positions = _initial_positions(target, init, jax.vmap(lambda k: jax.random.fold_in(k, 0))(chain_keys), num_chains)
+    chain_keys = _chain_keys(master, num_chains)
+    positions = _initial_positions(target, init, _fold_each(chain_keys, 0), num_chains)
     _check_init_finite(target, positions, target.data)
 
     spec, centre, map_cost, map_compile = _resolve_centre(
@@ -1245,12 +1267,11 @@ def optimize(
         "optimize", optimizer.hyperparameters, optimizer=optimizer.name,
         num_data=target.num_data, batch_size=batch_size, num_steps=num_steps, trace_every=trace_every,
         seed=seed if isinstance(seed, numbers.Integral) else "key", init=None if init is None else "given",
-        data=_data_digest(target),
     )
-    ckpt, resuming = _open_checkpoint(checkpoint, resume, settings)
+    ckpt, resuming = _open_checkpoint(checkpoint, resume, settings, target)
     _warn_unverifiable(ckpt, unknown)
     chain_keys = jax.random.fold_in(master, 0)[None]
-    positions = _initial_positions(target, init, jax.vmap(lambda k: jax.random.fold_in(k, 0))(chain_keys), 1)
+    positions = _initial_positions(target, init, _fold_each(chain_keys, 0), 1)
     _check_init_finite(target, positions, target.data)
     return _optimize_from(target, optimizer, positions, chain_keys, batch_size=batch_size, num_steps=num_steps,
                           trace_every=trace_every, chunk_size=chunk_size, progress_bar=progress_bar, ckpt=ckpt,
@@ -1625,7 +1646,7 @@ def fit(
     trace_every = min(trace_every, num_steps)
     master = _seed_key(seed)
     chain_keys = jax.random.fold_in(master, 0)[None]
-    positions = _initial_positions(target, init, jax.vmap(lambda k: jax.random.fold_in(k, 0))(chain_keys), 1)
+    positions = _initial_positions(target, init, _fold_each(chain_keys, 0), 1)
     flat0, unravel = _ravel_pytree(jax.tree.map(lambda x: x[0], positions))
     dim = int(flat0.shape[0])
     _gvi.check_dimension(method, dim)
@@ -1647,10 +1668,10 @@ def fit(
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
     settings, unknown = _settings(
         "fit", method.hyperparameters, method=method.name,
-        num_data=target.num_data, batch_size=batch_size, trace_every=trace_every, dim=dim, data=_data_digest(target),
+        num_data=target.num_data, batch_size=batch_size, trace_every=trace_every, dim=dim,
         seed=seed if isinstance(seed, numbers.Integral) else "key", init=None if init is None else "given",
     )
-    ckpt, resuming = _open_checkpoint(checkpoint, resume, settings)
+    ckpt, resuming = _open_checkpoint(checkpoint, resume, settings, target)
     _warn_unverifiable(ckpt, unknown)
     spec, centre, map_cost, map_compile = _resolve_centre(
         flat_target, spec, flat_positions, master, batch_size, ckpt if resuming else None
