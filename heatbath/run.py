@@ -188,23 +188,31 @@ _TARGETS: "collections.OrderedDict" = collections.OrderedDict()
 
 
 def _fingerprint(model, args, kwargs):
-    """A key for a NumPyro model and its arguments: the model's identity and a digest of every
-    argument's bytes (so arrays edited in place are seen as new data), or None if an argument
-    is neither an array nor a plain scalar/string."""
+    """A key for a NumPyro model and its arguments, or None if an argument is neither an array
+    nor a plain scalar/string.
+
+    The key holds the model's identity and, per argument: for a JAX array (immutable) its
+    identity, shape and dtype; for a NumPy array a digest of its bytes (it may be edited in
+    place between calls); for a scalar or string its value. Returns (key, arrays): the JAX
+    arrays must be kept alive as long as the key is cached, so that their ids stay theirs.
+    """
     h = hashlib.blake2b(digest_size=16)
+    kept = []
     for name, value in [(str(i), a) for i, a in enumerate(args)] + sorted(kwargs.items()):
         h.update(name.encode())
-        if isinstance(value, (np.ndarray, jax.Array)):
-            arr = np.asarray(value)
-            if arr.dtype == object:
+        if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer):
+            h.update(f"jax {id(value)} {value.shape} {value.dtype}".encode())
+            kept.append(value)
+        elif isinstance(value, np.ndarray):
+            if value.dtype == object:
                 return None
-            h.update(str((arr.shape, arr.dtype.str)).encode())
-            h.update(np.ascontiguousarray(arr).tobytes())
+            h.update(str((value.shape, value.dtype.str)).encode())
+            h.update(np.ascontiguousarray(value).tobytes())
         elif value is None or isinstance(value, (bool, numbers.Number, str)):
             h.update(repr((type(value).__name__, value)).encode())
         else:
             return None
-    return id(model), h.hexdigest()
+    return (id(model), h.hexdigest()), kept
 
 
 def as_target(model_or_target, data=None) -> Target:
@@ -227,7 +235,8 @@ def as_target(model_or_target, data=None) -> Target:
                 "data for a NumPyro model must be a dict of keyword arguments or a tuple of positional ones, "
                 f"got {type(data).__name__}"
             )
-        key = _fingerprint(model_or_target, args, kwargs)
+        fingerprint = _fingerprint(model_or_target, args, kwargs)
+        key = None if fingerprint is None else fingerprint[0]
         if key is not None:
             hit = _TARGETS.get(key)
             if hit is not None and hit[0] is model_or_target:
@@ -235,7 +244,7 @@ def as_target(model_or_target, data=None) -> Target:
                 return hit[1]
         target = from_numpyro(model_or_target, *args, **kwargs)
         if key is not None:
-            _TARGETS[key] = (model_or_target, target)
+            _TARGETS[key] = (model_or_target, target, fingerprint[1])
             while len(_TARGETS) > 8:
                 _TARGETS.popitem(last=False)
         return target

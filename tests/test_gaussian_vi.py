@@ -307,7 +307,7 @@ def test_stochastic_fbgvi_kl_not_above_bwsgd():
 @pytest.mark.slow
 def test_stochastic_fbgvi_vs_bwsgd_paper_budgets_over_seeds():
     """The paper's stochastic budgets (time 400; 360, 400, 800, 6400 iterations), 5 seeds each.
-    At h = 1.11 FB-GVI's KL is below BW-SGD's on every seed (BW-SGD ~1400). At h <= 1 = 1/lam_max
+    At h = 1.11 FB-GVI's KL is below BW-SGD's on every seed (BW-SGD 2-821). At h <= 1 = 1/lam_max
     both covariances reach A^-1 and the final KL is the mean's noise: the paired difference
     KL_FB - KL_BW has mean within 2 standard errors of 0 or below (measured at h = 1: 0.75 +- 0.46
     vs 0.66 +- 0.42, FB-GVI lower on 2 of 5 seeds; at h = 0.5 and 0.0625 equal on every seed)."""
@@ -323,7 +323,10 @@ def test_stochastic_fbgvi_vs_bwsgd_paper_budgets_over_seeds():
                 bw.append(fit_final(target, hb.vi.bwsgd(h, iters), 10, exact=(mu, sigma), seed=seed).trace["kl"][-1])
         fb, bw = np.asarray(fb, np.float64), np.asarray(bw, np.float64)
         if iters == 360:
-            assert np.all(fb < 3.0) and np.all(~np.isfinite(bw) | (bw > 100.0))
+            # BW-SGD is unstable here and its final KL is chaotic across seeds (measured 2.3, 589,
+            # 821, 50, 76 against FB-GVI's 0.73-1.58), so the bar is the paired comparison.
+            assert np.all(fb < 3.0) and np.all(~np.isfinite(bw) | (bw > fb)), (fb, bw)
+            assert not np.all(np.isfinite(bw)) or bw.mean() > 10 * fb.mean(), (fb, bw)
         else:
             diff = fb - bw
             assert diff.mean() <= 2 * diff.std(ddof=1) / np.sqrt(len(diff)) + 1e-6, (iters, fb, bw)

@@ -99,16 +99,19 @@ def all_finite(x: PyTree) -> jax.Array:
 
 
 def _split_like(key: jax.Array, tree: PyTree):
+    """One key per leaf: the key itself for a one-leaf tree (a split would cost a hash per
+    step for nothing), else ``split(key, num_leaves)`` in flatten order."""
     leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, max(len(leaves), 1))
+    keys = [key] if len(leaves) == 1 else jax.random.split(key, max(len(leaves), 1))
     return leaves, treedef, keys
 
 
 def normal_like(key: jax.Array, tree: PyTree) -> PyTree:
     """Standard Gaussian noise with the shapes and dtypes of ``tree``.
 
-    One key per leaf (split in flatten order), so the noise of a leaf depends only on the
-    key and the leaf's position in the tree, never on a flattening of the whole state.
+    One key per leaf (split in flatten order; a one-leaf tree uses ``key`` itself), so the
+    noise of a leaf depends only on the key and the leaf's position in the tree, never on a
+    flattening of the whole state.
     """
     leaves, treedef, keys = _split_like(key, tree)
     noise = [
