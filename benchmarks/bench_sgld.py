@@ -338,6 +338,7 @@ def main(argv=None):
         measure = {
             "hb.sample (logdensity)": hb_sample_measure(target, sampler, None, B, S),
             "hb.sample (numpyro)": hb_sample_measure(numpyro_model, sampler, {"X": X, "y": y}, B, S),
+            "hb.sample (numpyro, JAX arrays)": hb_sample_measure(numpyro_model, sampler, {"X": Xj, "y": yj}, B, S),
         }
         ops = {name: ops_per_step(c.compiled) for name, c in compiled.items()}
 
