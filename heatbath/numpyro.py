@@ -135,7 +135,6 @@ class HeatbathKernel(MCMCKernel):
         self._sampler = sampler
         self._batch_size = _check_batch_size(batch_size)
         self._setup_cache = None  # (key of the model arguments, target, estimator, one_step)
-        self._kept_args = None  # the JAX arrays whose ids are in that key, kept alive with it
         self._sample_fn = None
 
     # -- numpyro's interface -------------------------------------------------------------
@@ -267,13 +266,11 @@ class HeatbathKernel(MCMCKernel):
         state = self.__dict__.copy()
         state["_sample_fn"] = None
         state["_setup_cache"] = None
-        state["_kept_args"] = None
         return state
 
     # -- helpers -----------------------------------------------------------------------
     def _args_key(self, model_args, model_kwargs):
-        """(key, JAX arrays to keep alive) for the arguments, or None (see run._fingerprint:
-        NumPy arrays by a digest of their bytes, JAX arrays by identity while they are kept)."""
+        """A digest of the arguments' contents (run._fingerprint), or None."""
         from heatbath.run import _fingerprint
 
         if _is_tracer((model_args, model_kwargs)):
@@ -292,8 +289,7 @@ class HeatbathKernel(MCMCKernel):
 
     def _setup(self, model_args, model_kwargs):
         """(target, estimator, one_step) for these model arguments, built once and cached."""
-        fingerprint = self._args_key(model_args, model_kwargs)
-        key = None if fingerprint is None else fingerprint[0]
+        key = self._args_key(model_args, model_kwargs)
         cache = self._setup_cache
         if cache is not None and ((key is not None and cache[0] == key) or _is_tracer((model_args, model_kwargs))):
             return cache[1:]
@@ -302,7 +298,6 @@ class HeatbathKernel(MCMCKernel):
         with _eager():
             out = self._build(model_args, model_kwargs)
         self._setup_cache = (key,) + out
-        self._kept_args = None if fingerprint is None else fingerprint[1]
         return out
 
     def _build(self, model_args, model_kwargs):

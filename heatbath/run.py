@@ -188,33 +188,54 @@ def _check_int(value, name: str, minimum: int, allow_none: bool = False):
 _TARGETS: "collections.OrderedDict" = collections.OrderedDict()
 
 
-def _fingerprint(model, args, kwargs):
-    """A key for a NumPyro model and its arguments, or None if an argument is neither an array
-    nor a plain scalar/string.
+_DEVICE_DIGESTS: "collections.OrderedDict" = collections.OrderedDict()
 
-    The key holds the model's identity and, per argument: for a JAX array (immutable) its
-    identity, shape and dtype; for a NumPy array a CRC-32 of its bytes (it may be edited in
-    place between calls; a cache key, not a security digest: 1.4 ms per 10 MB where BLAKE2
-    took 7 ms); for a scalar or string its value. Returns (key, arrays): the JAX arrays must be
-    kept alive as long as the key is cached, so that their ids stay theirs.
+
+def _array_digest(value) -> bytes:
+    """A CRC-32 of an array's bytes, with its shape and dtype: a cache key, not a security
+    digest (1.4 ms per 10 MB, where BLAKE2 took 7 ms; an in-place edit that keeps the CRC has
+    probability 2**-32).
+
+    Host memory is hashed on every call: a NumPy array may be edited in place, and on the CPU a
+    JAX array may share its memory with one (``jax.device_put``, DLPack). An array on an
+    accelerator cannot, so its digest is memoised by identity (the array is kept alive with
+    its memo, so its id stays its own) and its bytes cross to the host once.
     """
+    head = f"{value.shape} {np.dtype(value.dtype).str} ".encode()
+    on_device = isinstance(value, jax.Array) and any(d.platform != "cpu" for d in value.devices())
+    if on_device:
+        hit = _DEVICE_DIGESTS.get(id(value))
+        if hit is not None and hit[0] is value:
+            _DEVICE_DIGESTS.move_to_end(id(value))
+            return hit[1]
+    flat = np.ascontiguousarray(np.asarray(value)).reshape(-1).view(np.uint8)
+    digest = head + zlib.crc32(flat).to_bytes(4, "little")
+    if on_device:
+        _DEVICE_DIGESTS[id(value)] = (value, digest)
+        while len(_DEVICE_DIGESTS) > 16:
+            _DEVICE_DIGESTS.popitem(last=False)
+    return digest
+
+
+def _fingerprint(model, args, kwargs):
+    """A key for a NumPyro model and its arguments: the model's identity and, per argument, a
+    digest of an array's contents (:func:`_array_digest`: equal data passed as a new array
+    finds the cached target, data edited in place does not) or a scalar's or string's value.
+    None if an argument is none of these (a container, a tracer, an object array)."""
     h = hashlib.blake2b(digest_size=16)
-    kept = []
     for name, value in [(str(i), a) for i, a in enumerate(args)] + sorted(kwargs.items()):
         h.update(name.encode())
-        if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer):
-            h.update(f"jax {id(value)} {value.shape} {value.dtype}".encode())
-            kept.append(value)
-        elif isinstance(value, np.ndarray):
+        if isinstance(value, jax.core.Tracer):
+            return None
+        if isinstance(value, (np.ndarray, jax.Array)):
             if value.dtype == object:
                 return None
-            h.update(str((value.shape, value.dtype.str)).encode())
-            h.update(zlib.crc32(np.ascontiguousarray(value).reshape(-1).view(np.uint8)).to_bytes(4, "little"))
+            h.update(_array_digest(value))
         elif value is None or isinstance(value, (bool, numbers.Number, str)):
             h.update(repr((type(value).__name__, value)).encode())
         else:
             return None
-    return (id(model), h.hexdigest()), kept
+    return id(model), h.hexdigest()
 
 
 def as_target(model_or_target, data=None) -> Target:
@@ -237,8 +258,7 @@ def as_target(model_or_target, data=None) -> Target:
                 "data for a NumPyro model must be a dict of keyword arguments or a tuple of positional ones, "
                 f"got {type(data).__name__}"
             )
-        fingerprint = _fingerprint(model_or_target, args, kwargs)
-        key = None if fingerprint is None else fingerprint[0]
+        key = _fingerprint(model_or_target, args, kwargs)
         if key is not None:
             hit = _TARGETS.get(key)
             if hit is not None and hit[0] is model_or_target:
@@ -246,7 +266,7 @@ def as_target(model_or_target, data=None) -> Target:
                 return hit[1]
         target = from_numpyro(model_or_target, *args, **kwargs)
         if key is not None:
-            _TARGETS[key] = (model_or_target, target, fingerprint[1])
+            _TARGETS[key] = (model_or_target, target)
             while len(_TARGETS) > 8:
                 _TARGETS.popitem(last=False)
         return target
@@ -645,12 +665,13 @@ def clear_caches():
     """Drop the compiled loops and NumPyro targets that heatbath keeps for repeated calls.
 
     ``hb.sample`` / ``optimize`` / ``fit`` reuse a compiled chunk when called again with the
-    same sampler and target objects (or the same NumPyro model and identical argument bytes)
-    and the same shapes; the caches hold up to 32 compiled loops and 8 targets, with their
-    data. Call this to release that memory.
+    same sampler and target objects (or the same NumPyro model and arguments of equal
+    contents, see :func:`_array_digest`) and the same shapes; the caches hold up to 32
+    compiled loops and 8 targets, with their data. Call this to release that memory.
     """
     _COMPILED.clear()
     _TARGETS.clear()
+    _DEVICE_DIGESTS.clear()
     _OPTIMIZERS.clear()
     _WRAPPED.clear()
 

@@ -167,28 +167,26 @@ def test_repeated_calls_reuse_the_compiled_loop_and_see_new_data():
     assert d.compile_time > 0
 
 
-def test_jax_array_arguments_are_cached_by_identity_and_kept_alive():
-    """JAX arrays are immutable: the same array object is the same data (no hash of its bytes);
-    a new array, even one allocated where a freed one lived, is a new target."""
-    import gc
-
+def test_numpyro_arguments_are_cached_by_contents():
+    """Equal data passed as new JAX arrays finds the cached target and compiled loop; a JAX
+    array that shares memory with a NumPy array edited in place is new data."""
     from heatbath import run as hb_run
 
     s = hb.samplers.sgld(1e-3)
     kw = dict(batch_size=50, num_samples=50, seed=0, progress_bar=False)
     hb.clear_caches()
-    Xj = jnp.asarray(X)
-    a = hb.sample(logistic, s, data={"X": Xj, "y": jnp.asarray(Y)}, **kw)
-    assert len(hb_run._TARGETS) == 1
-    held = next(iter(hb_run._TARGETS.values()))[2]
-    assert any(x is Xj for x in held)  # the cached key's arrays are kept alive with it
-    b = hb.sample(logistic, s, data={"X": Xj, "y": jnp.asarray(Y)}, **kw)  # same X object, new (equal) y
+    a = hb.sample(logistic, s, data={"X": jnp.asarray(X), "y": jnp.asarray(Y)}, **kw)
+    b = hb.sample(logistic, s, data={"X": jnp.asarray(X), "y": jnp.asarray(Y)}, **kw)
+    assert b.compile_time == 0.0 and len(hb_run._TARGETS) == 1
     np.testing.assert_array_equal(a.samples["w"], b.samples["w"])
-    for shift in (1.0, 2.0):  # new arrays with other values, the previous ones dropped
-        del Xj
-        gc.collect()
-        Xj = jnp.asarray(X) + shift
-        c = hb.sample(logistic, s, data={"X": Xj, "y": jnp.asarray(Y)}, **kw)
-        assert not np.allclose(a.samples["w"], c.samples["w"])
-    ref = hb.sample(logistic, s, data={"X": np.asarray(X) + 2.0, "y": Y}, **kw)
-    np.testing.assert_array_equal(ref.samples["w"], c.samples["w"])
+
+    host = np.array(X, dtype=np.float32)
+    shared = jax.dlpack.from_dlpack(host)  # on the CPU: the same memory as `host`
+    c = hb.sample(logistic, s, data={"X": shared, "y": jnp.asarray(Y)}, **kw)
+    host[:, 0] += 1.0
+    if not np.array_equal(np.asarray(shared), host):
+        pytest.skip("this platform copied the DLPack array")
+    d = hb.sample(logistic, s, data={"X": shared, "y": jnp.asarray(Y)}, **kw)
+    ref = hb.sample(logistic, s, data={"X": np.array(host), "y": Y}, **kw)
+    assert not np.allclose(c.samples["w"], d.samples["w"])
+    np.testing.assert_array_equal(d.samples["w"], ref.samples["w"])
