@@ -992,18 +992,34 @@ def _check_choice(value, name, choices):
     return value
 
 
-def _open_checkpoint(checkpoint, resume, settings, target: Target):
+def _open_checkpoint(checkpoint, resume, target: Target, kind: str, hyper, *, seed, init, **settings):
     """(Checkpoint or None, resuming?) from the user's ``checkpoint`` and ``resume`` arguments.
 
-    The digest of the target's data joins the settings only here: hashing the data costs a
-    pass over it (15 ms for 10 MB), paid only by runs that checkpoint.
+    The run's settings (``kind``, the described ``hyper``-parameters, ``settings``, the seed,
+    whether an init was given, a digest of the target's data) are built only when the run
+    checkpoints: hashing the data costs a pass over it (15 ms for 10 MB). Warns about
+    hyperparameters that a resume can only check by name.
     """
     from heatbath.checkpoint import Checkpoint
 
-    if (resume is not None and resume is not False) or checkpoint is not None:
-        settings = dict(settings, data=_data_digest(target))
-
-    if resume is not None and resume is not False:
+    resuming = resume is not None and resume is not False
+    if not resuming and checkpoint is None:
+        return None, False
+    unknown: list = []
+    settings = dict(
+        kind=kind, hyperparameters=_describe(hyper, unknown), **settings,
+        seed=seed if isinstance(seed, numbers.Integral) else "key", init=None if init is None else "given",
+        data=_data_digest(target),
+    )
+    if unknown:
+        warnings.warn(
+            f"heatbath cannot record {sorted(set(unknown))} by value in the checkpoint (functions without "
+            "parameters it can read): a resumed run is only checked to use functions of the same name, so "
+            "make sure they compute the same thing",
+            UserWarning,
+            stacklevel=3,
+        )
+    if resuming:
         path = checkpoint if checkpoint is not None else resume
         if checkpoint is not None and resume is not True and os.fspath(resume) != os.fspath(checkpoint):
             raise ValueError("checkpoint and resume name different paths; pass one of them")
@@ -1013,31 +1029,11 @@ def _open_checkpoint(checkpoint, resume, settings, target: Target):
             path = checkpoint
         Checkpoint.read_meta(path)  # fails early, with a clear error, when there is nothing to resume
         return Checkpoint(path, settings), True
-    if checkpoint is not None:
-        try:
-            os.makedirs(os.fspath(checkpoint), exist_ok=True)
-        except (OSError, TypeError) as err:
-            raise ValueError(f"cannot create the checkpoint directory {checkpoint!r}: {err}") from err
-        return Checkpoint(checkpoint, settings), False
-    return None, False
-
-
-def _settings(kind: str, hyper, **settings):
-    """Checkpoint settings; warns (only when checkpointing) about what cannot be checked on resume."""
-    unknown: list = []
-    settings = dict(kind=kind, hyperparameters=_describe(hyper, unknown), **settings)
-    return settings, unknown
-
-
-def _warn_unverifiable(ckpt, unknown):
-    if ckpt is not None and unknown:
-        warnings.warn(
-            f"heatbath cannot record {sorted(set(unknown))} by value in the checkpoint (functions without "
-            "parameters it can read): a resumed run is only checked to use functions of the same name, so "
-            "make sure they compute the same thing",
-            UserWarning,
-            stacklevel=3,
-        )
+    try:
+        os.makedirs(os.fspath(checkpoint), exist_ok=True)
+    except (OSError, TypeError) as err:
+        raise ValueError(f"cannot create the checkpoint directory {checkpoint!r}: {err}") from err
+    return Checkpoint(checkpoint, settings), False
 
 
 def _resolve_centre(target: Target, spec, positions, master, batch_size, ckpt=None):
@@ -1161,15 +1157,11 @@ def sample(
     if shard is not None:
         _shardings(shard, devices, num_chains, target.num_data)
     master = _seed_key(seed)
-    settings, unknown = _settings(
-        "sample", sampler.hyperparameters, sampler=sampler.name,
+    ckpt, resuming = _open_checkpoint(
+        checkpoint, resume, target, "sample", sampler.hyperparameters, seed=seed, init=init, sampler=sampler.name,
         num_data=target.num_data, batch_size=batch_size, num_samples=num_samples, num_warmup=num_warmup,
-        thinning=thinning, num_chains=num_chains, seed=seed if isinstance(seed, numbers.Integral) else "key",
-        keep=keep, swag_rank=swag_rank, on_divergence=on_divergence,
-        init=None if init is None else "given",
+        thinning=thinning, num_chains=num_chains, keep=keep, swag_rank=swag_rank, on_divergence=on_divergence,
     )
-    ckpt, resuming = _open_checkpoint(checkpoint, resume, settings, target)
-    _warn_unverifiable(ckpt, unknown)
     chain_keys = _chain_keys(master, num_chains)
     positions = _initial_positions(target, init, _fold_each(chain_keys, 0), num_chains)
     _check_init_finite(target, positions, target.data)
@@ -1295,13 +1287,11 @@ def optimize(
     chunk_size = _check_int(chunk_size, "chunk_size", 1, allow_none=True)
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
     master = _seed_key(seed)
-    settings, unknown = _settings(
-        "optimize", optimizer.hyperparameters, optimizer=optimizer.name,
-        num_data=target.num_data, batch_size=batch_size, num_steps=num_steps, trace_every=trace_every,
-        seed=seed if isinstance(seed, numbers.Integral) else "key", init=None if init is None else "given",
+    ckpt, resuming = _open_checkpoint(
+        checkpoint, resume, target, "optimize", optimizer.hyperparameters, seed=seed, init=init,
+        optimizer=optimizer.name, num_data=target.num_data, batch_size=batch_size, num_steps=num_steps,
+        trace_every=trace_every,
     )
-    ckpt, resuming = _open_checkpoint(checkpoint, resume, settings, target)
-    _warn_unverifiable(ckpt, unknown)
     chain_keys = jax.random.fold_in(master, 0)[None]
     positions = _initial_positions(target, init, _fold_each(chain_keys, 0), 1)
     _check_init_finite(target, positions, target.data)
@@ -1698,13 +1688,10 @@ def fit(
     if getattr(spec, "needs_centre", False) and spec.centre is not None:
         spec = spec.with_centre(_ravel_pytree(_check_centre(target, spec.centre))[0])
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
-    settings, unknown = _settings(
-        "fit", method.hyperparameters, method=method.name,
+    ckpt, resuming = _open_checkpoint(
+        checkpoint, resume, target, "fit", method.hyperparameters, seed=seed, init=init, method=method.name,
         num_data=target.num_data, batch_size=batch_size, trace_every=trace_every, dim=dim,
-        seed=seed if isinstance(seed, numbers.Integral) else "key", init=None if init is None else "given",
     )
-    ckpt, resuming = _open_checkpoint(checkpoint, resume, settings, target)
-    _warn_unverifiable(ckpt, unknown)
     spec, centre, map_cost, map_compile = _resolve_centre(
         flat_target, spec, flat_positions, master, batch_size, ckpt if resuming else None
     )
