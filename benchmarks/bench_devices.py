@@ -30,32 +30,19 @@ def main():
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import heatbath as hb
+    from bench_sgld import loglik, logprior, make_data
     from common import interleaved, machine_info, markdown_table
 
     devices = jax.devices()
-    rng = np.random.default_rng(0)
 
-    def logistic_target(N, D=50):
-        X = rng.normal(size=(N, D)).astype(np.float32)
-        w = rng.normal(size=D) / np.sqrt(D)
-        y = (rng.random(N) < 1 / (1 + np.exp(-X @ w))).astype(np.float32)
+    def logistic_target(N, seed, D=50):
+        return hb.models.from_logdensity(logprior, loglik, make_data(N, D, seed), params=jnp.zeros(D))
 
-        def logprior(p):
-            return -0.5 * jnp.sum(p**2)
-
-        def loglik(p, batch):
-            Xb, yb = batch
-            z = Xb @ p
-            return jnp.sum(yb * z - jax.nn.softplus(z))
-
-        return hb.models.from_logdensity(logprior, loglik, (X, y), params=jnp.zeros(D))
-
-    chains_target = logistic_target(50_000)
-    data_target = logistic_target(400_000)
+    chains_target = logistic_target(50_000, 0)
+    data_target = logistic_target(400_000, 1)
     sgld = hb.samplers.sgld(1e-5)
     svrg = hb.samplers.sgld(1e-5, gradient=hb.kernels.gradients.svrg(100))
     counts = [n for n in (1, 2, 4, 8) if n <= len(devices)]

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleaved, machine_info, markdown_table, ops_per_step, paired_ratio  # noqa: E402
-from bench_sgld import compiled_hb_loop, hb_sample_measure, loglik, logprior, make_data  # noqa: E402
+from bench_sgld import aot, compiled_hb_loop, hb_sample_measure, loglik, loglik_row, logprior, make_data  # noqa: E402
 
 import blackjax  # noqa: E402
 
@@ -150,22 +150,6 @@ def build_blackjax_sghmc(n_rows, batch, samples, h, alpha, k, loglik_row, logpri
     return run
 
 
-def _loglik_row(w, row):
-    x, yy = row
-    z = x @ w
-    return yy * z - jax.nn.softplus(z)
-
-
-def aot(fn, *args):
-    compiled = jax.jit(fn).lower(*args).compile()
-
-    def call():
-        return compiled(*args)
-
-    call.compiled = compiled
-    return call
-
-
 def part_cost(args):
     N, D, B, S = 50_000, 50, 500, args.steps
     h, C = 1e-3, 10.0
@@ -183,7 +167,7 @@ def part_cost(args):
         measure[name] = hb_sample_measure(target, sampler, None, B, S)
         contenders[name] = lambda m=measure[name]: m()["time"]
     k = 10
-    contenders["blackjax.sghmc (10 steps/sample)"] = aot(build_blackjax_sghmc(N, B, S // k, h, C, k, _loglik_row),
+    contenders["blackjax.sghmc (10 steps/sample)"] = aot(build_blackjax_sghmc(N, B, S // k, h, C, k, loglik_row),
                                                           w0, key, Xj, yj)
     print(f"cost: N={N} d={D} batch={B} steps={S} (h={h}, C={C}); repeats={args.repeats}", flush=True)
     timings = interleaved(contenders, repeats=args.repeats, measure=measure)
@@ -322,7 +306,7 @@ def part_blackjax(args):
     # blackjax.sghmc: samples of k Euler steps on one minibatch, the momentum redrawn every sample
     for h, alpha, k in ((0.003, 100.0, 10), (0.005, 100.0, 10), (0.003, 50.0, 5), (0.006, 100.0, 5)):
         label = f"blackjax.sghmc h={h:g} alpha={alpha:g} k={k}"
-        run_fn = build_blackjax_sghmc(N, BATCH, total // k, h, alpha, k, _loglik_row, prior)
+        run_fn = build_blackjax_sghmc(N, BATCH, total // k, h, alpha, k, loglik_row, prior)
         fn = jax.jit(jax.vmap(run_fn, in_axes=(0, 0, None, None)))
         counts = np.zeros(len(grid), int)
         for seed in range(args.seeds):
@@ -334,7 +318,7 @@ def part_blackjax(args):
         print(f"{label}: S*={star}; " + " ".join(f"{S}:{c}" for S, c in zip(grid, counts)), flush=True)
         stars[label] = star
         keys = jax.random.split(jax.random.key(0), num_chains)
-        timers[label] = aot(jax.vmap(build_blackjax_sghmc(N, BATCH, args.time_steps // k, h, alpha, k, _loglik_row,
+        timers[label] = aot(jax.vmap(build_blackjax_sghmc(N, BATCH, args.time_steps // k, h, alpha, k, loglik_row,
                                                           prior), in_axes=(0, 0, None, None)),
                             jnp.zeros((num_chains, 25)), keys, X, y)
     # the floor: hand-written OBABO and Euler (same logistic model), vmapped over the chains, every draw kept

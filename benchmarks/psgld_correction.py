@@ -8,7 +8,6 @@ error of Var is estimated from the spread of the 16 per-chain variances.
 """
 
 import jax.numpy as jnp
-import numpy as np
 
 import heatbath as hb
 
