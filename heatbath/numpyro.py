@@ -34,7 +34,6 @@ the start of the step), ``step_size``, ``temperature`` and ``grad_norm``, so
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, NamedTuple, Optional
 
 import jax

@@ -18,7 +18,6 @@ import collections
 import dataclasses
 import functools
 import hashlib
-import math
 import numbers
 import os
 import time
@@ -34,7 +33,7 @@ from heatbath.kernels import tree as _tree
 from heatbath.kernels._validate import check_bool, check_int
 from heatbath.kernels.gradients import Estimator
 from heatbath.models.numpyro_bridge import from_numpyro
-from heatbath.models.target import Target, named_leaves
+from heatbath.models.target import Target
 from heatbath.samplers.base import Sampler
 
 __all__ = ["sample", "optimize", "Result", "OptimizeResult", "as_target", "clear_caches"]
@@ -318,6 +317,7 @@ def _check_sampler(sampler):
             "sampler must be a heatbath Sampler (e.g. hb.samplers.sgld(step_size=1e-4)), "
             f"got {type(sampler).__name__}"
         )
+    check_int(sampler.steps_per_draw, "Sampler.steps_per_draw", minimum=1)
 
 
 def _per_target(target: Target, name: str, build: Callable):
@@ -693,12 +693,6 @@ class _RunOut(NamedTuple):
     extra_state: Any
 
 
-def _run(*args, **kwargs):
-    """:func:`_run_segments` returning (draws, infos, final carry, compile time) only."""
-    out = _run_segments(*args, **kwargs)
-    return out.draws, out.infos, out.carry, out.compile_time
-
-
 def _run_segments(
     target: Target,
     sampler: Sampler,
@@ -748,11 +742,16 @@ def _run_segments(
         shared_est = ()
         est_states = jax.vmap(estimator.init, in_axes=(0, None))(positions, data)
     carry = (states, est_states, run_keys, jnp.ones((num_chains,), bool))
+    # What `record` returns for one draw (constrained values and deterministic sites, which may
+    # be much larger than the position): the moments' shapes and the bytes kept per draw.
+    if record is not None:
+        recorded = jax.eval_shape(record, jax.tree.map(lambda x: x[0], positions), data)
+    else:
+        recorded = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), positions)
     moments = keep == "moments"
     acc = ()
     if moments:
-        example = jax.eval_shape(record, jax.tree.map(lambda x: x[0], positions), data)
-        acc = _moments_init(example, num_chains, swag_rank)
+        acc = _moments_init(recorded, num_chains, swag_rank)
     if places is not None:
         carry = _place(carry, chain_place)
         acc = () if not moments else {
@@ -762,12 +761,7 @@ def _run_segments(
         }
         shared_est = _place(shared_est, replicated)
 
-    # Bytes kept per draw: what `record` returns (constrained values and deterministic sites,
-    # which may be much larger than the position) plus the stats.
-    if record is not None:
-        recorded = jax.eval_shape(record, jax.tree.map(lambda x: x[0], positions), data)
-    else:
-        recorded = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), positions)
+    # Bytes kept per draw: the recorded values plus the stats.
     per_draw = num_chains * (sum(int(np.prod(l.shape)) * np.dtype(l.dtype).itemsize
                                  for l in jax.tree.leaves(recorded)) + 64)
     if chunk_size is None:
@@ -983,9 +977,6 @@ def _describe(obj, unknown: Optional[list] = None, where: str = "hyperparameters
     return text
 
 
-_check_bool = check_bool
-
-
 def _check_choice(value, name, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -1144,7 +1135,7 @@ def sample(
     chunk_size = _check_int(chunk_size, "chunk_size", 1, allow_none=True)
     swag_rank = _check_int(swag_rank, "swag_rank", 0)
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
-    progress_bar = _check_bool(progress_bar, "progress_bar")
+    progress_bar = check_bool(progress_bar, "progress_bar")
     _check_choice(on_divergence, "on_divergence", DIVERGENCE_MODES)
     _check_choice(keep, "keep", KEEP_MODES)
     if swag_rank and keep != "moments":
@@ -1152,7 +1143,7 @@ def sample(
     _check_target_for_gradients(target, batch_size)
     # Samplers that take several integrator steps per draw (SGHMC's num_steps_per_sample) get
     # them as driver-level thinning: every step draws its own minibatch.
-    steps_per_draw = thinning * int(sampler.hyperparameters.get("num_steps_per_sample", 1) or 1)
+    steps_per_draw = thinning * sampler.steps_per_draw
     _check_total_steps(num_warmup + num_samples * steps_per_draw)
     if shard is not None:
         _shardings(shard, devices, num_chains, target.num_data)
@@ -1278,7 +1269,7 @@ def optimize(
     """
     t_start = time.perf_counter()
     num_steps = _check_int(num_steps, "num_steps", 1)
-    progress_bar = _check_bool(progress_bar, "progress_bar")
+    progress_bar = check_bool(progress_bar, "progress_bar")
     optimizer = _as_optimizer(optimizer, num_steps)
     target = as_target(model_or_target, data)
     batch_size = _check_int(batch_size, "batch_size", 1, allow_none=True)

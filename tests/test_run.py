@@ -1,6 +1,5 @@
 """The drivers: reproducibility, chains, thinning, chunks, ArviZ, divergence, optimize."""
 
-import warnings
 
 import arviz as az
 import jax

@@ -484,3 +484,17 @@ def test_german_credit_splittings_meet_the_bars():
         assert n >= 7, (integrator, n)
     assert _replicates_meeting_bars(ref, hb.samplers.sgld(3e-4), 7_000) >= 7
     assert _replicates_meeting_bars(ref, hb.samplers.sgld(1e-4), 7_000) <= 4
+
+
+def test_averaged_keeps_the_inner_samplers_steps_per_draw():
+    """averaged(sghmc(..., num_steps_per_sample=k)) records one draw every k steps, like sghmc."""
+    t = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p**2), lambda p, b: 0.0 * jnp.sum(b),
+                                  jnp.zeros((4,)), params=jnp.zeros(2))
+    inner = hb.samplers.sghmc(0.1, 1.0, "euler", num_steps_per_sample=3)
+    wrapped = hb.optim.averaged(inner)
+    assert inner.steps_per_draw == wrapped.steps_per_draw == 3
+    a = hb.sample(t, inner, num_samples=20, progress_bar=False)
+    b = hb.sample(t, wrapped, num_samples=20, progress_bar=False)
+    assert int(a.final_state.step[0]) == int(b.final_state.inner.step[0]) == 60
+    with pytest.raises(ValueError, match="steps_per_draw"):
+        hb.sample(t, inner._replace(steps_per_draw=0), num_samples=2, progress_bar=False)

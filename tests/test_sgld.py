@@ -6,7 +6,6 @@ solves the discrete Lyapunov equation S = (I - hA) S (I - hA)^T + 2hT I. With a 
 diagonal preconditioner G: S = (I - hGA) S (I - hGA)^T + 2hT G.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """Bad input gets a clear error naming the problem, before any compilation."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro

@@ -111,8 +111,7 @@ def normal_draws(key, like: PyTree, num: int) -> list:
     (One call of shape (num, *leaf) instead of ``num`` calls: on small models the cost of a step
     is mostly the number of operations launched, and each RNG call is several.)
     """
-    leaves, treedef = jax.tree.flatten(like)
-    keys = [key] if len(leaves) == 1 else list(jax.random.split(key, len(leaves)))
+    leaves, treedef, keys = tree._split_like(key, like)
     draws = [jax.random.normal(k, (num,) + jnp.shape(leaf), jnp.result_type(leaf)) for k, leaf in zip(keys, leaves)]
     return [jax.tree.unflatten(treedef, [d[i] for d in draws]) for i in range(num)]
 

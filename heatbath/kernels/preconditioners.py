@@ -155,15 +155,16 @@ def _second_moment(*, decay, eps, shift, form, debias, initial_scale, name) -> P
         return bias_correction(state.square_avg, decay, state.count) if debias else state.square_avg
 
     # RMSprop multiplies by its scaling G (optax.scale_by_rms: s * g), so G v is its arithmetic
-    # and ``apply`` stays None (the kernel then computes G once, for the drift and the noise);
+    # and ``apply`` is None (the kernel then computes G once, for the drift and the noise);
     # Adam divides by its denominator.
-    apply = None
     if form == "rms_in":  # optax.scale_by_rms(eps_in_sqrt=True): rsqrt(nu + eps) * g
+        apply = None
 
         def scaling(v):
             return jax.lax.rsqrt(v + eps)
 
     elif form == "rms_out":  # optax.scale_by_rms(eps_in_sqrt=False): (1 / (sqrt(nu) + eps)) * g
+        apply = None
 
         def scaling(v):
             return 1 / (jnp.sqrt(v) + eps)

@@ -20,7 +20,7 @@ log density would not run: the cost of a minibatch gradient equals the hand-writ
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -87,17 +87,17 @@ def from_numpyro(model: Callable, *model_args, **model_kwargs) -> Target:
     """
     if not callable(model):
         raise TypeError(f"from_numpyro needs a NumPyro model (a callable), got {type(model).__name__}")
-    for label, a in [(f"argument {i}", a) for i, a in enumerate(model_args)] + list(model_kwargs.items()):
+    labelled = [(f"argument {i}", a) for i, a in enumerate(model_args)] + list(model_kwargs.items())
+    for label, a in labelled:
         if _is_array(a) and np.issubdtype(np.asarray(a).dtype, np.floating) and not np.all(np.isfinite(a)):
             bad = int(np.sum(~np.isfinite(np.asarray(a))))
             raise ValueError(
                 f"model argument {label!r} contains {bad} NaN or infinite value(s); drop or impute "
                 "them (or mask the observations in the model and pass finite placeholders)"
             )
-    for label, a in [(f"argument {i}", a) for i, a in enumerate(model_args)] + list(model_kwargs.items()):
+    for label, a in labelled:
         if isinstance(a, np.ndarray) and not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
             raise TypeError(f"model argument {label!r} is not a numeric array (dtype {a.dtype})")
-    labelled = [(f"argument {i}", a) for i, a in enumerate(model_args)] + list(model_kwargs.items())
     empty = [label for label, a in labelled if _is_array(a) and np.shape(a)[0] == 0]
     if empty:
         raise ValueError(f"model argument(s) {empty} have no rows: every data array needs at least one row")
@@ -105,11 +105,7 @@ def from_numpyro(model: Callable, *model_args, **model_kwargs) -> Target:
         with handlers.block():
             trace = handlers.trace(handlers.seed(model, 0)).get_trace(*model_args, **model_kwargs)
     except Exception as err:  # noqa: BLE001 - re-raised with what heatbath can tell about the inputs
-        lengths = {
-            label: np.shape(a)[0]
-            for label, a in [(f"argument {i}", a) for i, a in enumerate(model_args)] + list(model_kwargs.items())
-            if _is_array(a)
-        }
+        lengths = {label: np.shape(a)[0] for label, a in labelled if _is_array(a)}
         hint = ""
         if len(set(lengths.values())) > 1:
             hint = " The array arguments have unequal numbers of rows: " + ", ".join(

@@ -97,4 +97,5 @@ def averaged(sampler: Sampler, start: int = 0, every: int = 1) -> Sampler:
         hyperparameters=hyper,
         rebuild=rebuild,
         gradient_at_position=False,  # the position is the average, the gradient is at the iterate
+        steps_per_draw=sampler.steps_per_draw,
     )

@@ -45,6 +45,9 @@ class Sampler(NamedTuple):
     # True when every gradient a step asks for is at the state's position (and not
     # differentiated): what an optax update, handed one gradient at params, can serve.
     gradient_at_position: bool = True
+    # Transitions per recorded draw (SGHMC's num_steps_per_sample): the driver records one
+    # draw every thinning * steps_per_draw steps, each step with its own minibatch.
+    steps_per_draw: int = 1
 
 
 class Info(NamedTuple):

@@ -50,7 +50,7 @@ al.'s Algorithm 2 (HMC-style restarts).
 ``num_steps_per_sample`` is the number of integrator steps per recorded draw. Every step is
 one call of ``step`` with its own freshly drawn minibatch, so it is a driver-level thinning:
 the driver records one draw every ``thinning * num_steps_per_sample`` steps (it reads
-``Sampler.hyperparameters["num_steps_per_sample"]``).
+``Sampler.steps_per_draw``).
 
 SGNHT (Ding, Fang, Babbush, Chen, Skeel & Neven, NeurIPS 2014) replaces the fixed friction
 by a thermostat xi that adapts to the unknown gradient noise, see :func:`sgnht`.
@@ -328,6 +328,7 @@ def sghmc(
         grads_per_step=float(split.grads_per_step),
         hyperparameters=hyper,
         rebuild=lambda **changes: sghmc(**{**hyper, **changes}),
+        steps_per_draw=k,
         gradient_at_position=split.gradient_at_start,
     )
 
@@ -441,4 +442,5 @@ def sgnht(
         grads_per_step=1.0,
         hyperparameters=hyper,
         rebuild=lambda **changes: sgnht(**{**hyper, **changes}),
+        steps_per_draw=k,
     )

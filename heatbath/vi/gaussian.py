@@ -295,7 +295,6 @@ def _deterministic_moments(state, batch, grad_fn):
     and c = 1 / (2 sqrt(k)); E hess = sym(S^-1 E[(X - m) grad^T]). Exact for quadratic V.
     """
     m = state.position
-    d = m.shape[0]
     k = num_factor_columns(state)
     eye = jnp.eye(k, dtype=m.dtype)
     cols = _apply_factor(state, eye)  # (k, d): row j = b_j
