@@ -46,7 +46,7 @@ from heatbath.models.numpyro_bridge import from_numpyro
 from heatbath.models.target import Target
 from heatbath.samplers.base import Sampler
 from heatbath.samplers.sghmc import sghmc
-from heatbath.kernels._validate import check_int
+from heatbath.kernels.validate import check_int
 from heatbath.samplers.sgld import psgld, sgld
 
 __all__ = ["HeatbathKernel", "HeatbathState", "SGLD", "PSGLD", "SGHMC"]

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from heatbath.kernels import tree as _tree
-from heatbath.kernels._validate import check_bool, check_int
+from heatbath.kernels.validate import check_bool, check_int
 from heatbath.kernels.gradients import Estimator
 from heatbath.models.numpyro_bridge import from_numpyro
 from heatbath.models.target import Target

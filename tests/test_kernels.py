@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from heatbath.kernels import _validate, preconditioners, schedules, tree
+from heatbath.kernels import preconditioners, schedules, tree
 
 
 def test_tree_arithmetic_leaf_by_leaf():
@@ -227,7 +227,7 @@ def test_leafwise():
 
 def test_validate_rules():
     """Wrong type: TypeError; wrong value: ValueError; the message names the argument."""
-    V = _validate
+    from heatbath.kernels import validate as V
     assert V.check_int(3, "n", minimum=1) == 3 and V.check_int(np.int64(3), "n") == 3
     for bad in (2.5, "3", True, None):
         with pytest.raises(TypeError, match="n must be an integer"):

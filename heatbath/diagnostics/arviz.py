@@ -11,13 +11,19 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["to_arviz", "arviz_major_version"]
+__all__ = ["to_arviz", "as_float64"]
 
 
-def arviz_major_version() -> int:
-    import arviz as az
+def as_float64(value) -> np.ndarray:
+    """``value`` as a NumPy array, floating point promoted to float64 (integers, bools kept).
 
-    return int(str(az.__version__).split(".")[0])
+    ArviZ computes means and variances in the dtype it is given: the draws of a long float32
+    run, averaged in float32, lose the digits that separate a well-identified parameter's mean
+    from its neighbours (a 4 x 40,000-draw run reported means 1.3 sd off). Every export is
+    float64 so that ``az.summary`` is right.
+    """
+    arr = np.asarray(value)
+    return arr.astype(np.float64) if np.issubdtype(arr.dtype, np.floating) else arr
 
 
 def to_arviz(
@@ -26,12 +32,12 @@ def to_arviz(
     observed_data: Optional[dict] = None,
     attrs: Optional[dict] = None,
 ):
-    """Build an ArviZ object from dicts of numpy arrays shaped (chain, draw, ...)."""
+    """Build an ArviZ object from dicts of numpy arrays shaped (chain, draw, ...), in float64."""
     import arviz as az
 
-    groups = {"posterior": {k: np.asarray(v) for k, v in posterior.items()}}
+    groups = {"posterior": {k: as_float64(v) for k, v in posterior.items()}}
     if sample_stats:
-        groups["sample_stats"] = {k: np.asarray(v) for k, v in sample_stats.items()}
+        groups["sample_stats"] = {k: as_float64(v) for k, v in sample_stats.items()}
     if observed_data:
         groups["observed_data"] = {k: np.asarray(v) for k, v in observed_data.items()}
     params = inspect.signature(az.from_dict).parameters

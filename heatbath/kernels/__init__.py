@@ -1,5 +1,5 @@
 """Shared JAX kernels: pure functions on pytrees, with no knowledge of models or drivers."""
 
-from heatbath.kernels import gradients, integrators, linalg, preconditioners, schedules, tree
+from heatbath.kernels import gradients, integrators, linalg, noise, preconditioners, schedules, tree, validate
 
-__all__ = ["gradients", "integrators", "linalg", "preconditioners", "schedules", "tree"]
+__all__ = ["gradients", "integrators", "linalg", "noise", "preconditioners", "schedules", "tree", "validate"]

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from heatbath.kernels import tree
-from heatbath.kernels._validate import check_int
+from heatbath.kernels.validate import check_int
 
 PyTree = Any
 TermsFn = Callable[[PyTree, PyTree], tuple]

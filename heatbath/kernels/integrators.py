@@ -60,6 +60,7 @@ from typing import Any, Callable, NamedTuple, Sequence, Union
 import jax
 import jax.numpy as jnp
 
+from heatbath.kernels import noise as _noise
 from heatbath.kernels import tree
 
 PyTree = Any
@@ -79,7 +80,6 @@ __all__ = [
     "ou_update",
     "euler_ou_update",
     "kinetic_energy",
-    "normal_draws",
     "gradient_first",
     "build",
 ]
@@ -105,17 +105,6 @@ def momentum_update(momentum: PyTree, grad: PyTree, h) -> PyTree:
     return jax.tree.map(lambda r, g: r + h * g, momentum, grad)
 
 
-def normal_draws(key, like: PyTree, num: int) -> list:
-    """``num`` independent standard-normal pytrees shaped like ``like``, from one RNG call per leaf.
-
-    (One call of shape (num, *leaf) instead of ``num`` calls: on small models the cost of a step
-    is mostly the number of operations launched, and each RNG call is several.)
-    """
-    leaves, treedef, keys = tree._split_like(key, like)
-    draws = [jax.random.normal(k, (num,) + jnp.shape(leaf), jnp.result_type(leaf)) for k, leaf in zip(keys, leaves)]
-    return [jax.tree.unflatten(treedef, [d[i] for d in draws]) for i in range(num)]
-
-
 def ou_update(key, momentum: PyTree, h, friction: PyTree, inv_mass: PyTree, mass: PyTree, temperature: PyTree,
               noiseless: bool = False, xi: PyTree = None) -> PyTree:
     """O, the exact Ornstein-Uhlenbeck flow of dr = -C M^-1 r dt + sqrt(2 C T) dW over time h:
@@ -131,7 +120,7 @@ def ou_update(key, momentum: PyTree, h, friction: PyTree, inv_mass: PyTree, mass
     if noiseless:
         return jax.tree.map(lambda r, d: d * r, momentum, decay)
     if xi is None:
-        xi = tree.normal_like(key, momentum)
+        xi = _noise.brownian().draw(key, momentum)
 
     def leaf(r, d, m, t, n):
         var = jnp.maximum(t * m * (1.0 - d * d), 0.0)
@@ -152,7 +141,7 @@ def euler_ou_update(key, momentum: PyTree, h, friction: PyTree, inv_mass: PyTree
     if noiseless:
         return jax.tree.map(lambda r, c, im: (1.0 - (h * c) * im) * r, momentum, friction, inv_mass)
     if xi is None:
-        xi = tree.normal_like(key, momentum)
+        xi = _noise.brownian().draw(key, momentum)
 
     def leaf(r, c, im, t, n):
         return (1.0 - (h * c) * im) * r + jnp.sqrt(jnp.maximum(2.0 * h * c * t, 0.0)) * n
@@ -325,7 +314,7 @@ class Cache(NamedTuple):
     valid: jax.Array
 
 
-def build(split: Splitting, *, noiseless: bool = False) -> Callable:
+def build(split: Splitting, *, noiseless: bool = False, noise: _noise.NoiseSource | None = None) -> Callable:
     """The step function of a splitting.
 
     Returns ``integrate(key, position, momentum, cache, batch, grad_fn, h, friction, mass,
@@ -333,7 +322,8 @@ def build(split: Splitting, *, noiseless: bool = False) -> Callable:
     ``friction``, ``mass``, ``inv_mass`` and ``temperature`` are pytrees like the position
     (:func:`heatbath.kernels.tree.leafwise`), ``cache`` a :class:`Cache` for FSAL splittings (None otherwise),
     ``lp_start`` the log-density estimate at the start of the step and ``grad_new`` the last
-    gradient evaluated in it.
+    gradient evaluated in it. The O/E pieces' standard-normal increments come from ``noise``
+    (:mod:`heatbath.kernels.noise`, default Brownian), all of a step's from one ``draws`` call.
 
     Priming: with an FSAL splitting and ``cache.valid`` False, the step evaluates the gradient
     at the current position and returns the position and momentum unchanged with a valid
@@ -342,10 +332,11 @@ def build(split: Splitting, *, noiseless: bool = False) -> Callable:
     """
     pieces = split.pieces
     fsal = split.fsal
+    source = _noise.as_noise(noise)
 
     def integrate(key, position, momentum, cache, batch, grad_fn, h, friction, mass, inv_mass, temperature):
         num_noise = sum(1 for letter, _ in pieces if letter in "OE")
-        noises = [None] * num_noise if noiseless else normal_draws(key, momentum, num_noise)
+        noises = [None] * num_noise if noiseless else source.draws(key, momentum, num_noise)
         start_position, start_momentum = position, momentum
         if fsal:
             lp, grad, valid = cache.lp, cache.grad, True

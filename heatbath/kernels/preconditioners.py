@@ -41,7 +41,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from heatbath.kernels import _validate
+from heatbath.kernels import validate as _validate
 from heatbath.kernels import tree
 
 PyTree = Any

@@ -22,7 +22,6 @@ __all__ = [
     "sub",
     "scale",
     "mul",
-    "map",
     "zeros_like",
     "dot",
     "sq_norm",
@@ -30,16 +29,12 @@ __all__ = [
     "size",
     "all_finite",
     "normal_like",
+    "split_like",
     "rademacher_like",
     "uniform_like",
-    "cast",
     "leafwise",
 ]
 
-
-def map(f: Callable, tree: PyTree, *rest: PyTree) -> PyTree:  # noqa: A001 - mirrors jax.tree.map
-    """``jax.tree.map`` re-exported so kernels read ``tree.map``."""
-    return jax.tree.map(f, tree, *rest)
 
 
 def add(x: PyTree, y: PyTree) -> PyTree:
@@ -98,7 +93,7 @@ def all_finite(x: PyTree) -> jax.Array:
     return out
 
 
-def _split_like(key: jax.Array, tree: PyTree):
+def split_like(key: jax.Array, tree: PyTree):
     """One key per leaf: the key itself for a one-leaf tree (a split would cost a hash per
     step for nothing), else ``split(key, num_leaves)`` in flatten order."""
     leaves, treedef = jax.tree.flatten(tree)
@@ -113,7 +108,7 @@ def normal_like(key: jax.Array, tree: PyTree) -> PyTree:
     noise of a leaf depends only on the key and the leaf's position in the tree, never on a
     flattening of the whole state.
     """
-    leaves, treedef, keys = _split_like(key, tree)
+    leaves, treedef, keys = split_like(key, tree)
     noise = [
         jax.random.normal(k, jnp.shape(leaf), dtype=jnp.result_type(leaf))
         for k, leaf in zip(keys, leaves)
@@ -123,7 +118,7 @@ def normal_like(key: jax.Array, tree: PyTree) -> PyTree:
 
 def rademacher_like(key: jax.Array, tree: PyTree) -> PyTree:
     """Random signs (+1/-1) shaped like ``tree`` (for Hutchinson estimators)."""
-    leaves, treedef, keys = _split_like(key, tree)
+    leaves, treedef, keys = split_like(key, tree)
     noise = [
         jax.random.rademacher(k, jnp.shape(leaf), dtype=jnp.result_type(leaf))
         for k, leaf in zip(keys, leaves)
@@ -133,7 +128,7 @@ def rademacher_like(key: jax.Array, tree: PyTree) -> PyTree:
 
 def uniform_like(key: jax.Array, tree: PyTree, minval=-2.0, maxval=2.0) -> PyTree:
     """Uniform(minval, maxval) noise shaped like ``tree`` (used for default inits)."""
-    leaves, treedef, keys = _split_like(key, tree)
+    leaves, treedef, keys = split_like(key, tree)
     noise = [
         jax.random.uniform(
             k, jnp.shape(leaf), dtype=jnp.result_type(float), minval=minval, maxval=maxval
@@ -142,13 +137,6 @@ def uniform_like(key: jax.Array, tree: PyTree, minval=-2.0, maxval=2.0) -> PyTre
     ]
     return jax.tree.unflatten(treedef, noise)
 
-
-def cast(tree: PyTree, dtype) -> PyTree:
-    """Cast every floating leaf to ``dtype``."""
-    return jax.tree.map(
-        lambda leaf: leaf.astype(dtype) if jnp.issubdtype(jnp.result_type(leaf), jnp.floating) else leaf,
-        tree,
-    )
 
 
 def _is_scalar(value) -> bool:

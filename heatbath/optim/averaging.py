@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from heatbath.kernels import _validate
+from heatbath.kernels import validate as _validate
 from heatbath.kernels import schedules as _schedules
 from heatbath.samplers.base import Sampler
 

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from heatbath.kernels import _validate
+from heatbath.kernels import validate as _validate
 from heatbath.kernels import schedules as _schedules
 from heatbath.kernels import tree
 from heatbath.kernels.gradients import naive

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from heatbath.kernels import _validate
+from heatbath.kernels import validate as _validate
 
 PyTree = Any
 

@@ -30,7 +30,7 @@ import jax
 from heatbath.kernels import gradients as _gradients
 from heatbath.kernels import schedules as _schedules
 
-__all__ = ["Sampler", "Info", "check_gradient_spec"]
+__all__ = ["Sampler", "Info", "check_gradient_spec", "make_sampler"]
 
 
 class Sampler(NamedTuple):
@@ -77,3 +77,25 @@ def check_gradient_spec(gradient):
             f"got {type(gradient).__name__}"
         )
     return gradient
+
+
+def make_sampler(constructor: Callable, hyperparameters: dict, *, base_name: str, init: Callable, step: Callable,
+                 gradient, temperature: Callable, **fields) -> Sampler:
+    """The :class:`Sampler` of a constructor, with the fields every family fills the same way.
+
+    ``name`` is ``base_name`` (suffixed by the gradient estimator's name unless it is the naive
+    one), ``hyperparameters`` the constructor's arguments as given, and ``rebuild(**changes)``
+    calls ``constructor`` again with some of them changed (e.g. another temperature).
+    ``fields`` sets the rest (``grads_per_step``, ``steps_per_draw``, ...).
+    """
+    name = base_name if gradient.name == "naive" else f"{base_name}-{gradient.name}"
+    return Sampler(
+        init=init,
+        step=step,
+        gradient=gradient,
+        temperature=temperature,
+        name=name,
+        hyperparameters=hyperparameters,
+        rebuild=lambda **changes: constructor(**{**hyperparameters, **changes}),
+        **fields,
+    )

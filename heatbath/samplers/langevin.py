@@ -55,13 +55,13 @@ What it samples at T > 0 (be precise, because an Adam drift is not a Langevin dr
 
 from __future__ import annotations
 
-from heatbath.kernels import _validate
+from heatbath.kernels import validate as _validate
 from heatbath.kernels import preconditioners as _precond
 from heatbath.kernels import schedules as _schedules
 from heatbath.kernels.gradients import naive
 from heatbath.samplers.base import Sampler, check_gradient_spec
 from heatbath.samplers.sghmc import heavy_ball_parameters, sghmc
-from heatbath.samplers.sgld import _preconditioned_sampler, psgld, sgld
+from heatbath.samplers.sgld import preconditioned_sampler, psgld, sgld
 
 __all__ = ["langevin", "adam_langevin", "read_optax"]
 
@@ -110,11 +110,11 @@ def adam_langevin(
     spec = check_gradient_spec(naive() if gradient is None else gradient)
     hyper = dict(step_size=step_size, temperature=temperature, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
                  nesterov=nesterov, drift=drift, correction=correction, gradient=spec)
-    return _preconditioned_sampler(
+    return preconditioned_sampler(
         step_size, temperature, pre, correction, spec,
         name="adam-langevin" if drift == "momentum" else "adam-psgld",
         hyperparameters=hyper,
-        rebuild=lambda **changes: adam_langevin(**{**hyper, **changes}),
+        constructor=adam_langevin,
         b1=b1 if drift == "momentum" else None,
         nesterov=nesterov,
     )

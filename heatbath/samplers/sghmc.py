@@ -65,12 +65,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from heatbath.kernels import _validate
+from heatbath.kernels import validate as _validate
 from heatbath.kernels import integrators as _integrators
 from heatbath.kernels import schedules as _schedules
+from heatbath.kernels import noise as _noise
 from heatbath.kernels import tree
 from heatbath.kernels.gradients import naive
-from heatbath.samplers.base import Sampler, check_gradient_spec
+from heatbath.samplers.base import Sampler, check_gradient_spec, make_sampler
 
 PyTree = Any
 
@@ -173,7 +174,7 @@ def _momentum_draw(key, position, mass, T, noiseless):
     """r ~ N(0, T M) (zeros at T = 0 or without a key)."""
     if noiseless or key is None:
         return tree.zeros_like(position)
-    xi = tree.normal_like(key, position)
+    xi = _noise.brownian().draw(key, position)
     return jax.tree.map(lambda n, m: jnp.sqrt(T * m) * n, xi, mass)
 
 
@@ -203,10 +204,11 @@ def _noise_temperature(T, h, C, V, position):
 
 
 def build_kernel(split: _integrators.Splitting, step_size, friction, temperature, mass, gradient_noise,
-                 num_steps_per_sample: int, resample_momentum: bool):
-    """The SGHMC transition for validated schedules and a validated mass / gradient noise."""
+                 num_steps_per_sample: int, resample_momentum: bool, noise=None):
+    """The SGHMC transition for validated schedules and a validated mass / gradient noise; the
+    O/E increments come from ``noise`` (:mod:`heatbath.kernels.noise`, default Brownian)."""
     noiseless = _schedules.is_constant(temperature) == 0.0
-    integrate = _integrators.build(split, noiseless=noiseless)
+    integrate = _integrators.build(split, noiseless=noiseless, noise=noise)
 
     def step(key, state: SGHMCState, batch, grad_fn):
         position = state.position
@@ -243,6 +245,7 @@ def sghmc(
     gradient_noise=None,
     resample_momentum: bool = False,
     gradient=None,
+    noise=None,
 ) -> Sampler:
     """Stochastic-gradient HMC with a splitting integrator (Chen et al. 2014; Franzese et al. 2022).
 
@@ -283,6 +286,7 @@ def sghmc(
         step (default: never; the momentum is carried across draws).
       gradient: the gradient estimator (``"naive"``, ``"cv"`` or a spec from
         :mod:`heatbath.kernels.gradients`).
+      noise: the source of the O/E increments (:mod:`heatbath.kernels.noise`; default Brownian).
 
     Returns:
       A :class:`Sampler`. Its info adds ``kinetic_energy`` (r^T M^-1 r / 2, whose mean is
@@ -317,18 +321,11 @@ def sghmc(
 
     hyper = dict(step_size=step_size, friction=friction, integrator=integrator, mass=mass, temperature=temperature,
                  num_steps_per_sample=k, gradient_noise=gradient_noise, resample_momentum=resample_momentum,
-                 gradient=spec)
-    base = "sghmc" if split.name == "euler" else f"sghmc-{split.name}"
-    return Sampler(
-        init=init,
-        step=build_kernel(split, h, C, T, M, V, k, resample_momentum),
-        gradient=spec,
-        temperature=T,
-        name=base if spec.name == "naive" else f"{base}-{spec.name}",
-        grads_per_step=float(split.grads_per_step),
-        hyperparameters=hyper,
-        rebuild=lambda **changes: sghmc(**{**hyper, **changes}),
-        steps_per_draw=k,
+                 gradient=spec, noise=noise)
+    return make_sampler(
+        sghmc, hyper, base_name="sghmc" if split.name == "euler" else f"sghmc-{split.name}", init=init,
+        step=build_kernel(split, h, C, T, M, V, k, resample_momentum, _noise.as_noise(noise)),
+        gradient=spec, temperature=T, grads_per_step=float(split.grads_per_step), steps_per_draw=k,
         gradient_at_position=split.gradient_at_start,
     )
 
@@ -337,9 +334,10 @@ def sghmc(
 # SGNHT
 # ----------------------------------------------------------------------------------------
 def build_sgnht_kernel(step_size, diffusion, temperature, mass, gradient_noise, num_steps_per_sample: int,
-                       resample_momentum: bool):
+                       resample_momentum: bool, noise=None):
     """The SGNHT transition (Ding et al. 2014) for validated schedules, mass and gradient noise."""
     noiseless = _schedules.is_constant(temperature) == 0.0
+    source = _noise.as_noise(noise)
 
     def step(key, state: SGNHTState, batch, grad_fn):
         position = state.position
@@ -356,7 +354,7 @@ def build_sgnht_kernel(step_size, diffusion, temperature, mass, gradient_noise, 
         if noiseless:
             momentum = jax.tree.map(lambda r, gl: (1.0 - h * xi) * r + h * gl, momentum, g)
         else:
-            noise = tree.normal_like(key_noise, position)
+            noise = source.draw(key_noise, position)
             if gradient_noise is None:
                 var = jax.tree.map(lambda m: 2.0 * h * A * T * m, M)
             else:
@@ -389,6 +387,7 @@ def sgnht(
     gradient_noise=None,
     resample_momentum: bool = False,
     gradient=None,
+    noise=None,
 ) -> Sampler:
     """Stochastic-gradient Nose-Hoover thermostat (Ding et al., NeurIPS 2014).
 
@@ -408,7 +407,7 @@ def sgnht(
     Args:
       step_size: h > 0 (number or schedule).
       diffusion: A > 0 (number or schedule), the injected noise level; xi starts at A.
-      mass, temperature, num_steps_per_sample, gradient_noise, resample_momentum, gradient:
+      mass, temperature, num_steps_per_sample, gradient_noise, resample_momentum, gradient, noise:
         as in :func:`sghmc` (keyword-only).
       thermostat_init: the initial xi (default: A at step 0).
     """
@@ -432,15 +431,9 @@ def sgnht(
 
     hyper = dict(step_size=step_size, diffusion=diffusion, mass=mass, temperature=temperature,
                  num_steps_per_sample=k, thermostat_init=thermostat_init, gradient_noise=gradient_noise,
-                 resample_momentum=resample_momentum, gradient=spec)
-    return Sampler(
-        init=init,
-        step=build_sgnht_kernel(h, A, T, M, V, k, resample_momentum),
-        gradient=spec,
-        temperature=T,
-        name="sgnht" if spec.name == "naive" else f"sgnht-{spec.name}",
-        grads_per_step=1.0,
-        hyperparameters=hyper,
-        rebuild=lambda **changes: sgnht(**{**hyper, **changes}),
-        steps_per_draw=k,
+                 resample_momentum=resample_momentum, gradient=spec, noise=noise)
+    return make_sampler(
+        sgnht, hyper, base_name="sgnht", init=init,
+        step=build_sgnht_kernel(h, A, T, M, V, k, resample_momentum, _noise.as_noise(noise)),
+        gradient=spec, temperature=T, steps_per_draw=k,
     )

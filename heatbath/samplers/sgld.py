@@ -42,16 +42,18 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from heatbath.kernels import _validate
+from heatbath.kernels import validate as _validate
 from heatbath.kernels import preconditioners as _precond
 from heatbath.kernels import schedules as _schedules
+from heatbath.kernels import noise as _noise
 from heatbath.kernels import tree
 from heatbath.kernels.gradients import naive
-from heatbath.samplers.base import Info, Sampler, check_gradient_spec
+from heatbath.samplers.base import Info, Sampler, check_gradient_spec, make_sampler
 
 PyTree = Any
 
-__all__ = ["SGLDState", "PSGLDState", "sgld", "psgld", "build_kernel", "build_preconditioned_kernel"]
+__all__ = ["SGLDState", "PSGLDState", "sgld", "psgld", "build_kernel", "build_preconditioned_kernel",
+           "preconditioned_sampler"]
 
 
 class SGLDState(NamedTuple):
@@ -70,9 +72,11 @@ def _noise_scale(h, T):
     return jnp.sqrt(2.0 * h * T)
 
 
-def build_kernel(step_size, temperature):
-    """The SGLD transition for validated schedules ``step_size`` and ``temperature``."""
+def build_kernel(step_size, temperature, noise=None):
+    """The SGLD transition for validated schedules ``step_size`` and ``temperature``; xi comes
+    from the noise source ``noise`` (:mod:`heatbath.kernels.noise`, default Brownian)."""
     noiseless = _schedules.is_constant(temperature) == 0.0
+    source = _noise.as_noise(noise)
 
     def step(key, state: SGLDState, batch, grad_fn):
         h = step_size(state.step)
@@ -82,7 +86,7 @@ def build_kernel(step_size, temperature):
             new = jax.tree.map(lambda p, gl: p + h * gl, state.position, g)
         else:
             c = _noise_scale(h, T)
-            xi = tree.normal_like(key, state.position)
+            xi = source.draw(key, state.position)
             new = jax.tree.map(lambda p, gl, n: p + h * gl + c * n, state.position, g, xi)
         info = Info(h, T, tree.norm(g), lp, jnp.logical_not(tree.all_finite(new)))
         return SGLDState(new, state.step + 1), info
@@ -90,7 +94,7 @@ def build_kernel(step_size, temperature):
     return step
 
 
-def sgld(step_size, *, temperature=1.0, gradient=None) -> Sampler:
+def sgld(step_size, *, temperature=1.0, gradient=None, noise=None) -> Sampler:
     """SGLD: theta <- theta + h grad log p~(theta) + sqrt(2 h T) xi (Welling & Teh 2011).
 
     Args:
@@ -101,6 +105,7 @@ def sgld(step_size, *, temperature=1.0, gradient=None) -> Sampler:
       gradient: the gradient estimator: ``"naive"`` (default), ``"cv"`` (control variates at
         the MAP, found by the driver) or a spec from :mod:`heatbath.kernels.gradients`
         (``control_variates(centre=...)``, ``svrg(update_every)``).
+      noise: the source of xi (:mod:`heatbath.kernels.noise`; default Brownian).
     """
     h = _schedules.as_schedule(step_size, "step_size", positive=True)
     T = _schedules.as_schedule(temperature, "temperature", positive=False)
@@ -110,17 +115,9 @@ def sgld(step_size, *, temperature=1.0, gradient=None) -> Sampler:
         del key
         return SGLDState(position, jnp.zeros((), jnp.int32))
 
-    hyper = dict(step_size=step_size, temperature=temperature, gradient=spec)
-    return Sampler(
-        init=init,
-        step=build_kernel(h, T),
-        gradient=spec,
-        temperature=T,
-        name="sgld" if spec.name == "naive" else f"sgld-{spec.name}",
-        grads_per_step=1.0,
-        hyperparameters=hyper,
-        rebuild=lambda **changes: sgld(**{**hyper, **changes}),
-    )
+    hyper = dict(step_size=step_size, temperature=temperature, gradient=spec, noise=noise)
+    return make_sampler(sgld, hyper, base_name="sgld", init=init, step=build_kernel(h, T, _noise.as_noise(noise)),
+                        gradient=spec, temperature=T)
 
 
 def build_preconditioned_kernel(
@@ -131,6 +128,7 @@ def build_preconditioned_kernel(
     *,
     b1: float | None = None,
     nesterov: bool = False,
+    noise=None,
 ):
     """The preconditioned Langevin transition, for validated schedules ``step_size`` (h) and
     ``temperature`` (T) and a preconditioner G from :mod:`heatbath.kernels.preconditioners`:
@@ -154,6 +152,7 @@ def build_preconditioned_kernel(
         raise ValueError(f"the {preconditioner.name} preconditioner has no divergence correction to add")
     with_gamma = bool(correction) and not noiseless
     window = int(preconditioner.window)
+    source = _noise.as_noise(noise)
 
     def step(key, state: PSGLDState, batch, grad_fn):
         h = step_size(state.step)
@@ -192,7 +191,7 @@ def build_preconditioned_kernel(
         if noiseless:
             new = jax.tree.map(lambda p, d: p + h * d, state.position, drift)
         else:
-            xi = tree.normal_like(key_noise, state.position)
+            xi = source.draw(key_noise, state.position)
             if G is None:
                 c = _noise_scale(h, T)
                 new = jax.tree.map(lambda p, d, n: p + h * d + c * n, state.position, drift, xi)
@@ -206,9 +205,9 @@ def build_preconditioned_kernel(
     return step
 
 
-def _preconditioned_sampler(
-    step_size, temperature, preconditioner, correction, gradient, *, name, hyperparameters, rebuild,
-    b1=None, nesterov=False,
+def preconditioned_sampler(
+    step_size, temperature, preconditioner, correction, gradient, *, name, hyperparameters, constructor,
+    b1=None, nesterov=False, noise=None,
 ) -> Sampler:
     """The Sampler around :func:`build_preconditioned_kernel` (pSGLD, RMSprop- and Adam-Langevin)."""
     h = _schedules.as_schedule(step_size, "step_size", positive=True)
@@ -220,7 +219,8 @@ def _preconditioned_sampler(
         )
     correction = _validate.check_bool(correction, "correction")
     spec = check_gradient_spec(naive() if gradient is None else gradient)
-    step = build_preconditioned_kernel(h, T, preconditioner, correction, b1=b1, nesterov=nesterov)
+    step = build_preconditioned_kernel(h, T, preconditioner, correction, b1=b1, nesterov=nesterov,
+                                      noise=_noise.as_noise(noise))
     with_gamma = correction and _schedules.is_constant(T) != 0.0
 
     def init(position, key=None):
@@ -228,15 +228,9 @@ def _preconditioned_sampler(
         momentum = tree.zeros_like(position) if b1 is not None else ()
         return PSGLDState(position, jnp.zeros((), jnp.int32), preconditioner.init(position), momentum)
 
-    return Sampler(
-        init=init,
-        step=step,
-        gradient=spec,
-        temperature=T,
-        name=name if spec.name == "naive" else f"{name}-{spec.name}",
+    return make_sampler(
+        constructor, hyperparameters, base_name=name, init=init, step=step, gradient=spec, temperature=T,
         grads_per_step=3.0 if with_gamma else 1.0,
-        hyperparameters=hyperparameters,
-        rebuild=rebuild,
         # The Hessian-vector product of the correction differentiates the gradient estimator.
         gradient_at_position=not with_gamma,
     )
@@ -251,6 +245,7 @@ def psgld(
     correction: bool = False,
     gradient=None,
     preconditioner: _precond.Preconditioner | None = None,
+    noise=None,
 ) -> Sampler:
     """pSGLD: RMSprop-preconditioned SGLD (Li et al. 2016).
 
@@ -271,12 +266,13 @@ def psgld(
       gradient: the gradient estimator (see :func:`sgld`).
       preconditioner: any diagonal preconditioner from :mod:`heatbath.kernels.preconditioners`
         in place of ``rmsprop(decay, eps)`` (``decay`` and ``eps`` are then ignored).
+      noise: the source of xi (:mod:`heatbath.kernels.noise`; default Brownian).
     """
     pre = _precond.rmsprop(decay, eps) if preconditioner is None else preconditioner
     spec = check_gradient_spec(naive() if gradient is None else gradient)
     hyper = dict(step_size=step_size, temperature=temperature, decay=decay, eps=eps,
-                 correction=correction, gradient=spec, preconditioner=preconditioner)
-    return _preconditioned_sampler(
-        step_size, temperature, pre, correction, spec, name="psgld", hyperparameters=hyper,
-        rebuild=lambda **changes: psgld(**{**hyper, **changes}),
+                 correction=correction, gradient=spec, preconditioner=preconditioner, noise=noise)
+    return preconditioned_sampler(
+        step_size, temperature, pre, correction, spec, name="psgld", hyperparameters=hyper, constructor=psgld,
+        noise=noise,
     )

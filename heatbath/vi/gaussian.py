@@ -91,7 +91,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from heatbath.kernels import _validate
+from heatbath.kernels import validate as _validate
 from heatbath.kernels import linalg as _linalg
 from heatbath.kernels import schedules as _schedules
 from heatbath.kernels.gradients import naive

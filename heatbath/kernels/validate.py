@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_bool", "check_int", "check_real", "check_unit", "check_tree"]
+__all__ = ["check_bool", "check_int", "check_real", "check_unit", "check_tree", "check_count", "check_choice",
+           "seed_key", "INT32_MAX"]
 
 
 def _is_real_scalar(value) -> bool:
@@ -128,3 +129,33 @@ def check_tree(value, name: str, *, positive: bool) -> Any:
         if not np.all(np.isfinite(arr)) or np.any(arr < 0) or (positive and np.any(arr == 0)):
             raise ValueError(f"{where} must be {bound} and finite")
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(float)), value)
+
+
+INT32_MAX = 2**31 - 1  # heatbath counts steps and draws in int32
+
+
+def check_count(value, name: str, minimum: int, allow_none: bool = False):
+    """An integer argument in [minimum, 2**31 - 1] (a step or draw count), or None if allowed."""
+    if value is None and allow_none:
+        return None
+    return check_int(value, name, minimum=minimum, maximum=INT32_MAX)
+
+
+def check_choice(value, name: str, choices):
+    """``value`` if it is one of the strings ``choices``; a ``ValueError`` otherwise."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def seed_key(seed):
+    """A JAX key from an integer seed (64 bits) or a single JAX key."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+            if seed.shape != ():
+                raise ValueError(f"seed must be a single JAX key (shape ()), got a key array of shape {seed.shape}")
+            return seed
+        raise TypeError(f"seed must be an integer or a JAX key, got {seed!r}")
+    if not -(2**63) <= int(seed) < 2**63:
+        raise ValueError(f"seed must fit in 64 bits, got {seed}")
+    return jax.random.key(int(seed))
