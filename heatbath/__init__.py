@@ -9,9 +9,10 @@ noise at a temperature T: T = 1 samples the posterior, T -> 0 anneals, T = 0 opt
     result.to_arviz()
 """
 
-from heatbath import checkpoint, diagnostics, kernels, models, optim, samplers, vi
-from heatbath.run import Gaussian, OptimizeResult, Result, clear_caches, fit, optimize, sample
-from heatbath import numpyro  # noqa: E402 - the samplers as numpyro.infer.MCMCKernels
+from heatbath import diagnostics, drivers, kernels, models, optim, samplers, vi
+from heatbath.drivers import OptimizeResult, Result, checkpoint, clear_caches, fit, optimize, sample
+from heatbath.interop import numpyro
+from heatbath.vi import Gaussian
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ __all__ = [
     "clear_caches",
     "vi",
     "checkpoint",
+    "drivers",
     "Result",
     "OptimizeResult",
     "kernels",

@@ -7,7 +7,7 @@ Each test draws the inputs, works out independently (an *oracle*) which of them 
 and what the message must then mention, and checks:
 
 - invalid input: a ValueError/TypeError is raised, its message names one of the problems,
-  and nothing was compiled (``heatbath.run._make_chunk`` is never reached);
+  and nothing was compiled (``heatbath.drivers.loop.make_chunk`` is never reached);
 - valid input: the call returns, the arrays have the documented shapes
   (``samples[name]``: (chain, draw, ...), ``stats[name]``: (chain, draw)), and the draws are
   finite and undiverged when the hyperparameters are sane, else every non-finite draw is
@@ -41,7 +41,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import heatbath as hb
-import heatbath.run as hb_run
+import heatbath.drivers.loop as hb_loop
 from heatbath.models.target import Target
 
 RAN = collections.Counter()  # generated cases per test
@@ -69,17 +69,17 @@ def fuzz(max_examples):
 def count_compiles():
     """Count the chunks built for compilation by the driver (0 for input rejected early)."""
     calls = []
-    original = hb_run._make_chunk
+    original = hb_loop.make_chunk
 
     def wrapped(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    hb_run._make_chunk = wrapped
+    hb_loop.make_chunk = wrapped
     try:
         yield calls
     finally:
-        hb_run._make_chunk = original
+        hb_loop.make_chunk = original
 
 
 CURRENT = [""]
@@ -868,7 +868,7 @@ def test_fixed_inputs(monkeypatch, call, exc, pattern):
     def no_compile(*a, **k):
         raise AssertionError("compiled before rejecting the input")
 
-    monkeypatch.setattr(hb_run, "_make_chunk", no_compile)
+    monkeypatch.setattr(hb_loop, "make_chunk", no_compile)
     with pytest.raises(exc, match=pattern), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         call()
@@ -958,7 +958,7 @@ def test_former_gaps_give_clear_errors(monkeypatch, call, pattern):
     def no_compile(*a, **k):
         raise AssertionError("compiled before rejecting the input")
 
-    monkeypatch.setattr(hb_run, "_make_chunk", no_compile)
+    monkeypatch.setattr(hb_loop, "make_chunk", no_compile)
     with pytest.raises((ValueError, TypeError), match=pattern), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         call()

@@ -133,7 +133,7 @@ def test_deterministic_oracle_is_exact_on_quadratics_and_cubic_gradients():
         quartic = value_and_grad_of(lambda p: -0.25 * jnp.sum(p**4))  # grad V = x^3
         for state in _states(d):
             m = np.asarray(state.position)
-            _, g, curv = G._deterministic_moments(state, None, quad)
+            _, g, curv = G.deterministic_moments(state, None, quad)
             np.testing.assert_allclose(np.asarray(g), -a @ (m - mu), atol=1e-12)
             if isinstance(state, G.FullState):
                 np.testing.assert_allclose(np.asarray(curv), -a, atol=1e-12)
@@ -143,7 +143,7 @@ def test_deterministic_oracle_is_exact_on_quadratics_and_cubic_gradients():
                 np.testing.assert_allclose(np.asarray(curv[0]), -a @ np.asarray(state.factor), atol=1e-12)
                 np.testing.assert_allclose(np.asarray(curv[1]), -np.diag(a), atol=1e-12)
             # degree-3 exactness of the cubature: E[X_i^3] = m_i^3 + 3 m_i S_ii
-            _, g, _ = G._deterministic_moments(state, None, quartic)
+            _, g, _ = G.deterministic_moments(state, None, quartic)
             var = np.asarray(G.variance(state))
             np.testing.assert_allclose(np.asarray(g), -(m**3 + 3 * m * var), atol=1e-12)
 
@@ -162,7 +162,7 @@ def test_stochastic_oracle_is_unbiased():
         h_diag_true = -3.0 * (m**2 + var)
 
         def one(key):
-            return G._stochastic_moments(key, state, None, grad_fn, 1, False, 1)
+            return G.stochastic_moments(key, state, None, grad_fn, 1, False, 1)
 
         _, g, curv = jax.jit(jax.vmap(one))(keys)
         checks = [(np.asarray(g, np.float64), g_true)]
@@ -187,7 +187,7 @@ def test_antithetic_pairs_are_exact_on_quadratics():
         grad_fn = value_and_grad_of(lambda p: -0.5 * (p - mu) @ a @ (p - mu))
         state = _states(d)[0]
         for seed in range(3):
-            _, g, h = G._stochastic_moments(jax.random.key(seed), state, None, grad_fn, 2, True, 1)
+            _, g, h = G.stochastic_moments(jax.random.key(seed), state, None, grad_fn, 2, True, 1)
             np.testing.assert_allclose(np.asarray(g), -a @ (np.asarray(state.position) - mu), atol=1e-12)
             np.testing.assert_allclose(np.asarray(h), -a, atol=1e-12)
 

@@ -270,7 +270,7 @@ def test_chunks_are_sized_by_what_is_recorded():
     import numpyro
     import numpyro.distributions as dist
 
-    from heatbath import run
+    from heatbath.drivers import loop
 
     def model(X, y):
         w = numpyro.sample("w", dist.Normal(0, 1).expand([X.shape[1]]).to_event(1))
@@ -281,7 +281,7 @@ def test_chunks_are_sized_by_what_is_recorded():
     X = np.random.default_rng(0).normal(size=(200_000, 2)).astype(np.float32)
     y = X @ np.array([1.0, -1.0], np.float32)
     seen = []
-    real = run._make_chunk
+    real = loop.make_chunk
 
     def spy(one_step, num_draws, *args, **kwargs):
         seen.append(num_draws)
@@ -289,7 +289,7 @@ def test_chunks_are_sized_by_what_is_recorded():
 
     import unittest.mock as mock
 
-    with mock.patch.object(run, "_make_chunk", spy):
+    with mock.patch.object(loop, "make_chunk", spy):
         hb.sample(model, hb.samplers.sgld(1e-6), data={"X": X, "y": y}, batch_size=100, num_samples=400,
                   progress_bar=False)
     # 800 kB per draw: the default 128 MiB chunk holds at most ~167 draws.

@@ -135,18 +135,19 @@ def test_num_steps_per_sample_is_driver_level_thinning():
 def test_svrg_refresh_stays_a_cond_under_the_chain_vmap():
     """A batched predicate would turn SVRG's refresh into a select that computes the full-data
     gradient at every step; the driver passes an unbatched global step so it stays a cond."""
-    from heatbath import run
+    from heatbath.drivers import batching, loop
 
     t = hb.models.from_numpyro(logistic, X, Y)
     counts = {}
+    batcher = batching.uniform().build(50, t.num_data, 8)
     for name, spec in [("naive", hb.kernels.gradients.naive()), ("svrg", hb.kernels.gradients.svrg(10))]:
         s = hb.samplers.sgld(1e-3, gradient=spec)
         est = spec.build(t.terms, t.num_data)
-        chunk = run._make_chunk(run._make_step(s, est, 50, t.num_data, "stop"), 4, 2, None, None)
+        chunk = loop.make_chunk(loop.make_step(s, est, batcher, t, "stop"), 4, 2, None, None)
         pos = jax.vmap(t.init_params)(jax.random.split(jax.random.key(0), 3))
         ests = () if est.shared else jax.vmap(est.init, in_axes=(0, None))(pos, t.data)
         shared = est.init(pos, t.data) if est.shared else ()
-        carry = (jax.vmap(s.init)(pos), ests, jax.random.split(jax.random.key(1), 3), jnp.ones(3, bool))
+        carry = (jax.vmap(s.init)(pos), ests, jax.random.split(jax.random.key(1), 3), jnp.ones(3, bool), ())
         counts[name] = str(jax.make_jaxpr(chunk)(carry, (), shared, t.data, jnp.int32(0))).count("cond[")
     assert counts == {"naive": 0, "svrg": 1}
 
@@ -169,14 +170,14 @@ def test_repeated_calls_reuse_the_compiled_loop_and_see_new_data():
 def test_numpyro_arguments_are_cached_by_contents():
     """Equal data passed as new JAX arrays finds the cached target and compiled loop; a JAX
     array that shares memory with a NumPy array edited in place is new data."""
-    from heatbath import run as hb_run
+    from heatbath.drivers import inputs
 
     s = hb.samplers.sgld(1e-3)
     kw = dict(batch_size=50, num_samples=50, seed=0, progress_bar=False)
     hb.clear_caches()
     a = hb.sample(logistic, s, data={"X": jnp.asarray(X), "y": jnp.asarray(Y)}, **kw)
     b = hb.sample(logistic, s, data={"X": jnp.asarray(X), "y": jnp.asarray(Y)}, **kw)
-    assert b.compile_time == 0.0 and len(hb_run._TARGETS) == 1
+    assert b.compile_time == 0.0 and len(inputs.TARGETS) == 1
     np.testing.assert_array_equal(a.samples["w"], b.samples["w"])
 
     host = np.array(X, dtype=np.float32)

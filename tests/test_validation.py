@@ -34,12 +34,12 @@ def discrete_latent(X, y):
 @pytest.fixture
 def no_compile(monkeypatch):
     """Fail the test if anything is compiled by the driver's jit/lower path."""
-    import heatbath.run as run
+    import heatbath.drivers.loop as loop
 
     def boom(*a, **k):
         raise AssertionError("compiled before rejecting bad input")
 
-    monkeypatch.setattr(run, "_make_chunk", boom)
+    monkeypatch.setattr(loop, "make_chunk", boom)
 
 
 S = hb.samplers.sgld(1e-3)

@@ -23,6 +23,13 @@ sampler; the driver calls ``spec.build(terms, num_data)`` to get an :class:`Esti
 - ``refresh(state, position, data, step) -> state``  (SVRG's periodic re-centring)
 - ``estimate(state, position, batch) -> (value, grad)`` of the log posterior estimate
 - ``rows_per_estimate``, ``rows_at_init``, ``refresh_every``: cost bookkeeping, in data rows.
+
+What a sampler's ``step`` receives is an :class:`Oracle`: callable exactly like a gradient
+function, ``oracle(position, batch) -> (log density estimate, grad)`` (the built estimator),
+and also carrying what methods beyond first-order Langevin need: the target's ``terms`` and
+``num_data`` (e.g. a federated sampler's own likelihood scaling), its ``nonsmooth`` term
+with the proximity operator (Bregman and proximal samplers), and ``batch_info`` from the
+batcher (e.g. the federated round's shard).
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ PyTree = Any
 TermsFn = Callable[[PyTree, PyTree], tuple]
 
 __all__ = [
+    "Oracle",
+    "Nonsmooth",
     "Estimator",
     "CentredState",
     "naive",
@@ -111,6 +120,51 @@ def full_data_value_and_grad(
         value, grad = value + v, tree.add(grad, g)
     lp_v, lp_g = jax.value_and_grad(lambda p: terms(p, jax.tree.map(lambda x: x[:1], data))[0])(params)
     return lp_v + value, tree.add(lp_g, grad)
+
+
+class Nonsmooth(NamedTuple):
+    """A convex, possibly nonsmooth term g of a target pi ~ exp(log p~ - g) (Bregman methods).
+
+    ``value(params) -> scalar`` is g; ``prox(params, lam) -> params`` its Euclidean proximity
+    operator argmin_y g(y) + |y - params|^2 / (2 lam); ``bregman_prox`` optionally the same
+    under a mirror map (``bregman_prox(params, lam, mirror)``), None when not available.
+    """
+
+    value: Callable
+    prox: Callable
+    bregman_prox: Optional[Callable] = None
+    name: str = "nonsmooth"
+
+
+class Oracle:
+    """What ``Sampler.step`` calls: the gradient estimator, with the target's other pieces.
+
+    ``oracle(position, batch)`` is the estimator's ``(log density estimate, grad)`` of the
+    log posterior (naive, control variates, SVRG; the same call a plain ``grad_fn`` had).
+    Attributes: ``terms(params, batch) -> (log_prior, log_lik_sum)``, ``num_data`` N,
+    ``nonsmooth`` (a :class:`Nonsmooth` or None) and ``batch_info`` (a dict of arrays from the
+    batcher; empty for uniform minibatches). It is a plain Python object built inside the
+    traced step, so it works under ``jit``, ``vmap`` and sharding.
+    """
+
+    __slots__ = ("_estimate", "terms", "num_data", "nonsmooth", "batch_info")
+
+    def __init__(self, estimate: Callable, terms: Optional[TermsFn] = None, num_data: Optional[int] = None,
+                 nonsmooth: Optional[Nonsmooth] = None, batch_info: Optional[dict] = None):
+        self._estimate = estimate
+        self.terms = terms
+        self.num_data = num_data
+        self.nonsmooth = nonsmooth
+        self.batch_info = {} if batch_info is None else batch_info
+
+    def __call__(self, position, batch):
+        return self._estimate(position, batch)
+
+    def prox(self, position, lam):
+        """The Euclidean prox of lam * g at ``position`` (a ValueError if the target has no g)."""
+        if self.nonsmooth is None:
+            raise ValueError("this target has no nonsmooth term: build it with from_logdensity(..., nonsmooth=...)")
+        return self.nonsmooth.prox(position, lam)
 
 
 class Estimator(NamedTuple):

@@ -85,6 +85,39 @@ class Target:
         """Shapes and dtypes of the unconstrained parameters (no computation)."""
         return jax.eval_shape(self.init_params, jax.random.key(0))
 
+    def memo(self, name, build: Callable):
+        """``build()``, computed once per Target object and kept on it (e.g. a jitted helper)."""
+        cache = self.__dict__.get("_heatbath_cache")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_heatbath_cache", cache)
+        if name not in cache:
+            cache[name] = build()
+        return cache[name]
+
+    def flat(self, unravel: Callable) -> "Target":
+        """The same target on a flat parameter vector x (params = ``unravel(x)``), e.g. for a
+        method whose state holds a d x d covariance; the pytree is raveled once, outside any loop."""
+        from jax.flatten_util import ravel_pytree
+
+        target = self
+
+        def terms(x, batch):
+            return target.terms(unravel(x), batch)
+
+        def constrain_fn(x, data_):
+            return target.constrain_fn(unravel(x), data_)
+
+        def init_params(key):
+            return ravel_pytree(target.init_params(key))[0]
+
+        def unconstrain(values):
+            return ravel_pytree(target.unconstrain(values))[0]
+
+        return dataclasses.replace(
+            self, terms=terms, init_params=init_params, constrain_fn=constrain_fn, unconstrain=unconstrain
+        )
+
 
 def _leaf_name(path) -> str:
     parts = []
@@ -201,6 +234,7 @@ def from_logdensity(
     constrain: Optional[Callable] = None,
     unconstrain: Optional[Callable] = None,
     name: str = "target",
+    nonsmooth=None,
 ) -> Target:
     """A target from plain JAX functions.
 
@@ -215,6 +249,9 @@ def from_logdensity(
       constrain: optional map to the user's space returning a dict name -> array; the default
         names the leaves of ``params`` (dict keys, or ``theta`` for a bare array).
       unconstrain: the inverse of ``constrain`` (default: identity), used for user inits.
+      nonsmooth: a convex nonsmooth term g with its prox
+        (:class:`heatbath.kernels.gradients.Nonsmooth`); the target is then exp(log p - g) and
+        samplers reach g through their oracle (``oracle.nonsmooth``, ``oracle.prox``).
     """
     if not callable(logprior) or not callable(loglik):
         raise TypeError("from_logdensity needs callables logprior(params) and loglik(params, batch)")
@@ -275,4 +312,15 @@ def from_logdensity(
         unconstrain=unconstrain_fn,
         name=name,
         observed_data=None,
+        nonsmooth=_check_nonsmooth(nonsmooth),
     )
+
+
+def _check_nonsmooth(nonsmooth):
+    from heatbath.kernels.gradients import Nonsmooth
+
+    if nonsmooth is not None and not isinstance(nonsmooth, Nonsmooth):
+        raise TypeError(
+            f"nonsmooth must be a heatbath.kernels.gradients.Nonsmooth(value, prox), got {type(nonsmooth).__name__}"
+        )
+    return nonsmooth

@@ -1,12 +1,15 @@
-"""Variational inference: Gaussian VI in the Bures-Wasserstein space (FB-GVI, BW-SGD).
+"""Variational inference: the VI-method contract and Gaussian VI in the Bures-Wasserstein space.
 
 Run a method with :func:`heatbath.fit`::
 
     q = hb.fit(model, hb.vi.fbgvi(step_size=1e-3, num_steps=500), data=data)
     q.mean, q.cov, q.sample(key, 1000), q.to_arviz()
+
+A new method implements :class:`heatbath.vi.base.VIMethod` (see its module docstring).
 """
 
-from heatbath.vi import gaussian
-from heatbath.vi.gaussian import bwsgd, fbgvi
+from heatbath.vi import base, gaussian
+from heatbath.vi.base import Approximation, FitRun, VIMethod
+from heatbath.vi.gaussian import Gaussian, bwsgd, fbgvi
 
-__all__ = ["gaussian", "fbgvi", "bwsgd"]
+__all__ = ["base", "gaussian", "fbgvi", "bwsgd", "Gaussian", "VIMethod", "FitRun", "Approximation"]

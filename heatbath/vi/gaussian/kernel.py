@@ -76,10 +76,12 @@ the sds come out up to 6% low, against 2-3% for the stochastic mode.
   at 1e-3 of the coordinate's variance sigma_i^2 + |U_i|^2 (a change of S by at most 0.1% on
   the diagonal).
 
-A method here is a :class:`~heatbath.samplers.base.Sampler` whose state's ``position`` is the
-mean (so the gradient estimators, SVRG's re-centring included, work unchanged) and whose
-``step(key, state, batch, grad_fn)`` draws the points with ``key``; run it with
-:func:`heatbath.fit`, which returns a :class:`heatbath.Gaussian`.
+This module holds the states and the update; :mod:`heatbath.vi.gaussian.methods` builds the
+methods (:class:`~heatbath.vi.base.VIMethod`s whose state's ``position`` is the mean, so the
+gradient estimators, SVRG's re-centring included, work unchanged, and whose
+``step(key, state, batch, oracle)`` draws the points with ``key``); run them with
+:func:`heatbath.fit`, which returns a :class:`heatbath.Gaussian`
+(:mod:`heatbath.vi.gaussian.approximation`).
 """
 
 from __future__ import annotations
@@ -89,35 +91,30 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from heatbath.kernels import validate as _validate
 from heatbath.kernels import linalg as _linalg
-from heatbath.kernels import schedules as _schedules
-from heatbath.kernels.gradients import naive
-from heatbath.samplers.base import Sampler, check_gradient_spec
 
 __all__ = [
     "FullState",
     "DiagState",
     "LowRankState",
     "GaussianVIInfo",
-    "fbgvi",
-    "bwsgd",
     "covariance",
     "variance",
     "entropy",
     "sample_normal",
     "affine",
     "num_factor_columns",
-    "calls_per_step",
-    "check_dimension",
-    "is_gaussian_vi",
     "jko_entropy_eigenvalues",
+    "build_step",
+    "stochastic_moments",
+    "deterministic_moments",
+    "MODES",
+    "COVARIANCES",
 ]
 
-_MODES = ("stochastic", "deterministic")
-_COVARIANCES = ("full", "diag", "lowrank")
+MODES = ("stochastic", "deterministic")
+COVARIANCES = ("full", "diag", "lowrank")
 
 
 # ----------------------------------------------------------------------------------------
@@ -245,7 +242,7 @@ def jko_entropy_eigenvalues(s, hT):
 # ----------------------------------------------------------------------------------------
 # Expectations of grad V and hess V under N(m, S)
 # ----------------------------------------------------------------------------------------
-def _stochastic_moments(key, state, batch, grad_fn, num_mc, antithetic, num_probes):
+def stochastic_moments(key, state, batch, grad_fn, num_mc, antithetic, num_probes):
     """Monte Carlo estimates (lp, E grad log p, curvature) at X ~ N(m, S) (+ mirrors).
 
     Curvature of log p: full -> the d x d Hessian; diag -> its diagonal (Hutchinson);
@@ -288,7 +285,7 @@ def _stochastic_moments(key, state, batch, grad_fn, num_mc, antithetic, num_prob
     return jnp.mean(lp), jnp.mean(g, axis=0), (hu, hdiag)
 
 
-def _deterministic_moments(state, batch, grad_fn):
+def deterministic_moments(state, batch, grad_fn):
     """Spherical cubature (2k points m +- sqrt(k) b_j) and Stein's identity for the Hessian.
 
     E[(X - m) grad^T] ~= c B Gd^T with Gd[:, j] = grad(m + sqrt(k) b_j) - grad(m - sqrt(k) b_j)
@@ -374,14 +371,16 @@ def _lowrank_update(state: LowRankState, gV, curv, h, T, prox_iters):
     return LowRankState(mean, state.step + 1, sigma, u), jnp.min(sigma**2)
 
 
-def _build_step(algorithm, step_size, temperature, mode, num_mc, antithetic, num_probes, prox_iters):
+def build_step(algorithm, step_size, temperature, mode, num_mc, antithetic, num_probes, prox_iters):
+    """One FB-GVI (``algorithm="fbgvi"``) or BW-SGD step for validated hyperparameters."""
+
     def step(key, state, batch, grad_fn):
         h = step_size(state.step)
         T = temperature(state.step)
         if mode == "deterministic":
-            lp, g, curv = _deterministic_moments(state, batch, grad_fn)
+            lp, g, curv = deterministic_moments(state, batch, grad_fn)
         else:
-            lp, g, curv = _stochastic_moments(key, state, batch, grad_fn, num_mc, antithetic, num_probes)
+            lp, g, curv = stochastic_moments(key, state, batch, grad_fn, num_mc, antithetic, num_probes)
         gV = -g  # grad_fn gives the gradient of log p~ = -V
         h = jnp.asarray(h, g.dtype)
         T = jnp.asarray(T, g.dtype)
@@ -397,248 +396,3 @@ def _build_step(algorithm, step_size, temperature, mode, num_mc, antithetic, num
         return new, info
 
     return step
-
-
-# ----------------------------------------------------------------------------------------
-# Constructors
-# ----------------------------------------------------------------------------------------
-def _check_init_cov(init_cov, cov_kind):
-    """Validate ``init_cov``: None (identity), a positive scalar, a vector of variances, or
-    (full covariance only) an SPD matrix. Returns ("scalar"|"vector"|"matrix", numpy value)."""
-    if init_cov is None:
-        return "scalar", np.asarray(1.0)
-    arr = np.asarray(init_cov, dtype=np.float64)
-    if arr.ndim == 0:
-        v = float(arr)
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"init_cov must be a positive number (a multiple of I), got {v}")
-        return "scalar", arr
-    if arr.ndim == 1:
-        if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-            raise ValueError("init_cov given as a vector holds the initial variances: they must be finite and > 0")
-        return "vector", arr
-    if arr.ndim == 2:
-        if cov_kind != "full":
-            raise ValueError(
-                f"covariance={cov_kind!r} starts from a scalar or a vector of variances, not a matrix; "
-                "pass init_cov as a number or a vector"
-            )
-        return "matrix", _linalg.check_spd(arr, "init_cov")
-    raise ValueError(f"init_cov must be a number, a vector or a matrix, got an array of shape {arr.shape}")
-
-
-def _make_init(cov_kind, init_kind, init_value, rank):
-    if init_kind == "matrix":
-        lam0, q0 = np.linalg.eigh(init_value)
-
-    def init(position, key=None):
-        position = jnp.asarray(position)
-        if position.ndim != 1:
-            raise TypeError(
-                "the Gaussian VI methods work on a flat parameter vector (their covariance is a matrix); "
-                "run them with hb.fit, which ravels the model's parameters once"
-            )
-        d = position.shape[0]
-        dtype = position.dtype
-        step = jnp.zeros((), jnp.int32)
-        if init_kind == "matrix":
-            variances = None
-        else:
-            variances = jnp.broadcast_to(jnp.asarray(init_value, dtype), (d,))
-        if cov_kind == "full":
-            if init_kind == "matrix":
-                return FullState(position, step, jnp.asarray(q0, dtype), jnp.asarray(lam0, dtype))
-            return FullState(position, step, jnp.eye(d, dtype=dtype), variances)
-        if cov_kind == "diag":
-            return DiagState(position, step, variances)
-        # Low rank: U must not start at 0 (a stationary point of the U-update), so it starts
-        # small and random, with sigma^2 + |U_i|^2 = the initial variance on the diagonal.
-        key = jax.random.key(0) if key is None else key
-        z = jax.random.normal(key, (d, rank), dtype=dtype)
-        u = 0.1 * jnp.sqrt(variances)[:, None] * z / math.sqrt(rank)
-        scale = jnp.sqrt(jnp.maximum(variances - jnp.sum(u**2, axis=1), 0.5 * variances))
-        return LowRankState(position, step, scale, u)
-
-    return init
-
-
-def _build(
-    algorithm,
-    step_size,
-    num_steps,
-    mode,
-    num_mc,
-    covariance,
-    rank,
-    antithetic,
-    num_probes,
-    prox_iters,
-    init_cov,
-    temperature,
-    gradient,
-):
-    h = _schedules.as_schedule(step_size, "step_size", positive=True)
-    T = _schedules.as_schedule(temperature, "temperature", positive=False)
-    num_steps = _validate.check_int(num_steps, "num_steps", minimum=1)
-    if mode not in _MODES:
-        raise ValueError(f"mode must be 'stochastic' or 'deterministic', got {mode!r}")
-    num_mc = _validate.check_int(num_mc, "num_mc", minimum=1)
-    if covariance not in _COVARIANCES:
-        raise ValueError(f"covariance must be one of {_COVARIANCES}, got {covariance!r}")
-    if algorithm == "bwsgd" and covariance == "lowrank":
-        raise ValueError("bwsgd supports covariance='full' or 'diag'; the low-rank variant is FB-GVI's")
-    rank = _validate.check_int(rank, "rank", minimum=1)
-    num_probes = _validate.check_int(num_probes, "num_probes", minimum=1)
-    prox_iters = _validate.check_int(prox_iters, "prox_iters", minimum=1)
-    antithetic = _validate.check_bool(antithetic, "antithetic")
-    init_kind, init_value = _check_init_cov(init_cov, covariance)
-    spec = check_gradient_spec(naive() if gradient is None else gradient)
-
-    hyper = dict(
-        step_size=step_size,
-        num_steps=num_steps,
-        mode=mode,
-        num_mc=num_mc,
-        covariance=covariance,
-        rank=rank,
-        antithetic=antithetic,
-        num_probes=num_probes,
-        prox_iters=prox_iters,
-        init_cov=init_cov,
-        temperature=temperature,
-        gradient=spec,
-    )
-    if algorithm == "bwsgd":  # bwsgd's own arguments, so that rebuild(**changes) works
-        del hyper["rank"], hyper["prox_iters"]
-    points = num_mc * (2 if antithetic else 1)
-    name = algorithm if covariance == "full" else f"{algorithm}-{covariance}"
-    if mode == "deterministic":
-        name += "-det"
-    ctor = fbgvi if algorithm == "fbgvi" else bwsgd
-    meta = dict(hyper, rank=rank, prox_iters=prox_iters, family="gaussian_vi", algorithm=algorithm,
-                init_kind=init_kind, init_value=init_value)
-    return Sampler(
-        init=_make_init(covariance, init_kind, init_value, rank),
-        step=_build_step(algorithm, h, T, mode, num_mc, antithetic, num_probes, prox_iters),
-        gradient=spec,
-        temperature=T,
-        name=name,
-        grads_per_step=float(points) if mode == "stochastic" else float("nan"),
-        hyperparameters=meta,
-        rebuild=lambda **changes: ctor(**{**hyper, **changes}),
-        gradient_at_position=False,  # gradients at draws of N(m, S), not at the mean
-    )
-
-
-def fbgvi(
-    step_size,
-    num_steps: int,
-    *,
-    mode: str = "stochastic",
-    num_mc: int = 1,
-    covariance: str = "full",
-    rank: int = 10,
-    antithetic: bool = False,
-    num_probes: int = 1,
-    prox_iters: int = 2,
-    init_cov=None,
-    temperature=1.0,
-    gradient=None,
-) -> Sampler:
-    """Forward-backward Gaussian VI (Diao, Balasubramanian, Chewi & Salim, ICML 2023).
-
-        m <- m - h g;   S_half = (I - h H) S (I - h H);
-        S <- (S_half + 2hT I + (S_half (S_half + 4hT I))^(1/2)) / 2,
-
-    g = E grad V, H = E hess V under N(m, S) (see the module docstring for the estimators and
-    the covariance structures). Run it with :func:`heatbath.fit`.
-
-    Args:
-      step_size: h > 0, a number or a schedule of the step count. On a Gaussian target the
-        method converges to the exact (mu, A^-1) for every h < 1/lambda_max(A).
-      num_steps: iterations :func:`heatbath.fit` runs.
-      mode: ``"stochastic"`` (``num_mc`` draws per step, SFB-GVI) or ``"deterministic"``
-        (cubature + Stein's identity, 2k gradient calls per step, exact for Gaussian targets).
-      num_mc: draws per step in stochastic mode.
-      covariance: ``"full"`` (small d), ``"diag"`` or ``"lowrank"`` (diagonal + rank ``rank``;
-        large d, Hessian-vector products only).
-      rank: r for ``covariance="lowrank"``.
-      antithetic: also use the mirror image 2m - X of each draw (unbiased; exact expectations
-        for quadratic V; doubles the per-step cost).
-      num_probes: Rademacher probes for the Hutchinson Hessian diagonal (diag, lowrank).
-      prox_iters: fixed-point sweeps of the low-rank proximal step.
-      init_cov: the initial covariance: None (I, the paper's choice), a positive number c (c I),
-        a vector of variances, or an SPD matrix (full only). A non-PD matrix is a ValueError.
-      temperature: T >= 0; the target is pi^(1/T) (T = 1: the posterior).
-      gradient: the gradient estimator of log p~ (``"naive"``, ``"cv"`` or a spec from
-        :mod:`heatbath.kernels.gradients`).
-    """
-    return _build(
-        "fbgvi", step_size, num_steps, mode, num_mc, covariance, rank, antithetic, num_probes,
-        prox_iters, init_cov, temperature, gradient,
-    )
-
-
-def bwsgd(
-    step_size,
-    num_steps: int,
-    *,
-    mode: str = "stochastic",
-    num_mc: int = 1,
-    covariance: str = "full",
-    antithetic: bool = False,
-    num_probes: int = 1,
-    init_cov=None,
-    temperature=1.0,
-    gradient=None,
-) -> Sampler:
-    """Bures-Wasserstein SGD (Lambert, Chewi, Bach, Bonnabel & Rigollet, NeurIPS 2022).
-
-        m <- m - h g;   S <- (I - h (H - T S^-1)) S (I - h (H - T S^-1)),
-
-    the explicit BW gradient step, FB-GVI's baseline. Its covariance iteration is unstable for
-    h > 1/lambda_max(hess V). ``covariance`` is ``"full"`` or ``"diag"``; the other arguments
-    are as in :func:`fbgvi`.
-    """
-    return _build(
-        "bwsgd", step_size, num_steps, mode, num_mc, covariance, 1, antithetic, num_probes, 1,
-        init_cov, temperature, gradient,
-    )
-
-
-# ----------------------------------------------------------------------------------------
-# What the driver needs to know
-# ----------------------------------------------------------------------------------------
-def is_gaussian_vi(method) -> bool:
-    """True for a method built by :func:`fbgvi` or :func:`bwsgd`."""
-    return isinstance(method, Sampler) and method.hyperparameters.get("family") == "gaussian_vi"
-
-
-def check_dimension(method, dim: int) -> None:
-    """Check that the method's initial covariance fits d = ``dim`` parameters (before compiling)."""
-    hp = method.hyperparameters
-    kind, value = hp["init_kind"], hp["init_value"]
-    if kind == "vector" and value.shape[0] != dim:
-        raise ValueError(f"init_cov has {value.shape[0]} variances but the model has {dim} parameters")
-    if kind == "matrix" and value.shape != (dim, dim):
-        raise ValueError(f"init_cov must be {dim} x {dim} (the number of parameters), got {value.shape}")
-    if hp["covariance"] == "lowrank" and hp["rank"] >= dim:
-        raise ValueError(f"rank={hp['rank']} must be smaller than the number of parameters ({dim}); use covariance='full'")
-
-
-def calls_per_step(method, dim: int) -> tuple:
-    """(gradient calls, Hessian-vector products) of log p~ per step, for d = ``dim``.
-
-    One "call" is one evaluation on the step's batch (the driver turns calls into per-datum
-    counts). A full Hessian by ``jax.linearize`` costs d Hessian-vector products (JVPs of the
-    gradient, each about the cost of one or two gradients).
-    """
-    hp = method.hyperparameters
-    cov, r = hp["covariance"], hp["rank"]
-    if hp["mode"] == "deterministic":
-        k = dim + r if cov == "lowrank" else dim
-        return 2 * k, 0
-    points = hp["num_mc"] * (2 if hp["antithetic"] else 1)
-    per_point = {"full": dim, "diag": hp["num_probes"], "lowrank": r + hp["num_probes"]}[cov]
-    return points, points * per_point
-

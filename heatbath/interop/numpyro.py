@@ -13,7 +13,7 @@
     idata = arviz.from_numpyro(mcmc)
 
 One call of :meth:`HeatbathKernel.sample` is one transition of ``hb.sample``'s loop (the
-same function, :func:`heatbath.run._make_step`): draw n row indices uniformly with
+same function, :func:`heatbath.drivers.loop.make_step`): draw n row indices uniformly with
 replacement with the state's key, estimate the gradient of the log posterior on those rows
 (naive, control variates or SVRG), and apply the sampler's update, e.g. SGLD
 (Welling & Teh 2011)
@@ -42,16 +42,20 @@ import numpy as np
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
+from heatbath.drivers import centre as _centre
+from heatbath.drivers import inputs, loop
+from heatbath.drivers.batching import as_batching
+from heatbath.drivers.cache import fingerprint
+from heatbath.kernels.validate import check_int
 from heatbath.models.numpyro_bridge import from_numpyro
 from heatbath.models.target import Target
 from heatbath.samplers.base import Sampler
 from heatbath.samplers.sghmc import sghmc
-from heatbath.kernels.validate import check_int
 from heatbath.samplers.sgld import psgld, sgld
 
 __all__ = ["HeatbathKernel", "HeatbathState", "SGLD", "PSGLD", "SGHMC"]
 
-_MAP_SEED = 2**31 - 1  # seed of the MAP search for control variates (as hb.sample's _MAP_KEY)
+_MAP_SEED = 2**31 - 1  # seed of the MAP search for control variates (as hb.sample's centre.MAP_KEY)
 
 
 class HeatbathState(NamedTuple):
@@ -192,9 +196,7 @@ class HeatbathKernel(MCMCKernel):
         positions = self._initial_positions(target, keys, init_params, vectorized, num_chains)
         concrete = not (_is_tracer(keys) or _is_tracer(positions) or _is_tracer(data))
         if concrete:
-            from heatbath.run import _check_init_finite
-
-            _check_init_finite(target, positions, data)
+            inputs.check_init_finite(target, positions, data)
 
         sampler = self._sampler
 
@@ -203,7 +205,7 @@ class HeatbathKernel(MCMCKernel):
             shared = state.est_state if estimator.shared else ()
             # Divergences are only flagged here (the driver's default on_divergence="flag" for
             # this one_step): the chain is always alive.
-            carry = (sampler_state, state.est_state, state.rng_key, jnp.ones((), bool))
+            carry = (sampler_state, state.est_state, state.rng_key, jnp.ones((), bool), ())
             # The chain's own step count: unbatched here unless NumPyro vectorizes the chains,
             # which init refuses for estimators that refresh (SVRG).
             carry, info = one_step(carry, shared, data_, sampler_state.step)
@@ -269,12 +271,10 @@ class HeatbathKernel(MCMCKernel):
 
     # -- helpers -----------------------------------------------------------------------
     def _args_key(self, model_args, model_kwargs):
-        """A digest of the arguments' contents (run._fingerprint), or None."""
-        from heatbath.run import _fingerprint
-
+        """A digest of the arguments' contents (:func:`heatbath.drivers.cache.fingerprint`), or None."""
         if _is_tracer((model_args, model_kwargs)):
             return None
-        return _fingerprint(self._model, tuple(model_args), dict(model_kwargs))
+        return fingerprint(self._model, tuple(model_args), dict(model_kwargs))
 
     def _target_for(self, model_args, model_kwargs) -> Target:
         if isinstance(self._model, Target):
@@ -300,24 +300,19 @@ class HeatbathKernel(MCMCKernel):
         return out
 
     def _build(self, model_args, model_kwargs):
-        from heatbath.run import _check_target_for_gradients, _make_step, optimize
-
         target = self._target_for(model_args, model_kwargs)
         batch_size = self._batch_size
-        _check_target_for_gradients(target, batch_size)
+        inputs.check_target_for_gradients(target, batch_size)
         spec = self._sampler.gradient
         if getattr(spec, "needs_centre", False) and spec.centre is None:
-            opt = optimize(
-                target,
-                None,
-                batch_size=batch_size,
-                num_steps=spec.map_steps,
-                seed=_MAP_SEED,
-                progress_bar=False,
-            )
-            spec = spec.with_centre(opt.params)
+            # The centre search of hb.sample, from the default start of the key _MAP_SEED.
+            keys = jax.random.fold_in(jax.random.key(_MAP_SEED), 0)[None]
+            start = inputs.initial_positions(target, None, loop.fold_each(keys, 0), 1)
+            centre, _, _ = _centre.search(target, spec.map_steps, start, keys, batch_size)
+            spec = spec.with_centre(centre)
         estimator = spec.build(target.terms, target.num_data)
-        one_step = _make_step(self._sampler, estimator, batch_size, target.num_data)
+        batcher = as_batching("uniform").build(batch_size, target.num_data, 0)
+        one_step = loop.make_step(self._sampler, estimator, batcher, target)
         return target, estimator, one_step
 
     @staticmethod

@@ -1,0 +1,382 @@
+"""The one scan loop that every driver runs.
+
+Per chain the carry is (sampler state, gradient-estimator state, PRNG key, alive, batcher
+state). A step splits its key into (next key, batch key, step key), asks the batcher for the
+step's rows, builds the :class:`~heatbath.kernels.gradients.Oracle` from the gradient
+estimator and calls ``sampler.step(step key, state, batch, oracle)``. Chains run under
+``vmap`` inside the scan body (so the progress callback sits outside the vmap), thinning steps
+run in an inner scan, and the draws come back to the host chunk by chunk: each chunk is one
+compiled ``lax.scan``, so memory is bounded by the chunk, not the run. Nothing syncs with the
+host inside a chunk except the optional progress bar.
+
+Reproducibility: chain i uses the key ``fold_in(key(seed), i)``, so its draws do not depend
+on how many chains run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from heatbath.drivers import moments as _moments
+from heatbath.drivers.cache import IdentityCache
+from heatbath.drivers.placement import place, shardings
+from heatbath.drivers.progress import Progress, tick
+from heatbath.kernels import tree as _tree
+from heatbath.kernels.gradients import Estimator, Oracle
+
+__all__ = ["LoopConfig", "RunOut", "make_step", "make_chunk", "run", "fold_each", "chain_keys",
+           "grad_evals_per_chain", "num_refreshes", "DIVERGENCE_MODES", "KEEP_MODES", "COMPILED"]
+
+DIVERGENCE_MODES = ("stop", "restart", "flag")
+KEEP_MODES = ("draws", "moments")
+CHUNK_BYTES = 1 << 27  # draws kept on device per chunk (128 MiB)
+COMPILED = IdentityCache(32)  # compiled chunks, reused across calls with the same objects and shapes
+
+
+# Key derivations as jitted functions of stable identity: an eager ``jax.vmap`` of a fresh
+# lambda is re-traced on every call (a few ms of host time per ``hb.sample``).
+@jax.jit
+def fold_each(keys, i):
+    """``fold_in(keys[c], i)`` for every chain c."""
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
+
+
+def _chain_keys(master, num_chains):
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(master, jnp.arange(num_chains))
+
+
+_chain_keys_jit = jax.jit(_chain_keys, static_argnums=1)
+
+
+def chain_keys(master, num_chains: int):
+    """Chain c's key, ``fold_in(master, c)``: chain c's draws never depend on ``num_chains``."""
+    return _chain_keys_jit(master, num_chains)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """How a run loops: what the drivers decide from their arguments (see :func:`heatbath.sample`).
+
+    ``num_draws`` recorded draws every ``thinning`` steps after ``num_warmup`` unrecorded
+    steps; ``record(position, data)`` maps one chain's position to what is kept (None: the
+    infos only); ``chunk_size`` draws per compiled chunk (None: from the memory budget).
+    """
+
+    batching: Any  # a batching spec (heatbath.drivers.batching)
+    batch_size: Optional[int]
+    num_draws: int
+    thinning: int
+    num_warmup: int
+    desc: str
+    record: Optional[Callable] = None
+    chunk_size: Optional[int] = None
+    progress_bar: bool = False
+    on_divergence: str = "flag"
+    keep: str = "draws"
+    swag_rank: int = 0
+    shard: Optional[str] = None
+    devices: Any = None
+    checkpoint: Any = None  # a heatbath.drivers.checkpoint.Checkpoint
+    checkpoint_every: int = 1
+    resume: bool = False
+    extra_state: Any = None  # saved with checkpoints, restored on resume (the control-variate centre)
+
+
+class RunOut(NamedTuple):
+    draws: Any  # (draw, chain, ...)
+    infos: Any
+    carry: Any
+    compile_time: float
+    moments: Any
+    extra_state: Any
+
+
+def make_step(sampler, estimator: Estimator, batcher, target, on_divergence: str = "flag"):
+    """One transition of one chain: the batcher's rows, the oracle, the sampler's step.
+
+    The carry is (sampler state, estimator state, key, alive, batcher state). A non-finite new
+    state is caught here, inside the scan: with ``on_divergence="restart"`` the step is rejected
+    (the chain stays at its last finite state and goes on with fresh randomness), with
+    ``"stop"`` the chain freezes at its last finite state for good (``alive`` turns False), with
+    ``"flag"`` it is only flagged. Rejected or frozen steps are flagged ``diverging``.
+    """
+    terms, num_data, nonsmooth = target.terms, target.num_data, target.nonsmooth
+
+    def one_step(carry, shared_est, data, step):
+        state, est_state, key, alive, batch_state = carry
+        key, key_batch, key_step = jax.random.split(key, 3)
+        if estimator.shared:
+            current = shared_est
+        else:
+            # `step` is the driver's global step count, passed unbatched so that under the chain
+            # vmap the refresh stays a lax.cond (a batched predicate would turn it into a select
+            # that computes the full-data gradient at every step). It is required for that reason.
+            current = estimator.refresh(est_state, state.position, data, step)
+        batch, batch_info, batch_state = batcher.next(batch_state, key_batch, data, step)
+
+        def estimate(position, b):
+            return estimator.estimate(current, position, b)
+
+        oracle = Oracle(estimate, terms, num_data, nonsmooth, batch_info)
+        new_state, info = sampler.step(key_step, state, batch, oracle)
+        if on_divergence != "flag":
+            ok = _tree.all_finite(new_state)
+            if on_divergence == "stop":
+                ok = jnp.logical_and(ok, alive)
+                alive = ok
+            new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+            info = info._replace(diverging=jnp.logical_or(info.diverging, jnp.logical_not(ok)))
+        return (new_state, est_state if estimator.shared else current, key, alive, batch_state), info
+
+    return one_step
+
+
+def _single(fn):
+    """One chain: run the unbatched function and add the chain axis back. A vmap over an axis
+    of size 1 still batches every op (dot_general with a batch dimension, ...), which measured
+    3-12% slower than the bare loop."""
+
+    def wrapped(c, *rest):
+        out = fn(jax.tree.map(lambda x: x[0], c), *rest)
+        return jax.tree.map(lambda x: jnp.asarray(x)[None], out)
+
+    return wrapped
+
+
+def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Optional[Progress],
+               keep: bool = True, moments: bool = False, swag_rank: int = 0):
+    """A function running ``num_draws * thinning`` steps of all chains, recording every ``thinning``-th.
+
+    ``record(position, data)`` maps one chain's position to what is kept (the constrained
+    draw, deterministic sites included); None records only the infos. ``keep=False`` (warmup)
+    returns nothing per draw. ``moments=True`` folds the recorded values into running moments
+    (in the accumulator) instead of returning them.
+    """
+    batched_step = jax.vmap(one_step, in_axes=(0, None, None, None))
+    batched_record = None if record is None else jax.vmap(record, in_axes=(0, None))
+
+    def vstep(c, *rest):
+        if jax.tree.leaves(c[2])[0].shape[0] == 1:
+            return _single(one_step)(c, *rest)
+        return batched_step(c, *rest)
+
+    def vrecord(position, data):
+        if jax.tree.leaves(position)[0].shape[0] == 1:
+            return _single(record)(position, data)
+        return batched_record(position, data)
+
+    def draw(carry, shared_est, data, first_step):
+        if thinning == 1:
+            return vstep(carry, shared_est, data, first_step)
+
+        def inner(c, k):
+            return vstep(c, shared_est, data, first_step + k)
+
+        carry, infos = jax.lax.scan(inner, carry, jnp.arange(thinning, dtype=jnp.int32))
+        info = jax.tree.map(lambda x: x[-1], infos)
+        if hasattr(info, "diverging"):
+            info = info._replace(diverging=jnp.any(infos.diverging, axis=0))
+        return carry, info
+
+    def chunk(carry, acc, shared_est, data, offset):
+        """``offset``: the global step count at the start of the chunk (a traced scalar)."""
+
+        def body(c_acc, i):
+            c, acc = c_acc
+            c, info = draw(c, shared_est, data, offset + i * thinning)
+            if progress is not None and progress.enabled:
+                every = max(1, progress.every // thinning)  # draws between ticks
+
+                def do_tick():
+                    jax.debug.callback(tick, every * thinning)
+
+                jax.lax.cond((i + 1) % every == 0, do_tick, lambda: None)
+            if not keep:
+                return (c, acc), None
+            values = vrecord(c[0].position, data) if record is not None else ()
+            if moments:
+                acc = _moments.moments_update(acc, values, swag_rank)
+                return (c, acc), ((), info)
+            return (c, acc), (values, info)
+
+        return jax.lax.scan(body, (carry, acc), jnp.arange(num_draws, dtype=jnp.int32))
+
+    return chunk
+
+
+def _chunk_lengths(total: int, size: int):
+    full, rest = divmod(total, size)
+    return [size] * full + ([rest] if rest else [])
+
+
+def _signature(tree):
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple(
+        (jnp.shape(x), str(jnp.result_type(x)), getattr(x, "sharding", None) if isinstance(x, jax.Array) else None)
+        for x in leaves
+    )
+
+
+def _segments(cfg: LoopConfig, chunk_size: int):
+    """(length, steps per draw, is a sampling chunk) of every segment: warmup chunks, then draws."""
+    warm = _chunk_lengths(cfg.num_warmup, max(1, chunk_size * cfg.thinning)) if cfg.num_warmup else []
+    return [(n, 1, False) for n in warm] + [(n, cfg.thinning, True) for n in _chunk_lengths(cfg.num_draws, chunk_size)]
+
+
+def _draw_like(record, length, thinning, one_step, carry, shared_est, acc, data, moments, swag_rank):
+    """Shapes of one sampling chunk's (values, infos) of ``length`` draws, to check loaded draws."""
+    fn = make_chunk(one_step, length, thinning, record, None, True, moments, swag_rank)
+    _, (values, info) = jax.eval_shape(fn, carry, acc, shared_est, data, jnp.int32(0))
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), (values, info))
+
+
+def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig) -> RunOut:
+    """Run all chains in checkpointable segments (warmup chunks, then sampling chunks).
+
+    Returns the recorded draws (draw, chain, ...), infos, final carry, compile time, moments
+    (``keep="moments"``) and ``cfg.extra_state``.
+    """
+    from heatbath.drivers.checkpoint import load_tree
+
+    data = target.data
+    num_chains = jax.tree.leaves(positions)[0].shape[0]
+    spec = cfg.batching
+    batcher = spec.build(cfg.batch_size, target.num_data, cfg.num_warmup + cfg.num_draws * cfg.thinning)
+    one_step = make_step(sampler, estimator, batcher, target, cfg.on_divergence)
+    init_keys = fold_each(keys, 1)
+    run_keys = fold_each(keys, 2)
+    places = shardings(cfg.shard, cfg.devices, num_chains, target.num_data)
+    if places is not None:
+        chain_place, data_place, replicated = places
+        data = place(data, data_place)
+        positions = place(positions, chain_place)
+    states = jax.vmap(sampler.init)(positions, init_keys)
+    if estimator.shared:
+        shared_est = estimator.init(jax.tree.map(lambda x: x[0], positions), data)
+        est_states = ()
+    else:
+        shared_est = ()
+        est_states = jax.vmap(estimator.init, in_axes=(0, None))(positions, data)
+    batch_states = jax.vmap(batcher.init)(fold_each(keys, 4))
+    carry = (states, est_states, run_keys, jnp.ones((num_chains,), bool), batch_states)
+    record = cfg.record
+    # What `record` returns for one draw (constrained values and deterministic sites, which may
+    # be much larger than the position): the moments' shapes and the bytes kept per draw.
+    if record is not None:
+        recorded = jax.eval_shape(record, jax.tree.map(lambda x: x[0], positions), data)
+    else:
+        recorded = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), positions)
+    moments = cfg.keep == "moments"
+    acc = _moments.moments_init(recorded, num_chains, cfg.swag_rank) if moments else ()
+    if places is not None:
+        carry = place(carry, chain_place)
+        acc = () if not moments else {
+            "count": jax.device_put(acc["count"], replicated),
+            "ring_count": jax.device_put(acc["ring_count"], replicated),
+            **{k: place(acc[k], chain_place) for k in ("mean", "m2", "ring")},
+        }
+        shared_est = place(shared_est, replicated)
+
+    # Bytes kept per draw: the recorded values plus the stats.
+    per_draw = num_chains * (sum(int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+                                 for leaf in jax.tree.leaves(recorded)) + 64)
+    chunk_size = cfg.chunk_size
+    if chunk_size is None:
+        chunk_size = max(1, min(cfg.num_draws, CHUNK_BYTES // max(per_draw, 1)))
+        if moments:
+            # Each chunk's float32 moments are merged on the host in float64 (Chan et al.): short
+            # chunks keep the float32 Welford recursion's drift negligible (~1e-6 relative).
+            chunk_size = max(1, min(cfg.num_draws, _moments.MOMENT_CHUNK))
+    segments = _segments(cfg, chunk_size)
+
+    draws, infos = _moments.Collector(cfg.num_draws), _moments.Collector(cfg.num_draws)
+    host = _moments.host_moments(acc) if moments else None
+    start, previous = 0, None
+    ckpt = cfg.checkpoint
+    if ckpt is not None:
+        ckpt.settings["chunk_size"] = chunk_size
+        if cfg.resume:
+            meta = ckpt.read_meta(ckpt.path)
+            ckpt.check_settings(meta)
+            carry, acc, shared_est, host = load_tree(ckpt.path, meta["state"], (carry, acc, shared_est, host))
+            likes = {}
+            for desc_ in meta["draws"]:
+                index = int(desc_.get("segment", -1))
+                if not 0 <= index < len(segments) or not segments[index][2]:
+                    raise ValueError(f"checkpoint {ckpt.path} lists draws of a segment this run does not have")
+                length = segments[index][0]
+                if length not in likes:
+                    likes[length] = _draw_like(record, length, cfg.thinning, one_step, carry, shared_est, acc,
+                                               data, moments, cfg.swag_rank)
+                values, info = load_tree(ckpt.path, desc_, likes[length])
+                draws.add(jax.tree.map(np.asarray, values))
+                infos.add(jax.tree.map(np.asarray, info))
+            start, previous = int(meta["segments_done"]), meta
+            if start > len(segments):
+                raise ValueError(f"the checkpoint has {start} segments done, this run has only {len(segments)}")
+
+    compile_time = 0.0
+    signature = _signature((carry, acc, shared_est, data))
+
+    def get(length, steps, keep_, progress):
+        nonlocal compile_time
+        every = progress.every if progress is not None and progress.enabled else None
+        key = (id(sampler), id(target), id(record), id(spec), cfg.batch_size, cfg.on_divergence, length, steps,
+               keep_, moments, cfg.swag_rank, every, signature)
+
+        def build():
+            nonlocal compile_time
+            fn = make_chunk(one_step, length, steps, record, progress, keep_, moments, cfg.swag_rank)
+            t0 = time.perf_counter()
+            compiled = jax.jit(fn).lower(carry, acc, shared_est, data, jnp.int32(0)).compile()
+            compile_time += time.perf_counter() - t0
+            return compiled
+
+        return COMPILED.get(key, (sampler, target, record, spec), build)
+
+    done_steps = sum(n * t for n, t, _ in segments[:start])
+    pending = []
+    with Progress(cfg.num_warmup + cfg.num_draws * cfg.thinning, cfg.desc, cfg.progress_bar) as progress:
+        progress.update(done_steps)
+        for j in range(start, len(segments)):
+            length, steps, is_draws = segments[j]
+            (carry, acc), out = get(length, steps, is_draws, progress)(carry, acc, shared_est, data,
+                                                                        jnp.int32(done_steps))
+            done_steps += length * steps
+            progress.set(done_steps)
+            if is_draws:
+                values, info = jax.device_get(out)
+                draws.add(values)
+                infos.add(info)
+                pending.append((j, (values, info)))
+                if moments:
+                    host, acc = _moments.merge_moments(host, acc)
+            if ckpt is not None and ((j + 1) % cfg.checkpoint_every == 0 or j + 1 == len(segments)):
+                previous = ckpt.commit(j + 1, (carry, acc, shared_est, host), pending, previous, cfg.extra_state)
+                pending = []
+        jax.block_until_ready(carry)
+    moments_out = None
+    if moments:
+        moments_out = {"count": host["count"], "mean": host["mean"], "m2": host["m2"],
+                       "ring": jax.device_get(acc["ring"])}
+    return RunOut(draws.result(), infos.result(), carry, compile_time, moments_out, cfg.extra_state)
+
+
+def num_refreshes(num_steps: int, every: int) -> int:
+    """Re-centrings in a run of ``num_steps`` steps: at steps s = m, 2m, ... < num_steps (init is s = 0)."""
+    return max(num_steps - 1, 0) // every
+
+
+def grad_evals_per_chain(estimator: Estimator, grads_per_step: float, batch_size, num_data, num_steps) -> float:
+    """Per-datum likelihood-gradient evaluations of one chain's run (estimator set-up included)."""
+    rows = num_data if batch_size is None else batch_size
+    cost = num_steps * grads_per_step * estimator.rows_per_estimate * rows
+    if estimator.refresh_every:
+        cost += num_refreshes(num_steps, estimator.refresh_every) * num_data
+    return float(cost + estimator.rows_at_init)

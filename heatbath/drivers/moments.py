@@ -1,0 +1,88 @@
+"""Bounded memory: draws collected into preallocated host arrays, or running moments only.
+
+With ``keep="moments"`` each chunk folds its recorded values into per-chain Welford moments
+on the device (and the last K draws into a SWAG ring buffer); after each chunk the device
+moments are merged into the host's in float64 (Chan, Golub & LeVeque 1979) and reset, so the
+float32 recursion never runs long enough to drift.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["moments_init", "moments_update", "Collector", "host_moments", "merge_moments", "MOMENT_CHUNK"]
+
+MOMENT_CHUNK = 10_000  # draws per chunk when keeping moments
+
+
+def moments_init(example, num_chains: int, swag_rank: int):
+    """Running moments (Welford) of the recorded values, per chain, and the SWAG ring buffer."""
+    zeros = jax.tree.map(lambda x: jnp.zeros((num_chains,) + jnp.shape(x), jnp.result_type(float)), example)
+    ring = jax.tree.map(lambda x: jnp.zeros((num_chains, swag_rank) + jnp.shape(x), jnp.result_type(float)), example)
+    return {"count": jnp.zeros((), jnp.int32), "mean": zeros, "m2": zeros, "ring": ring,
+            "ring_count": jnp.zeros((), jnp.int32)}
+
+
+def moments_update(acc, values, swag_rank: int):
+    count = acc["count"] + 1
+    c = count.astype(jnp.result_type(float))
+    delta = jax.tree.map(lambda x, m: x - m, values, acc["mean"])
+    mean = jax.tree.map(lambda m, d: m + d / c, acc["mean"], delta)
+    m2 = jax.tree.map(lambda q, x, d, mn: q + d * (x - mn), acc["m2"], values, delta, mean)
+    ring = acc["ring"]
+    if swag_rank:
+        slot = acc["ring_count"] % swag_rank
+        ring = jax.tree.map(lambda r, x: r.at[:, slot].set(x), ring, values)
+    return {"count": count, "mean": mean, "m2": m2, "ring": ring, "ring_count": acc["ring_count"] + 1}
+
+
+class Collector:
+    """Chunks of draws (leading axis: draw) copied into arrays preallocated for the whole run,
+    so the host holds one copy of the draws (a final concatenate would briefly hold two)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.arrays = None
+        self.filled = 0
+
+    def add(self, tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        if self.arrays is None:
+            self.treedef = treedef
+            self.arrays = [np.empty((self.total,) + np.shape(x)[1:], np.asarray(x).dtype) for x in leaves]
+        n = np.shape(leaves[0])[0] if leaves else 0
+        for dst, src in zip(self.arrays, leaves):
+            dst[self.filled : self.filled + n] = src
+        self.filled += n
+
+    def result(self):
+        if self.arrays is None:
+            return {}
+        return jax.tree.unflatten(self.treedef, [a[: self.filled] for a in self.arrays])
+
+
+
+def host_moments(acc):
+    """Running moments kept on the host in float64: count, mean and M2 (sum of squared deviations)."""
+    zeros = jax.tree.map(lambda x: np.zeros(np.shape(x), np.float64), acc["mean"])
+    return {"count": np.zeros((), np.int64), "mean": zeros, "m2": jax.tree.map(np.copy, zeros)}
+
+
+def merge_moments(host, acc):
+    """Fold one chunk's device moments into the host's (Chan, Golub & LeVeque 1979), then zero
+    the device's count, mean and M2 (the SWAG ring buffer carries on)."""
+    nb = int(acc["count"])
+    if nb == 0:
+        return host, acc
+    na = int(host["count"])
+    n = na + nb
+    mean_b = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(acc["mean"]))
+    m2_b = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(acc["m2"]))
+    delta = jax.tree.map(lambda mb, ma: mb - ma, mean_b, host["mean"])
+    mean = jax.tree.map(lambda ma, d: ma + d * (nb / n), host["mean"], delta)
+    m2 = jax.tree.map(lambda qa, qb, d: qa + qb + d * d * (na * nb / n), host["m2"], m2_b, delta)
+    reset = dict(acc, count=jnp.zeros_like(acc["count"]), mean=jax.tree.map(jnp.zeros_like, acc["mean"]),
+                 m2=jax.tree.map(jnp.zeros_like, acc["m2"]))
+    return {"count": np.asarray(n, np.int64), "mean": mean, "m2": m2}, reset

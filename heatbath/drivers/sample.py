@@ -1,0 +1,209 @@
+"""``hb.sample``: run a sampler's chains and collect their draws."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Optional
+
+import jax
+import numpy as np
+
+from heatbath.drivers import centre as _centre
+from heatbath.drivers import inputs, loop
+from heatbath.drivers.batching import as_batching
+from heatbath.drivers.cache import IdentityCache
+from heatbath.drivers.placement import shardings
+from heatbath.drivers.results import Result
+from heatbath.drivers.settings import open_checkpoint
+from heatbath.kernels.validate import check_bool, check_choice, check_count, seed_key
+from heatbath.samplers.base import Sampler
+
+__all__ = ["sample"]
+
+_UNCONSTRAINED = IdentityCache(8)
+
+
+def _record(target, unconstrained: bool):
+    """What a draw keeps: the constrained values (and the unconstrained position)."""
+    if not unconstrained:
+        return target.constrain_fn
+
+    def build():
+        def record(position, data):
+            return {"values": target.constrain_fn(position, data), "position": position}
+
+        return record
+
+    return _UNCONSTRAINED.get(id(target), (target,), build)
+
+
+def sample(
+    model_or_target,
+    sampler: Sampler,
+    *,
+    data=None,
+    batch_size: Optional[int] = None,
+    num_samples: int,
+    num_warmup: int = 0,
+    thinning: int = 1,
+    num_chains: int = 1,
+    seed=0,
+    init=None,
+    progress_bar: bool = True,
+    chunk_size: Optional[int] = None,
+    on_divergence: str = "stop",
+    keep: str = "draws",
+    swag_rank: int = 0,
+    checkpoint=None,
+    checkpoint_every: int = 1,
+    resume=None,
+    shard: Optional[str] = None,
+    devices=None,
+    batching="uniform",
+    record_unconstrained: bool = False,
+) -> Result:
+    """Run a heatbath sampler on a NumPyro model or a Target.
+
+    Args:
+      model_or_target: a NumPyro model (its arguments in ``data``) or a :class:`Target`.
+      sampler: a :class:`Sampler`, e.g. ``hb.samplers.sgld(step_size=1e-4)``.
+      data: the model's arguments (dict of keyword arguments or tuple of positional ones), or
+        new data for a Target.
+      batch_size: minibatch size n; None for full-batch gradients.
+      num_samples: draws kept per chain; ``num_warmup`` steps are run and discarded first;
+        ``thinning``: steps per kept draw.
+      num_chains: independent chains (run under vmap).
+      seed: an integer (or a JAX key). Chain i's draws depend only on (seed, i).
+      init: initial values on the user's (constrained) scale, a dict for NumPyro models;
+        missing sites start at the default (uniform(-2, 2) in the unconstrained space).
+      progress_bar: show a tqdm bar fed from inside the scan.
+      chunk_size: draws per compiled chunk (bounded memory); default: about 128 MiB of draws.
+      on_divergence: what a chain does when its state becomes non-finite, decided inside the
+        scan: ``"stop"`` (default: it freezes at its last finite state, every later draw is
+        flagged), ``"restart"`` (the step is rejected and the chain goes on from its last
+        finite state with fresh noise), ``"flag"`` (nothing is done; the state is non-finite).
+      keep: ``"draws"`` (default) keeps every recorded draw; ``"moments"`` keeps only running
+        means and variances per chain (and, with ``swag_rank=K``, the last K draws as SWAG-style
+        deviations), so memory does not grow with the run: see ``Result.moments``.
+      checkpoint: a directory; the run's state and draws are written there atomically every
+        ``checkpoint_every`` chunks (npz + JSON, no pickle).
+      resume: the checkpoint directory of an interrupted run (or True with ``checkpoint``):
+        the run continues where it stopped and its draws equal the uninterrupted run's.
+      shard: ``"chains"`` splits the chains over ``devices`` (default: all), ``"data"`` splits
+        the data rows (full-data gradients become sharded reductions); the draws are the
+        same as on one device.
+      batching: which rows a step sees (:mod:`heatbath.drivers.batching`): ``"uniform"``
+        (default: n rows with replacement), ``"reshuffle"`` (epochs without replacement) or a
+        spec such as ``batching.federated(shards, local_steps=...)``.
+      record_unconstrained: also keep the unconstrained positions (``Result.unconstrained``),
+        e.g. for Stein discrepancies, whose scores live there.
+
+    Returns:
+      A :class:`Result`.
+    """
+    t_start = time.perf_counter()
+    inputs.check_sampler(sampler)
+    target = inputs.as_target(model_or_target, data)
+    num_samples = check_count(num_samples, "num_samples", 1)
+    num_warmup = check_count(num_warmup, "num_warmup", 0)
+    thinning = check_count(thinning, "thinning", 1)
+    num_chains = check_count(num_chains, "num_chains", 1)
+    batch_size = check_count(batch_size, "batch_size", 1, allow_none=True)
+    chunk_size = check_count(chunk_size, "chunk_size", 1, allow_none=True)
+    swag_rank = check_count(swag_rank, "swag_rank", 0)
+    checkpoint_every = check_count(checkpoint_every, "checkpoint_every", 1)
+    progress_bar = check_bool(progress_bar, "progress_bar")
+    record_unconstrained = check_bool(record_unconstrained, "record_unconstrained")
+    check_choice(on_divergence, "on_divergence", loop.DIVERGENCE_MODES)
+    check_choice(keep, "keep", loop.KEEP_MODES)
+    batching = as_batching(batching)
+    if swag_rank and keep != "moments":
+        raise ValueError("swag_rank needs keep='moments'")
+    inputs.check_target_for_gradients(target, batch_size)
+    # Samplers that take several integrator steps per draw (SGHMC's num_steps_per_sample) get
+    # them as driver-level thinning: every step draws its own minibatch.
+    steps_per_draw = thinning * sampler.steps_per_draw
+    inputs.check_total_steps(num_warmup + num_samples * steps_per_draw)
+    if shard is not None:
+        shardings(shard, devices, num_chains, target.num_data)
+    master = seed_key(seed)
+    ckpt, resuming = open_checkpoint(
+        checkpoint, resume, target, "sample", sampler.hyperparameters, seed=seed, init=init, sampler=sampler.name,
+        num_data=target.num_data, batch_size=batch_size, num_samples=num_samples, num_warmup=num_warmup,
+        thinning=thinning, num_chains=num_chains, keep=keep, swag_rank=swag_rank, on_divergence=on_divergence,
+        **({} if batching.name == "uniform" else {"batching": repr(batching)}),
+        **({"record_unconstrained": True} if record_unconstrained else {}),
+    )
+    keys = loop.chain_keys(master, num_chains)
+    positions = inputs.initial_positions(target, init, loop.fold_each(keys, 0), num_chains)
+    inputs.check_init_finite(target, positions, target.data)
+
+    spec, centre, map_cost, map_compile = _centre.resolve(
+        target, sampler.gradient, positions, master, batch_size, ckpt if resuming else None
+    )
+    estimator = spec.build(target.terms, target.num_data)
+    cfg = loop.LoopConfig(
+        batching=batching, batch_size=batch_size, num_draws=num_samples, thinning=steps_per_draw,
+        num_warmup=num_warmup, desc=sampler.name, record=_record(target, record_unconstrained),
+        chunk_size=chunk_size, progress_bar=progress_bar, on_divergence=on_divergence, keep=keep,
+        swag_rank=swag_rank, shard=shard, devices=devices, checkpoint=ckpt, checkpoint_every=checkpoint_every,
+        resume=resuming, extra_state=centre,
+    )
+    out = loop.run(target, sampler, estimator, positions, keys, cfg)
+    return _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start,
+                   record_unconstrained)
+
+
+def _chain_first(tree):
+    """(draw, chain, ...) -> (chain, draw, ...)."""
+    return jax.tree.map(lambda v: np.swapaxes(np.asarray(v), 0, 1), tree)
+
+
+def _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start, unconstrained):
+    draws, unc = out.draws, None
+    if unconstrained and cfg.keep == "draws":
+        draws, unc = draws["values"], _chain_first(draws["position"])
+    samples = {k: v for k, v in _chain_first(draws).items()} if cfg.keep == "draws" else {}
+    stats = {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in out.infos._asdict().items()}
+    moments = None
+    if cfg.keep == "moments":
+        acc = out.moments
+        count = int(acc["count"])
+        pick = (lambda t: t["values"]) if unconstrained else (lambda t: t)
+        mean, m2, ring = pick(acc["mean"]), pick(acc["m2"]), pick(acc["ring"])
+        moments = {
+            "count": count,
+            "mean": {k: np.asarray(v) for k, v in mean.items()},
+            "var": {k: np.asarray(v) / max(count - 1, 1) for k, v in m2.items()},
+        }
+        if cfg.swag_rank:
+            moments["deviations"] = {k: np.asarray(ring[k]) - np.asarray(mean[k])[:, None] for k in ring}
+    num_steps = cfg.num_warmup + cfg.num_draws * cfg.thinning
+    result = Result(
+        samples=samples,
+        stats=stats,
+        final_state=out.carry[0],
+        grad_evals=map_cost + loop.grad_evals_per_chain(estimator, sampler.grads_per_step, cfg.batch_size,
+                                                        target.num_data, num_steps),
+        num_data=target.num_data,
+        wall_time=time.perf_counter() - t_start,
+        compile_time=out.compile_time + map_compile,
+        sampler_name=sampler.name,
+        observed_data=target.observed_data,
+        centre=centre,
+        moments=moments,
+        unconstrained=unc,
+    )
+    bad = result.diverged_chains()
+    if bad:
+        first = [int(np.argmax(stats["diverging"][c])) for c in bad]
+        what = {"stop": "stopped at its last finite state", "restart": "steps rejected and restarted",
+                "flag": "left non-finite"}[cfg.on_divergence]
+        warnings.warn(
+            f"{len(bad)} of {num_chains} chain(s) diverged (non-finite state; {what}): chains {bad}, first at "
+            f"draws {first}. Their draws are flagged in stats['diverging']; lower the step size.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return result

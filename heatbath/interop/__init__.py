@@ -1,0 +1,1 @@
+"""heatbath inside other libraries: the samplers as NumPyro ``MCMCKernel``s (``hb.numpyro``)."""
