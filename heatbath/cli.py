@@ -4,6 +4,9 @@
                                   posterior: a table against the gold standard and a figure
     heatbath references           the bundled reference posteriors
     heatbath sample NAME ...      one sampler on one reference posterior, compared to it
+
+``heatbath COMMAND --help`` describes every option of a command. Step sizes: see the README
+section "Choosing a step size" (there is no automatic choice yet).
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import argparse
 import sys
 import time
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "marginal_figure"]
 
-# Step sizes tuned on German credit (batch 100): see README "Choosing a step size".
+# The demo's step sizes on German credit (batch 100), chosen by hand: see README "Choosing a step size".
 DEMO_METHODS = (
     ("SGLD", "sgld", 1e-4),
     ("pSGLD", "psgld", 5e-3),
@@ -23,6 +26,11 @@ DEMO_METHODS = (
 
 
 SAMPLER_KINDS = ("sgld", "sgld-cv", "sgld-svrg", "psgld", "sghmc")
+
+
+def _h(h: float) -> str:
+    """1e-4 rather than 0.0001."""
+    return f"{h:.0e}".replace("e-0", "e-").replace("e+0", "e")
 
 
 def _sampler(kind: str, step_size: float, temperature: float = 1.0, friction: float = 1.0):
@@ -84,7 +92,22 @@ def _print_table(rows, file=None):
         print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |", file=file)
 
 
-def _figure(results, ref, param, path):
+def _reference_draws(ref, param, k):
+    """The bundled reference draws of ``param`` as (draws, k), or None when the target has none."""
+    import numpy as np
+
+    draws = None if ref.draws is None else ref.draws.get(param)
+    return None if draws is None else np.asarray(draws, dtype=np.float64).reshape(-1, k)
+
+
+def marginal_figure(results, ref, param):
+    """A figure of each method's marginals of ``param`` over the reference.
+
+    The reference is the histogram of the bundled reference draws where the target has them
+    (the posteriordb targets: 10 x 1000 NUTS draws), so that a skewed marginal is drawn as
+    it is; the targets that ship moments only (German credit, the inference_gym targets)
+    get the normal density with the reference mean and sd, labelled as such.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,26 +117,44 @@ def _figure(results, ref, param, path):
     mean = np.atleast_1d(ref.reference[param]["mean"])
     sd = np.atleast_1d(ref.reference[param]["sd"])
     k = mean.size
+    ref_draws = _reference_draws(ref, param, k)
     cols = min(5, k)
     rows = int(np.ceil(k / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(2.8 * cols, 6.0), 2.3 * rows + 0.4), squeeze=False)
     for i in range(rows * cols):
         ax = axes[i // cols][i % cols]
         if i >= k:
             ax.axis("off")
             continue
-        grid = np.linspace(mean[i] - 4 * sd[i], mean[i] + 4 * sd[i], 200)
-        ax.plot(grid, np.exp(-0.5 * ((grid - mean[i]) / sd[i]) ** 2) / (sd[i] * np.sqrt(2 * np.pi)),
-                "k--", lw=1.2, label="reference N(mean, sd)")
+        if ref_draws is not None:
+            lo, hi = np.quantile(ref_draws[:, i], [0.002, 0.998])
+            pad = 0.1 * (hi - lo) if hi > lo else 4 * sd[i]
+            span = (lo - pad, hi + pad)
+            ax.hist(ref_draws[:, i], bins=60, range=span, density=True, color="0.8", label="reference draws")
+        else:
+            span = (mean[i] - 4 * sd[i], mean[i] + 4 * sd[i])
+            grid = np.linspace(*span, 200)
+            ax.plot(grid, np.exp(-0.5 * ((grid - mean[i]) / sd[i]) ** 2) / (sd[i] * np.sqrt(2 * np.pi)),
+                    "k--", lw=1.2, label="reference N(mean, sd)")
         for name, res in results:
             x = np.asarray(res.samples[param]).reshape(-1, k)[:, i]
-            ax.hist(x, bins=60, range=(grid[0], grid[-1]), density=True, histtype="step", lw=1.0, label=name)
-        ax.set_title(f"{param}[{i}]", fontsize=8)
+            ax.hist(x, bins=60, range=span, density=True, histtype="step", lw=1.0, label=name)
+        ax.set_xlabel(param if np.ndim(ref.reference[param]["mean"]) == 0 else f"{param}[{i}]", fontsize=7)
+        if i % cols == 0:
+            ax.set_ylabel("density", fontsize=7)
         ax.tick_params(labelsize=6)
-        ax.set_yticks([])
     axes[0][0].legend(fontsize=6)
-    fig.suptitle(f"{ref.name}: heatbath samplers against the gold standard", fontsize=10)
+    what = ("histograms of the bundled reference draws" if ref_draws is not None
+            else "normal densities from the reference means and sds (this target ships no reference draws)")
+    fig.suptitle(f"{ref.name}: marginals of {param} against the gold standard\n(reference: {what})", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def _figure(results, ref, param, path):
+    import matplotlib.pyplot as plt
+
+    fig = marginal_figure(results, ref, param)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -187,39 +228,83 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``heatbath`` command's parser: every option has a help string with its default."""
     parser = argparse.ArgumentParser(prog="heatbath", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="SGLD, pSGLD and SGLD-CV on German credit against the gold standard")
-    demo.add_argument("--steps", type=int, default=100_000, help="kept steps per chain (default 100000)")
-    demo.add_argument("--chains", type=int, default=4)
-    demo.add_argument("--batch-size", type=int, default=100)
-    demo.add_argument("--thinning", type=int, default=1)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--figure", default="heatbath_demo.png", help="where to write the figure ('' for none)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo = sub.add_parser(
+        "demo",
+        help="SGLD, pSGLD and SGLD-CV on German credit against the gold standard",
+        description=", ".join(f"{name} (h={_h(h)})" for name, _, h in DEMO_METHODS)
+        + " on the German credit logistic regression (N = 1000, 25 weights), each compared to the bundled "
+          "gold-standard moments: a table of accuracy, ESS, R-hat and cost, and a figure of the marginals.",
+    )
+    demo.add_argument("--steps", type=int, default=100_000, metavar="N",
+                      help="draws kept per chain and method; steps // 10 unrecorded warmup steps run first "
+                           "(default: %(default)s)")
+    demo.add_argument("--chains", type=int, default=4, metavar="C", help="chains per method (default: %(default)s)")
+    demo.add_argument("--batch-size", type=int, default=100, metavar="n",
+                      help="minibatch size n: rows drawn uniformly with replacement at every step "
+                           "(default: %(default)s)")
+    demo.add_argument("--thinning", type=int, default=1, metavar="K",
+                      help="steps per kept draw (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed; chain i's draws depend only on (seed, i) "
+                                                          "(default: %(default)s)")
+    demo.add_argument("--figure", default="heatbath_demo.png", metavar="PATH",
+                      help="where to write the figure of the marginals, '' for none (default: %(default)s)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars (default: show them)")
     demo.set_defaults(func=cmd_demo)
 
-    refs = sub.add_parser("references", help="list the bundled reference posteriors")
+    refs = sub.add_parser("references", help="list the bundled reference posteriors",
+                          description="List the bundled reference posteriors: name, number of data rows N, "
+                                      "parameters with reference moments.")
     refs.set_defaults(func=cmd_references)
 
-    smp = sub.add_parser("sample", help="run one sampler on one reference posterior")
-    smp.add_argument("name", help="reference posterior (see `heatbath references`)")
-    smp.add_argument("--sampler", default="sgld", choices=SAMPLER_KINDS)
-    smp.add_argument("--friction", type=float, default=1.0, help="SGHMC friction C")
-    smp.add_argument("--step-size", type=float, required=True)
-    smp.add_argument("--temperature", type=float, default=1.0)
-    smp.add_argument("--batch-size", type=int, default=None)
-    smp.add_argument("--steps", type=int, default=20_000)
-    smp.add_argument("--warmup", type=int, default=None)
-    smp.add_argument("--chains", type=int, default=4)
-    smp.add_argument("--thinning", type=int, default=1)
-    smp.add_argument("--seed", type=int, default=0)
-    smp.add_argument("--figure", default="")
-    smp.add_argument("--quiet", action="store_true")
+    smp = sub.add_parser(
+        "sample",
+        help="run one sampler on one reference posterior",
+        description="Run one sampler on one bundled reference posterior and compare its draws to the gold "
+                    "standard. There is no automatic step size yet: see the README section \"Choosing a step "
+                    "size\".",
+    )
+    smp.add_argument("name", help="reference posterior: a name or alias from `heatbath references` "
+                                  "(e.g. german_credit, eight_schools_noncentered, arK)")
+    smp.add_argument("--sampler", default="sgld", choices=SAMPLER_KINDS,
+                     help="sgld: SGLD with naive minibatch gradients; sgld-cv: SGLD with control variates at the "
+                          "MAP (found first, its cost counted); sgld-svrg: SGLD with SVRG gradients, centre "
+                          "refreshed every 1000 steps; psgld: RMSprop-preconditioned SGLD; sghmc: SGHMC with "
+                          "the OBABO splitting and --friction (default: %(default)s)")
+    smp.add_argument("--step-size", type=float, required=True, metavar="h",
+                     help="step size h > 0 (required: there is no automatic choice yet). On German credit "
+                          "with batch 100 the demo uses " + ", ".join(f"{_h(h)} for {kind}" for _, kind, h in DEMO_METHODS)
+                     + ". Diverging chains mean h is too large. See the README section 'Choosing a step size'")
+    smp.add_argument("--friction", type=float, default=1.0, metavar="C",
+                     help="SGHMC friction C, used only by --sampler sghmc (default: %(default)s)")
+    smp.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                     help="temperature T: 1 samples the posterior, 0 < T < 1 a cold posterior "
+                          "(default: %(default)s)")
+    smp.add_argument("--batch-size", type=int, default=None, metavar="n",
+                     help="minibatch size n, rows drawn uniformly with replacement at every step "
+                          "(default: full data; targets with per-observation latent variables run full-batch only)")
+    smp.add_argument("--steps", type=int, default=20_000, metavar="N",
+                     help="draws kept per chain (default: %(default)s)")
+    smp.add_argument("--warmup", type=int, default=None, metavar="W",
+                     help="unrecorded steps before the first draw (default: steps // 10)")
+    smp.add_argument("--chains", type=int, default=4, metavar="C", help="independent chains (default: %(default)s)")
+    smp.add_argument("--thinning", type=int, default=1, metavar="K", help="steps per kept draw (default: %(default)s)")
+    smp.add_argument("--seed", type=int, default=0, help="random seed; chain i's draws depend only on (seed, i) "
+                                                         "(default: %(default)s)")
+    smp.add_argument("--figure", default="", metavar="PATH",
+                     help="also write a figure of the first reference parameter's marginals to PATH, over the "
+                          "bundled reference draws where the target has them (default: no figure)")
+    smp.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
     smp.set_defaults(func=cmd_sample)
+    return parser
 
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
