@@ -13,7 +13,7 @@ repeats, after compiling everything):
 
   floor       a bare hand-written jitted lax.scan: randint indices, gather the rows,
               jax.grad of the hand-written log posterior, the update; returns the draws.
-  hb loop     heatbath's compiled chunk alone (heatbath.run._make_step/_make_chunk, what
+  hb loop     heatbath's compiled chunk alone (heatbath.drivers.loop.make_step/make_chunk, what
               hb.sample runs on the device), on the from_logdensity target.
   hb.sample   the public call, (i) on the from_logdensity target, (ii) on the NumPyro model
               through from_numpyro; progress_bar=False. Two numbers: "run" is
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import math
 import os
 import sys
@@ -55,7 +54,8 @@ from numpyro.handlers import substitute  # noqa: E402
 from numpyro.infer.util import initialize_model  # noqa: E402
 
 import heatbath as hb  # noqa: E402
-from heatbath.run import _make_chunk, _make_step  # noqa: E402
+from heatbath.drivers import batching as hb_batching  # noqa: E402
+from heatbath.drivers import loop as hb_loop  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------
@@ -174,10 +174,6 @@ def build_blackjax_plain(n_rows, batch, steps, h):
     return build_blackjax_scan(grad_estimator, n_rows, batch, steps, h, lambda idx, X, y: (X[idx], y[idx]))
 
 
-# The driver's private loop pieces changed shape once (an `alive` flag in the carry and a
-# moments accumulator argument); follow whichever the installed heatbath has.
-_NEW_LOOP = "on_divergence" in inspect.signature(_make_step).parameters
-
 
 def aot(fn, *args):
     """Compile ``fn`` for ``args`` ahead of time; a call running it, with ``.compiled``."""
@@ -190,24 +186,21 @@ def aot(fn, *args):
     return call
 
 
-def compiled_hb_loop(target, sampler, batch, steps, num_chains=1, seed=0, record="constrain", one_step=None,
+def compiled_hb_loop(target, sampler, batch, steps, num_chains=1, seed=0, record="constrain",
                      impl=None):
     """What hb.sample runs on the device: one compiled chunk, and a call running it."""
     estimator = sampler.gradient.build(target.terms, target.num_data)
-    step = one_step or _make_step(sampler, estimator, batch, target.num_data)
+    batcher = hb_batching.uniform().build(batch, target.num_data, steps)
+    step = hb_loop.make_step(sampler, estimator, batcher, target)
     rec = target.constrain_fn if record == "constrain" else None
-    chunk = _make_chunk(step, steps, 1, rec, None, True)
+    chunk = hb_loop.make_chunk(step, steps, 1, rec, None, True)
     master = jax.random.key(seed, impl=impl)
     keys = jax.vmap(lambda i: jax.random.fold_in(master, i))(jnp.arange(num_chains))
     positions = jax.vmap(target.init_params)(keys)
     states = jax.vmap(sampler.init)(positions, keys)
     shared = estimator.init(jax.tree.map(lambda x: x[0], positions), target.data)
-    carry = (states, (), keys) + ((jnp.ones((num_chains,), bool),) if _NEW_LOOP else ())
-    params = inspect.signature(chunk).parameters
-    args = (carry,) + (((),) if "acc" in params else ()) + (shared, target.data)
-    if "offset" in params:  # the global step count at the start of the chunk
-        args = args + (jnp.int32(0),)
-    return aot(chunk, *args)
+    carry = (states, (), keys, jnp.ones((num_chains,), bool), ())
+    return aot(chunk, carry, (), shared, target.data, jnp.int32(0))
 
 
 def hb_sample_measure(model, sampler, data, batch, steps, num_chains=1):

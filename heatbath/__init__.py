@@ -9,10 +9,16 @@ noise at a temperature T: T = 1 samples the posterior, T -> 0 anneals, T = 0 opt
     result.to_arviz()
 """
 
+import sys as _sys
+
 from heatbath import diagnostics, drivers, kernels, models, optim, samplers, vi
 from heatbath.drivers import OptimizeResult, Result, checkpoint, clear_caches, fit, optimize, sample
 from heatbath.interop import numpyro
 from heatbath.vi import Gaussian
+
+# The modules' former paths keep importing (``import heatbath.numpyro``, ``heatbath.checkpoint``).
+_sys.modules.setdefault("heatbath.numpyro", numpyro)
+_sys.modules.setdefault("heatbath.checkpoint", checkpoint)
 
 __version__ = "0.1.0"
 

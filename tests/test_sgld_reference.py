@@ -20,9 +20,9 @@ def german():
     return hb.models.reference("german_credit")
 
 
-def run(ref, sampler, steps, seed=0):
+def run(ref, sampler, steps, seed=0, batching="uniform"):
     return hb.sample(ref.model, sampler, data=ref.data, batch_size=100, num_samples=steps, num_warmup=steps // 10,
-                     num_chains=4, seed=seed, progress_bar=False)
+                     num_chains=4, seed=seed, progress_bar=False, batching=batching)
 
 
 @pytest.mark.parametrize(
@@ -30,10 +30,11 @@ def run(ref, sampler, steps, seed=0):
     [
         ("sgld", hb.samplers.sgld(1e-4), 0.25, 0.9, 1.2),
         ("sgld-cv", hb.samplers.sgld(4e-4, gradient="cv"), 0.15, 0.9, 1.1),
+        ("sgld-reshuffle", hb.samplers.sgld(1e-4), 0.25, 0.9, 1.2),
     ],
 )
 def test_german_credit_bars_short(german, name, sampler, z_max, lo, hi):
-    res = run(german, sampler, 30_000)
+    res = run(german, sampler, 30_000, batching="reshuffle" if name.endswith("reshuffle") else "uniform")
     cmp = german.compare(res.samples)
     assert cmp["max_abs_z"] <= z_max, cmp
     assert lo <= cmp["sd_ratio_min"] and cmp["sd_ratio_max"] <= hi, cmp
@@ -47,11 +48,12 @@ def test_german_credit_bars_short(german, name, sampler, z_max, lo, hi):
         ("sgld-cv", hb.samplers.sgld(4e-4, gradient="cv"), 0.15, 0.9, 1.1),
         ("psgld", hb.samplers.psgld(5e-3), 0.25, 0.9, 1.2),
         ("sgld-svrg", hb.samplers.sgld(4e-4, gradient=hb.kernels.gradients.svrg(1000)), 0.15, 0.9, 1.1),
+        ("sgld-reshuffle", hb.samplers.sgld(1e-4), 0.25, 0.9, 1.2),
     ],
 )
 @pytest.mark.parametrize("seed", [0, 1])
 def test_german_credit_bars_100k(german, name, sampler, z_max, lo, hi, seed):
-    res = run(german, sampler, 100_000, seed)
+    res = run(german, sampler, 100_000, seed, batching="reshuffle" if name.endswith("reshuffle") else "uniform")
     cmp = german.compare(res.samples)
     print(name, seed, cmp["max_abs_z"], cmp["sd_ratio_min"], cmp["sd_ratio_max"], res.data_passes)
     assert cmp["max_abs_z"] <= z_max, cmp

@@ -27,7 +27,7 @@ Built in:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ import numpy as np
 
 from heatbath.kernels.validate import check_int, check_real
 
-__all__ = ["Batcher", "uniform", "reshuffle", "federated", "as_batching", "take_rows", "BATCHINGS"]
+__all__ = ["Batcher", "BatchingSpec", "uniform", "reshuffle", "federated", "as_batching", "take_rows", "BATCHINGS"]
 
 
 class Batcher(NamedTuple):
@@ -52,12 +52,16 @@ def take_rows(data, idx):
     return jax.tree.map(lambda x: jnp.take(x, idx, axis=0, mode="clip"), data)
 
 
-class _Spec(NamedTuple):
-    """A batching choice before the run's n and N are known: ``build(batch_size, num_data, num_steps)``."""
+class BatchingSpec(NamedTuple):
+    """A batching choice before the run's n and N are known: ``build(batch_size, num_data, num_steps)``
+    returns the :class:`Batcher`. ``unbiased_scaling``: whether the samplers' usual N/n scaling
+    of the likelihood stays unbiased under it (False: only a sampler that scales by the
+    batch info, ``Sampler.uses`` containing ``"batch_info"``, may run on it)."""
 
     name: str
     build: Callable
     params: dict = {}
+    unbiased_scaling: bool = True
 
     def __repr__(self) -> str:  # stable: checkpoint settings record it
         args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
@@ -73,7 +77,7 @@ def _full(batch_size):
     return Batcher("full", lambda key: (), next_, None)
 
 
-def uniform() -> _Spec:
+def uniform() -> BatchingSpec:
     """n rows uniformly with replacement at every step (the default)."""
 
     def build(batch_size, num_data, num_steps):
@@ -88,7 +92,7 @@ def uniform() -> _Spec:
 
         return Batcher("uniform", lambda key: (), next_, batch_size)
 
-    return _Spec("uniform", build)
+    return BatchingSpec("uniform", build)
 
 
 class ReshuffleState(NamedTuple):
@@ -96,7 +100,7 @@ class ReshuffleState(NamedTuple):
     perm: jax.Array  # the permutation of the epoch the stream is in
 
 
-def reshuffle() -> _Spec:
+def reshuffle() -> BatchingSpec:
     """Epochs without replacement (random reshuffling); see the module docstring."""
 
     def build(batch_size, num_data, num_steps):
@@ -130,14 +134,14 @@ def reshuffle() -> _Spec:
 
         return Batcher("reshuffle", init, next_, batch_size)
 
-    return _Spec("reshuffle", build)
+    return BatchingSpec("reshuffle", build)
 
 
 class FederatedState(NamedTuple):
     shard: jax.Array  # the shard of the current round
 
 
-def federated(shards, *, local_steps: int = 1, probs=None) -> _Spec:
+def federated(shards, *, local_steps: int = 1, probs=None) -> BatchingSpec:
     """Federated rounds over K shards (see the module docstring).
 
     Args:
@@ -194,16 +198,18 @@ def federated(shards, *, local_steps: int = 1, probs=None) -> _Spec:
 
         return Batcher("federated", init, next_, batch_size)
 
-    return _Spec("federated", build, {"num_shards": K, "local_steps": local_steps,
-                                      "probs": [round(float(p), 12) for p in f]})
+    proportional = bool(np.allclose(f, sizes / sizes.sum(), rtol=1e-9, atol=0.0))
+    # With f_s = N_s / N, N_s / (f_s n) = N / n: the usual minibatch scaling is unbiased.
+    return BatchingSpec("federated", build, {"num_shards": K, "local_steps": local_steps,
+                                             "probs": [round(float(p), 12) for p in f]}, proportional)
 
 
 BATCHINGS = {"uniform": uniform(), "reshuffle": reshuffle()}  # one object each: compiled loops are cached by it
 
 
-def as_batching(batching) -> _Spec:
+def as_batching(batching) -> BatchingSpec:
     """A batching spec from a name (``"uniform"``, ``"reshuffle"``) or a spec (:func:`federated`)."""
-    if isinstance(batching, _Spec):
+    if isinstance(batching, BatchingSpec):
         return BATCHINGS.get(batching.name, batching) if batching.name in BATCHINGS else batching
     if isinstance(batching, str) and batching in BATCHINGS:
         return BATCHINGS[batching]

@@ -203,7 +203,8 @@ class Checkpoint:
 
     def check_settings(self, meta: dict):
         theirs = meta["settings"]
-        diff = {k: (theirs.get(k), v) for k, v in self.settings.items() if theirs.get(k) != v}
+        keys = list(self.settings) + [k for k in theirs if k not in self.settings]
+        diff = {k: (theirs.get(k), self.settings.get(k)) for k in keys if theirs.get(k) != self.settings.get(k)}
         if diff:
             detail = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"the checkpoint at {self.path} was written by a different run ({detail})")

@@ -116,6 +116,7 @@ def fit(
     progress_bar = check_bool(progress_bar, "progress_bar")
     batching = as_batching(batching)
     inputs.check_target_for_gradients(target, batch_size)
+    inputs.check_oracle_uses(target, method, batching)
     num_steps = check_count(method.num_steps, "num_steps", 1)
     trace_every = check_count(trace_every, "trace_every", 1, allow_none=True) or max(1, num_steps // 100)
     trace_every = min(trace_every, num_steps)
@@ -141,7 +142,7 @@ def fit(
     ckpt, resuming = open_checkpoint(
         checkpoint, resume, target, "fit", method.hyperparameters, seed=seed, init=init, method=method.name,
         num_data=target.num_data, batch_size=batch_size, trace_every=trace_every, dim=dim,
-        **({} if batching.name == "uniform" else {"batching": repr(batching)}),
+        batching=repr(batching),
     )
     spec, centre, map_cost, map_compile = _centre.resolve(
         run_target, spec, positions, master, batch_size, ckpt if resuming else None

@@ -19,7 +19,8 @@ from heatbath.samplers.base import Sampler
 from heatbath.vi.base import VIMethod
 
 __all__ = ["as_target", "check_total_steps", "check_centre", "check_target_for_gradients", "check_sampler",
-           "initial_positions", "check_init_finite", "default_init", "TARGETS"]
+           "initial_positions", "check_init_finite", "default_init", "numpyro_target", "check_oracle_uses",
+           "TARGETS"]
 
 TARGETS = IdentityCache(8)
 
@@ -44,14 +45,21 @@ def as_target(model_or_target, data=None) -> Target:
                 "data for a NumPyro model must be a dict of keyword arguments or a tuple of positional ones, "
                 f"got {type(data).__name__}"
             )
-        key = fingerprint(model_or_target, args, kwargs)
-        if key is None:
-            return from_numpyro(model_or_target, *args, **kwargs)
-        return TARGETS.get(key, (model_or_target,), lambda: from_numpyro(model_or_target, *args, **kwargs))
+        return numpyro_target(model_or_target, args, kwargs)
     raise TypeError(
         "expected a NumPyro model (a callable) or a heatbath Target (hb.models.from_numpyro / "
         f"from_logdensity), got {type(model_or_target).__name__}"
     )
+
+
+def numpyro_target(model, args: tuple, kwargs: dict) -> Target:
+    """``from_numpyro(model, *args, **kwargs)``, cached by the model's identity and the contents of
+    its arguments (:func:`heatbath.drivers.cache.fingerprint`): the one target cache of the
+    drivers and the NumPyro kernel."""
+    key = fingerprint(model, args, kwargs)
+    if key is None:
+        return from_numpyro(model, *args, **kwargs)
+    return TARGETS.get(key, (model,), lambda: from_numpyro(model, *args, **kwargs))
 
 
 def check_total_steps(total: int):
@@ -95,6 +103,23 @@ def check_sampler(sampler):
             f"got {type(sampler).__name__}"
         )
     check_int(sampler.steps_per_draw, "Sampler.steps_per_draw", minimum=1)
+
+
+def check_oracle_uses(target: Target, method, batching) -> None:
+    """Refuse a run whose sampler or VI method would silently ignore part of the target or the
+    batching: a nonsmooth term it does not handle, or federated rounds whose shard
+    probabilities make its N/n likelihood scaling biased."""
+    uses = getattr(method, "uses", ())
+    if target.nonsmooth is not None and "nonsmooth" not in uses:
+        raise ValueError(
+            f"the target has a nonsmooth term ({target.nonsmooth.name}) that {method.name} would ignore (it samples "
+            "exp(log p) without g): use a sampler that handles nonsmooth terms, or drop nonsmooth= from the target"
+        )
+    if not batching.unbiased_scaling and "batch_info" not in uses:
+        raise ValueError(
+            f"{batching.name} batching with shard probabilities other than N_s / N makes {method.name}'s N/n "
+            "likelihood scaling biased: use a federated sampler (one that scales by N_s / (f_s n)) or probs=None"
+        )
 
 
 def default_init(target: Target, keys):

@@ -325,7 +325,6 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     signature = _signature((carry, acc, shared_est, data))
 
     def get(length, steps, keep_, progress):
-        nonlocal compile_time
         every = progress.every if progress is not None and progress.enabled else None
         key = (id(sampler), id(target), id(record), id(spec), cfg.batch_size, cfg.on_divergence, length, steps,
                keep_, moments, cfg.swag_rank, every, signature)

@@ -69,6 +69,7 @@ def optimize(
     batch_size = check_count(batch_size, "batch_size", 1, allow_none=True)
     batching = as_batching(batching)
     inputs.check_target_for_gradients(target, batch_size)
+    inputs.check_oracle_uses(target, optimizer, batching)
     trace_every = check_count(trace_every, "trace_every", 1, allow_none=True) or max(1, num_steps // 200)
     chunk_size = check_count(chunk_size, "chunk_size", 1, allow_none=True)
     checkpoint_every = check_count(checkpoint_every, "checkpoint_every", 1)
@@ -76,7 +77,7 @@ def optimize(
     ckpt, resuming = open_checkpoint(
         checkpoint, resume, target, "optimize", optimizer.hyperparameters, seed=seed, init=init,
         optimizer=optimizer.name, num_data=target.num_data, batch_size=batch_size, num_steps=num_steps,
-        trace_every=trace_every, **({} if batching.name == "uniform" else {"batching": repr(batching)}),
+        trace_every=trace_every, batching=repr(batching),
     )
     keys = jax.random.fold_in(master, 0)[None]
     positions = inputs.initial_positions(target, init, loop.fold_each(keys, 0), 1)

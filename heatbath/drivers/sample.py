@@ -121,6 +121,7 @@ def sample(
     if swag_rank and keep != "moments":
         raise ValueError("swag_rank needs keep='moments'")
     inputs.check_target_for_gradients(target, batch_size)
+    inputs.check_oracle_uses(target, sampler, batching)
     # Samplers that take several integrator steps per draw (SGHMC's num_steps_per_sample) get
     # them as driver-level thinning: every step draws its own minibatch.
     steps_per_draw = thinning * sampler.steps_per_draw
@@ -132,7 +133,7 @@ def sample(
         checkpoint, resume, target, "sample", sampler.hyperparameters, seed=seed, init=init, sampler=sampler.name,
         num_data=target.num_data, batch_size=batch_size, num_samples=num_samples, num_warmup=num_warmup,
         thinning=thinning, num_chains=num_chains, keep=keep, swag_rank=swag_rank, on_divergence=on_divergence,
-        **({} if batching.name == "uniform" else {"batching": repr(batching)}),
+        batching=repr(batching),
         **({"record_unconstrained": True} if record_unconstrained else {}),
     )
     keys = loop.chain_keys(master, num_chains)

@@ -47,7 +47,6 @@ from heatbath.drivers import inputs, loop
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.cache import fingerprint
 from heatbath.kernels.validate import check_int
-from heatbath.models.numpyro_bridge import from_numpyro
 from heatbath.models.target import Target
 from heatbath.samplers.base import Sampler
 from heatbath.samplers.sghmc import sghmc
@@ -77,6 +76,22 @@ class HeatbathState(NamedTuple):
     temperature: jax.Array
     grad_norm: jax.Array
     info: Any  # the sampler's full Info (sampler-specific fields included)
+
+
+def _state(sampler_state, est_state, key, info) -> HeatbathState:
+    """The kernel's state from the sampler's state (its position moved to ``z``) and an Info."""
+    return HeatbathState(
+        z=sampler_state.position,
+        sampler_state=sampler_state._replace(position=None),
+        est_state=est_state,
+        rng_key=key,
+        diverging=info.diverging,
+        lp=info.lp,
+        step_size=info.step_size,
+        temperature=info.temperature,
+        grad_norm=info.grad_norm,
+        info=info,
+    )
 
 
 def _is_tracer(x) -> bool:
@@ -210,45 +225,18 @@ class HeatbathKernel(MCMCKernel):
             # which init refuses for estimators that refresh (SVRG).
             carry, info = one_step(carry, shared, data_, sampler_state.step)
             sampler_state, est_state, key = carry[:3]
-            return HeatbathState(
-                z=sampler_state.position,
-                sampler_state=sampler_state._replace(position=None),
-                est_state=est_state,
-                rng_key=key,
-                diverging=info.diverging,
-                lp=info.lp,
-                step_size=info.step_size,
-                temperature=info.temperature,
-                grad_norm=info.grad_norm,
-                info=info,
-            )
+            return _state(sampler_state, est_state, key, info)
 
         def init_one(position, key, data_):
             sampler_state = sampler.init(position, jax.random.fold_in(key, 1))
             est_state = estimator.init(position, data_)
-            state = HeatbathState(
-                z=position,
-                sampler_state=sampler_state._replace(position=None),
-                est_state=est_state,
-                rng_key=jax.random.fold_in(key, 2),
-                diverging=jnp.zeros((), bool),
-                lp=jnp.zeros(()),
-                step_size=jnp.zeros(()),
-                temperature=jnp.zeros(()),
-                grad_norm=jnp.zeros(()),
-                info=None,
-            )
+            rng_key = jax.random.fold_in(key, 2)
             # The diagnostics before the first step: zeros shaped like one transition's Info.
-            info_shape = jax.eval_shape(transition, state, data_).info
+            carry = (sampler_state, est_state, rng_key, jnp.ones((), bool), ())
+            shared = est_state if estimator.shared else ()
+            info_shape = jax.eval_shape(lambda c: one_step(c, shared, data_, sampler_state.step)[1], carry)
             info = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), info_shape)
-            return state._replace(
-                info=info,
-                lp=info.lp,
-                step_size=info.step_size,
-                temperature=info.temperature,
-                grad_norm=info.grad_norm,
-                diverging=info.diverging,
-            )
+            return _state(sampler_state, est_state, rng_key, info)
 
         states = jax.jit(jax.vmap(init_one, in_axes=(0, 0, None)))(positions, keys, data)
         if vectorized:
@@ -284,7 +272,7 @@ class HeatbathKernel(MCMCKernel):
                     "MCMC.run(rng_key) without model arguments"
                 )
             return self._model
-        return from_numpyro(self._model, *model_args, **model_kwargs)
+        return inputs.numpyro_target(self._model, tuple(model_args), dict(model_kwargs))
 
     def _setup(self, model_args, model_kwargs):
         """(target, estimator, one_step) for these model arguments, built once and cached."""
@@ -384,7 +372,7 @@ class HeatbathKernel(MCMCKernel):
         )
 
 
-def SGLD(model, step_size, temperature=1.0, *, batch_size=None, gradient=None) -> HeatbathKernel:  # noqa: N802
+def SGLD(model, step_size, *, temperature=1.0, batch_size=None, gradient=None) -> HeatbathKernel:  # noqa: N802
     """SGLD as a NumPyro kernel: theta <- theta + h grad log p~(theta) + sqrt(2 h T) xi.
 
     Welling & Teh (ICML 2011). ``HeatbathKernel(model, hb.samplers.sgld(step_size,
@@ -397,8 +385,8 @@ def SGLD(model, step_size, temperature=1.0, *, batch_size=None, gradient=None) -
 def PSGLD(  # noqa: N802
     model,
     step_size,
-    temperature=1.0,
     *,
+    temperature=1.0,
     batch_size=None,
     decay: float = 0.99,
     eps: float = 1e-5,

@@ -61,7 +61,6 @@ import jax
 import jax.numpy as jnp
 
 from heatbath.kernels import noise as _noise
-from heatbath.kernels import tree
 
 PyTree = Any
 

@@ -9,7 +9,7 @@ only place where that arithmetic is written.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -115,7 +115,9 @@ def as_optax(sampler: Sampler, temperature=None, *, seed=0) -> optax.GradientTra
     The state's ``sampler_state.step`` counts updates (the schedules' step); its
     ``position`` is None (the position is ``params``, not stored twice).
     """
-    if not isinstance(sampler, Sampler):
+    from heatbath.vi.base import VIMethod
+
+    if not isinstance(sampler, (Sampler, VIMethod)):  # a VI method is refused below, with the reason
         raise TypeError(
             f"as_optax needs a heatbath Sampler (e.g. hb.samplers.sgld(1e-3)), got {type(sampler).__name__}"
         )

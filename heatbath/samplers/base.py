@@ -4,9 +4,12 @@ A constructor takes hyperparameters and returns ``Sampler(init, step, ...)``:
 
 - ``init(position, key=None) -> State``: a NamedTuple of arrays with at least ``position``
   and ``step`` (the step count, which schedules are evaluated at).
-- ``step(key, state, batch, grad_fn) -> (State, Info)``: one transition. The driver supplies
-  ``grad_fn(position, batch) -> (log_density_estimate, grad)``, the gradient estimator of the
-  log posterior (naive, control variates, SVRG, ...), so kernels never see a model.
+- ``step(key, state, batch, oracle) -> (State, Info)``: one transition. The driver supplies
+  the :class:`~heatbath.kernels.gradients.Oracle`, callable as
+  ``oracle(position, batch) -> (log_density_estimate, grad)``: the gradient estimator of the
+  log posterior (naive, control variates, SVRG, ...), so kernels never see a model. It also
+  carries the target's ``terms``, ``num_data``, ``nonsmooth`` term (with its prox) and the
+  batcher's ``batch_info``; a sampler that reads the last two says so in ``uses``.
 - ``Info`` is a NamedTuple whose fields become ``Result.stats``; it always carries
   ``step_size``, ``temperature``, ``grad_norm``, ``lp`` (the log-density estimate at the
   start of the step) and ``diverging`` (the new state is not finite).
@@ -18,7 +21,12 @@ accounting), ``hyperparameters`` (for printing and for rebuilding at another tem
 ``gradient_at_position`` (False when a step evaluates its gradient elsewhere than at the
 state's position, e.g. after a drift A of an FSAL splitting, at an inner chain's point or at
 Monte Carlo draws, or differentiates it: such a sampler cannot be an optax update,
-see :func:`heatbath.optim.as_optax`).
+see :func:`heatbath.optim.as_optax`). ``uses`` names what the sampler reads from the
+oracle beyond the gradient: ``"nonsmooth"`` (it handles the target's nonsmooth term g; the
+drivers refuse a target with g for a sampler that would silently ignore it) and
+``"batch_info"`` (it scales the likelihood itself from the batcher's info, as a federated
+sampler does; the drivers refuse federated rounds with probabilities other than N_s / N for
+a sampler whose N/n scaling would then be biased).
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ class Sampler(NamedTuple):
     # Transitions per recorded draw (SGHMC's num_steps_per_sample): the driver records one
     # draw every thinning * steps_per_draw steps, each step with its own minibatch.
     steps_per_draw: int = 1
+    # What the sampler reads from the oracle beyond the gradient ("nonsmooth", "batch_info").
+    uses: tuple = ()
 
 
 class Info(NamedTuple):

@@ -78,6 +78,7 @@ def adam_langevin(
     drift: str = "momentum",
     correction: bool = False,
     gradient=None,
+    noise=None,
 ) -> Sampler:
     """Adam-preconditioned Langevin dynamics; T = 0 is ``optax.adam`` exactly.
 
@@ -101,6 +102,7 @@ def adam_langevin(
       correction: add the divergence term T Gamma (Hutchinson, one Hessian-vector product),
         from step ceil(1 / (1 - b2)) on.
       gradient: the gradient estimator (see :func:`heatbath.samplers.sgld`).
+      noise: the source of xi (:mod:`heatbath.kernels.noise`; default Brownian).
     """
     if drift not in ("momentum", "gradient"):
         raise ValueError(f"drift must be 'momentum' (T = 0 is Adam) or 'gradient' (pSGLD-type), got {drift!r}")
@@ -109,7 +111,7 @@ def adam_langevin(
     pre = _precond.adam(b2, eps, eps_root)
     spec = check_gradient_spec(naive() if gradient is None else gradient)
     hyper = dict(step_size=step_size, temperature=temperature, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-                 nesterov=nesterov, drift=drift, correction=correction, gradient=spec)
+                 nesterov=nesterov, drift=drift, correction=correction, gradient=spec, noise=noise)
     return preconditioned_sampler(
         step_size, temperature, pre, correction, spec,
         name="adam-langevin" if drift == "momentum" else "adam-psgld",
@@ -117,6 +119,7 @@ def adam_langevin(
         constructor=adam_langevin,
         b1=b1 if drift == "momentum" else None,
         nesterov=nesterov,
+        noise=noise,
     )
 
 
@@ -205,7 +208,8 @@ def read_optax(tx) -> dict:
     return out
 
 
-def langevin(optimizer, *, temperature=1.0, drift: str = "momentum", correction: bool = False, gradient=None) -> Sampler:
+def langevin(optimizer, *, temperature=1.0, drift: str = "momentum", correction: bool = False, gradient=None,
+             noise=None) -> Sampler:
     """The Langevin sampler whose zero-temperature limit is the optax ``optimizer``.
 
     The optimizer's preconditioner becomes the Langevin preconditioner G and its learning
@@ -231,6 +235,7 @@ def langevin(optimizer, *, temperature=1.0, drift: str = "momentum", correction:
       drift: for Adam only: ``"momentum"`` or ``"gradient"``.
       correction: add the preconditioner's divergence term (RMSprop and Adam only).
       gradient: the gradient estimator (see :func:`heatbath.samplers.sgld`).
+      noise: the source of the noise (:mod:`heatbath.kernels.noise`; default Brownian).
     """
     _schedules.as_schedule(temperature, "temperature", positive=False)  # clear errors first
     info = read_optax(optimizer)
@@ -241,19 +246,19 @@ def langevin(optimizer, *, temperature=1.0, drift: str = "momentum", correction:
     if kind == "sgd":
         if correction:
             raise ValueError("SGLD has a constant preconditioner: there is no divergence correction to add")
-        return sgld(lr, temperature=temperature, gradient=gradient)
+        return sgld(lr, temperature=temperature, gradient=gradient, noise=noise)
     if kind == "momentum":
         if callable(lr):
             raise TypeError("momentum SGD with a learning-rate schedule has no fixed SGHMC step size / friction; "
                             "use a constant learning rate")
         p = heavy_ball_parameters(float(lr), info["momentum"])
         return sghmc(p["step_size"], p["friction"], integrator="euler", mass=p["mass"], temperature=temperature,
-                     gradient=gradient)
+                     gradient=gradient, noise=noise)
     if kind == "rmsprop":
         pre = _precond.rmsprop(info["decay"], info["eps"], eps_in_sqrt=info["eps_in_sqrt"],
                                bias_correction=info["bias_correction"], initial_scale=info["initial_scale"])
         return psgld(lr, temperature=temperature, decay=info["decay"], eps=info["eps"], correction=correction,
-                     gradient=gradient, preconditioner=pre)
+                     gradient=gradient, preconditioner=pre, noise=noise)
     return adam_langevin(lr, temperature=temperature, b1=info["b1"], b2=info["b2"], eps=info["eps"],
                          eps_root=info["eps_root"], nesterov=info["nesterov"], drift=drift, correction=correction,
-                         gradient=gradient)
+                         gradient=gradient, noise=noise)

@@ -196,6 +196,12 @@ def _restart_momentum(key, state, M, T, noiseless, num_steps_per_sample):
     return key, jax.tree.map(lambda a, b: jnp.where(restart, a, b), fresh, state.momentum)
 
 
+def _step_values(state, step_size, temperature, mass):
+    """h and T at the state's step, the mass M as a pytree like the position, and M^-1."""
+    M = tree.leafwise(mass, state.position, "mass")
+    return step_size(state.step), temperature(state.step), M, jax.tree.map(lambda m: 1.0 / m, M)
+
+
 def _noise_temperature(T, h, C, V, position):
     """T_O = T - h V / (2 C) (beta-hat correction), per leaf; T itself when V is None."""
     if V is None:
@@ -212,11 +218,8 @@ def build_kernel(split: _integrators.Splitting, step_size, friction, temperature
 
     def step(key, state: SGHMCState, batch, grad_fn):
         position = state.position
-        h = step_size(state.step)
+        h, T, M, inv_M = _step_values(state, step_size, temperature, mass)
         C = friction(state.step)
-        T = temperature(state.step)
-        M = tree.leafwise(mass, position, "mass")
-        inv_M = jax.tree.map(lambda m: 1.0 / m, M)
         C_tree = jax.tree.map(lambda p: C, position)
         V = None if gradient_noise is None else tree.leafwise(gradient_noise, position, "gradient_noise")
         T_noise = _noise_temperature(T, h, C, V, position)
@@ -341,11 +344,8 @@ def build_sgnht_kernel(step_size, diffusion, temperature, mass, gradient_noise, 
 
     def step(key, state: SGNHTState, batch, grad_fn):
         position = state.position
-        h = step_size(state.step)
+        h, T, M, inv_M = _step_values(state, step_size, temperature, mass)
         A = diffusion(state.step)
-        T = temperature(state.step)
-        M = tree.leafwise(mass, position, "mass")
-        inv_M = jax.tree.map(lambda m: 1.0 / m, M)
         key_noise, momentum = key, state.momentum
         if resample_momentum:
             key_noise, momentum = _restart_momentum(key, state, M, T, noiseless, num_steps_per_sample)

@@ -48,6 +48,7 @@ class VIMethod(NamedTuple):
     grads_per_step: float = 1.0
     steps_per_draw: int = 1
     gradient_at_position: bool = False  # gradients at draws of q, not at state.position
+    uses: tuple = ()  # what the method reads from the oracle beyond the gradient (see Sampler.uses)
 
 
 class FitRun(NamedTuple):
