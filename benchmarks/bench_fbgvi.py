@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleaved, machine_info, markdown_table  # noqa: E402
 
 import heatbath as hb  # noqa: E402
-from heatbath.models.reference import reference  # noqa: E402
+from heatbath.models.references import reference  # noqa: E402
 from heatbath.vi import gaussian as G  # noqa: E402
 
 

@@ -221,7 +221,7 @@ def profile_variants(target, h, batch, steps, X, y):
     """Variants of the compiled hb loop, each removing or changing one piece of the step."""
     from heatbath.kernels import tree
     from heatbath.samplers.base import Info
-    from heatbath.samplers.sgld import SGLDState
+    from heatbath.samplers.overdamped import SGLDState
 
     n_rows = target.num_data
     base = hb.samplers.sgld(h)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import heatbath as hb
-from heatbath.models.reference import reference
+from heatbath.models.references import reference
 
 
 def constant_then_decay(h0, k0, gamma=2.0):

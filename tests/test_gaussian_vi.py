@@ -363,7 +363,7 @@ def test_lowrank_is_exact_in_its_family_and_stationary_outside():
 # reference posteriors
 # ----------------------------------------------------------------------------------------
 def _reference(name):
-    from heatbath.models.reference import reference
+    from heatbath.models.references import reference
 
     return reference(name)
 

@@ -21,7 +21,7 @@ import pytest
 import heatbath as hb
 from heatbath.kernels import preconditioners as P
 from heatbath.optim import as_optax
-from heatbath.samplers.langevin import adam_langevin, read_optax
+from heatbath.samplers.optax_langevin import adam_langevin, read_optax
 
 NUM_STEPS = 100
 TOL = 1e-10
@@ -327,7 +327,7 @@ def test_as_optax_sghmc_rotated_splitting_samples_the_splittings_law(scheme):
 
 
 # ----------------------------------------------------------------------------------------
-# What the Adam-type Langevin samples at T > 0 (module docstring of samplers/langevin.py)
+# What the Adam-type Langevin samples at T > 0 (module docstring of samplers/optax_langevin.py)
 # ----------------------------------------------------------------------------------------
 def _gaussian_target(a):
     return hb.models.from_logdensity(

@@ -1,4 +1,4 @@
-"""Fast tests of the reference-posteriors suite (heatbath.models.reference).
+"""Fast tests of the reference-posteriors suite (heatbath.models.references).
 
 The log densities below are written independently, from the Stan / inference_gym programs and
 the raw data files (scipy.stats, float64), and compared with NumPyro's log joint of each model
@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from numpyro import handlers
 from numpyro.infer.util import log_density
 
-# the module, not the function ``heatbath.models.reference`` that the package may re-export
-R = importlib.import_module("heatbath.models.reference")
+# the module that holds the reference posteriors (``heatbath.models.reference`` is the function)
+R = importlib.import_module("heatbath.models.references")
 
 NAMES = R.list_references()
 ALIASES = {

@@ -1,6 +1,6 @@
 """NUTS on every reference posterior reproduces the bundled reference moments (slow).
 
-This validates the NumPyro models of ``heatbath.models.reference`` against the gold standard:
+This validates the NumPyro models of ``heatbath.models.references`` against the gold standard:
 if a model differed from the Stan / inference_gym program that produced the reference, NUTS on
 it would converge to other moments. Tolerances are derived from the run's own Monte Carlo error
 (ArviZ ESS), plus a small slack for the reference's own MC error:
@@ -73,7 +73,7 @@ def _kurtosis(draws: np.ndarray) -> np.ndarray:
 def test_nuts_matches_reference(name):
     from numpyro.infer import MCMC, NUTS
 
-    from heatbath.models.reference import reference
+    from heatbath.models.references import reference
 
     ref = reference(name)
     with _x64(ref.requires_x64), warnings.catch_warnings():

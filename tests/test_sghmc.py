@@ -17,7 +17,7 @@ from scipy import integrate
 
 import heatbath as hb
 from heatbath.kernels import schedules
-from heatbath.samplers.sghmc import heavy_ball_parameters
+from heatbath.samplers.hamiltonian import heavy_ball_parameters
 from test_integrators import stationary_variances
 
 

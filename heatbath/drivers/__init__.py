@@ -10,11 +10,11 @@ resume), ``results`` (``Result``, ``OptimizeResult``), and the faces ``sample``,
 
 from heatbath.drivers import batching, checkpoint
 from heatbath.drivers.cache import clear_caches
-from heatbath.drivers.fit import fit
+from heatbath.drivers.fitting import fit
 from heatbath.drivers.inputs import as_target
-from heatbath.drivers.optimize import optimize
+from heatbath.drivers.optimizing import optimize
 from heatbath.drivers.results import OptimizeResult, Result
-from heatbath.drivers.sample import sample
+from heatbath.drivers.sampling import sample
 
 __all__ = ["sample", "optimize", "fit", "Result", "OptimizeResult", "as_target", "clear_caches", "batching",
            "checkpoint"]

@@ -1,7 +1,7 @@
 """The control-variate centre: given, restored from a checkpoint, or found (the MAP).
 
 One search serves ``hb.sample``, ``hb.fit`` and the NumPyro kernel: ``spec.map_steps`` steps of
-the default optimizer (:func:`heatbath.drivers.optimize.default_optimizer`) on minibatches of
+the default optimizer (:func:`heatbath.drivers.optimizing.default_optimizer`) on minibatches of
 the run's batch size, from a starting point and a key the caller chooses; its cost is
 charged to the run.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 
 from heatbath.drivers.inputs import check_centre
-from heatbath.drivers.optimize import as_optimizer, optimize_from
+from heatbath.drivers.optimizing import as_optimizer, optimize_from
 from heatbath.models.target import Target
 
 __all__ = ["MAP_KEY", "search", "resolve"]

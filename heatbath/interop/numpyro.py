@@ -49,8 +49,8 @@ from heatbath.drivers.cache import fingerprint
 from heatbath.kernels.validate import check_int
 from heatbath.models.target import Target
 from heatbath.samplers.base import Sampler
-from heatbath.samplers.sghmc import sghmc
-from heatbath.samplers.sgld import psgld, sgld
+from heatbath.samplers.hamiltonian import sghmc
+from heatbath.samplers.overdamped import psgld, sgld
 
 __all__ = ["HeatbathKernel", "HeatbathState", "SGLD", "PSGLD", "SGHMC"]
 

@@ -238,7 +238,7 @@ def adam(b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0, bias_corre
 
     (``bias_correction=False``: nu^ = nu). Adam's first moment is a drift, not a
     preconditioner: the kernel keeps it (``b1`` of
-    :func:`heatbath.samplers.sgld.build_preconditioned_kernel`). The divergence term is
+    :func:`heatbath.samplers.overdamped.build_preconditioned_kernel`). The divergence term is
 
         Gamma_i = -(1 - b2) / (1 - b2^t) g_i H_ii G_i^2 / sqrt(nu^_i + eps_root),
 

@@ -25,7 +25,7 @@ The divergence correction (``correction=True``) enters as T Gamma and vanishes a
 
 from heatbath.optim.annealing import anneal, cyclical, sampling_phase
 from heatbath.optim.averaging import averaged
-from heatbath.optim.entropy_sgd import entropy_sgd
+from heatbath.optim.local_entropy import entropy_sgd
 from heatbath.optim.flatness import hessian_top_eigenvalue, hessian_trace, hvp
 from heatbath.optim.optax_bridge import as_optax, from_optax
 

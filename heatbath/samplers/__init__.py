@@ -1,8 +1,9 @@
 """Samplers: one module per family, each constructor returning ``Sampler(init, step)``."""
 
 from heatbath.samplers.base import Info, Sampler
-from heatbath.samplers.langevin import langevin
-from heatbath.samplers.sghmc import sghmc, sgnht
-from heatbath.samplers.sgld import psgld, sgld
+from heatbath.samplers.hamiltonian import sghmc
+from heatbath.samplers.nose_hoover import sgnht
+from heatbath.samplers.optax_langevin import langevin
+from heatbath.samplers.overdamped import psgld, sgld
 
 __all__ = ["Sampler", "Info", "sgld", "psgld", "langevin", "sghmc", "sgnht"]

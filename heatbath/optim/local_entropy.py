@@ -12,7 +12,7 @@ p(theta' | theta) ~ p(theta')^(1/T) exp(-gamma |theta - theta'|^2 / (2 T)). F is
 smoothed by a Gaussian of variance T / gamma: it is large where the posterior has a lot of
 mass near theta (a wide valley), not only a high peak, which is why Entropy-SGD prefers
 flat minima. Each outer iteration estimates <theta'> by an inner SGLD chain on the coupled
-density (``heatbath.samplers.sgld.build_kernel``, one minibatch per inner step):
+density (``heatbath.samplers.overdamped.build_kernel``, one minibatch per inner step):
 
     theta' <- theta' + h' [grad log p~(theta') - gamma (theta' - theta)] + sqrt(2 h' T) xi
     mu     <- beta mu + (1 - beta) theta'                       (L inner steps; mu, theta'
@@ -38,8 +38,8 @@ from heatbath.kernels import schedules as _schedules
 from heatbath.kernels import tree
 from heatbath.kernels.gradients import naive
 from heatbath.samplers.base import Sampler, check_gradient_spec
-from heatbath.samplers.sgld import SGLDState
-from heatbath.samplers.sgld import build_kernel as _sgld_kernel
+from heatbath.samplers.overdamped import SGLDState
+from heatbath.samplers.overdamped import build_kernel as _sgld_kernel
 
 PyTree = Any
 

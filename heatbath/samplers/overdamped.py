@@ -27,7 +27,7 @@ which comes from V tracking the position when the window 1/(1 - a) is short in t
 (the chain then samples pi / G); keep a close to 1 - h/10, or use a fixed preconditioner.
 At T = 0 pSGLD is RMSprop, with or without the correction (T Gamma = 0).
 
-pSGLD, optax.rmsprop-Langevin and Adam-Langevin (:mod:`heatbath.samplers.langevin`) are one
+pSGLD, optax.rmsprop-Langevin and Adam-Langevin (:mod:`heatbath.samplers.optax_langevin`) are one
 kernel, :func:`build_preconditioned_kernel`, with a preconditioner from
 :mod:`heatbath.kernels.preconditioners` and, for Adam, a first-moment drift.
 
@@ -145,7 +145,7 @@ def build_preconditioned_kernel(
     (Gamma_i = dG_ii / d theta_i, with Hutchinson's z * (H z) for the Hessian diagonal: one
     Hessian-vector product per step) from step ``preconditioner.window`` on; at a constant
     T = 0 it is skipped (it would be multiplied by 0). With ``b1`` the pair (theta, mu) is not
-    a Langevin sampler of p^(1/T) for h > 0 (see :mod:`heatbath.samplers.langevin`).
+    a Langevin sampler of p^(1/T) for h > 0 (see :mod:`heatbath.samplers.optax_langevin`).
     """
     noiseless = _schedules.is_constant(temperature) == 0.0
     if correction and preconditioner.correction is None:

@@ -1,4 +1,4 @@
-r"""Stochastic-gradient Hamiltonian samplers: SGHMC with splitting integrators, and SGNHT.
+r"""Stochastic-gradient Hamiltonian Monte Carlo (SGHMC) with splitting integrators.
 
 SGHMC (Chen, Fox & Guestrin, ICML 2014) simulates the underdamped Langevin SDE
 
@@ -52,8 +52,9 @@ one call of ``step`` with its own freshly drawn minibatch, so it is a driver-lev
 the driver records one draw every ``thinning * num_steps_per_sample`` steps (it reads
 ``Sampler.steps_per_draw``).
 
-SGNHT (Ding, Fang, Babbush, Chen, Skeel & Neven, NeurIPS 2014) replaces the fixed friction
-by a thermostat xi that adapts to the unknown gradient noise, see :func:`sgnht`.
+SGNHT (Ding, Fang, Babbush, Chen, Skeel & Neven, NeurIPS 2014), in
+:mod:`heatbath.samplers.nose_hoover`, replaces the fixed friction by a thermostat xi that
+adapts to the unknown gradient noise, with this module's checks and momentum helpers.
 """
 
 from __future__ import annotations
@@ -78,13 +79,15 @@ PyTree = Any
 __all__ = [
     "SGHMCState",
     "SGHMCInfo",
-    "SGNHTState",
-    "SGNHTInfo",
     "sghmc",
-    "sgnht",
     "heavy_ball_parameters",
     "build_kernel",
-    "build_sgnht_kernel",
+    "check_common",
+    "check_noise_budget",
+    "min_leaf",
+    "initial_momentum",
+    "restart_momentum",
+    "step_values",
 ]
 
 
@@ -106,27 +109,10 @@ class SGHMCInfo(NamedTuple):
     kinetic_energy: jax.Array  # r^T M^-1 r / 2 at the end of the step
 
 
-class SGNHTState(NamedTuple):
-    position: PyTree
-    momentum: PyTree
-    step: jax.Array
-    thermostat: jax.Array  # xi, a scalar friction rate
-
-
-class SGNHTInfo(NamedTuple):
-    step_size: jax.Array
-    temperature: jax.Array
-    grad_norm: jax.Array
-    lp: jax.Array
-    diverging: jax.Array
-    kinetic_energy: jax.Array
-    thermostat: jax.Array
-
-
 # ----------------------------------------------------------------------------------------
 # Validation (eager, before any compilation) and the pieces SGHMC and SGNHT share
 # ----------------------------------------------------------------------------------------
-def _check_common(mass, gradient_noise, num_steps_per_sample, resample_momentum, gradient):
+def check_common(mass, gradient_noise, num_steps_per_sample, resample_momentum, gradient):
     """Validated (M, V, k, gradient spec) of the arguments SGHMC and SGNHT share."""
     M = _validate.check_tree(mass, "mass", positive=True)
     V = None if gradient_noise is None else _validate.check_tree(gradient_noise, "gradient_noise", positive=False)
@@ -136,7 +122,7 @@ def _check_common(mass, gradient_noise, num_steps_per_sample, resample_momentum,
     return M, V, k, spec
 
 
-def _check_noise_budget(h, C, T, V, scale_name: str):
+def check_noise_budget(h, C, T, V, scale_name: str):
     """Constant settings where the gradient noise alone exceeds the friction's noise: an error."""
     hv, cv, tv = (_schedules.is_constant(s) for s in (h, C, T))
     if None in (hv, cv, tv) or V is None:
@@ -150,7 +136,7 @@ def _check_noise_budget(h, C, T, V, scale_name: str):
         )
 
 
-def _min_leaf(M) -> float:
+def min_leaf(M) -> float:
     return M if isinstance(M, float) else min(float(np.min(np.asarray(x))) for x in jax.tree.leaves(M))
 
 
@@ -178,7 +164,7 @@ def _momentum_draw(key, position, mass, T, noiseless):
     return jax.tree.map(lambda n, m: jnp.sqrt(T * m) * n, xi, mass)
 
 
-def _initial_momentum(position, key, mass, gradient_noise, temperature, noiseless):
+def initial_momentum(position, key, mass, gradient_noise, temperature, noiseless):
     """The first momentum, r ~ N(0, T_0 M), after checking M and V against the position."""
     M = tree.leafwise(mass, position, "mass")
     if gradient_noise is not None:
@@ -186,7 +172,7 @@ def _initial_momentum(position, key, mass, gradient_noise, temperature, noiseles
     return _momentum_draw(key, position, M, temperature(jnp.zeros((), jnp.int32)), noiseless)
 
 
-def _restart_momentum(key, state, M, T, noiseless, num_steps_per_sample):
+def restart_momentum(key, state, M, T, noiseless, num_steps_per_sample):
     """``resample_momentum``: r ~ N(0, T M) at every ``num_steps_per_sample``-th step.
 
     Returns the key left for the step and the momentum to start it with."""
@@ -196,7 +182,7 @@ def _restart_momentum(key, state, M, T, noiseless, num_steps_per_sample):
     return key, jax.tree.map(lambda a, b: jnp.where(restart, a, b), fresh, state.momentum)
 
 
-def _step_values(state, step_size, temperature, mass):
+def step_values(state, step_size, temperature, mass):
     """h and T at the state's step, the mass M as a pytree like the position, and M^-1."""
     M = tree.leafwise(mass, state.position, "mass")
     return step_size(state.step), temperature(state.step), M, jax.tree.map(lambda m: 1.0 / m, M)
@@ -218,14 +204,14 @@ def build_kernel(split: _integrators.Splitting, step_size, friction, temperature
 
     def step(key, state: SGHMCState, batch, grad_fn):
         position = state.position
-        h, T, M, inv_M = _step_values(state, step_size, temperature, mass)
+        h, T, M, inv_M = step_values(state, step_size, temperature, mass)
         C = friction(state.step)
         C_tree = jax.tree.map(lambda p: C, position)
         V = None if gradient_noise is None else tree.leafwise(gradient_noise, position, "gradient_noise")
         T_noise = _noise_temperature(T, h, C, V, position)
         key_int, momentum = key, state.momentum
         if resample_momentum:
-            key_int, momentum = _restart_momentum(key, state, M, T, noiseless, num_steps_per_sample)
+            key_int, momentum = restart_momentum(key, state, M, T, noiseless, num_steps_per_sample)
         cache = state.cache if split.fsal else None
         new_pos, new_mom, cache, lp, g = integrate(
             key_int, position, momentum, cache, batch, grad_fn, h, C_tree, M, inv_M, T_noise
@@ -299,12 +285,12 @@ def sghmc(
     h = _schedules.as_schedule(step_size, "step_size", positive=True)
     C = _schedules.as_schedule(friction, "friction", positive=True)
     T = _schedules.as_schedule(temperature, "temperature", positive=False)
-    M, V, k, spec = _check_common(mass, gradient_noise, num_steps_per_sample, resample_momentum, gradient)
-    _check_noise_budget(h, C, T, V, "friction")
+    M, V, k, spec = check_common(mass, gradient_noise, num_steps_per_sample, resample_momentum, gradient)
+    check_noise_budget(h, C, T, V, "friction")
     if split.name == "euler" or "E" in split.letters:
         hv, cv = _schedules.is_constant(h), _schedules.is_constant(C)
         if hv is not None and cv is not None:
-            mmin = _min_leaf(M)
+            mmin = min_leaf(M)
             if hv * cv / mmin > 1.0:
                 raise ValueError(
                     f"Euler SGHMC needs alpha = step_size * friction / mass <= 1 (the momentum decay is 1 - alpha), "
@@ -313,7 +299,7 @@ def sghmc(
     noiseless = _schedules.is_constant(T) == 0.0
 
     def init(position, key=None):
-        momentum = _initial_momentum(position, key, M, V, T, noiseless)
+        momentum = initial_momentum(position, key, M, V, T, noiseless)
         step0 = jnp.zeros((), jnp.int32)
         if split.fsal:
             lp0 = jnp.zeros((), jnp.result_type(float))
@@ -330,110 +316,4 @@ def sghmc(
         step=build_kernel(split, h, C, T, M, V, k, resample_momentum, _noise.as_noise(noise)),
         gradient=spec, temperature=T, grads_per_step=float(split.grads_per_step), steps_per_draw=k,
         gradient_at_position=split.gradient_at_start,
-    )
-
-
-# ----------------------------------------------------------------------------------------
-# SGNHT
-# ----------------------------------------------------------------------------------------
-def build_sgnht_kernel(step_size, diffusion, temperature, mass, gradient_noise, num_steps_per_sample: int,
-                       resample_momentum: bool, noise=None):
-    """The SGNHT transition (Ding et al. 2014) for validated schedules, mass and gradient noise."""
-    noiseless = _schedules.is_constant(temperature) == 0.0
-    source = _noise.as_noise(noise)
-
-    def step(key, state: SGNHTState, batch, grad_fn):
-        position = state.position
-        h, T, M, inv_M = _step_values(state, step_size, temperature, mass)
-        A = diffusion(state.step)
-        key_noise, momentum = key, state.momentum
-        if resample_momentum:
-            key_noise, momentum = _restart_momentum(key, state, M, T, noiseless, num_steps_per_sample)
-        lp, g = grad_fn(position, batch)
-        xi = state.thermostat
-        if noiseless:
-            momentum = jax.tree.map(lambda r, gl: (1.0 - h * xi) * r + h * gl, momentum, g)
-        else:
-            noise = source.draw(key_noise, position)
-            if gradient_noise is None:
-                var = jax.tree.map(lambda m: 2.0 * h * A * T * m, M)
-            else:
-                V = tree.leafwise(gradient_noise, position, "gradient_noise")
-                var = jax.tree.map(lambda m, v: jnp.maximum(2.0 * h * A * T * m - h * h * v, 0.0), M, V)
-            momentum = jax.tree.map(
-                lambda r, gl, s, n: (1.0 - h * xi) * r + h * gl + jnp.sqrt(s) * n, momentum, g, var, noise
-            )
-        new_pos = _integrators.position_update(position, momentum, h, inv_M)
-        kinetic = _integrators.kinetic_energy(momentum, inv_M)
-        d = tree.size(position)
-        new_xi = xi + h * (2.0 * kinetic / d - T)
-        diverging = jnp.logical_not(
-            jnp.logical_and(jnp.logical_and(tree.all_finite(new_pos), tree.all_finite(momentum)), jnp.isfinite(new_xi))
-        )
-        info = SGNHTInfo(h, T, tree.norm(g), lp, diverging, kinetic, new_xi)
-        return SGNHTState(new_pos, momentum, state.step + 1, new_xi), info
-
-    return step
-
-
-def sgnht(
-    step_size,
-    diffusion=1.0,
-    *,
-    mass=1.0,
-    temperature=1.0,
-    num_steps_per_sample: int = 1,
-    thermostat_init=None,
-    gradient_noise=None,
-    resample_momentum: bool = False,
-    gradient=None,
-    noise=None,
-) -> Sampler:
-    """Stochastic-gradient Nose-Hoover thermostat (Ding et al., NeurIPS 2014).
-
-    With a scalar thermostat xi (a friction rate that adapts), the diffusion A and d the
-    number of coordinates:
-
-        r     <- (1 - h xi) r + h g + N(0, 2 h A T M - h^2 V)
-        theta <- theta + h M^-1 r
-        xi    <- xi + h (r^T M^-1 r / d - T)
-
-    At equilibrium xi settles where the kinetic temperature r^T M^-1 r / d equals T, which
-    absorbs unknown gradient noise: with noise variance V it goes to xi = A + h mean(V/M)/(2T)
-    instead of needing V (the beta-hat correction of SGHMC). With M = T = 1 this is Ding et
-    al.'s Algorithm 2 written with the momentum r = v / h; with a scalar mass M it is Euler
-    SGHMC with the friction rate C / M replaced by xi.
-
-    Args:
-      step_size: h > 0 (number or schedule).
-      diffusion: A > 0 (number or schedule), the injected noise level; xi starts at A.
-      mass, temperature, num_steps_per_sample, gradient_noise, resample_momentum, gradient, noise:
-        as in :func:`sghmc` (keyword-only).
-      thermostat_init: the initial xi (default: A at step 0).
-    """
-    h = _schedules.as_schedule(step_size, "step_size", positive=True)
-    A = _schedules.as_schedule(diffusion, "diffusion", positive=True)
-    T = _schedules.as_schedule(temperature, "temperature", positive=False)
-    M, V, k, spec = _check_common(mass, gradient_noise, num_steps_per_sample, resample_momentum, gradient)
-    av = _schedules.is_constant(A)
-    if V is not None and av is not None:
-        # noise budget per coordinate: 2 h A T M >= h^2 V, i.e. h V <= 2 (A M) T
-        _check_noise_budget(h, _schedules.constant(av * _min_leaf(M)), T, V, "diffusion * mass")
-    if thermostat_init is None:
-        xi0 = float(A(jnp.zeros((), jnp.int32)))
-    else:
-        xi0 = _validate.check_real(thermostat_init, "thermostat_init")
-    noiseless = _schedules.is_constant(T) == 0.0
-
-    def init(position, key=None):
-        momentum = _initial_momentum(position, key, M, V, T, noiseless)
-        return SGNHTState(position, momentum, jnp.zeros((), jnp.int32), jnp.asarray(xi0, jnp.result_type(float)))
-
-    hyper = dict(step_size=step_size, diffusion=diffusion, mass=mass, temperature=temperature,
-                 num_steps_per_sample=k, thermostat_init=thermostat_init, gradient_noise=gradient_noise,
-                 resample_momentum=resample_momentum, gradient=spec, noise=noise)
-    return make_sampler(
-        sgnht, hyper, base_name="sgnht", init=init,
-        step=build_sgnht_kernel(h, A, T, M, V, k, resample_momentum, _noise.as_noise(noise)),
-        gradient=spec, temperature=T, steps_per_draw=k,
     )

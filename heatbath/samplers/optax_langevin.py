@@ -14,7 +14,7 @@ optimizer                                    sampler (T = 0 reproduces the optim
 ``optax.adam(lr, b1, b2, eps, eps_root)``    :func:`adam_langevin` (below)
 ===========================================  =================================================
 
-All but SGHMC run one kernel, :func:`heatbath.samplers.sgld.build_preconditioned_kernel`,
+All but SGHMC run one kernel, :func:`heatbath.samplers.overdamped.build_preconditioned_kernel`,
 with a preconditioner from :mod:`heatbath.kernels.preconditioners`. The Adam-type Langevin
 step (Li et al. 2016 for the preconditioned Langevin step, Kingma & Ba 2015 for Adam's
 moments), with g = grad log p~(theta) (ascent direction), t = k + 1:
@@ -60,8 +60,8 @@ from heatbath.kernels import preconditioners as _precond
 from heatbath.kernels import schedules as _schedules
 from heatbath.kernels.gradients import naive
 from heatbath.samplers.base import Sampler, check_gradient_spec
-from heatbath.samplers.sghmc import heavy_ball_parameters, sghmc
-from heatbath.samplers.sgld import preconditioned_sampler, psgld, sgld
+from heatbath.samplers.hamiltonian import heavy_ball_parameters, sghmc
+from heatbath.samplers.overdamped import preconditioned_sampler, psgld, sgld
 
 __all__ = ["langevin", "adam_langevin", "read_optax"]
 
@@ -89,7 +89,7 @@ def adam_langevin(
     (``drift="gradient"`` uses g in place of mu / (1 - b1^t)). Kingma & Ba (ICLR 2015) for
     the moments, Li et al. (AAAI 2016) for the preconditioned Langevin step; what the chain
     samples at T > 0, and which correction terms are dropped, is in the module docstring.
-    It is :func:`heatbath.samplers.sgld.build_preconditioned_kernel` with the preconditioner
+    It is :func:`heatbath.samplers.overdamped.build_preconditioned_kernel` with the preconditioner
     :func:`heatbath.kernels.preconditioners.adam` and the first-moment drift ``b1``.
 
     Args:
