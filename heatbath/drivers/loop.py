@@ -1,7 +1,7 @@
 """The one scan loop that every driver runs.
 
-Per chain the carry is (sampler state, gradient-estimator state, PRNG key, alive, batcher
-state). A step splits its key into (next key, batch key, step key), asks the batcher for the
+Per chain the carry is (sampler state, gradient-estimator state, PRNG key, divergence guard,
+batcher state). A step splits its key into (next key, batch key, step key), asks the batcher for the
 step's rows, builds the :class:`~heatbath.kernels.gradients.Oracle` from the gradient
 estimator and calls ``sampler.step(step key, state, batch, oracle)``. Chains run under
 ``vmap`` inside the scan body (so the progress callback sits outside the vmap), thinning steps
@@ -30,7 +30,7 @@ from heatbath.drivers.progress import Progress, tick
 from heatbath.kernels import tree as _tree
 from heatbath.kernels.gradients import Estimator, Oracle
 
-__all__ = ["LoopConfig", "RunOut", "make_step", "make_chunk", "run", "fold_each", "chain_keys",
+__all__ = ["LoopConfig", "RunOut", "make_step", "make_chunk", "run", "fold_each", "chain_keys", "finite_log_density",
            "grad_evals_per_chain", "num_refreshes", "DIVERGENCE_MODES", "KEEP_MODES", "COMPILED"]
 
 DIVERGENCE_MODES = ("stop", "restart", "flag")
@@ -100,16 +100,21 @@ class RunOut(NamedTuple):
 def make_step(sampler, estimator: Estimator, batcher, target, on_divergence: str = "flag"):
     """One transition of one chain: the batcher's rows, the oracle, the sampler's step.
 
-    The carry is (sampler state, estimator state, key, alive, batcher state). A non-finite new
-    state is caught here, inside the scan: with ``on_divergence="restart"`` the step is rejected
-    (the chain stays at its last finite state and goes on with fresh randomness), with
-    ``"stop"`` the chain freezes at its last finite state for good (``alive`` turns False), with
-    ``"flag"`` it is only flagged. Rejected or frozen steps are flagged ``diverging``.
+    The carry is (sampler state, estimator state, key, guard, batcher state). A divergence is a
+    non-finite new state or a non-finite log density (``info.lp``, evaluated at the step's
+    start: a likelihood that is NaN where its gradient is finite, e.g. the log of a negative
+    number, leaves the state finite). It is caught here, inside the scan: with
+    ``on_divergence="restart"`` the step is rejected (the chain goes back to its last state
+    with a finite log density and goes on with fresh randomness), with ``"stop"`` the chain
+    freezes there for good, with ``"flag"`` it is only flagged. The guard is ``(alive, prev)``
+    for stop and restart (``prev``: the state before the current one, the fallback when the
+    current state's log density turns out non-finite; one extra copy of the state per chain)
+    and ``alive`` alone for ``"flag"``. Rejected or frozen steps are flagged ``diverging``.
     """
     terms, num_data, nonsmooth = target.terms, target.num_data, target.nonsmooth
 
     def one_step(carry, shared_est, data, step):
-        state, est_state, key, alive, batch_state = carry
+        state, est_state, key, guard, batch_state = carry
         key, key_batch, key_step = jax.random.split(key, 3)
         if estimator.shared:
             current = shared_est
@@ -125,14 +130,25 @@ def make_step(sampler, estimator: Estimator, batcher, target, on_divergence: str
 
         oracle = Oracle(estimate, terms, num_data, nonsmooth, batch_info)
         new_state, info = sampler.step(key_step, state, batch, oracle)
-        if on_divergence != "flag":
-            ok = _tree.all_finite(new_state)
+        lp = getattr(info, "lp", None)
+        lp_ok = jnp.all(jnp.isfinite(lp)) if lp is not None else jnp.asarray(True)
+        if on_divergence == "flag":
+            if lp is not None:
+                info = info._replace(diverging=jnp.logical_or(info.diverging, jnp.logical_not(lp_ok)))
+        else:
+            alive, prev = guard
+            ok = jnp.logical_and(_tree.all_finite(new_state), lp_ok)
             if on_divergence == "stop":
                 ok = jnp.logical_and(ok, alive)
                 alive = ok
-            new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+            # The last state with a finite log density: the current one, or (when its log density
+            # is non-finite) the one before it.
+            base = jax.tree.map(lambda a, b: jnp.where(lp_ok, a, b), state, prev)
+            prev = jax.tree.map(lambda a, b: jnp.where(ok, a, b), state, prev)
+            new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, base)
             info = info._replace(diverging=jnp.logical_or(info.diverging, jnp.logical_not(ok)))
-        return (new_state, est_state if estimator.shared else current, key, alive, batch_state), info
+            guard = (alive, prev)
+        return (new_state, est_state if estimator.shared else current, key, guard, batch_state), info
 
     return one_step
 
@@ -171,9 +187,17 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
             return _single(record)(position, data)
         return batched_record(position, data)
 
+    def start_ok(lp, like):
+        """Whether the log density at the draw's first step (of the previous draw's state) is finite."""
+        if lp is None:
+            return jnp.ones(jnp.shape(like), bool)
+        return jnp.isfinite(lp)
+
     def draw(carry, shared_est, data, first_step):
         if thinning == 1:
-            return vstep(carry, shared_est, data, first_step)
+            carry, info = vstep(carry, shared_est, data, first_step)
+            return carry, info, start_ok(getattr(info, "lp", None), carry[3][0] if isinstance(carry[3], tuple)
+                                         else carry[3])
 
         def inner(c, k):
             return vstep(c, shared_est, data, first_step + k)
@@ -182,14 +206,17 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
         info = jax.tree.map(lambda x: x[-1], infos)
         if hasattr(info, "diverging"):
             info = info._replace(diverging=jnp.any(infos.diverging, axis=0))
-        return carry, info
+        lp = getattr(infos, "lp", None)
+        alive = carry[3][0] if isinstance(carry[3], tuple) else carry[3]
+        return carry, info, start_ok(None if lp is None else lp[0], alive)
 
     def chunk(carry, acc, shared_est, data, offset):
         """``offset``: the global step count at the start of the chunk (a traced scalar)."""
 
         def body(c_acc, i):
             c, acc = c_acc
-            c, info = draw(c, shared_est, data, offset + i * thinning)
+            c, info, ok = draw(c, shared_est, data, offset + i * thinning)
+            info = (info, ok)
             if progress is not None and progress.enabled:
                 every = max(1, progress.every // thinning)  # draws between ticks
 
@@ -264,7 +291,9 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
         shared_est = ()
         est_states = jax.vmap(estimator.init, in_axes=(0, None))(positions, data)
     batch_states = jax.vmap(batcher.init)(fold_each(keys, 4))
-    carry = (states, est_states, run_keys, jnp.ones((num_chains,), bool), batch_states)
+    alive = jnp.ones((num_chains,), bool)
+    guard = alive if cfg.on_divergence == "flag" else (alive, states)
+    carry = (states, est_states, run_keys, guard, batch_states)
     record = cfg.record
     # What `record` returns for one draw (constrained values and deterministic sites, which may
     # be much larger than the position): the moments' shapes and the bytes kept per draw.
@@ -364,7 +393,32 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     if moments:
         moments_out = {"count": host["count"], "mean": host["mean"], "m2": host["m2"],
                        "ring": jax.device_get(acc["ring"])}
-    return RunOut(draws.result(), infos.result(), carry, compile_time, moments_out, cfg.extra_state)
+    return RunOut(draws.result(), _flag_lookahead(infos.result()), carry, compile_time, moments_out,
+                  cfg.extra_state)
+
+
+def _flag_lookahead(recorded):
+    """The infos with each draw also flagged ``diverging`` when the log density of its state,
+    evaluated at the next draw's first step, is non-finite (a state can be finite with a NaN
+    log density; it is only evaluated when the chain moves on). The last draw's is checked by
+    the caller (:func:`finite_log_density`)."""
+    if not recorded:
+        return recorded
+    info, ok = recorded
+    if not hasattr(info, "diverging") or np.shape(ok)[0] < 2:
+        return info
+    div = np.array(info.diverging)
+    div[:-1] |= ~np.asarray(ok[1:], bool)
+    return info._replace(diverging=div)
+
+
+def finite_log_density(target, positions) -> np.ndarray:
+    """Per chain, whether the log density at ``positions`` (leading axis chain) is finite
+    (evaluated on one row, or all of them for a target that cannot be minibatched)."""
+    terms = target.memo("finite_terms", lambda: jax.jit(jax.vmap(target.terms, in_axes=(0, None))))
+    rows = target.data if target.minibatch_error else jax.tree.map(lambda x: x[:1], target.data)
+    lp, ll = terms(positions, rows)
+    return np.isfinite(np.asarray(lp + ll))
 
 
 def num_refreshes(num_steps: int, every: int) -> int:

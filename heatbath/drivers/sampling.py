@@ -167,6 +167,8 @@ def _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, 
         draws, unc = draws["values"], _chain_first(draws["position"])
     samples = {k: v for k, v in _chain_first(draws).items()} if cfg.keep == "draws" else {}
     stats = {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in out.infos._asdict().items()}
+    # The last draw's log density was never evaluated by a step: check it here.
+    stats["diverging"][:, -1] |= ~loop.finite_log_density(target, out.carry[0].position)
     moments = None
     if cfg.keep == "moments":
         acc = out.moments
@@ -199,10 +201,10 @@ def _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, 
     bad = result.diverged_chains()
     if bad:
         first = [int(np.argmax(stats["diverging"][c])) for c in bad]
-        what = {"stop": "stopped at its last finite state", "restart": "steps rejected and restarted",
+        what = {"stop": "stopped at its last state with a finite log density", "restart": "steps rejected and restarted",
                 "flag": "left non-finite"}[cfg.on_divergence]
         warnings.warn(
-            f"{len(bad)} of {num_chains} chain(s) diverged (non-finite state; {what}): chains {bad}, first at "
+            f"{len(bad)} of {num_chains} chain(s) diverged (non-finite state or log density; {what}): chains {bad}, first at "
             f"draws {first}. Their draws are flagged in stats['diverging']; lower the step size.",
             RuntimeWarning,
             stacklevel=3,
