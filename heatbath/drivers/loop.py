@@ -269,7 +269,7 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     Returns the recorded draws (draw, chain, ...), infos, final carry, compile time, moments
     (``keep="moments"``) and ``cfg.extra_state``.
     """
-    from heatbath.drivers.checkpoint import load_tree
+    from heatbath.drivers.checkpoint import hold
 
     data = target.data
     num_chains = jax.tree.leaves(positions)[0].shape[0]
@@ -331,24 +331,22 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     if ckpt is not None:
         ckpt.settings["chunk_size"] = chunk_size
         if cfg.resume:
-            meta = ckpt.read_meta(ckpt.path)
-            ckpt.check_settings(meta)
-            carry, acc, shared_est, host = load_tree(ckpt.path, meta["state"], (carry, acc, shared_est, host))
             likes = {}
-            for desc_ in meta["draws"]:
-                index = int(desc_.get("segment", -1))
-                if not 0 <= index < len(segments) or not segments[index][2]:
-                    raise ValueError(f"checkpoint {ckpt.path} lists draws of a segment this run does not have")
-                length = segments[index][0]
+
+            def draws_like(length):
                 if length not in likes:
                     likes[length] = _draw_like(record, length, cfg.thinning, one_step, carry, shared_est, acc,
                                                data, moments, cfg.swag_rank)
-                values, info = load_tree(ckpt.path, desc_, likes[length])
+                return likes[length]
+
+            def add(tree):
+                values, info = tree
                 draws.add(jax.tree.map(np.asarray, values))
                 infos.add(jax.tree.map(np.asarray, info))
-            start, previous = int(meta["segments_done"]), meta
-            if start > len(segments):
-                raise ValueError(f"the checkpoint has {start} segments done, this run has only {len(segments)}")
+
+            (carry, acc, shared_est, host), start, previous = ckpt.restore(
+                (carry, acc, shared_est, host), [n if is_draws else None for n, _, is_draws in segments],
+                draws_like, add)
 
     compile_time = 0.0
     signature = _signature((carry, acc, shared_est, data))
@@ -370,7 +368,8 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
 
     done_steps = sum(n * t for n, t, _ in segments[:start])
     pending = []
-    with Progress(cfg.num_warmup + cfg.num_draws * cfg.thinning, cfg.desc, cfg.progress_bar) as progress:
+    with Progress(cfg.num_warmup + cfg.num_draws * cfg.thinning, cfg.desc, cfg.progress_bar) as progress, \
+            hold(ckpt, lambda: (draws.result(), _flag_lookahead(infos.result()))):
         progress.update(done_steps)
         for j in range(start, len(segments)):
             length, steps, is_draws = segments[j]

@@ -19,7 +19,7 @@ import numpy as np
 from heatbath.drivers.checkpoint import Checkpoint
 from heatbath.models.target import Target
 
-__all__ = ["describe", "open_checkpoint", "data_digest"]
+__all__ = ["describe", "open_checkpoint", "resume_mode", "data_digest"]
 
 
 def describe(obj, unknown: Optional[list] = None, where: str = "hyperparameters"):
@@ -64,6 +64,42 @@ def describe(obj, unknown: Optional[list] = None, where: str = "hyperparameters"
     return text
 
 
+def _as_path(value, name: str) -> str:
+    try:
+        return os.fsdecode(os.fspath(value))
+    except TypeError:
+        raise ValueError(f"{name} must be a directory path, not {type(value).__name__}") from None
+
+
+def resume_mode(checkpoint, resume):
+    """(directory or None, mode) from the user's ``checkpoint`` and ``resume`` arguments.
+
+    mode: None (no checkpoint), "fresh" (``checkpoint=path``: a new run; refused where a run was
+    already committed), "must" (``resume=True`` with ``checkpoint=path``, or ``resume=path``:
+    there must be a checkpoint to resume) or "auto" (``resume="auto"`` with ``checkpoint=path``:
+    resume what is committed there, else start fresh; the same command line can be re-run after
+    any kill).
+    """
+    path = None if checkpoint is None else _as_path(checkpoint, "checkpoint")
+    if resume is None or (isinstance(resume, (bool, np.bool_)) and not resume):
+        return path, (None if path is None else "fresh")
+    if isinstance(resume, (bool, np.bool_)):
+        if path is None:
+            raise ValueError("resume=True needs checkpoint=path (or pass resume=path)")
+        return path, "must"
+    if isinstance(resume, str) and resume == "auto":
+        if path is None:
+            raise ValueError("resume='auto' needs checkpoint=path (to resume a directory named 'auto', pass "
+                             "resume='./auto')")
+        return path, "auto"
+    if not isinstance(resume, (str, os.PathLike)):
+        raise ValueError(f"resume must be None, True, 'auto' or a checkpoint directory, not {type(resume).__name__}")
+    where = _as_path(resume, "resume")
+    if path is not None and os.path.abspath(where) != os.path.abspath(path):
+        raise ValueError("checkpoint and resume name different paths; pass one of them")
+    return where, "must"
+
+
 def open_checkpoint(checkpoint, resume, target: Target, kind: str, hyper, *, seed, init, **settings):
     """(Checkpoint or None, resuming?) from the user's ``checkpoint`` and ``resume`` arguments.
 
@@ -71,9 +107,16 @@ def open_checkpoint(checkpoint, resume, target: Target, kind: str, hyper, *, see
     whether an init was given, a digest of the target's data) are built only when the run
     checkpoints: hashing the data costs a pass over it (15 ms for 10 MB). Warns about
     hyperparameters that a resume can only check by name.
+
+    The returned Checkpoint is open: its directory was found writable (else
+    :class:`~heatbath.drivers.checkpoint.CheckpointWriteError`, before anything is compiled)
+    and its lock is held (a second run writing it is refused); the caller must release it with
+    ``ckpt.close()`` (or ``with hold(ckpt):``) however the run ends. See :func:`resume_mode`
+    for ``resume``; ``checkpoint=path`` on a directory that holds a committed checkpoint is
+    refused rather than overwritten.
     """
-    resuming = resume is not None and resume is not False
-    if not resuming and checkpoint is None:
+    path, mode = resume_mode(checkpoint, resume)
+    if mode is None:
         return None, False
     unknown: list = []
     settings = dict(
@@ -89,21 +132,25 @@ def open_checkpoint(checkpoint, resume, target: Target, kind: str, hyper, *, see
             UserWarning,
             stacklevel=3,
         )
-    if resuming:
-        path = checkpoint if checkpoint is not None else resume
-        if checkpoint is not None and resume is not True and os.fspath(resume) != os.fspath(checkpoint):
-            raise ValueError("checkpoint and resume name different paths; pass one of them")
-        if resume is True:
-            if checkpoint is None:
-                raise ValueError("resume=True needs checkpoint=path")
-            path = checkpoint
+    if mode == "must":
         Checkpoint.read_meta(path)  # fails early, with a clear error, when there is nothing to resume
-        return Checkpoint(path, settings), True
+    ckpt = Checkpoint(path, settings)
+    ckpt.open(create=mode != "must")
     try:
-        os.makedirs(os.fspath(checkpoint), exist_ok=True)
-    except (OSError, TypeError) as err:
-        raise ValueError(f"cannot create the checkpoint directory {checkpoint!r}: {err}") from err
-    return Checkpoint(checkpoint, settings), False
+        committed = ckpt.committed()  # under the lock: no other run is committing now
+        if mode == "fresh" and committed:
+            raise ValueError(
+                f"the checkpoint directory {path} already holds a committed checkpoint: pass resume='auto' (resume "
+                "it if there is one, else start fresh) or resume=True (resume it) to continue that run, or choose "
+                "another directory (or delete this one) to start a new run"
+            )
+        resuming = mode == "must" or committed
+        if resuming:
+            Checkpoint.read_meta(path)  # a corrupted or malformed checkpoint is refused now, not overwritten
+    except BaseException:
+        ckpt.close()
+        raise
+    return ckpt, resuming
 
 
 def data_digest(target: Target) -> str:
