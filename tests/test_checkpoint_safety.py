@@ -29,6 +29,7 @@ import pytest
 
 import heatbath as hb
 from heatbath.drivers import checkpoint as ck
+from heatbath.drivers import checkpoint_io as cio
 from heatbath.drivers import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,11 +90,11 @@ def edit_meta(path, fn):
 
 
 def sha256(path):
-    return ck._sha256(path)
+    return cio.sha256(path)
 
 
 def temporaries(path):
-    return sorted(n for n in os.listdir(path) if ck._TEMP.fullmatch(n))
+    return sorted(n for n in os.listdir(path) if cio.TEMP.fullmatch(n))
 
 
 # -- 1. files stay inside the directory ------------------------------------------------------
@@ -421,16 +422,16 @@ def test_temporary_files_of_a_write_killed_midway_are_removed_on_the_next_open(t
         import os, signal
         import jax.numpy as jnp
         import heatbath as hb
-        from heatbath.drivers import checkpoint as ck
+        from heatbath.drivers import checkpoint_io as cio
 
-        real = ck._atomic_write
+        real = cio.atomic_write
         def atomic_write(p, write):
             if os.path.basename(p) == "state_000003.npz":  # SIGKILL halfway through writing it
-                fd, tmp = ck._create_temp(os.path.dirname(p), os.path.basename(p))
+                fd, tmp = cio.create_temp(os.path.dirname(p), os.path.basename(p))
                 os.write(fd, b"PK\\x03\\x04 half a file")
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(p, write)
-        ck._atomic_write = atomic_write
+        cio.atomic_write = atomic_write
         hb.sample({GAUSS_SRC}, hb.samplers.sgld(0.1), checkpoint={path!r}, resume="auto", **{KW!r})
     """)
     out = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=600)
@@ -462,7 +463,7 @@ def _refuse_writes(monkeypatch, code):
     def create_temp(directory, name):
         raise OSError(code, os.strerror(code), os.path.join(directory, name))
 
-    monkeypatch.setattr(ck, "_create_temp", create_temp)
+    monkeypatch.setattr(cio, "create_temp", create_temp)
 
 
 @pytest.mark.parametrize("code, reason", [(errno.EROFS, "read-only"), (errno.EACCES, "not writable"),
@@ -545,7 +546,7 @@ def test_a_really_full_disk_fails_at_open_or_keeps_the_draws(tmp_path, straight)
 
 def test_a_failed_commit_mid_run_raises_with_the_draws_made_so_far(tmp_path, monkeypatch, straight):
     path = str(tmp_path / "c")
-    real = ck._atomic_write
+    real = cio.atomic_write
     metas = [0]
 
     def atomic_write(p, write):  # the disk fills up while the 4th commit writes meta.json
@@ -555,7 +556,7 @@ def test_a_failed_commit_mid_run_raises_with_the_draws_made_so_far(tmp_path, mon
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), p)
         return real(p, write)
 
-    monkeypatch.setattr(ck, "_atomic_write", atomic_write)
+    monkeypatch.setattr(cio, "atomic_write", atomic_write)
     with pytest.raises(ck.CheckpointWriteError, match=r"after 4 segments.*full.*3 segments done\) is intact"
                        r".*30 draws made so far are attached") as info:
         sample(checkpoint=path)
@@ -566,13 +567,13 @@ def test_a_failed_commit_mid_run_raises_with_the_draws_made_so_far(tmp_path, mon
     np.testing.assert_array_equal(err.partial["stats"]["lp"], straight.stats["lp"].swapaxes(0, 1)[:30])
     assert ck.Checkpoint.read_meta(path)["segments_done"] == 3
     assert temporaries(path) == []
-    monkeypatch.setattr(ck, "_atomic_write", real)
+    monkeypatch.setattr(cio, "atomic_write", real)
     r = sample(checkpoint=path, resume="auto")  # the lock was released; the same command finishes the run
     np.testing.assert_array_equal(r.samples["theta"], straight.samples["theta"])
 
 
 def test_optimize_attaches_its_trace_when_a_commit_fails(tmp_path, monkeypatch):
-    real = ck._atomic_write
+    real = cio.atomic_write
     count = [0]
 
     def atomic_write(p, write):
@@ -581,7 +582,7 @@ def test_optimize_attaches_its_trace_when_a_commit_fails(tmp_path, monkeypatch):
             raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), p)
         return real(p, write)
 
-    monkeypatch.setattr(ck, "_atomic_write", atomic_write)
+    monkeypatch.setattr(cio, "atomic_write", atomic_write)
     with pytest.raises(ck.CheckpointWriteError, match="quota") as info:
         hb.optimize(TARGET, num_steps=200, trace_every=10, checkpoint=str(tmp_path / "opt"))
     assert set(info.value.partial["stats"]) >= {"lp"} and info.value.partial["num_draws"] > 0

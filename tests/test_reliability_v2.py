@@ -1,14 +1,5 @@
-"""Reliability v2 (issue 17): divergence on a non-finite log density, prompt Ctrl-C with the
-draws kept, time-sized chunks, the NumPyro kernel's compiled step keyed by every argument."""
+"""Reliability v2 (issue 17): divergence on a non-finite log density."""
 
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -38,20 +38,13 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
-import gc
-import hashlib
 import json
 import os
-import re
 import stat
-import tempfile
-import warnings
 import weakref
-import zipfile
 from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 try:
@@ -59,425 +52,29 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no lock
     fcntl = None
 
+from heatbath.drivers.checkpoint_io import (  # noqa: F401 - FORMAT, VERSION, save_tree re-exported
+    EXTRA,
+    FORMAT,
+    MAX_META_BYTES,
+    META,
+    VERSION,
+    CheckpointLockedError,
+    CheckpointWriteError,
+    check_name,
+    fsync_dir,
+    load_tree,
+    reason,
+    remove_temporaries,
+    save_tree,
+    take_lock,
+    write_probe,
+)
+from heatbath.drivers import checkpoint_io as _io
+from heatbath.drivers.checkpoint_meta import validate_meta
+
 __all__ = ["Checkpoint", "CheckpointWriteError", "CheckpointLockedError", "hold", "save_tree", "load_tree",
            "FORMAT", "VERSION"]
 
-FORMAT = "heatbath-checkpoint"
-VERSION = 1
-META = "meta.json"
-LOCK = ".lock"
-EXTRA = "extra.npz"
-_TEMP_PREFIX = ".tmp-"
-_PROBE = "write-test"
-# What heatbath writes: only these names are ever read from, written to or deleted in a checkpoint directory.
-_NAME = re.compile(r"(?:state|draws)_\d{6,}\.npz|extra\.npz|meta\.json")
-# Temporary files of the atomic writer (tempfile.mkstemp: prefix, 8 random characters, suffix).
-_TEMP = re.compile(re.escape(_TEMP_PREFIX) + r"[a-z0-9_]{8}(?:" + _NAME.pattern + "|" + _PROBE + ")")
-_MAX_META_BYTES = 256 << 20
-_MAX_DEPTH = 64
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written: the directory is read-only, full, or was deleted.
-
-    Raised when a checkpoint is opened (before the run compiles anything) or by a commit
-    during the run; then ``partial`` holds what the run had made so far, as numpy arrays with
-    axes (draw, chain, ...): ``{"draws": ..., "stats": ..., "num_draws": n}``, and the last
-    committed checkpoint is intact.
-    """
-
-    def __init__(self, message: str, errno: Optional[int] = None, partial: Optional[dict] = None):
-        super().__init__(errno, message) if errno is not None else super().__init__(message)
-        self.message = message
-        self.partial = partial
-
-    def attach(self, partial: dict):
-        self.partial = partial
-
-    def __str__(self):
-        text = self.message
-        if self.partial is not None:
-            text += (f". The {self.partial['num_draws']} draws made so far are attached to this error as "
-                     "error.partial (numpy arrays with axes (draw, chain, ...): 'draws' and 'stats')")
-        return text
-
-
-class CheckpointLockedError(RuntimeError):
-    """The checkpoint directory is being written by another run (it holds the directory's lock)."""
-
-
-# -- files ---------------------------------------------------------------------------------
-def _sha256_fd(fd: int) -> str:
-    h = hashlib.sha256()
-    os.lseek(fd, 0, os.SEEK_SET)
-    for block in iter(lambda: os.read(fd, 1 << 20), b""):
-        h.update(block)
-    return h.hexdigest()
-
-
-def _sha256(path: str) -> str:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        return _sha256_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def _create_temp(directory: str, name: str):
-    """(fd, path) of a new temporary file in ``directory`` for ``name`` (every file heatbath creates)."""
-    return tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX, suffix=name)
-
-
-def _atomic_write(path: str, write):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = _create_temp(directory, os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _fsync_dir(directory: str):
-    """Make a rename durable (best effort: not every file system can fsync a directory)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _reason(err: OSError) -> str:
-    code = getattr(err, "errno", None)
-    if code in (_errno.ENOSPC, getattr(_errno, "EDQUOT", -1)):
-        return "the disk (or the quota) is full"
-    if code in (_errno.EROFS, _errno.EACCES, _errno.EPERM):
-        return "the directory is read-only or not writable by this user"
-    if code in (_errno.ENOENT, _errno.ENOTDIR):
-        return "the directory does not exist (was it deleted?)"
-    return "the file system refused the write"
-
-
-def _write_probe(directory: str):
-    """Create, write, sync and remove a small file: fails now if the run could not commit."""
-    try:
-        fd, tmp = _create_temp(directory, _PROBE)
-        try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-    except OSError as err:
-        raise CheckpointWriteError(
-            f"cannot write to the checkpoint directory {directory}: {_reason(err)} ({err.strerror or err}). "
-            "Nothing was run: free space, fix the permissions or choose another directory",
-            err.errno,
-        ) from err
-
-
-def _remove_temporaries(directory: str) -> list:
-    """Remove the atomic writer's temporary files left by a run killed mid-write (under the lock)."""
-    removed = []
-    for name in os.listdir(directory):
-        if _TEMP.fullmatch(name):
-            path = os.path.join(directory, name)
-            with contextlib.suppress(FileNotFoundError):
-                mode = os.lstat(path).st_mode
-                if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
-                    os.unlink(path)
-                    removed.append(name)
-    return removed
-
-
-def _take_lock(directory: str) -> Optional[int]:
-    """The fd of ``directory/.lock``, locked (flock, exclusive); CheckpointLockedError if another run holds it."""
-    path = os.path.join(directory, LOCK)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except OSError as err:
-        if err.errno == _errno.ELOOP:
-            raise ValueError(f"the checkpoint lock file {path} is a symbolic link: refused") from err
-        raise CheckpointWriteError(f"cannot create the checkpoint lock file {path}: {_reason(err)} ({err})",
-                                   err.errno) from err
-    if fcntl is None:  # pragma: no cover
-        return fd
-    for attempt in range(2):
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            try:
-                holder = int(os.pread(fd, 32, 0).decode().strip() or -1)
-            except (OSError, ValueError):
-                holder = -1
-            if attempt == 0 and holder == os.getpid():
-                gc.collect()  # a failed run's Checkpoint that only a reference cycle keeps alive
-                continue
-            os.close(fd)
-            who = "another run in this process" if holder == os.getpid() else (
-                f"another run (process {holder})" if holder > 0 else "another run")
-            raise CheckpointLockedError(
-                f"the checkpoint directory {directory} is in use by {who}: two runs writing one checkpoint "
-                "would interleave their commits. Wait for that run to end, or choose another directory"
-            ) from None
-        except OSError as err:  # a file system without flock (some network or FUSE mounts)
-            warnings.warn(f"cannot lock the checkpoint directory {directory} ({err}): make sure no other run "
-                          "writes it at the same time", RuntimeWarning, stacklevel=4)
-            break
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-# -- meta.json ------------------------------------------------------------------------------
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _check_depth(obj, where: str):
-    stack = [(obj, 0)]
-    while stack:
-        x, depth = stack.pop()
-        if depth > _MAX_DEPTH:
-            raise ValueError(f"checkpoint {where} is nested more than {_MAX_DEPTH} levels deep: "
-                             "not a heatbath checkpoint")
-        if isinstance(x, dict):
-            stack.extend((v, depth + 1) for v in x.values())
-        elif isinstance(x, list):
-            stack.extend((v, depth + 1) for v in x)
-
-
-def _check_name(name, field: str, expected: Optional[str] = None) -> str:
-    """A plain file name that heatbath writes (``expected`` when given); never a path."""
-    if not isinstance(name, str):
-        raise ValueError(f"checkpoint field {field!r} must be a file name, not {type(name).__name__}")
-    if expected is not None and name != expected:
-        raise ValueError(
-            f"checkpoint field {field!r} is {name[:200]!r} where heatbath writes {expected!r}: only the plain file "
-            "names heatbath writes are accepted (no path, '..', subdirectory or other name)"
-        )
-    if not _NAME.fullmatch(name) or os.path.basename(name) != name or name in (META,):
-        raise ValueError(f"checkpoint field {field!r} ({name[:200]!r}) is not a file name heatbath writes: refused")
-    return name
-
-
-def _check_desc(desc, field: str, expected: str):
-    """The description of one array file in meta.json (see :func:`save_tree`)."""
-    if not isinstance(desc, dict):
-        raise ValueError(f"checkpoint field {field!r} must be an object, not {type(desc).__name__}")
-    for key in ("file", "sha256", "kinds"):
-        if key not in desc:
-            raise ValueError(f"checkpoint field {field!r} has no {key!r}")
-    _check_name(desc["file"], f"{field}.file", expected)
-    digest = desc["sha256"]
-    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise ValueError(f"checkpoint field '{field}.sha256' is not a SHA-256 digest")
-    kinds = desc["kinds"]
-    if not isinstance(kinds, list):
-        raise ValueError(f"checkpoint field '{field}.kinds' must be a list")
-    for i, kind in enumerate(kinds):
-        if not (isinstance(kind, list) and len(kind) == 2 and kind[0] in ("array", "key")
-                and (kind[1] is None or isinstance(kind[1], str))):
-            raise ValueError(f"checkpoint field '{field}.kinds[{i}]' must be ['array', null] or ['key', impl]")
-
-
-def validate_meta(meta, where: str = "meta.json") -> dict:
-    """Check the structure of a parsed meta.json; a ``ValueError`` naming the first bad field."""
-    _check_depth(meta, where)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{where} is not a heatbath checkpoint")
-    version = meta.get("version")
-    if not _is_int(version) or version != VERSION:
-        raise ValueError(f"checkpoint version {version!r} is not supported (expected {VERSION})")
-    for key in ("settings", "segments_done", "state", "draws"):
-        if key not in meta:
-            raise ValueError(f"checkpoint {where} is corrupted (no {key!r})")
-    if not isinstance(meta["settings"], dict):
-        raise ValueError(f"checkpoint field 'settings' must be an object, not {type(meta['settings']).__name__}")
-    done = meta["segments_done"]
-    if not _is_int(done) or done < 1:
-        raise ValueError(f"checkpoint field 'segments_done' must be a positive integer, not {str(done)[:100]!r}")
-    _check_desc(meta["state"], "state", f"state_{done:06d}.npz")
-    draws = meta["draws"]
-    if not isinstance(draws, list):
-        raise ValueError(f"checkpoint field 'draws' must be a list, not {type(draws).__name__}")
-    last = -1
-    for i, desc in enumerate(draws):
-        if not isinstance(desc, dict):
-            raise ValueError(f"checkpoint field 'draws[{i}]' must be an object, not {type(desc).__name__}")
-        segment = desc.get("segment")
-        if not _is_int(segment):
-            raise ValueError(f"checkpoint field 'draws[{i}].segment' must be an integer, not {str(segment)[:100]!r}")
-        if segment <= last:
-            raise ValueError(f"checkpoint field 'draws[{i}].segment' ({segment}) repeats or is out of order")
-        if segment >= done:
-            raise ValueError(
-                f"checkpoint field 'draws[{i}].segment' ({segment}) is beyond segments_done ({done}): the draws list "
-                "does not match the segments done"
-            )
-        last = segment
-        _check_desc(desc, f"draws[{i}]", f"draws_{segment:06d}.npz")
-    extra = meta.get("extra")
-    if extra is not None:
-        _check_desc(extra, "extra", EXTRA)
-    return meta
-
-
-# -- arrays ----------------------------------------------------------------------------------
-def _is_key(x) -> bool:
-    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def save_tree(path: str, tree: Any) -> dict:
-    """Write the leaves of ``tree`` to ``path`` (npz); return a JSON-able description with the digest."""
-    leaves = jax.tree.leaves(tree)
-    arrays, kinds = {}, []
-    for i, leaf in enumerate(leaves):
-        if _is_key(leaf):
-            arrays[f"a{i}"] = np.asarray(jax.random.key_data(leaf))
-            kinds.append(["key", str(jax.random.key_impl(leaf))])
-        else:
-            arr = np.asarray(leaf)
-            if arr.dtype == object:
-                raise TypeError("checkpoints hold numeric arrays only")
-            arrays[f"a{i}"] = arr
-            kinds.append(["array", None])
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
-    return {
-        "file": os.path.basename(path),
-        "sha256": _sha256(path),
-        "kinds": kinds,
-        "shapes": [list(np.shape(a)) for a in arrays.values()],
-        "dtypes": [str(a.dtype) for a in arrays.values()],
-    }
-
-
-def _expected(ref):
-    """(shape, dtype) of the array stored for the leaf ``ref`` of the run's own tree."""
-    if _is_key(ref):
-        s = jax.eval_shape(jax.random.key_data, ref)
-        return tuple(s.shape), np.dtype(s.dtype)
-    if isinstance(ref, np.ndarray):
-        return tuple(ref.shape), ref.dtype
-    return tuple(np.shape(ref)), np.dtype(jnp.result_type(ref))
-
-
-def _read_header(member) -> tuple:
-    """(shape, fortran order, dtype, header length) of a .npy stream, reading only its header."""
-    version = np.lib.format.read_magic(member)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
-    else:
-        raise ValueError(f".npy format version {version} is not one heatbath writes")
-    return tuple(shape), fortran, dtype, member.tell()
-
-
-def _read_arrays(f, path: str, expected: list) -> list:
-    """The arrays a0..a{n-1} of the npz ``f``, each checked against ``expected`` before it is decompressed."""
-    with zipfile.ZipFile(f) as z:
-        infos = z.infolist()
-        want = [f"a{i}.npy" for i in range(len(expected))]
-        names = [info.filename for info in infos]
-        if sorted(names) != sorted(want):
-            raise ValueError(
-                f"checkpoint {path} holds {len(names)} arrays, the run expects {len(expected)}: it was written by a "
-                "different sampler or model"
-            )
-        out = []
-        for name, (shape, dtype) in zip(want, expected):
-            info = z.getinfo(name)
-            with z.open(info) as member:
-                got_shape, fortran, got_dtype, header = _read_header(member)
-            if got_dtype.hasobject:
-                raise ValueError(f"checkpoint {path}: {name} holds Python objects: refused")
-            if got_shape != shape or got_dtype != dtype:
-                raise ValueError(
-                    f"checkpoint {path}: an array of shape {got_shape} and dtype {got_dtype} where this run "
-                    f"expects {shape} {dtype}: it was written by a different run"
-                )
-            size = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if info.file_size != size:
-                raise ValueError(
-                    f"checkpoint {path}: {name} claims {info.file_size} bytes where a {shape} {dtype} array takes "
-                    f"{size}: refused"
-                )
-            with z.open(info) as member:
-                out.append(np.lib.format.read_array(member, allow_pickle=False))
-        return out
-
-
-def load_tree(directory: str, desc: dict, like: Any, field: str = "file") -> Any:
-    """Load a tree written by :func:`save_tree`, checking its name, digest and match with ``like``.
-
-    Only a plain file name heatbath writes is accepted (never a path or a symbolic link); every
-    array's shape and dtype is read from its header and checked against ``like`` before the
-    array is decompressed.
-    """
-    if not isinstance(desc, dict):
-        raise ValueError(f"checkpoint field {field!r} must be an object, not {type(desc).__name__}")
-    _check_desc(desc, field, desc.get("file") if isinstance(desc.get("file"), str) else None)
-    path = os.path.join(directory, desc["file"])
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        raise ValueError(f"checkpoint file {path} is missing") from None
-    except OSError as err:
-        if err.errno == _errno.ELOOP:
-            raise ValueError(f"checkpoint file {path} ({field}) is a symbolic link: refused") from None
-        raise ValueError(f"checkpoint file {path} cannot be read: {err}") from err
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"checkpoint file {path} ({field}) is not a regular file: refused")
-        if _sha256_fd(fd) != desc["sha256"]:
-            raise ValueError(f"checkpoint file {path} is corrupted or was modified (SHA-256 mismatch)")
-        f.seek(0)
-        leaves_like, treedef = jax.tree.flatten(like)
-        kinds = desc["kinds"]
-        if len(kinds) != len(leaves_like):
-            raise ValueError(
-                f"checkpoint {path} holds {len(kinds)} arrays, the run expects {len(leaves_like)}: it was "
-                "written by a different sampler or model"
-            )
-        for (kind, impl), ref in zip(kinds, leaves_like):
-            if (kind == "key") != _is_key(ref):
-                raise ValueError(f"checkpoint {path} does not match this run (a PRNG key where an array is "
-                                 "expected, or the reverse)")
-            if kind == "key" and impl != str(jax.random.key_impl(ref)):
-                raise ValueError(f"checkpoint {path}: PRNG implementation {impl!r}, this run uses "
-                                 f"{str(jax.random.key_impl(ref))!r}")
-        try:
-            arrays = _read_arrays(f, path, [_expected(ref) for ref in leaves_like])
-        except ValueError:
-            raise
-        except Exception as err:  # noqa: BLE001 - a damaged zip: BadZipFile, EOFError, ...
-            raise ValueError(f"checkpoint file {path} cannot be read: {err}") from err
-    out = []
-    for arr, ref in zip(arrays, leaves_like):
-        if _is_key(ref):
-            leaf = jax.random.wrap_key_data(jnp.asarray(arr), impl=jax.random.key_impl(ref))
-        elif isinstance(ref, np.ndarray):  # host-side state (e.g. float64 moments) stays on the host
-            leaf = arr
-        else:
-            leaf = jnp.asarray(arr)
-            sharding = getattr(ref, "sharding", None)
-            if sharding is not None and isinstance(ref, jax.Array):
-                leaf = jax.device_put(leaf, sharding)
-        out.append(leaf)
-    return jax.tree.unflatten(treedef, out)
-
-
-# -- the checkpoint ------------------------------------------------------------------------
 class Checkpoint:
     """The checkpoint directory of one run (see the module docstring).
 
@@ -505,19 +102,19 @@ class Checkpoint:
                 os.makedirs(self.path, exist_ok=True)
             except OSError as err:
                 raise CheckpointWriteError(
-                    f"cannot create the checkpoint directory {self.path}: {_reason(err)} ({err.strerror or err})",
+                    f"cannot create the checkpoint directory {self.path}: {reason(err)} ({err.strerror or err})",
                     err.errno,
                 ) from err
         if not os.path.isdir(self.path):
             raise ValueError(f"the checkpoint path {self.path} is not a directory")
-        _write_probe(self.path)
-        fd = _take_lock(self.path)
+        write_probe(self.path)
+        fd = take_lock(self.path)
         self._lock_fd = fd
         self._release = weakref.finalize(self, os.close, fd)
         try:
             st = os.stat(self.path)
             self._dir_id = (st.st_dev, st.st_ino)
-            _remove_temporaries(self.path)
+            remove_temporaries(self.path)
         except BaseException:
             self.close()
             raise
@@ -595,20 +192,20 @@ class Checkpoint:
                 "draws": draws,
                 "extra": extra_desc,
             }
-            _atomic_write(os.path.join(self.path, META), lambda f: f.write(json.dumps(meta, indent=1).encode()))
-            _fsync_dir(self.path)
+            _io.atomic_write(os.path.join(self.path, META), lambda f: f.write(json.dumps(meta, indent=1).encode()))
+            fsync_dir(self.path)
         except CheckpointWriteError:
             raise
         except OSError as err:
             done = previous["segments_done"] if previous else 0
             kept = f"the last commit ({done} segments done) is intact" if done else "nothing had been committed yet"
             raise CheckpointWriteError(
-                f"writing the checkpoint at {self.path} (after {segments_done} segments) failed: {_reason(err)} "
+                f"writing the checkpoint at {self.path} (after {segments_done} segments) failed: {reason(err)} "
                 f"({err.strerror or err}); {kept}", err.errno) from err
         old = previous["state"]["file"] if previous else None
         if old and old != state_desc["file"]:
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.path, _check_name(old, "state.file")))
+                os.unlink(os.path.join(self.path, check_name(old, "state.file")))
         self.meta = meta
         return meta
 
@@ -629,11 +226,11 @@ class Checkpoint:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise ValueError(f"checkpoint {meta_path} is not a regular file: refused")
             try:
-                raw = f.read(_MAX_META_BYTES + 1)
+                raw = f.read(MAX_META_BYTES + 1)
             except OSError as err:
                 raise ValueError(f"checkpoint {meta_path} cannot be read: {err}") from err
-        if len(raw) > _MAX_META_BYTES:
-            raise ValueError(f"checkpoint {meta_path} is larger than {_MAX_META_BYTES >> 20} MiB: refused")
+        if len(raw) > MAX_META_BYTES:
+            raise ValueError(f"checkpoint {meta_path} is larger than {MAX_META_BYTES >> 20} MiB: refused")
         try:
             meta = json.loads(raw.decode())
         except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors

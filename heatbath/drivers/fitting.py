@@ -15,6 +15,7 @@ from heatbath.drivers import centre as _centre
 from heatbath.drivers import inputs, loop
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.cache import IdentityCache
+from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.settings import open_checkpoint
 from heatbath.kernels import tree as _tree
 from heatbath.kernels.validate import check_bool, check_count, seed_key
@@ -144,19 +145,20 @@ def fit(
         num_data=target.num_data, batch_size=batch_size, trace_every=trace_every, dim=dim,
         batching=repr(batching),
     )
-    spec, centre, map_cost, map_compile = _centre.resolve(
-        run_target, spec, positions, master, batch_size, ckpt if resuming else None
-    )
-    estimator = spec.build(run_target.terms, run_target.num_data)
-    num_records, rest = divmod(num_steps, trace_every)
-    if chunk_size is None and ckpt is not None:
-        chunk_size = max(1, num_records // 20)
-    cfg = loop.LoopConfig(
-        batching=batching, batch_size=batch_size, num_draws=num_records, thinning=trace_every, num_warmup=rest,
-        desc=method.name, chunk_size=chunk_size, progress_bar=progress_bar, shard=shard, devices=devices,
-        checkpoint=ckpt, checkpoint_every=checkpoint_every, resume=resuming, extra_state=centre,
-    )
-    out = loop.run(run_target, _recording(method), estimator, positions, keys, cfg)
+    with hold(ckpt):  # the checkpoint lock, released however the run ends
+        spec, centre, map_cost, map_compile = _centre.resolve(
+            run_target, spec, positions, master, batch_size, ckpt if resuming else None
+        )
+        estimator = spec.build(run_target.terms, run_target.num_data)
+        num_records, rest = divmod(num_steps, trace_every)
+        if chunk_size is None and ckpt is not None:
+            chunk_size = max(1, num_records // 20)
+        cfg = loop.LoopConfig(
+            batching=batching, batch_size=batch_size, num_draws=num_records, thinning=trace_every, num_warmup=rest,
+            desc=method.name, chunk_size=chunk_size, progress_bar=progress_bar, shard=shard, devices=devices,
+            checkpoint=ckpt, checkpoint_every=checkpoint_every, resume=resuming, extra_state=centre,
+        )
+        out = loop.run(run_target, _recording(method), estimator, positions, keys, cfg)
     wall_time = time.perf_counter() - t_start
     final = jax.tree.map(lambda x: x[0], out.carry[0])
 

@@ -285,7 +285,8 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
         positions = place(positions, chain_place)
     states = jax.vmap(sampler.init)(positions, init_keys)
     if estimator.shared:
-        shared_est = estimator.init(jax.tree.map(lambda x: x[0], positions), data)
+        # Compiled: an eager full-data gradient through a NumPyro model runs op by op (seconds).
+        shared_est = jax.jit(estimator.init)(jax.tree.map(lambda x: x[0], positions), data)
         est_states = ()
     else:
         shared_est = ()

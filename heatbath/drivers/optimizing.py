@@ -12,6 +12,7 @@ import numpy as np
 from heatbath.drivers import inputs, loop
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.cache import IdentityCache
+from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.results import OptimizeResult
 from heatbath.drivers.settings import open_checkpoint
 from heatbath.kernels import tree as _tree
@@ -79,13 +80,14 @@ def optimize(
         optimizer=optimizer.name, num_data=target.num_data, batch_size=batch_size, num_steps=num_steps,
         trace_every=trace_every, batching=repr(batching),
     )
-    keys = jax.random.fold_in(master, 0)[None]
-    positions = inputs.initial_positions(target, init, loop.fold_each(keys, 0), 1)
-    inputs.check_init_finite(target, positions, target.data)
-    return optimize_from(target, optimizer, positions, keys, batch_size=batch_size, num_steps=num_steps,
-                         trace_every=trace_every, chunk_size=chunk_size, progress_bar=progress_bar, ckpt=ckpt,
-                         checkpoint_every=checkpoint_every, resuming=resuming, shard=shard, devices=devices,
-                         t_start=t_start, batching=batching)
+    with hold(ckpt):  # the checkpoint lock, released however the run ends
+        keys = jax.random.fold_in(master, 0)[None]
+        positions = inputs.initial_positions(target, init, loop.fold_each(keys, 0), 1)
+        inputs.check_init_finite(target, positions, target.data)
+        return optimize_from(target, optimizer, positions, keys, batch_size=batch_size, num_steps=num_steps,
+                             trace_every=trace_every, chunk_size=chunk_size, progress_bar=progress_bar, ckpt=ckpt,
+                             checkpoint_every=checkpoint_every, resuming=resuming, shard=shard, devices=devices,
+                             t_start=t_start, batching=batching)
 
 
 def as_optimizer(optimizer, num_steps: int) -> Sampler:

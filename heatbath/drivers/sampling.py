@@ -12,6 +12,7 @@ import numpy as np
 from heatbath.drivers import centre as _centre
 from heatbath.drivers import inputs, loop
 from heatbath.drivers.batching import as_batching
+from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.cache import IdentityCache
 from heatbath.drivers.placement import shardings
 from heatbath.drivers.results import Result
@@ -87,9 +88,13 @@ def sample(
         means and variances per chain (and, with ``swag_rank=K``, the last K draws as SWAG-style
         deviations), so memory does not grow with the run: see ``Result.moments``.
       checkpoint: a directory; the run's state and draws are written there atomically every
-        ``checkpoint_every`` chunks (npz + JSON, no pickle).
-      resume: the checkpoint directory of an interrupted run (or True with ``checkpoint``):
-        the run continues where it stopped and its draws equal the uninterrupted run's.
+        ``checkpoint_every`` chunks (npz + JSON, no pickle), under a lock (a second run writing
+        it is refused). A directory that already holds a committed checkpoint is refused unless
+        ``resume`` says what to do with it.
+      resume: ``"auto"`` (with ``checkpoint``): resume what is committed there, or start fresh
+        when nothing is (one command line for a requeued job); ``True`` (with ``checkpoint``) or
+        the checkpoint directory: the run must resume. The resumed run's draws equal the
+        uninterrupted run's.
       shard: ``"chains"`` splits the chains over ``devices`` (default: all), ``"data"`` splits
         the data rows (full-data gradients become sharded reductions); the draws are the
         same as on one device.
@@ -136,22 +141,23 @@ def sample(
         batching=repr(batching),
         **({"record_unconstrained": True} if record_unconstrained else {}),
     )
-    keys = loop.chain_keys(master, num_chains)
-    positions = inputs.initial_positions(target, init, loop.fold_each(keys, 0), num_chains)
-    inputs.check_init_finite(target, positions, target.data)
+    with hold(ckpt):  # the checkpoint lock, released however the run ends
+        keys = loop.chain_keys(master, num_chains)
+        positions = inputs.initial_positions(target, init, loop.fold_each(keys, 0), num_chains)
+        inputs.check_init_finite(target, positions, target.data)
 
-    spec, centre, map_cost, map_compile = _centre.resolve(
-        target, sampler.gradient, positions, master, batch_size, ckpt if resuming else None
-    )
-    estimator = spec.build(target.terms, target.num_data)
-    cfg = loop.LoopConfig(
-        batching=batching, batch_size=batch_size, num_draws=num_samples, thinning=steps_per_draw,
-        num_warmup=num_warmup, desc=sampler.name, record=_record(target, record_unconstrained),
-        chunk_size=chunk_size, progress_bar=progress_bar, on_divergence=on_divergence, keep=keep,
-        swag_rank=swag_rank, shard=shard, devices=devices, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-        resume=resuming, extra_state=centre,
-    )
-    out = loop.run(target, sampler, estimator, positions, keys, cfg)
+        spec, centre, map_cost, map_compile = _centre.resolve(
+            target, sampler.gradient, positions, master, batch_size, ckpt if resuming else None
+        )
+        estimator = spec.build(target.terms, target.num_data)
+        cfg = loop.LoopConfig(
+            batching=batching, batch_size=batch_size, num_draws=num_samples, thinning=steps_per_draw,
+            num_warmup=num_warmup, desc=sampler.name, record=_record(target, record_unconstrained),
+            chunk_size=chunk_size, progress_bar=progress_bar, on_divergence=on_divergence, keep=keep,
+            swag_rank=swag_rank, shard=shard, devices=devices, checkpoint=ckpt, checkpoint_every=checkpoint_every,
+            resume=resuming, extra_state=centre,
+        )
+        out = loop.run(target, sampler, estimator, positions, keys, cfg)
     return _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start,
                    record_unconstrained)
 
