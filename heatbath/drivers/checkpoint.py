@@ -41,6 +41,7 @@ import errno as _errno
 import json
 import os
 import stat
+import warnings
 import weakref
 from typing import Any, Callable, Optional
 
@@ -246,9 +247,23 @@ class Checkpoint:
             return load_tree(self.path, self.read_meta(self.path)["extra"], like, field="extra")
 
     def check_settings(self, meta: dict):
-        theirs = meta["settings"]
-        keys = list(self.settings) + [k for k in theirs if k not in self.settings]
-        diff = {k: (theirs.get(k), self.settings.get(k)) for k in keys if theirs.get(k) != self.settings.get(k)}
+        theirs = dict(meta["settings"])
+        ours = self.settings
+        if "jax" in ours and theirs.get("jax") != ours["jax"]:
+            # A jaxpr printed by another JAX version may differ for the same model: the model
+            # digest is not compared, and the draws will equal the uninterrupted run's only to
+            # floating-point tolerance.
+            warnings.warn(
+                f"the checkpoint at {self.path} was written with JAX {theirs.get('jax')}, this run uses "
+                f"{ours['jax']}: the model cannot be verified to be the same, and the resumed draws equal "
+                "the uninterrupted run's only to floating-point tolerance",
+                UserWarning,
+                stacklevel=4,
+            )
+            ours = {k: v for k, v in ours.items() if k not in ("jax", "model")}
+            theirs = {k: v for k, v in theirs.items() if k not in ("jax", "model")}
+        keys = list(ours) + [k for k in theirs if k not in ours]
+        diff = {k: (theirs.get(k), ours.get(k)) for k in keys if theirs.get(k) != ours.get(k)}
         if diff:
             detail = "; ".join(f"{k}: checkpoint {str(a)[:200]!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"the checkpoint at {self.path} was written by a different run ({detail})")

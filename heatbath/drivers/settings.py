@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import numbers
 import os
+import re
 import warnings
 from typing import Optional
 
@@ -122,7 +123,7 @@ def open_checkpoint(checkpoint, resume, target: Target, kind: str, hyper, *, see
     settings = dict(
         kind=kind, hyperparameters=describe(hyper, unknown), **settings,
         seed=seed if isinstance(seed, numbers.Integral) else "key", init=None if init is None else "given",
-        data=data_digest(target),
+        data=data_digest(target), model=model_digest(target), jax=jax.__version__,
     )
     if unknown:
         warnings.warn(
@@ -151,6 +152,30 @@ def open_checkpoint(checkpoint, resume, target: Target, kind: str, hyper, *, see
         ckpt.close()
         raise
     return ckpt, resuming
+
+
+def model_digest(target: Target) -> Optional[str]:
+    """A digest of the program that computes the log density, so that a resume with an edited
+    model (same function name, another body, another prior scale or prior-mean array) is
+    refused: the jaxpr of ``target.terms`` at the example parameters on two data rows, with the
+    values of every constant it closes over. None when the target has no example parameters.
+    (Object addresses that some primitives print are dropped; a jaxpr from another JAX version
+    may differ, so :meth:`Checkpoint.check_settings` compares it only under the same version.)
+    """
+    try:
+        example = target.example_params()
+    except ValueError:
+        return None
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), example)
+    rows = jax.tree.map(lambda x: x[:2], target.data)
+    closed = jax.make_jaxpr(target.terms)(params, rows)
+    h = hashlib.blake2b(digest_size=12)
+    h.update(re.sub(r" at 0x[0-9a-fA-F]+", "", str(closed.jaxpr)).encode())
+    for const in closed.consts:
+        arr = np.asarray(const)
+        h.update(str((arr.shape, arr.dtype.str)).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
 
 
 def data_digest(target: Target) -> str:
