@@ -105,3 +105,110 @@ def test_a_resume_under_another_jax_version_warns_instead_of_comparing_the_jaxpr
     with pytest.warns(UserWarning, match="written with JAX 0.0.1"):
         again = hb.sample(_regression(1.0), hb.samplers.sgld(1e-3), resume=path, **kw)
     np.testing.assert_array_equal(again.samples["w"], first.samples["w"])
+
+
+# ----------------------------------------------------------------------------------------
+# Class 5: chunks sized by time, warmup chunked by its own length, a prompt Ctrl-C
+# ----------------------------------------------------------------------------------------
+def _quadratic():
+    return hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p ** 2), lambda p, b: 0.0 * jnp.sum(b),
+                                     np.zeros((4, 1), np.float32), params=jnp.zeros(3))
+
+
+def test_a_long_warmup_is_not_cut_into_one_step_chunks(tmp_path):
+    """num_warmup=100000, num_samples=1 used to run 100,000 one-step chunks (and a checkpointed
+    warmup committed at every step)."""
+    path = str(tmp_path / "c")
+    r = hb.sample(_quadratic(), hb.samplers.sgld(1e-2), num_warmup=100_000, num_samples=1, progress_bar=False,
+                  checkpoint=path)
+    meta = hb.checkpoint.Checkpoint.read_meta(path)
+    # A timed first chunk, then chunks of about CHUNK_SECONDS: a handful of commits, not 100,001.
+    assert meta["segments_done"] <= 6, meta["segments_done"]
+    assert r.samples["theta"].shape == (1, 1, 3)
+
+
+def test_chunks_are_sized_by_time_and_the_plan_survives_a_resume(tmp_path, monkeypatch):
+    from heatbath.drivers import plan
+
+    monkeypatch.setattr(plan, "CHUNK_SECONDS", 0.05)  # tiny chunks: many commits in a short test
+    kw = dict(num_samples=60_000, num_chains=2, seed=4, progress_bar=False)
+    straight = hb.sample(_quadratic(), hb.samplers.sgld(1e-2), **kw)
+    path = str(tmp_path / "c")
+    real_commit = hb.checkpoint.Checkpoint.commit
+
+    def crash(self, segments_done, *args, **kwargs):
+        meta = real_commit(self, segments_done, *args, **kwargs)
+        if segments_done == 3:
+            raise RuntimeError("simulated crash after the 3rd commit")
+        return meta
+
+    monkeypatch.setattr(hb.checkpoint.Checkpoint, "commit", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        hb.sample(_quadratic(), hb.samplers.sgld(1e-2), checkpoint=path, **kw)
+    monkeypatch.setattr(hb.checkpoint.Checkpoint, "commit", real_commit)
+    settings = hb.checkpoint.Checkpoint.read_meta(path)["settings"]
+    assert settings["first_segment"] is not None and settings["chunk_size"] < 60_000
+    monkeypatch.setattr(plan, "CHUNK_SECONDS", 30.0)  # another timing: the recorded plan is kept
+    resumed = hb.sample(_quadratic(), hb.samplers.sgld(1e-2), resume=path, **kw)
+    np.testing.assert_array_equal(resumed.samples["theta"], straight.samples["theta"])
+    assert hb.checkpoint.Checkpoint.read_meta(path)["segments_done"] > 3
+
+
+CTRL_C = """
+import sys, time, json, warnings
+import numpy as np, jax.numpy as jnp
+import heatbath as hb
+t = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p ** 2), lambda p, b: 0.0 * jnp.sum(b),
+                              np.zeros((4, 1), np.float32), params=jnp.zeros(3))
+from heatbath.drivers import plan
+plan.CHUNK_SECONDS = 1.0
+ckpt = sys.argv[1] or None
+print("start", flush=True)
+t0 = time.perf_counter()
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    r = hb.sample(t, hb.samplers.sgld(1e-2), num_samples=200_000_000, num_chains=2, seed=3, progress_bar=False,
+                  checkpoint=ckpt)
+np.save(sys.argv[2] if len(sys.argv) > 2 else "/dev/null", r.samples["theta"])
+print(json.dumps({"draws": int(r.samples["theta"].shape[1]), "seconds": time.perf_counter() - t0,
+                  "warning": [str(x.message) for x in w if "interrupted" in str(x.message)]}), flush=True)
+"""
+
+
+def _interrupted_run(tmp_path, ckpt):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out_file = str(tmp_path / "draws.npy")
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C, ckpt or "", out_file], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "start"
+    time.sleep(8.0)  # compiled and running
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    waited = time.perf_counter() - sent
+    assert proc.returncode == 0, stderr[-3000:]
+    return json.loads(stdout.strip().splitlines()[-1]), np.load(out_file), waited
+
+
+def test_ctrl_c_stops_within_about_a_chunk_and_returns_the_draws(tmp_path):
+    info, draws, waited = _interrupted_run(tmp_path, None)
+    assert waited < 10.0, waited  # 1-second chunks (a loaded 2-core machine: generous bound)
+    assert info["draws"] > 1000 and info["warning"], info
+    # The draws are the run's first draws: equal to a run asked for exactly that many.
+    same = hb.sample(_quadratic(), hb.samplers.sgld(1e-2), num_samples=info["draws"], num_chains=2, seed=3,
+                     progress_bar=False)
+    np.testing.assert_array_equal(draws, same.samples["theta"])
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_a_checkpoint_commits_and_the_run_resumes(tmp_path):
+    path = str(tmp_path / "c")
+    info, draws, _ = _interrupted_run(tmp_path, path)
+    meta = hb.checkpoint.Checkpoint.read_meta(path)
+    assert "committed to the checkpoint" in info["warning"][0]
+    assert sum(d["segment"] >= 0 for d in meta["draws"]) >= 1

@@ -159,6 +159,11 @@ def fit(
             checkpoint=ckpt, checkpoint_every=checkpoint_every, resume=resuming, extra_state=centre,
         )
         out = loop.run(run_target, _recording(method), estimator, positions, keys, cfg)
+    if out.interrupted:
+        raise KeyboardInterrupt(
+            f"{method.name} interrupted after {out.steps_done} of {num_steps} steps"
+            + (" (committed to the checkpoint: resume it to finish)" if ckpt is not None else "")
+        )
     wall_time = time.perf_counter() - t_start
     final = jax.tree.map(lambda x: x[0], out.carry[0])
 

@@ -24,6 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from heatbath.drivers import moments as _moments
+from heatbath.drivers import plan
+from heatbath.drivers.cost import grad_evals_per_chain, num_refreshes  # noqa: F401 - re-exported
+from heatbath.drivers.keys import chain_keys, fold_each  # noqa: F401 - re-exported
+from heatbath.drivers.divergence import finite_log_density, flag_lookahead
 from heatbath.drivers.cache import IdentityCache
 from heatbath.drivers.placement import place, shardings
 from heatbath.drivers.progress import Progress, tick
@@ -37,26 +41,6 @@ DIVERGENCE_MODES = ("stop", "restart", "flag")
 KEEP_MODES = ("draws", "moments")
 CHUNK_BYTES = 1 << 27  # draws kept on device per chunk (128 MiB)
 COMPILED = IdentityCache(32)  # compiled chunks, reused across calls with the same objects and shapes
-
-
-# Key derivations as jitted functions of stable identity: an eager ``jax.vmap`` of a fresh
-# lambda is re-traced on every call (a few ms of host time per ``hb.sample``).
-@jax.jit
-def fold_each(keys, i):
-    """``fold_in(keys[c], i)`` for every chain c."""
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
-
-
-def _chain_keys(master, num_chains):
-    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(master, jnp.arange(num_chains))
-
-
-_chain_keys_jit = jax.jit(_chain_keys, static_argnums=1)
-
-
-def chain_keys(master, num_chains: int):
-    """Chain c's key, ``fold_in(master, c)``: chain c's draws never depend on ``num_chains``."""
-    return _chain_keys_jit(master, num_chains)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +79,8 @@ class RunOut(NamedTuple):
     compile_time: float
     moments: Any
     extra_state: Any
+    interrupted: bool = False  # stopped early by Ctrl-C (SIGINT): draws and carry are those done
+    steps_done: int = 0
 
 
 def make_step(sampler, estimator: Estimator, batcher, target, on_divergence: str = "flag"):
@@ -237,23 +223,12 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
     return chunk
 
 
-def _chunk_lengths(total: int, size: int):
-    full, rest = divmod(total, size)
-    return [size] * full + ([rest] if rest else [])
-
-
 def _signature(tree):
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple(
         (jnp.shape(x), str(jnp.result_type(x)), getattr(x, "sharding", None) if isinstance(x, jax.Array) else None)
         for x in leaves
     )
-
-
-def _segments(cfg: LoopConfig, chunk_size: int):
-    """(length, steps per draw, is a sampling chunk) of every segment: warmup chunks, then draws."""
-    warm = _chunk_lengths(cfg.num_warmup, max(1, chunk_size * cfg.thinning)) if cfg.num_warmup else []
-    return [(n, 1, False) for n in warm] + [(n, cfg.thinning, True) for n in _chunk_lengths(cfg.num_draws, chunk_size)]
 
 
 def _draw_like(record, length, thinning, one_step, carry, shared_est, acc, data, moments, swag_rank):
@@ -316,21 +291,42 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     # Bytes kept per draw: the recorded values plus the stats.
     per_draw = num_chains * (sum(int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
                                  for leaf in jax.tree.leaves(recorded)) + 64)
-    chunk_size = cfg.chunk_size
-    if chunk_size is None:
-        chunk_size = max(1, min(cfg.num_draws, CHUNK_BYTES // max(per_draw, 1)))
+    mem_chunk = max(1, min(cfg.num_draws, CHUNK_BYTES // max(per_draw, 1)))
+    chunk_size, warmup_chunk, first = cfg.chunk_size, None, None
+    calibrate = False
+    ckpt = cfg.checkpoint
+    if ckpt is not None and cfg.resume:
+        # The plan of the run being resumed (its chunk sizes may have come from a timing).
+        recorded = ckpt.read_meta(ckpt.path)["settings"]
+        chunk_size, warmup_chunk = recorded.get("chunk_size"), recorded.get("warmup_chunk")
+        first = recorded.get("first_segment")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"checkpoint {ckpt.path}: field 'settings.chunk_size' is not a positive integer")
+    elif chunk_size is None:
+        chunk_size = mem_chunk
         if moments:
             # Each chunk's float32 moments are merged on the host in float64 (Chan et al.): short
             # chunks keep the float32 Welford recursion's drift negligible (~1e-6 relative).
             chunk_size = max(1, min(cfg.num_draws, _moments.MOMENT_CHUNK))
-    segments = _segments(cfg, chunk_size)
+        else:
+            # Warmup records nothing: its chunk is its own length (not the draws' chunk).
+            warmup_chunk = cfg.num_warmup
+            if cfg.num_warmup + cfg.num_draws * cfg.thinning > 4 * plan.CALIBRATION_STEPS:
+                # A long run: time a first chunk, then size the others to take CHUNK_SECONDS.
+                calibrate = True
+                if cfg.num_warmup:
+                    first = (min(cfg.num_warmup, plan.CALIBRATION_STEPS), 1, False)
+                else:
+                    first = (min(cfg.num_draws, mem_chunk, max(1, plan.CALIBRATION_STEPS // cfg.thinning)),
+                             cfg.thinning, True)
+    segments = [tuple(first)] if calibrate else plan.segments(cfg, chunk_size, warmup_chunk, first)
 
     draws, infos = _moments.Collector(cfg.num_draws), _moments.Collector(cfg.num_draws)
     host = _moments.host_moments(acc) if moments else None
     start, previous = 0, None
-    ckpt = cfg.checkpoint
     if ckpt is not None:
-        ckpt.settings["chunk_size"] = chunk_size
+        ckpt.settings.update(chunk_size=chunk_size, warmup_chunk=warmup_chunk,
+                             first_segment=None if first is None else list(first))
         if cfg.resume:
             likes = {}
 
@@ -369,15 +365,17 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
 
     done_steps = sum(n * t for n, t, _ in segments[:start])
     pending = []
+    interrupt = plan.Interrupt()
     with Progress(cfg.num_warmup + cfg.num_draws * cfg.thinning, cfg.desc, cfg.progress_bar) as progress, \
-            hold(ckpt, lambda: (draws.result(), _flag_lookahead(infos.result()))):
+            hold(ckpt, lambda: (draws.result(), flag_lookahead(infos.result()))), interrupt:
         progress.update(done_steps)
-        for j in range(start, len(segments)):
+        j = start
+        while j < len(segments):
             length, steps, is_draws = segments[j]
-            (carry, acc), out = get(length, steps, is_draws, progress)(carry, acc, shared_est, data,
-                                                                        jnp.int32(done_steps))
+            chunk_fn = get(length, steps, is_draws, progress)
+            t0 = time.perf_counter()
+            (carry, acc), out = chunk_fn(carry, acc, shared_est, data, jnp.int32(done_steps))
             done_steps += length * steps
-            progress.set(done_steps)
             if is_draws:
                 values, info = jax.device_get(out)
                 draws.add(values)
@@ -385,51 +383,25 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
                 pending.append((j, (values, info)))
                 if moments:
                     host, acc = _moments.merge_moments(host, acc)
-            if ckpt is not None and ((j + 1) % cfg.checkpoint_every == 0 or j + 1 == len(segments)):
+            if calibrate and j == 0:
+                jax.block_until_ready(carry)
+                chunk_size, warmup_chunk = plan.sized_by_time(cfg, first, time.perf_counter() - t0, mem_chunk)
+                segments = plan.segments(cfg, chunk_size, warmup_chunk, first)
+                if ckpt is not None:
+                    ckpt.settings.update(chunk_size=chunk_size, warmup_chunk=warmup_chunk)
+            progress.set(done_steps)
+            last = j + 1 == len(segments) or interrupt.requested
+            if ckpt is not None and ((j + 1) % cfg.checkpoint_every == 0 or last):
                 previous = ckpt.commit(j + 1, (carry, acc, shared_est, host), pending, previous, cfg.extra_state)
                 pending = []
+            j += 1
+            if interrupt.requested and j < len(segments):
+                break
         jax.block_until_ready(carry)
     moments_out = None
     if moments:
         moments_out = {"count": host["count"], "mean": host["mean"], "m2": host["m2"],
                        "ring": jax.device_get(acc["ring"])}
-    return RunOut(draws.result(), _flag_lookahead(infos.result()), carry, compile_time, moments_out,
-                  cfg.extra_state)
-
-
-def _flag_lookahead(recorded):
-    """The infos with each draw also flagged ``diverging`` when the log density of its state,
-    evaluated at the next draw's first step, is non-finite (a state can be finite with a NaN
-    log density; it is only evaluated when the chain moves on). The last draw's is checked by
-    the caller (:func:`finite_log_density`)."""
-    if not recorded:
-        return recorded
-    info, ok = recorded
-    if not hasattr(info, "diverging") or np.shape(ok)[0] < 2:
-        return info
-    div = np.array(info.diverging)
-    div[:-1] |= ~np.asarray(ok[1:], bool)
-    return info._replace(diverging=div)
-
-
-def finite_log_density(target, positions) -> np.ndarray:
-    """Per chain, whether the log density at ``positions`` (leading axis chain) is finite
-    (evaluated on one row, or all of them for a target that cannot be minibatched)."""
-    terms = target.memo("finite_terms", lambda: jax.jit(jax.vmap(target.terms, in_axes=(0, None))))
-    rows = target.data if target.minibatch_error else jax.tree.map(lambda x: x[:1], target.data)
-    lp, ll = terms(positions, rows)
-    return np.isfinite(np.asarray(lp + ll))
-
-
-def num_refreshes(num_steps: int, every: int) -> int:
-    """Re-centrings in a run of ``num_steps`` steps: at steps s = m, 2m, ... < num_steps (init is s = 0)."""
-    return max(num_steps - 1, 0) // every
-
-
-def grad_evals_per_chain(estimator: Estimator, grads_per_step: float, batch_size, num_data, num_steps) -> float:
-    """Per-datum likelihood-gradient evaluations of one chain's run (estimator set-up included)."""
-    rows = num_data if batch_size is None else batch_size
-    cost = num_steps * grads_per_step * estimator.rows_per_estimate * rows
-    if estimator.refresh_every:
-        cost += num_refreshes(num_steps, estimator.refresh_every) * num_data
-    return float(cost + estimator.rows_at_init)
+    stopped = j < len(segments)
+    return RunOut(draws.result(), flag_lookahead(infos.result()), carry, compile_time, moments_out,
+                  cfg.extra_state, stopped, done_steps)

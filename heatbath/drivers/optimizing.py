@@ -142,6 +142,10 @@ def optimize_from(target, optimizer, positions, keys, *, batch_size, num_steps, 
     trace = {k: np.asarray(v)[:, 0] for k, v in out.infos._asdict().items()}
     constrain = target.memo("constrain", lambda: jax.jit(target.constrain_fn))
     values = {k: np.asarray(v) for k, v in jax.device_get(constrain(params, target.data)).items()}
+    if out.interrupted:
+        warnings.warn(f"interrupted (Ctrl-C) after {out.steps_done} of {num_steps} steps: the result is the "
+                      "point reached", RuntimeWarning, stacklevel=3)
+        num_steps = out.steps_done
     if not bool(_tree.all_finite(params)):
         warnings.warn("the optimizer diverged (non-finite parameters); lower the learning rate", RuntimeWarning, stacklevel=3)
     return OptimizeResult(

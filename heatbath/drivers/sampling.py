@@ -188,7 +188,16 @@ def _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, 
         }
         if cfg.swag_rank:
             moments["deviations"] = {k: np.asarray(ring[k]) - np.asarray(mean[k])[:, None] for k in ring}
-    num_steps = cfg.num_warmup + cfg.num_draws * cfg.thinning
+    num_steps = out.steps_done
+    if out.interrupted:
+        done = int(np.shape(stats["diverging"])[1])
+        where = " and committed to the checkpoint (resume it to finish the run)" if cfg.checkpoint is not None else ""
+        warnings.warn(
+            f"interrupted (Ctrl-C) after {out.steps_done} steps: the Result holds the {done} of {cfg.num_draws} "
+            f"draws made{where}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     result = Result(
         samples=samples,
         stats=stats,

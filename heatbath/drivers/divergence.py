@@ -1,0 +1,34 @@
+"""Divergence bookkeeping outside the scan: a state's log density is evaluated by the step
+that leaves it, so a draw is flagged when the next draw's first step finds it non-finite, and
+the last draw is checked on the host."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+__all__ = ["flag_lookahead", "finite_log_density"]
+
+
+def flag_lookahead(recorded):
+    """The infos with each draw also flagged ``diverging`` when the log density of its state,
+    evaluated at the next draw's first step, is non-finite (a state can be finite with a NaN
+    log density; it is only evaluated when the chain moves on). The last draw's is checked by
+    the caller (:func:`finite_log_density`)."""
+    if not recorded:
+        return recorded
+    info, ok = recorded
+    if not hasattr(info, "diverging") or np.shape(ok)[0] < 2:
+        return info
+    div = np.array(info.diverging)
+    div[:-1] |= ~np.asarray(ok[1:], bool)
+    return info._replace(diverging=div)
+
+
+def finite_log_density(target, positions) -> np.ndarray:
+    """Per chain, whether the log density at ``positions`` (leading axis chain) is finite
+    (evaluated on one row, or all of them for a target that cannot be minibatched)."""
+    terms = target.memo("finite_terms", lambda: jax.jit(jax.vmap(target.terms, in_axes=(0, None))))
+    rows = target.data if target.minibatch_error else jax.tree.map(lambda x: x[:1], target.data)
+    lp, ll = terms(positions, rows)
+    return np.isfinite(np.asarray(lp + ll))
