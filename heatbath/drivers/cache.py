@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import numbers
+import threading
 import zlib
 from typing import Callable
 
@@ -34,21 +35,25 @@ class IdentityCache:
     def __init__(self, size: int):
         self.size = size
         self.entries: "collections.OrderedDict" = collections.OrderedDict()
+        self.lock = threading.Lock()  # lookups and insertions from several threads (builds run outside it)
         _ALL.append(self)
 
     def get(self, key, owners: tuple, build: Callable):
-        hit = self.entries.get(key)
-        if hit is not None and len(hit[0]) == len(owners) and all(a is b for a, b in zip(hit[0], owners)):
-            self.entries.move_to_end(key)
-            return hit[1]
+        with self.lock:
+            hit = self.entries.get(key)
+            if hit is not None and len(hit[0]) == len(owners) and all(a is b for a, b in zip(hit[0], owners)):
+                self.entries.move_to_end(key)
+                return hit[1]
         value = build()
-        self.entries[key] = (owners, value)
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+        with self.lock:
+            self.entries[key] = (owners, value)
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
         return value
 
     def clear(self):
-        self.entries.clear()
+        with self.lock:
+            self.entries.clear()
 
     def __len__(self) -> int:
         return len(self.entries)
