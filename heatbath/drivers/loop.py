@@ -260,12 +260,12 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
         positions = place(positions, chain_place)
     states = jax.vmap(sampler.init)(positions, init_keys)
     if estimator.shared:
-        start = jax.tree.map(lambda x: x[0], positions)
+        chain0 = jax.tree.map(lambda x: x[0], positions)
         # A full-data gradient (control variates) is compiled: eagerly, through a NumPyro model,
         # it runs op by op (seconds). The naive estimator's init does nothing: called as is (a
         # jit of a fresh closure would be traced and compiled again at every call).
         init = jax.jit(estimator.init) if estimator.rows_at_init else estimator.init
-        shared_est = init(start, data)
+        shared_est = init(chain0, data)
         est_states = ()
     else:
         shared_est = ()
