@@ -212,3 +212,42 @@ def test_ctrl_c_with_a_checkpoint_commits_and_the_run_resumes(tmp_path):
     meta = hb.checkpoint.Checkpoint.read_meta(path)
     assert "committed to the checkpoint" in info["warning"][0]
     assert sum(d["segment"] >= 0 for d in meta["draws"]) >= 1
+
+
+# ----------------------------------------------------------------------------------------
+# Class 8, second half: the NumPyro kernel under MCMC(jit_model_args=True)
+# ----------------------------------------------------------------------------------------
+def test_the_numpyro_kernel_never_reuses_a_compiled_step_across_non_data_arguments():
+    import jax
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC
+
+    def model(X, y, prior_scale):
+        w = numpyro.sample("w", dist.Normal(0.0, prior_scale).expand([X.shape[1]]).to_event(1))
+        with numpyro.plate("data", X.shape[0]):
+            numpyro.sample("y", dist.Normal(X @ w, 1.0), obs=y)
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 2)).astype(np.float32)
+    y = (X @ np.array([3.0, -3.0]) + rng.normal(size=50)).astype(np.float32)
+
+    def run(mcmc, scale, Xy=(X, y)):
+        mcmc.run(jax.random.key(0), *Xy, scale)
+        return np.asarray(mcmc.get_samples()["w"])
+
+    # jit_model_args=False: a new prior scale gives a new (right) chain.
+    plain = MCMC(hb.numpyro.SGLD(model, step_size=1e-3, batch_size=10), num_warmup=0, num_samples=200,
+                 progress_bar=False)
+    a, b = run(plain, 1.0), run(plain, 0.05)
+    assert not np.allclose(a, b) and np.abs(b).mean() < np.abs(a).mean()
+    # jit_model_args=True: NumPyro reuses the compiled step, which bakes the prior scale in: refused.
+    jitted = MCMC(hb.numpyro.SGLD(model, step_size=1e-3, batch_size=10), num_warmup=0, num_samples=200,
+                  progress_bar=False, jit_model_args=True)
+    first = run(jitted, 1.0)
+    np.testing.assert_allclose(first, a, rtol=1e-5, atol=1e-6)
+    # New data with the same non-data arguments is fine (the data are traced arguments).
+    X2 = X[::-1].copy()
+    run(jitted, 1.0, (X2, y[::-1].copy()))
+    with pytest.raises(ValueError, match="jit_model_args=True"):
+        run(jitted, 0.05)

@@ -154,6 +154,11 @@ class HeatbathKernel(MCMCKernel):
         self._batch_size = _check_batch_size(batch_size)
         self._setup_cache = None  # (key of the model arguments, target, estimator, one_step)
         self._sample_fn = None
+        # With MCMC(..., jit_model_args=True) NumPyro compiles `sample` once, with the model's
+        # arguments traced, and reuses it across runs; the non-data arguments (a prior scale)
+        # are baked into that compiled step. The digest of those it was traced with:
+        self._traced_nondata = None
+        self._nondata_key = None
 
     # -- numpyro's interface -------------------------------------------------------------
     @property
@@ -248,6 +253,8 @@ class HeatbathKernel(MCMCKernel):
     def sample(self, state, model_args, model_kwargs):
         """One transition: minibatch indices, gradient estimate, sampler step."""
         target, _, _ = self._setup(model_args, model_kwargs or {})
+        if self._traced_nondata is None and _is_tracer((model_args, model_kwargs)):
+            self._traced_nondata = self._nondata_key
         data = self._data_from_args(target, model_args, model_kwargs or {})
         return self._sample_fn(state, data)
 
@@ -285,7 +292,22 @@ class HeatbathKernel(MCMCKernel):
         with _eager():
             out = self._build(model_args, model_kwargs)
         self._setup_cache = (key,) + out
+        self._nondata_key = self._nondata_digest(out[0], model_args, model_kwargs)
+        if self._traced_nondata is not None and self._nondata_key != self._traced_nondata:
+            raise ValueError(
+                "this kernel's step was compiled by MCMC(..., jit_model_args=True) with other non-data model "
+                "arguments (they are baked into the compiled step, which NumPyro reuses across runs): create a new "
+                "MCMC and kernel for the new arguments, or use jit_model_args=False"
+            )
         return out
+
+    def _nondata_digest(self, target: Target, model_args, model_kwargs):
+        """A digest of the model arguments that are not the target's data (the ones a compiled
+        step bakes in); None when they cannot be digested."""
+        data_names = set(target.data) if isinstance(target.data, dict) else set()
+        args = tuple(None if f"arg{i}" in data_names else a for i, a in enumerate(model_args))
+        kwargs = {k: v for k, v in model_kwargs.items() if k not in data_names}
+        return fingerprint(self._model, args, kwargs)
 
     def _build(self, model_args, model_kwargs):
         target = self._target_for(model_args, model_kwargs)
