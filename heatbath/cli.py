@@ -12,6 +12,7 @@ section "Choosing a step size" (there is no automatic choice yet).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -151,6 +152,25 @@ def marginal_figure(results, ref, param):
     return fig
 
 
+def _check_figure_path(path):
+    """Fail before the run (not after it) when the figure cannot be written: the directory must
+    exist and be writable, and the suffix be one matplotlib writes."""
+    if not path:
+        return
+    import matplotlib.pyplot as plt
+
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise ValueError(f"--figure {path!r}: the directory {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--figure {path!r}: the directory {folder!r} is not writable")
+    suffix = os.path.splitext(path)[1].lstrip(".").lower()
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if suffix not in formats:
+        raise ValueError(f"--figure {path!r}: unknown image format {suffix!r}; use one of {sorted(formats)}")
+
+
 def _figure(results, ref, param, path):
     import matplotlib.pyplot as plt
 
@@ -162,6 +182,7 @@ def _figure(results, ref, param, path):
 def cmd_demo(args) -> int:
     import heatbath as hb
 
+    _check_figure_path(args.figure)
     ref = hb.models.reference("german_credit")
     print(
         f"German credit logistic regression (N = {ref.num_data}, 25 weights), batch {args.batch_size}, "
@@ -206,6 +227,7 @@ def cmd_references(args) -> int:
 def cmd_sample(args) -> int:
     import heatbath as hb
 
+    _check_figure_path(args.figure)
     ref = hb.models.reference(args.name)
     res = hb.sample(
         ref.model,

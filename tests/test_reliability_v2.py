@@ -251,3 +251,30 @@ def test_the_numpyro_kernel_never_reuses_a_compiled_step_across_non_data_argumen
     run(jitted, 1.0, (X2, y[::-1].copy()))
     with pytest.raises(ValueError, match="jit_model_args=True"):
         run(jitted, 0.05)
+
+
+# ----------------------------------------------------------------------------------------
+# Class 9: clear errors for devices and the CLI's figure path
+# ----------------------------------------------------------------------------------------
+def test_bad_devices_are_clear_errors_before_compiling():
+    import jax
+
+    t = _quadratic()
+    kw = dict(num_samples=2, num_chains=2, progress_bar=False, shard="chains")
+    with pytest.raises(TypeError, match=r"jax.devices\('cpu'\)"):
+        hb.sample(t, hb.samplers.sgld(1e-2), devices="cpu", **kw)
+    with pytest.raises(ValueError, match="more than once"):
+        hb.sample(t, hb.samplers.sgld(1e-2), devices=[jax.devices()[0]] * 2, **kw)
+    with pytest.raises(TypeError, match="JAX devices"):
+        hb.sample(t, hb.samplers.sgld(1e-2), devices=[0, 1], **kw)
+
+
+def test_the_cli_refuses_an_unwritable_figure_path_before_the_run(tmp_path, capsys):
+    from heatbath import cli
+
+    t0 = __import__("time").perf_counter()
+    code = cli.main(["sample", "sblri", "--step-size", "1e-6", "--steps", "2000", "--quiet", "--figure", str(tmp_path / "no" / "f.png")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    assert __import__("time").perf_counter() - t0 < 5  # before the run
+    code = cli.main(["sample", "sblri", "--step-size", "1e-6", "--steps", "10", "--quiet", "--figure", str(tmp_path / "f.xyz")])
+    assert code == 2 and "unknown image format" in capsys.readouterr().err

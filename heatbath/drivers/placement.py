@@ -26,10 +26,21 @@ def shardings(shard: Optional[str], devices, num_chains: int, num_data: int):
         return None
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    devices = list(jax.devices() if devices is None else devices)
+    if isinstance(devices, (str, bytes)):
+        raise TypeError(f"devices must be a list of JAX devices, got the string {devices!r}: pass e.g. "
+                        f"jax.devices({devices!r}) or leave it out (all devices)")
+    try:
+        devices = list(jax.devices() if devices is None else devices)
+    except TypeError as err:
+        raise TypeError(f"devices must be a list of JAX devices (e.g. jax.devices()), got {devices!r}") from err
     n = len(devices)
     if n == 0:
         raise ValueError("devices is empty: pass at least one device (default: jax.devices())")
+    bad = [d for d in devices if not isinstance(d, jax.Device)]
+    if bad:
+        raise TypeError(f"devices must be JAX devices (e.g. jax.devices()), got {bad[0]!r}")
+    if len(set(devices)) != n:
+        raise ValueError(f"devices lists a device more than once ({devices}): each device holds one shard")
     mesh = Mesh(np.array(devices), ("x",))
     split = NamedSharding(mesh, PartitionSpec("x"))
     replicated = NamedSharding(mesh, PartitionSpec())
