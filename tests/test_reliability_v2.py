@@ -278,3 +278,63 @@ def test_the_cli_refuses_an_unwritable_figure_path_before_the_run(tmp_path, caps
     assert __import__("time").perf_counter() - t0 < 5  # before the run
     code = cli.main(["sample", "sblri", "--step-size", "1e-6", "--steps", "10", "--quiet", "--figure", str(tmp_path / "f.xyz")])
     assert code == 2 and "unknown image format" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------
+# Adversarial: SIGKILL at random moments (before the first commit, between commits, during a
+# write), then the same command line finishes the run with the uninterrupted draws
+# ----------------------------------------------------------------------------------------
+KILLED = """
+import sys
+import numpy as np, jax.numpy as jnp
+import heatbath as hb
+from heatbath.drivers import plan
+plan.CHUNK_SECONDS = 0.3   # many short chunks: many commits to be killed between or during
+t = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p ** 2), lambda p, b: 0.0 * jnp.sum(b),
+                              np.zeros((4, 1), np.float32), params=jnp.zeros(3))
+r = hb.sample(t, hb.samplers.sgld(1e-2), num_samples=400_000, num_chains=2, seed=7, progress_bar=False,
+              checkpoint=sys.argv[1], resume="auto")
+np.save(sys.argv[2], r.samples["theta"][:, ::1000])
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigkill_at_random_moments_then_the_same_command_finishes_the_run(tmp_path, seed):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(seed)
+    path, out = str(tmp_path / "ckpt"), str(tmp_path / "draws.npy")
+    sentinel = tmp_path / "outside.txt"
+    sentinel.write_text("not heatbath's")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    kills = 0
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", KILLED, path, out], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        if attempt < 3:
+            # Before compilation ends (no commit yet) on the first try of some seeds, later mid-run.
+            time.sleep(float(rng.uniform(0.5, 9.0)))
+            if proc.poll() is None:
+                proc.kill()
+                kills += 1
+            proc.communicate(timeout=60)
+            continue
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "finished" in stdout
+        break
+    assert kills >= 1
+    assert sentinel.read_text() == "not heatbath's"
+    # The uninterrupted run, in this process.
+    from heatbath.drivers import plan
+
+    t = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p ** 2), lambda p, b: 0.0 * jnp.sum(b),
+                                  np.zeros((4, 1), np.float32), params=jnp.zeros(3))
+    straight = hb.sample(t, hb.samplers.sgld(1e-2), num_samples=400_000, num_chains=2, seed=7, progress_bar=False)
+    np.testing.assert_array_equal(np.load(out), straight.samples["theta"][:, ::1000])
+    del plan
