@@ -302,10 +302,7 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     if ckpt is not None and cfg.resume:
         # The plan of the run being resumed (its chunk sizes may have come from a timing).
         recorded = ckpt.read_meta(ckpt.path)["settings"]
-        chunk_size, warmup_chunk = recorded.get("chunk_size"), recorded.get("warmup_chunk")
-        first = recorded.get("first_segment")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"checkpoint {ckpt.path}: field 'settings.chunk_size' is not a positive integer")
+        chunk_size, warmup_chunk, first = plan.recorded_plan(recorded, ckpt.path)
     elif chunk_size is None:
         chunk_size = mem_chunk
         if moments:

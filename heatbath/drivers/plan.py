@@ -15,7 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["CHUNK_SECONDS", "CALIBRATION_STEPS", "chunk_lengths", "segments", "sized_by_time", "Interrupt"]
+__all__ = ["CHUNK_SECONDS", "CALIBRATION_STEPS", "chunk_lengths", "segments", "sized_by_time", "Interrupt",
+           "recorded_plan"]
 
 CHUNK_SECONDS = 10.0  # wall time of an automatically sized chunk (the unit of checkpoints and of Ctrl-C)
 CALIBRATION_STEPS = 2048  # steps of the first, timed chunk of a long run
@@ -88,3 +89,28 @@ class Interrupt:
 
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def recorded_plan(settings: dict, path: str):
+    """(chunk_size, warmup_chunk, first segment) recorded in a checkpoint's settings, checked:
+    a malformed value is a ``ValueError`` naming the field (the plan decides which files hold
+    which draws, so it is validated like the rest of meta.json)."""
+    chunk_size, warmup_chunk, first = settings.get("chunk_size"), settings.get("warmup_chunk"), settings.get(
+        "first_segment")
+    if not _count(chunk_size):
+        raise ValueError(f"checkpoint {path}: field 'settings.chunk_size' is not a positive integer: {chunk_size!r}")
+    if warmup_chunk is not None and not _count(warmup_chunk):
+        raise ValueError(f"checkpoint {path}: field 'settings.warmup_chunk' is not a positive integer or null: "
+                         f"{warmup_chunk!r}")
+    if first is not None:
+        ok = (isinstance(first, list) and len(first) == 3 and _count(first[0]) and _count(first[1])
+              and isinstance(first[2], bool))
+        if not ok:
+            raise ValueError(f"checkpoint {path}: field 'settings.first_segment' is not null or [length, steps, "
+                             f"is_draws]: {str(first)[:100]}")
+        first = tuple(first)
+    return chunk_size, warmup_chunk, first
