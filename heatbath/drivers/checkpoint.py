@@ -40,7 +40,6 @@ import contextlib
 import errno as _errno
 import json
 import os
-import stat
 import warnings
 import weakref
 from typing import Any, Callable, Optional
@@ -64,6 +63,7 @@ from heatbath.drivers.checkpoint_io import (  # noqa: F401 - FORMAT, VERSION, sa
     check_name,
     fsync_dir,
     load_tree,
+    open_regular,
     reason,
     remove_temporaries,
     save_tree,
@@ -215,17 +215,7 @@ class Checkpoint:
     def read_meta(path: str) -> dict:
         """The parsed and checked meta.json of the checkpoint at ``path`` (a ``ValueError`` if there is none)."""
         meta_path = os.path.join(os.fspath(path), META)
-        try:
-            fd = os.open(meta_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
-            raise ValueError(f"no checkpoint at {path} (meta.json missing)") from None
-        except OSError as err:
-            if err.errno == _errno.ELOOP:
-                raise ValueError(f"checkpoint {meta_path} is a symbolic link: refused") from None
-            raise ValueError(f"checkpoint {meta_path} cannot be read: {err}") from err
-        with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ValueError(f"checkpoint {meta_path} is not a regular file: refused")
+        with open_regular(meta_path, f"checkpoint {meta_path}", f"no checkpoint at {path} (meta.json missing)") as f:
             try:
                 raw = f.read(MAX_META_BYTES + 1)
             except OSError as err:

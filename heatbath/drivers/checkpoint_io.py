@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
     fcntl = None
 
 __all__ = ["is_int", "check_name", "check_desc", "CheckpointWriteError", "CheckpointLockedError", "atomic_write", "create_temp", "fsync_dir",
-           "write_probe", "remove_temporaries", "take_lock", "sha256", "reason", "MAX_META_BYTES", "save_tree", "load_tree", "FORMAT",
+           "write_probe", "remove_temporaries", "take_lock", "sha256", "reason", "MAX_META_BYTES", "open_regular", "save_tree", "load_tree", "FORMAT",
            "VERSION", "META", "LOCK", "EXTRA", "NAME", "TEMP"]
 
 FORMAT = "heatbath-checkpoint"
@@ -330,6 +330,25 @@ def read_arrays(f, path: str, expected: list) -> list:
         return out
 
 
+def open_regular(path: str, what: str, missing: str):
+    """``path`` opened for reading, refusing a symbolic link (``O_NOFOLLOW``) and anything but a
+    regular file; every failure is a ``ValueError``: ``missing`` when it does not exist, else
+    naming it as ``what``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise ValueError(missing) from None
+    except OSError as err:
+        if err.errno == _errno.ELOOP:
+            raise ValueError(f"{what} is a symbolic link: refused") from None
+        raise ValueError(f"{what} cannot be read: {err}") from err
+    f = open(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise ValueError(f"{what} is not a regular file: refused")
+    return f
+
+
 def load_tree(directory: str, desc: dict, like: Any, field: str = "file") -> Any:
     """Load a tree written by :func:`save_tree`, checking its name, digest and match with ``like``.
 
@@ -341,17 +360,8 @@ def load_tree(directory: str, desc: dict, like: Any, field: str = "file") -> Any
         raise ValueError(f"checkpoint field {field!r} must be an object, not {type(desc).__name__}")
     check_desc(desc, field, desc.get("file") if isinstance(desc.get("file"), str) else None)
     path = os.path.join(directory, desc["file"])
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        raise ValueError(f"checkpoint file {path} is missing") from None
-    except OSError as err:
-        if err.errno == _errno.ELOOP:
-            raise ValueError(f"checkpoint file {path} ({field}) is a symbolic link: refused") from None
-        raise ValueError(f"checkpoint file {path} cannot be read: {err}") from err
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"checkpoint file {path} ({field}) is not a regular file: refused")
+    with open_regular(path, f"checkpoint file {path} ({field})", f"checkpoint file {path} is missing") as f:
+        fd = f.fileno()
         if sha256_fd(fd) != desc["sha256"]:
             raise ValueError(f"checkpoint file {path} is corrupted or was modified (SHA-256 mismatch)")
         f.seek(0)
