@@ -32,6 +32,10 @@ class Result:
       unconstrained: with ``hb.sample(..., record_unconstrained=True)``, the draws of the
         unconstrained position (the space the sampler moves in and where scores live), a
         pytree like the parameters with leading axes (chain, draw); None otherwise.
+      tuning: what the run chose for itself (automatic step size, friction, initialisation)
+        and the measurements behind the choice; None when everything was given.
+      checks: the end-of-run self-diagnosis (temperatures, R-hat, ESS) and its warnings.
+      target: the :class:`~heatbath.models.Target` that was sampled.
     """
 
     samples: dict
@@ -46,6 +50,14 @@ class Result:
     centre: Any = None
     moments: Optional[dict] = None
     unconstrained: Any = None
+    # How the run set itself up: the automatic step size / friction, the initialisation, the
+    # measurements behind them (see ``heatbath.drivers.autotune``); None for a fully manual run.
+    tuning: Optional[dict] = None
+    # The run's self-diagnosis (``heatbath.drivers.selfcheck``): temperatures, R-hat, ESS and the
+    # warnings they raised.
+    checks: Optional[dict] = None
+    # The Target the run sampled (for pointwise log-likelihoods and predictive checks).
+    target: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def num_chains(self) -> int:

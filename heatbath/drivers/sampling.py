@@ -212,6 +212,7 @@ def _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, 
         centre=centre,
         moments=moments,
         unconstrained=unc,
+        target=target,
     )
     bad = result.diverged_chains()
     if bad:
