@@ -133,6 +133,10 @@ class OptimizeResult:
     num_data: int
     wall_time: float
     compile_time: float
+    # The end-of-run convergence check (``heatbath.drivers.mapsearch``): True / False, or None
+    # when it was not run (``check=False``); ``diagnosis`` holds its numbers.
+    converged: Optional[bool] = None
+    diagnosis: Optional[dict] = None
 
     @property
     def data_passes(self) -> float:
