@@ -12,6 +12,7 @@ noise at a temperature T: T = 1 samples the posterior, T -> 0 anneals, T = 0 opt
 import sys as _sys
 
 from heatbath import diagnostics, drivers, kernels, models, optim, samplers, vi
+from heatbath.diagnostics.reference import reference
 from heatbath.drivers import OptimizeResult, Result, checkpoint, clear_caches, fit, optimize, sample
 from heatbath.interop import numpyro
 from heatbath.vi import Gaussian
@@ -26,6 +27,7 @@ __all__ = [
     "sample",
     "optimize",
     "fit",
+    "reference",
     "Gaussian",
     "clear_caches",
     "vi",
