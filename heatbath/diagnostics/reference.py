@@ -253,9 +253,9 @@ def _diagnose(stats: dict, run: dict, max_rhat: float, min_ess: float) -> dict:
     problems = []
     if worst["max_rhat"][0] > max_rhat:
         problems.append(f"R-hat {worst['max_rhat'][0]:.4f} > {max_rhat} ({worst['max_rhat'][1]})")
-    for k in ("min_ess_bulk", "min_ess_tail"):
+    for k, label in (("min_ess_bulk", "bulk ESS"), ("min_ess_tail", "tail ESS")):
         if worst[k][0] < min_ess:
-            problems.append(f"{k[4:].replace('_', ' ')} ESS {worst[k][0]:.0f} < {min_ess:.0f} ({worst[k][1]})")
+            problems.append(f"{label} {worst[k][0]:.0f} < {min_ess:.0f} ({worst[k][1]})")
     if run["divergences"]:
         problems.append(f"{run['divergences']} divergent transitions (per chain: {run['divergences_per_chain']})")
     return dict(run, **{k: v[0] for k, v in worst.items()}, problems=problems)

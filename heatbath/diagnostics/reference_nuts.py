@@ -79,18 +79,24 @@ def starting_points(target, logdensity: Callable, ravel: Callable, key, num_chai
     """``(chain, d)`` starting points: chain c draws ``target.init_params`` (uniform(-2, 2) in the
     unconstrained space) from ``fold_in(key, c)``, redrawn (up to ``tries`` times) where the
     log density or its gradient is not finite there, as NumPyro's initialisation does."""
-    value_and_grad = jax.jit(jax.vmap(jax.value_and_grad(logdensity)))
-    init = jax.jit(jax.vmap(lambda k: ravel(target.init_params(k))))
-    x = np.array(init(jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(num_chains))))
-    for attempt in range(1, tries + 1):
-        lp, g = value_and_grad(jnp.asarray(x))
-        bad = ~(np.isfinite(np.asarray(lp)) & np.isfinite(np.asarray(g)).all(axis=1))
-        if not bad.any():
+
+    @jax.jit
+    def draw(keys):  # one compiled program: the points and the density's value and gradient there
+        x = jax.vmap(lambda k: ravel(target.init_params(k)))(keys)
+        lp, g = jax.vmap(jax.value_and_grad(logdensity))(x)
+        return x, jnp.isfinite(lp) & jnp.all(jnp.isfinite(g), axis=1)
+
+    chains = jnp.arange(num_chains)
+    x, ok = (np.array(a) for a in draw(jax.vmap(lambda c: jax.random.fold_in(key, c))(chains)))
+    for attempt in range(1, tries):
+        if ok.all():
             return x
-        if attempt == tries:
-            break
-        keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), attempt))(jnp.arange(num_chains))
-        x = np.where(bad[:, None], np.asarray(init(keys)), x)
+        keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.fold_in(key, c), attempt))(chains)
+        x_new, ok_new = (np.array(a) for a in draw(keys))
+        x, ok = np.where(ok[:, None], x, x_new), ok | ok_new
+    if ok.all():
+        return x
+    bad = ~ok
     raise ValueError(
         f"the log density or its gradient is not finite at the starting points of chains {np.flatnonzero(bad).tolist()} "
         f"after {tries} draws uniform in (-2, 2) on the unconstrained scale: check the model's supports and data"
