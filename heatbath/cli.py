@@ -51,27 +51,51 @@ def _sampler(kind: str, step_size: float, temperature: float = 1.0, friction: fl
 
 
 def _row(name, result, ref):
+    """One line of the table. Diverged chains (``Result.excluded_chains``) are left out of the
+    accuracy, ESS and R-hat columns; the last column says how many there were. A method whose
+    chains all diverged gets a row of dashes instead of numbers."""
+    import warnings
+
     import arviz as az
     import numpy as np
 
-    cmp = ref.compare(result.samples)
-    idata = result.to_arviz()
-    names = [p for p in ref.reference if p in result.samples]
-    ess = az.ess(idata, var_names=names)
-    rhat = az.rhat(idata, var_names=names)
-    min_ess = min(float(np.min(ess[v].values)) for v in names)
-    max_rhat = max(float(np.max(rhat[v].values)) for v in names)
-    return {
+    bad, num = result.excluded_chains(), result.num_chains
+    row = {
         "method": name,
         "wall time (s)": result.wall_time,
         "grad evals": result.grad_evals,
         "data passes": result.data_passes,
-        "max |mean-ref|/sd": cmp["max_abs_z"],
-        "sd ratio": f"[{cmp['sd_ratio_min']:.3f}, {cmp['sd_ratio_max']:.3f}]",
-        "min ESS": min_ess,
-        "max R-hat": max_rhat,
-        "diverged chains": len(result.diverged_chains()),
+        "max |mean-ref|/sd": "-",
+        "sd ratio": "-",
+        "min ESS": "-",
+        "max R-hat": "-",
+        "diverged chains": f"{len(bad)} of {num} (left out)" if bad else "0",
     }
+    if len(bad) == num:
+        row["diverged chains"] = f"{num} of {num} (all)"
+        return row
+    with warnings.catch_warnings():  # the exclusion is reported in the table and below it
+        warnings.simplefilter("ignore", RuntimeWarning)
+        samples = result.get_samples(group_by_chain=True)
+        idata = result.to_arviz(log_likelihood=False)
+    cmp = ref.compare(samples)
+    names = [p for p in ref.reference if p in samples]
+    ess = az.ess(idata, var_names=names)
+    rhat = az.rhat(idata, var_names=names)
+    row["max |mean-ref|/sd"] = cmp["max_abs_z"]
+    row["sd ratio"] = f"[{cmp['sd_ratio_min']:.3f}, {cmp['sd_ratio_max']:.3f}]"
+    row["min ESS"] = min(float(np.min(ess[v].values)) for v in names)
+    row["max R-hat"] = max(float(np.max(rhat[v].values)) for v in names)
+    return row
+
+
+def _excluded_note(rows, file=None):
+    """Below the table: which methods had chains left out (they diverged)."""
+    file = sys.stdout if file is None else file
+    for r in rows:
+        if r["diverged chains"] != "0":
+            print(f"{r['method']}: {r['diverged chains']} diverged chain(s) (non-finite state or log density), left "
+                  "out of its accuracy, ESS and R-hat; lower the step size", file=file)
 
 
 def _print_table(rows, file=None):
@@ -85,7 +109,7 @@ def _print_table(rows, file=None):
         "min ESS": "{:.0f}",
         "max R-hat": "{:.3f}",
     }
-    cells = [[fmt.get(c, "{}").format(r[c]) for c in cols] for r in rows]
+    cells = [[(fmt.get(c, "{}") if not isinstance(r[c], str) else "{}").format(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     print("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |", file=file)
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=file)
@@ -138,7 +162,10 @@ def marginal_figure(results, ref, param):
             ax.plot(grid, np.exp(-0.5 * ((grid - mean[i]) / sd[i]) ** 2) / (sd[i] * np.sqrt(2 * np.pi)),
                     "k--", lw=1.2, label="reference N(mean, sd)")
         for name, res in results:
-            x = np.asarray(res.samples[param]).reshape(-1, k)[:, i]
+            x = np.asarray(res.samples[param])
+            if hasattr(res, "excluded_chains"):  # a Result: its diverged chains are left out
+                x = np.delete(x, res.excluded_chains(), axis=0)
+            x = x.reshape(-1, k)[:, i]
             ax.hist(x, bins=60, range=span, density=True, histtype="step", lw=1.0, label=name)
         ax.set_xlabel(param if np.ndim(ref.reference[param]["mean"]) == 0 else f"{param}[{i}]", fontsize=7)
         if i % cols == 0:
@@ -208,6 +235,7 @@ def cmd_demo(args) -> int:
         rows.append(_row(f"{name} (h={h:g})", res, ref))
     print()
     _print_table(rows)
+    _excluded_note(rows)
     if args.figure:
         _figure(results, ref, "weights", args.figure)
         print(f"\nfigure: {args.figure}")
@@ -242,7 +270,9 @@ def cmd_sample(args) -> int:
         progress_bar=not args.quiet,
     )
     print()
-    _print_table([_row(f"{args.sampler} (h={args.step_size:g})", res, ref)])
+    rows = [_row(f"{args.sampler} (h={args.step_size:g})", res, ref)]
+    _print_table(rows)
+    _excluded_note(rows)
     if args.figure:
         param = next(p for p in ref.reference if p in res.samples)
         _figure([(args.sampler, res)], ref, param, args.figure)

@@ -31,13 +31,24 @@ def to_arviz(
     sample_stats: Optional[dict] = None,
     observed_data: Optional[dict] = None,
     attrs: Optional[dict] = None,
+    log_likelihood: Optional[dict] = None,
+    posterior_predictive: Optional[dict] = None,
 ):
-    """Build an ArviZ object from dicts of numpy arrays shaped (chain, draw, ...), in float64."""
+    """Build an ArviZ object from dicts of numpy arrays shaped (chain, draw, ...), in float64.
+
+    ``log_likelihood``: pointwise log-likelihoods, one variable per observed site shaped
+    (chain, draw, *site shape) (what ``arviz.loo`` and ``arviz.waic`` read);
+    ``posterior_predictive``: predictive draws of the observed sites, shaped the same way.
+    """
     import arviz as az
 
     groups = {"posterior": {k: as_float64(v) for k, v in posterior.items()}}
     if sample_stats:
         groups["sample_stats"] = {k: as_float64(v) for k, v in sample_stats.items()}
+    if log_likelihood:
+        groups["log_likelihood"] = {k: as_float64(v) for k, v in log_likelihood.items()}
+    if posterior_predictive:
+        groups["posterior_predictive"] = {k: np.asarray(v) for k, v in posterior_predictive.items()}
     if observed_data:
         groups["observed_data"] = {k: np.asarray(v) for k, v in observed_data.items()}
     params = inspect.signature(az.from_dict).parameters

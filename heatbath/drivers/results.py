@@ -6,6 +6,7 @@ import dataclasses
 import warnings
 from typing import Any, Optional
 
+import jax
 import numpy as np
 
 __all__ = ["Result", "OptimizeResult"]
@@ -14,6 +15,14 @@ __all__ = ["Result", "OptimizeResult"]
 @dataclasses.dataclass
 class Result:
     """Draws of ``hb.sample``.
+
+    ``get_samples()`` gives the draws as ``numpyro.infer.MCMC.get_samples`` does (for
+    ``numpyro.infer.Predictive``), ``predictive()`` posterior predictive draws,
+    ``log_likelihood()`` pointwise log-likelihoods, ``to_arviz()`` an ArviZ object with a
+    ``log_likelihood`` group (``az.loo``, ``az.waic``) and ``summary()`` ``arviz.summary``.
+    None of them silently mixes in diverged chains: they are left out with a RuntimeWarning
+    naming them, and when every chain diverged they refuse (ValueError) unless called with
+    ``include_diverged=True``; see :meth:`excluded_chains` for which chains count as diverged.
 
     Attributes:
       samples: name -> array (chain, draw, ...) on the constrained (user's) scale, with the
@@ -36,6 +45,8 @@ class Result:
         and the measurements behind the choice; None when everything was given.
       checks: the end-of-run self-diagnosis (temperatures, R-hat, ESS) and its warnings.
       target: the :class:`~heatbath.models.Target` that was sampled.
+      on_divergence: the run's ``on_divergence`` mode ("stop", "restart", "flag"); None when
+        unknown.
     """
 
     samples: dict
@@ -58,6 +69,9 @@ class Result:
     checks: Optional[dict] = None
     # The Target the run sampled (for pointwise log-likelihoods and predictive checks).
     target: Any = dataclasses.field(default=None, repr=False, compare=False)
+    # What a chain did on divergence ("stop", "restart", "flag"; None when unknown): decides
+    # which diverged chains are left out of summaries (see ``excluded_chains``).
+    on_divergence: Optional[str] = None
 
     @property
     def num_chains(self) -> int:
@@ -76,36 +90,182 @@ class Result:
         div = np.asarray(self.stats["diverging"])
         return [int(c) for c in np.nonzero(div.any(axis=1))[0]]
 
+    def excluded_chains(self) -> list:
+        """The chains that summaries, ``to_arviz``, ``get_samples`` and the CLI leave out.
+
+        A diverged chain under ``on_divergence="stop"`` is frozen at its last finite state and
+        under ``"flag"`` non-finite (or in a region of non-finite log density): its draws are not
+        posterior draws, so the whole chain is left out. Under ``"restart"`` each diverging step
+        was rejected and the chain went on from its last finite state, so its draws are valid
+        and it is kept (unless a draw is non-finite). When the mode is unknown
+        (``on_divergence`` None) every diverged chain is left out.
+        """
+        bad = np.asarray(self.stats["diverging"]).any(axis=1)
+        if self.on_divergence == "restart":
+            finite = np.ones(bad.shape, bool)
+            for v in self.samples.values():
+                v = np.asarray(v)
+                if np.issubdtype(v.dtype, np.inexact):
+                    finite &= np.isfinite(v).reshape(v.shape[0], -1).all(axis=1)
+            bad &= ~finite
+        return [int(c) for c in np.nonzero(bad)[0]]
+
     def _need_draws(self):
         if not self.samples:
-            raise ValueError("this run kept no draws (keep='moments'): use Result.moments")
+            raise ValueError(
+                "this run kept no draws (keep='moments'): there are no draws to summarise, predict from or "
+                "compute log-likelihoods of; use Result.moments, or rerun with keep='draws'"
+            )
 
-    def to_arviz(self):
-        """An ArviZ object: posterior (constrained), sample_stats, observed_data."""
-        from heatbath.diagnostics.arviz import to_arviz
-
+    def _kept_chains(self, include_diverged: bool, what: str, stacklevel: int = 3) -> list:
+        """The chains that enter ``what``: all but :meth:`excluded_chains`, with a RuntimeWarning
+        naming those left out; a ValueError when every chain diverged (unless ``include_diverged``)."""
         self._need_draws()
+        num, bad = self.num_chains, self.excluded_chains()
+        if not bad:
+            restarted = self.diverged_chains() if self.on_divergence == "restart" else []
+            if restarted:
+                warnings.warn(
+                    f"chains {restarted} had diverging steps that were rejected and restarted "
+                    "(on_divergence='restart'); their draws are finite and kept in the " + what,
+                    RuntimeWarning, stacklevel=stacklevel,
+                )
+            return list(range(num))
+        why = f"chains {bad} ({len(bad)} of {num}) diverged (non-finite state or log density; see stats['diverging'])"
+        if include_diverged:
+            warnings.warn(f"{why}; their draws are in the {what} because include_diverged=True", RuntimeWarning,
+                          stacklevel=stacklevel)
+            return list(range(num))
+        if len(bad) == num:
+            raise ValueError(
+                f"all {num} chains diverged (non-finite state or log density; see stats['diverging']): there is no "
+                f"draw for the {what}. Lower the step size, or pass include_diverged=True to use them anyway"
+            )
+        warnings.warn(f"{why}: left out of the {what} (pass include_diverged=True to keep them); lower the step size",
+                      RuntimeWarning, stacklevel=stacklevel)
+        return [c for c in range(num) if c not in bad]
+
+    def _chains(self, tree, kept):
+        if tree is None or len(kept) == self.num_chains:
+            return tree
+        idx = np.asarray(kept)
+        return jax.tree.map(lambda v: np.asarray(v)[idx], tree)
+
+    def get_samples(self, group_by_chain: bool = False, include_diverged: bool = False) -> dict:
+        """The draws as ``numpyro.infer.MCMC.get_samples`` gives them: name -> (chain * draw, ...),
+        or (chain, draw, ...) with ``group_by_chain=True``; deterministic sites included, on the
+        constrained scale. ``Predictive(model, result.get_samples())`` works.
+
+        Diverged chains (:meth:`excluded_chains`) are left out with a RuntimeWarning; when all
+        chains diverged this is a ValueError unless ``include_diverged=True``. A ValueError for a
+        ``keep="moments"`` run (no draws).
+        """
+        kept = self._kept_chains(include_diverged, "samples")
+        samples = self._chains(self.samples, kept)
+        if group_by_chain:
+            return {k: np.asarray(v) for k, v in samples.items()}
+        return {k: np.reshape(np.asarray(v), (-1,) + np.shape(v)[2:]) for k, v in samples.items()}
+
+    def log_likelihood(self, include_diverged: bool = False, *, chunk_size: Optional[int] = None,
+                       _kept=None) -> dict:
+        """Pointwise log-likelihoods log p(y_i | theta) of every kept draw: name -> (chain, draw, ...),
+        one variable per observed site of a NumPyro model that the target keeps, else one
+        ``"loglik"`` (or the single observed site's name) of shape (chain, draw, N) from the
+        target's per-row likelihood (see :mod:`heatbath.diagnostics.loglik`). Computed in chunks
+        of draws; diverged chains are left out as in :meth:`get_samples`. Raises
+        :class:`~heatbath.diagnostics.loglik.LoglikUnavailable` (a ValueError) when it cannot be
+        computed."""
+        from heatbath.diagnostics.loglik import pointwise_loglik
+
+        kept = self._kept_chains(include_diverged, "log-likelihood") if _kept is None else _kept
+        return pointwise_loglik(self.target, self._chains(self.samples, kept), self._chains(self.unconstrained, kept),
+                                chunk_size=chunk_size)
+
+    def predictive(self, model=None, *args, seed=0, return_sites=None, include_diverged: bool = False,
+                   _kept=None, **kwargs) -> dict:
+        """Posterior predictive draws, name -> (chain, draw, ...): ``numpyro.infer.Predictive`` on
+        :meth:`get_samples`, one draw per posterior draw, with key ``seed``.
+
+        ``result.predictive(model, *args, **kwargs)`` runs ``model`` on those arguments (e.g. new
+        covariates with ``y=None``), exactly as ``Predictive(model, result.get_samples())``.
+        ``result.predictive()`` runs the sampled NumPyro model on its own arguments with the
+        observations dropped, so the observed sites are predicted (this needs a target that keeps
+        its model, see :func:`heatbath.diagnostics.loglik.model_call`).
+        """
+        from heatbath.diagnostics.loglik import model_call, predictive
+
+        drop = model is None
+        if drop:
+            if args or kwargs:
+                raise TypeError("result.predictive(*args) needs the model first: result.predictive(model, *args)")
+            call = None if self.target is None else model_call(self.target)
+            if call is None:
+                raise ValueError(
+                    "this Result does not know the NumPyro model it sampled (a from_logdensity target, or a "
+                    "target that does not keep its model): pass it, result.predictive(model, *args, **kwargs)"
+                )
+            model, args, kwargs = call
+            if return_sites is None and self.observed_data:
+                return_sites = list(self.observed_data)
+        kept = self._kept_chains(include_diverged, "predictive draws") if _kept is None else _kept
+        return predictive(model, args, kwargs, self._chains(self.samples, kept), seed=seed, return_sites=return_sites,
+                          drop_observations=drop)
+
+    def to_arviz(self, *, include_diverged: bool = False, log_likelihood: Optional[bool] = None,
+                 posterior_predictive=False, seed=0, _stacklevel: int = 3):
+        """An ArviZ object: posterior (constrained), sample_stats, observed_data, log_likelihood and,
+        on request, posterior_predictive, so that ``az.summary``, ``az.loo`` and ``az.waic`` work.
+
+        Args:
+          include_diverged: keep the diverged chains (:meth:`excluded_chains`). By default they
+            are left out with a RuntimeWarning naming them; when all chains diverged this is a
+            ValueError unless ``include_diverged=True``.
+          log_likelihood: the pointwise log-likelihood group (:meth:`log_likelihood`). None (the
+            default, as ``arviz.from_numpyro``): included when it can be computed and holds at
+            most 1e8 values (draws x observations), else left out with a RuntimeWarning saying
+            why; True: included, or an error saying why not; False: left out.
+          posterior_predictive: True for :meth:`predictive` draws of the observed sites (the
+            sampled model on its own arguments, key ``seed``), or a dict name -> (chain, draw, ...)
+            of predictive draws to store (e.g. from ``result.predictive(model, ...)``).
+        """
+        from heatbath.diagnostics.arviz import to_arviz
+        from heatbath.diagnostics.loglik import MAX_VALUES, LoglikUnavailable, loglik_size
+
+        kept = self._kept_chains(include_diverged, "ArviZ export", _stacklevel)
+        loglik = None
+        if log_likelihood or (log_likelihood is None and self.target is not None):
+            size = loglik_size(self.target, len(kept) * self.num_draws) if self.target is not None else 0
+            try:
+                if log_likelihood is None and size > MAX_VALUES:
+                    raise LoglikUnavailable(
+                        f"it would hold {size:.3g} values (> {MAX_VALUES:.0e}); thin the draws, or pass "
+                        "log_likelihood=True to compute it anyway"
+                    )
+                loglik = self.log_likelihood(_kept=kept)
+            except LoglikUnavailable as err:
+                if log_likelihood:
+                    raise
+                warnings.warn(f"no log_likelihood group in the ArviZ export: {err} (log_likelihood=False "
+                              "leaves it out quietly)", RuntimeWarning, stacklevel=_stacklevel)
+        if posterior_predictive is True:
+            posterior_predictive = self.predictive(seed=seed, _kept=kept)
         return to_arviz(
-            self.samples,
-            self.stats,
+            self._chains(self.samples, kept),
+            self._chains(self.stats, kept),
             self.observed_data,
             attrs={"inference_library": "heatbath", "sampler": self.sampler_name},
+            log_likelihood=loglik,
+            posterior_predictive=posterior_predictive or None,
         )
 
-    def summary(self, **kwargs):
-        """``arviz.summary`` of the posterior; warns when some chains diverged."""
+    def summary(self, *, include_diverged: bool = False, **kwargs):
+        """``arviz.summary`` of the posterior (``kwargs`` go to it), diverged chains left out as in
+        :meth:`to_arviz` (with a RuntimeWarning; a ValueError when all chains diverged unless
+        ``include_diverged=True``)."""
         import arviz as az
 
-        self._need_draws()
-        bad = self.diverged_chains()
-        if bad:
-            warnings.warn(
-                f"chains {bad} diverged (non-finite states); their draws are in the summary: "
-                "inspect stats['diverging'] and lower the step size",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return az.summary(self.to_arviz(), **kwargs)
+        return az.summary(self.to_arviz(include_diverged=include_diverged, log_likelihood=False, _stacklevel=4),
+                          **kwargs)
 
     def __repr__(self) -> str:
         if self.samples:

@@ -29,11 +29,15 @@ The state (:class:`HeatbathState`) keeps the unconstrained position in ``z`` (th
 sites) and the last step's diagnostics ``diverging``, ``lp`` (the log-density estimate at
 the start of the step), ``step_size``, ``temperature`` and ``grad_norm``, so
 ``MCMC.run(..., extra_fields=("lp", "step_size"))`` collects them and ArviZ puts them in
-``sample_stats``. ``diverging`` is collected by default.
+``sample_stats``. ``diverging`` is collected by default, so ``mcmc.print_summary()`` reports
+the number of divergences. Chains are never stopped or restarted here (a diverged chain goes
+on from its non-finite state), and the first divergence of a run raises a RuntimeWarning, as
+``hb.sample`` does.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -106,6 +110,30 @@ def _eager():
         return jax.ensure_compile_time_eval()
 
 
+def _reporting(kernel, transition):
+    """``transition`` that warns (once per run, from a host callback) when a chain diverges: the
+    callback sits in a ``lax.cond`` on "a chain diverged at this step and not at the previous
+    one", outside the chain vmap, so it costs nothing while the chains are finite."""
+
+    def report(step):
+        if not kernel._warned:
+            kernel._warned = True
+            warnings.warn(
+                f"a chain of the heatbath {kernel.sampler.name} kernel diverged at step {int(step)} (non-finite "
+                "position or log density; its later draws are not posterior draws): mcmc.print_summary() counts "
+                "the divergences, mcmc.get_extra_fields(group_by_chain=True)['diverging'] flags them; lower the "
+                "step size", RuntimeWarning, stacklevel=2)
+
+    def step_fn(state, data_):
+        new = transition(state, data_)
+        newly = jnp.any(jnp.logical_and(new.diverging, jnp.logical_not(state.diverging)))
+        step = jnp.max(getattr(new.sampler_state, "step", jnp.int32(-1)))
+        jax.lax.cond(newly, lambda s: jax.debug.callback(report, s), lambda s: None, step)
+        return new
+
+    return step_fn
+
+
 def _check_batch_size(batch_size):
     return None if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
 
@@ -157,6 +185,7 @@ class HeatbathKernel(MCMCKernel):
         # are baked into that compiled step. The digest of those it was traced with:
         self._traced_nondata = None
         self._nondata_key = None
+        self._warned = False  # this run's divergence was reported (_reporting)
 
     # -- numpyro's interface -------------------------------------------------------------
     @property
@@ -242,10 +271,11 @@ class HeatbathKernel(MCMCKernel):
             return _state(sampler_state, est_state, rng_key, info)
 
         states = jax.jit(jax.vmap(init_one, in_axes=(0, 0, None)))(positions, keys, data)
+        self._warned = False
         if vectorized:
-            self._sample_fn = jax.vmap(transition, in_axes=(0, None))
+            self._sample_fn = _reporting(self, jax.vmap(transition, in_axes=(0, None)))
             return states
-        self._sample_fn = transition
+        self._sample_fn = _reporting(self, transition)
         return jax.tree.map(lambda x: x[0], states)
 
     def sample(self, state, model_args, model_kwargs):
