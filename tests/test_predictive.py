@@ -3,7 +3,6 @@
 group of ``Result.to_arviz`` that ``arviz.loo`` / ``arviz.waic`` read."""
 
 import time
-import warnings
 
 import arviz as az
 import jax
@@ -123,8 +122,9 @@ def test_log_likelihood_unavailable_or_too_big_is_said():
     rng = np.random.default_rng(4)
     r = _hand_built(target, {"mu": rng.normal(size=(1, 20)), "tau": np.exp(rng.normal(size=(1, 20))),
                              "theta_trans": rng.normal(size=(1, 20, 8))})
-    with pytest.warns(RuntimeWarning, match="no log_likelihood group.*full-batch only"):
+    with pytest.warns(RuntimeWarning, match="no log_likelihood group.*full-batch only") as rec:
         idata = r.to_arviz()
+    assert rec[0].filename == __file__
     assert "log_likelihood" not in idata.groups()
     with pytest.raises(ValueError, match="full-batch only"):
         r.to_arviz(log_likelihood=True)

@@ -246,7 +246,7 @@ class Result:
                 if log_likelihood:
                     raise
                 warnings.warn(f"no log_likelihood group in the ArviZ export: {err} (log_likelihood=False "
-                              "leaves it out quietly)", RuntimeWarning, stacklevel=_stacklevel)
+                              "leaves it out quietly)", RuntimeWarning, stacklevel=_stacklevel - 1)
         if posterior_predictive is True:
             posterior_predictive = self.predictive(seed=seed, _kept=kept)
         return to_arviz(
