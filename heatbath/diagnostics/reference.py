@@ -19,6 +19,9 @@ diagonal mass matrix per chain with Stan's windowed scheme. Defaults: 4 chains x
 well-mixing model), target acceptance 0.95 (posteriordb's), float64 (``x64=True`` enables 64-bit JAX inside
 the call only, and float data are converted to float64; ``x64=False`` runs in float32).
 
+(In ``heatbath.diagnostics`` the function ``reference`` shadows this module's name: import the
+module's other names with ``from heatbath.diagnostics.reference import Reference``.)
+
 Checks (ArviZ: rank-normalised split R-hat, bulk and tail ESS, Vehtari et al. 2021): every
 non-constant entry needs R-hat <= ``max_rhat`` (1.01) and bulk and tail ESS >= ``min_ess``
 (default 100 per chain), and no transition may diverge. A failed check raises
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import numbers
 import re
 import time
@@ -326,8 +330,6 @@ def reference(model, data=None, *, num_chains: int = 4, num_warmup: int = 2000, 
     min_ess = 100.0 * num_chains if min_ess is None else float(min_ess)
     if isinstance(sites, str):
         sites = [sites]
-    import importlib.metadata
-
     settings = {"backend": backend, "backend_version": importlib.metadata.version(backend), "jax": jax.__version__,
                 "num_chains": num_chains, "num_warmup": num_warmup, "num_samples": num_samples, "seed": seed,
                 "target_accept": float(target_accept), "x64": bool(x64),
