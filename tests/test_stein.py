@@ -261,6 +261,8 @@ def test_bad_input_gets_clear_errors(small_run):
         ksd_result(dataclasses.replace(result, unconstrained=None))
     with pytest.raises(ValueError, match="no draws"):
         ksd_result(dataclasses.replace(result, unconstrained=np.zeros((2, 0, 2), np.float32)))
+    with pytest.raises(ValueError, match="keep='moments'"):
+        ksd_result(dataclasses.replace(result, samples={}, unconstrained=None, moments={"count": 3}))
     with pytest.raises(ValueError, match="exceeds"):
         scores(target, np.zeros((5, 2), np.float32), batch_size=10_000)
     with pytest.raises(ValueError, match="shape"):

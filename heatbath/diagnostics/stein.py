@@ -236,6 +236,11 @@ def ksd_result(result, target=None, *, batch_size: Optional[int] = None, seed=0,
       ValueError: the run kept no unconstrained draws, has no draws, or no target is known.
     """
     draws = getattr(result, "unconstrained", None)
+    if draws is None and getattr(result, "moments", None) is not None and not getattr(result, "samples", None):
+        raise ValueError(
+            "this run kept no draws (keep='moments'): the KSD needs draws; run hb.sample(..., "
+            "keep='draws', record_unconstrained=True)"
+        )
     if draws is None:
         raise ValueError(
             "this result has no unconstrained draws (the space where scores live): run "
