@@ -82,8 +82,10 @@ def test_divergence_is_flagged_and_warned_and_other_chains_unaffected():
     assert bad.stats["diverging"].any(axis=1).all()
     assert bad.diverged_chains() == [0, 1]
     assert not ok.stats["diverging"].any()
-    with pytest.warns(RuntimeWarning, match="diverged"):
+    with pytest.raises(ValueError, match="all 2 chains diverged"):
         bad.summary()
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        bad.summary(include_diverged=True)
 
 
 def test_optimize_finds_the_map():

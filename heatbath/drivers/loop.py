@@ -70,6 +70,7 @@ class LoopConfig:
     checkpoint_every: int = 1
     resume: bool = False
     extra_state: Any = None  # saved with checkpoints, restored on resume (the control-variate centre)
+    states: Any = None  # the chains' sampler states to start from (a tuning warmup's), instead of init
 
 
 class RunOut(NamedTuple):
@@ -258,7 +259,12 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
         chain_place, data_place, replicated = places
         data = place(data, data_place)
         positions = place(positions, chain_place)
-    states = jax.vmap(sampler.init)(positions, init_keys)
+    if getattr(sampler, "auto", ()):
+        raise ValueError(
+            f"{sampler.name} leaves {list(sampler.auto)} to be chosen automatically, which hb.sample does "
+            "during warmup; here give them explicitly"
+        )
+    states = jax.vmap(sampler.init)(positions, init_keys) if cfg.states is None else cfg.states
     if estimator.shared:
         chain0 = jax.tree.map(lambda x: x[0], positions)
         # A full-data gradient (control variates) is compiled: eagerly, through a NumPyro model,

@@ -9,8 +9,9 @@ from typing import Optional
 import jax
 import numpy as np
 
+from heatbath.drivers import autotune
 from heatbath.drivers import centre as _centre
-from heatbath.drivers import inputs, loop
+from heatbath.drivers import initialize, inputs, loop, selfcheck
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.cache import IdentityCache
@@ -46,7 +47,7 @@ def sample(
     data=None,
     batch_size: Optional[int] = None,
     num_samples: int,
-    num_warmup: int = 0,
+    num_warmup: Optional[int] = None,
     thinning: int = 1,
     num_chains: int = 1,
     seed=0,
@@ -63,6 +64,7 @@ def sample(
     devices=None,
     batching="uniform",
     record_unconstrained: bool = False,
+    checks=None,
 ) -> Result:
     """Run a heatbath sampler on a NumPyro model or a Target.
 
@@ -72,12 +74,18 @@ def sample(
       data: the model's arguments (dict of keyword arguments or tuple of positional ones), or
         new data for a Target.
       batch_size: minibatch size n; None for full-batch gradients.
-      num_samples: draws kept per chain; ``num_warmup`` steps are run and discarded first;
+      num_samples: draws kept per chain; ``num_warmup`` steps are run and discarded first
+        (default: none when every hyperparameter is given; with an automatic step size a
+        quarter of the sampling steps, at least 200, the first half of which tunes it);
         ``thinning``: steps per kept draw.
       num_chains: independent chains (run under vmap).
       seed: an integer (or a JAX key). Chain i's draws depend only on (seed, i).
-      init: initial values on the user's (constrained) scale, a dict for NumPyro models;
-        missing sites start at the default (uniform(-2, 2) in the unconstrained space).
+      init: where the chains start (:mod:`heatbath.drivers.initialize`): ``"map"`` (each chain
+        climbs to a mode from its own uniform(-2, 2) start; the default with an automatic step
+        size), ``"uniform"`` (uniform(-2, 2) in the unconstrained space; the default otherwise),
+        ``"median"`` or ``"sample"`` (NumPyro models: the prior's median, a prior draw), or
+        values: a dict on the user's (constrained) scale for NumPyro models (missing sites start
+        uniform; deterministic sites are ignored), or an ``OptimizeResult``.
       progress_bar: show a tqdm bar fed from inside the scan.
       chunk_size: draws per compiled chunk (bounded memory); default: about 128 MiB of draws.
       on_divergence: what a chain does when its state becomes non-finite, decided inside the
@@ -103,6 +111,11 @@ def sample(
         spec such as ``batching.federated(shards, local_steps=...)``.
       record_unconstrained: also keep the unconstrained positions (``Result.unconstrained``),
         e.g. for Stein discrepancies, whose scores live there.
+      checks: the end-of-run self-diagnosis (:mod:`heatbath.drivers.selfcheck`): ``"full"``
+        (default; R-hat, ESS, kinetic and configurational temperatures, the predicted bias of
+        the step size against the measured gradient noise), ``"basic"`` (R-hat, ESS and the
+        kinetic temperature only) or ``"off"``; the default can be set with
+        ``$HEATBATH_CHECKS``. Results in ``Result.checks``; what looks wrong is warned about.
 
     Returns:
       A :class:`Result`.
@@ -111,8 +124,8 @@ def sample(
     inputs.check_sampler(sampler)
     target = inputs.as_target(model_or_target, data)
     num_samples = check_count(num_samples, "num_samples", 1)
-    num_warmup = check_count(num_warmup, "num_warmup", 0)
     thinning = check_count(thinning, "thinning", 1)
+    auto = autotune.auto_names(sampler)
     num_chains = check_count(num_chains, "num_chains", 1)
     batch_size = check_count(batch_size, "batch_size", 1, allow_none=True)
     chunk_size = check_count(chunk_size, "chunk_size", 1, allow_none=True)
@@ -120,6 +133,10 @@ def sample(
     checkpoint_every = check_count(checkpoint_every, "checkpoint_every", 1)
     progress_bar = check_bool(progress_bar, "progress_bar")
     record_unconstrained = check_bool(record_unconstrained, "record_unconstrained")
+    level = selfcheck.default_level() if checks is None else checks
+    if level is False:
+        level = "off"
+    check_choice(level, "checks", selfcheck.LEVELS)
     check_choice(on_divergence, "on_divergence", loop.DIVERGENCE_MODES)
     check_choice(keep, "keep", loop.KEEP_MODES)
     batching = as_batching(batching)
@@ -130,6 +147,15 @@ def sample(
     # Samplers that take several integrator steps per draw (SGHMC's num_steps_per_sample) get
     # them as driver-level thinning: every step draws its own minibatch.
     steps_per_draw = thinning * sampler.steps_per_draw
+    if num_warmup is None:
+        num_warmup = autotune.default_num_warmup(num_samples * steps_per_draw) if auto else 0
+    num_warmup = check_count(num_warmup, "num_warmup", 0)
+    if auto and num_warmup < 2:
+        raise ValueError(f"an automatic {' and '.join(auto)} is chosen during warmup: num_warmup must be >= 2 "
+                         f"(got {num_warmup}; default {autotune.default_num_warmup(num_samples * steps_per_draw)})")
+    if auto and target.nonsmooth is not None:
+        raise ValueError("automatic step sizes measure the curvature of a smooth target; give step_size= for a "
+                         "target with a nonsmooth term")
     inputs.check_total_steps(num_warmup + num_samples * steps_per_draw)
     if shard is not None:
         shardings(shard, devices, num_chains, target.num_data)
@@ -143,23 +169,65 @@ def sample(
     )
     with hold(ckpt):  # the checkpoint lock, released however the run ends
         keys = loop.chain_keys(master, num_chains)
-        positions = inputs.initial_positions(target, init, loop.fold_each(keys, 0), num_chains)
+        positions, init_info = initialize.resolve(target, init, loop.fold_each(keys, 0), num_chains, batch_size,
+                                                  default="map" if auto else "uniform")
         inputs.check_init_finite(target, positions, target.data)
 
         spec, centre, map_cost, map_compile = _centre.resolve(
             target, sampler.gradient, positions, master, batch_size, ckpt if resuming else None
         )
+        map_cost += init_info.get("cost", 0.0) / num_chains
         estimator = spec.build(target.terms, target.num_data)
+        tuning, states = None, None
+        if init_info["strategy"] != "uniform" or auto:
+            tuning = {"init": init_info}
+        if auto:
+            est_state = _estimator_state(estimator, positions, target.data)
+            sampler, states, pilot, info, tune_cost, tune_compile = autotune.warmup(
+                target, sampler, estimator, est_state, positions, keys, batch_size=batch_size, batching=batching,
+                num_warmup=num_warmup, progress_bar=progress_bar)
+            tuning.update(info)
+            num_warmup -= pilot
+            map_cost += tune_cost
+            map_compile += tune_compile
+        # The configurational-temperature check reads unconstrained draws: kept for it when small.
+        keep_unc = record_unconstrained or (
+            level == "full" and keep == "draws"
+            and _size(positions) // num_chains * num_samples * num_chains <= selfcheck_unconstrained_budget)
         cfg = loop.LoopConfig(
             batching=batching, batch_size=batch_size, num_draws=num_samples, thinning=steps_per_draw,
-            num_warmup=num_warmup, desc=sampler.name, record=_record(target, record_unconstrained),
+            num_warmup=num_warmup, desc=sampler.name, record=_record(target, keep_unc),
             chunk_size=chunk_size, progress_bar=progress_bar, on_divergence=on_divergence, keep=keep,
             swag_rank=swag_rank, shard=shard, devices=devices, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-            resume=resuming, extra_state=centre,
+            resume=resuming, extra_state=centre, states=states,
         )
         out = loop.run(target, sampler, estimator, positions, keys, cfg)
-    return _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start,
-                   record_unconstrained)
+    result = _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start,
+                     keep_unc, tuning)
+    if not out.interrupted:
+        msgs = selfcheck.run_checks(result, sampler, estimator, lambda p: _estimator_state(estimator, p, target.data),
+                                    batch_size, level, jax.random.fold_in(master, 3))
+        for msg in msgs:
+            warnings.warn(f"{sampler.name}: {msg}", RuntimeWarning, stacklevel=2)
+    if keep_unc and not record_unconstrained:
+        result.unconstrained = None
+    return result
+
+
+selfcheck_unconstrained_budget = 25_000_000  # unconstrained values kept for the checks (100 MB in float32)
+
+
+def _size(tree) -> int:
+    return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
+
+
+def _estimator_state(estimator, positions, data):
+    """The gradient estimator's state at the chains' positions (shared: one copy), for measurements."""
+    if estimator.shared:
+        chain0 = jax.tree.map(lambda x: x[0], positions)
+        init = jax.jit(estimator.init) if estimator.rows_at_init else estimator.init
+        return init(chain0, data)
+    return jax.vmap(estimator.init, in_axes=(0, None))(positions, data)
 
 
 def _chain_first(tree):
@@ -167,7 +235,8 @@ def _chain_first(tree):
     return jax.tree.map(lambda v: np.swapaxes(np.asarray(v), 0, 1), tree)
 
 
-def _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start, unconstrained):
+def _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start, unconstrained,
+            tuning=None):
     draws, unc = out.draws, None
     if unconstrained and cfg.keep == "draws":
         draws, unc = draws["values"], _chain_first(draws["position"])
@@ -212,7 +281,9 @@ def _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, 
         centre=centre,
         moments=moments,
         unconstrained=unc,
+        tuning=tuning,
         target=target,
+        on_divergence=cfg.on_divergence,
     )
     bad = result.diverged_chains()
     if bad:

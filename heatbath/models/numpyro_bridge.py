@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 from numpyro.distributions import biject_to
-from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.initialization import init_to_median, init_to_sample, init_to_uniform
 
 from heatbath.kernels import tree as _tree
 from heatbath.models.bridge_handler import Bridge, is_array, row_frame
@@ -310,6 +310,15 @@ def _from_numpyro(model, model_args, model_kwargs) -> Target:
             out[name] = biject_to(support).inv(value)
         return out
 
+    def prior_init(key, how):
+        strategy = init_to_median(num_samples=15) if how == "median" else init_to_sample
+        fn, args, kwargs = call_args({})
+        with TRACE_LOCK, handlers.block():
+            m = handlers.substitute(handlers.seed(fn, key), substitute_fn=strategy)
+            tr = handlers.trace(m).get_trace(*args, **kwargs)
+        return {name: jnp.asarray(biject_to(tr[name]["fn"].support).inv(tr[name]["value"]), jnp.result_type(float))
+                for name in latent}
+
     discrete_error = None
     if discrete:
         discrete_error = (
@@ -317,7 +326,7 @@ def _from_numpyro(model, model_args, model_kwargs) -> Target:
             "variables; marginalise them out of the model (e.g. a mixture likelihood)"
         )
     observed_data = {name: np.asarray(trace[name]["value"]) for name in observed if name in trace}
-    return Target(
+    target = Target(
         terms=terms,
         data=data,
         num_data=num_data,
@@ -328,6 +337,9 @@ def _from_numpyro(model, model_args, model_kwargs) -> Target:
         minibatch_error=minibatch_error,
         observed_data=observed_data,
         discrete_error=discrete_error,
+        prior_init=prior_init,
     )
+    target.memo("numpyro_model", lambda: call_args({}))  # model + args, for log-likelihoods and predictive checks
+    return target
 
 

@@ -46,6 +46,10 @@ class Target:
     observed_data: Optional[dict] = None
     nonsmooth: Any = None
     discrete_error: Optional[str] = None  # why gradient methods cannot run, if they cannot
+    # prior_init(key, how) -> unconstrained params from the model's prior: how = "median" (the
+    # median of 15 prior draws per site, NumPyro's init_to_median) or "sample" (one prior draw);
+    # None for targets that have no prior to draw from (plain log densities).
+    prior_init: Optional[Callable] = None
 
     # -- the contract's derived functions -------------------------------------------------
     def logprior(self, params):

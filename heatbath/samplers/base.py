@@ -58,6 +58,10 @@ class Sampler(NamedTuple):
     steps_per_draw: int = 1
     # What the sampler reads from the oracle beyond the gradient ("nonsmooth", "batch_info").
     uses: tuple = ()
+    # Hyperparameters left for the driver to choose during warmup (``step_size``, ``friction``):
+    # ``hb.sample`` measures the curvature and the gradient noise and rebuilds the sampler
+    # (see heatbath.drivers.autotune); a loop refuses a sampler with anything left here.
+    auto: tuple = ()
 
 
 class Info(NamedTuple):

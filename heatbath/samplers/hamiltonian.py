@@ -224,8 +224,8 @@ def build_kernel(split: _integrators.Splitting, step_size, friction, temperature
 
 
 def sghmc(
-    step_size,
-    friction,
+    step_size=None,
+    friction=None,
     integrator="obabo",
     *,
     mass=1.0,
@@ -244,8 +244,12 @@ def sghmc(
     with T_O = T - h V / (2 C) under the beta-hat correction (T_O = T without it).
 
     Args:
-      step_size: h > 0, a number or a schedule of the step count.
-      friction: C > 0 (number or schedule). The momentum relaxes at the rate C / M.
+      step_size: h > 0, a number or a schedule of the step count; None (default): chosen by
+        ``hb.sample`` during warmup from the measured curvature (:mod:`heatbath.drivers.autotune`).
+      friction: C > 0 (number or schedule). The momentum relaxes at the rate C / M. None
+        (default): chosen by ``hb.sample`` from the measured gradient noise, so that it
+        dominates it (excess kinetic temperature <= 5% of T), and at least critical damping
+        of the softest direction.
       integrator: ``"obabo"`` (default), ``"baoab"``, ``"aboba"``, ``"lie_trotter"``,
         ``"euler"`` (Chen et al.'s SGHMC), any word in A, B, O, E (e.g. ``"OABAO"``), or a
         :class:`heatbath.kernels.integrators.Splitting`. Every named scheme costs one
@@ -282,12 +286,15 @@ def sghmc(
       d T / 2 at stationarity) to the common fields.
     """
     split = _integrators.get(integrator)
-    h = _schedules.as_schedule(step_size, "step_size", positive=True)
-    C = _schedules.as_schedule(friction, "friction", positive=True)
+    auto = tuple(name for name, v in (("step_size", step_size), ("friction", friction)) if v is None)
+    # Placeholders until hb.sample chooses them (a loop refuses a sampler with `auto` left).
+    h = _schedules.as_schedule(1e-3 if step_size is None else step_size, "step_size", positive=True)
+    C = _schedules.as_schedule(1.0 if friction is None else friction, "friction", positive=True)
     T = _schedules.as_schedule(temperature, "temperature", positive=False)
     M, V, k, spec = check_common(mass, gradient_noise, num_steps_per_sample, resample_momentum, gradient)
-    check_noise_budget(h, C, T, V, "friction")
-    if split.name == "euler" or "E" in split.letters:
+    if not auto:
+        check_noise_budget(h, C, T, V, "friction")
+    if not auto and (split.name == "euler" or "E" in split.letters):
         hv, cv = _schedules.is_constant(h), _schedules.is_constant(C)
         if hv is not None and cv is not None:
             mmin = min_leaf(M)
@@ -315,5 +322,5 @@ def sghmc(
         sghmc, hyper, base_name="sghmc" if split.name == "euler" else f"sghmc-{split.name}", init=init,
         step=build_kernel(split, h, C, T, M, V, k, resample_momentum, _noise.as_noise(noise)),
         gradient=spec, temperature=T, grads_per_step=float(split.grads_per_step), steps_per_draw=k,
-        gradient_at_position=split.gradient_at_start,
+        gradient_at_position=split.gradient_at_start, auto=auto,
     )

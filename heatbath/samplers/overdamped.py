@@ -94,12 +94,15 @@ def build_kernel(step_size, temperature, noise=None):
     return step
 
 
-def sgld(step_size, *, temperature=1.0, gradient=None, noise=None) -> Sampler:
+def sgld(step_size=None, *, temperature=1.0, gradient=None, noise=None) -> Sampler:
     """SGLD: theta <- theta + h grad log p~(theta) + sqrt(2 h T) xi (Welling & Teh 2011).
 
     Args:
       step_size: h > 0, a number or a schedule of the step count
-        (e.g. ``heatbath.kernels.schedules.polynomial_decay``).
+        (e.g. ``heatbath.kernels.schedules.polynomial_decay``). None (default): chosen by
+        ``hb.sample`` during warmup, h = 0.2 / lambda_max(H + V / T) from the measured Hessian H
+        and minibatch-gradient covariance V (:mod:`heatbath.drivers.autotune`; about 5% on the
+        posterior sd in the worst direction), reported in ``Result.tuning``.
       temperature: T >= 0, a number or a schedule (keyword-only). T = 0 is SGD
         (``optax.sgd(h)`` step by step); T < 1 a cold posterior.
       gradient: the gradient estimator: ``"naive"`` (default), ``"cv"`` (control variates at
@@ -107,7 +110,7 @@ def sgld(step_size, *, temperature=1.0, gradient=None, noise=None) -> Sampler:
         (``control_variates(centre=...)``, ``svrg(update_every)``).
       noise: the source of xi (:mod:`heatbath.kernels.noise`; default Brownian).
     """
-    h = _schedules.as_schedule(step_size, "step_size", positive=True)
+    h = _schedules.as_schedule(1e-3 if step_size is None else step_size, "step_size", positive=True)
     T = _schedules.as_schedule(temperature, "temperature", positive=False)
     spec = check_gradient_spec(naive() if gradient is None else gradient)
 
@@ -117,7 +120,7 @@ def sgld(step_size, *, temperature=1.0, gradient=None, noise=None) -> Sampler:
 
     hyper = dict(step_size=step_size, temperature=temperature, gradient=spec, noise=noise)
     return make_sampler(sgld, hyper, base_name="sgld", init=init, step=build_kernel(h, T, _noise.as_noise(noise)),
-                        gradient=spec, temperature=T)
+                        gradient=spec, temperature=T, auto=("step_size",) if step_size is None else ())
 
 
 def build_preconditioned_kernel(
@@ -237,7 +240,7 @@ def preconditioned_sampler(
 
 
 def psgld(
-    step_size,
+    step_size=None,
     *,
     temperature=1.0,
     decay: float = 0.99,
@@ -254,7 +257,8 @@ def psgld(
 
     Args:
       step_size: h > 0 (number or schedule). Note that G ~ 1/|g| makes h dimensionless;
-        typical values are 1e-4 to 1e-2 whatever the scale of the posterior.
+        typical values are 1e-4 to 1e-2 whatever the scale of the posterior. None (default):
+        chosen by ``hb.sample`` during warmup as for :func:`sgld`, in the metric G.
       temperature: T >= 0 (number or schedule), keyword-only. T = 0 is RMSprop:
         ``optax.rmsprop(h, decay=a, eps=eps, eps_in_sqrt=False)`` step by step (optax's
         default ``eps_in_sqrt=True`` is ``preconditioner=rmsprop(a, eps, eps_in_sqrt=True)``).
@@ -272,7 +276,8 @@ def psgld(
     spec = check_gradient_spec(naive() if gradient is None else gradient)
     hyper = dict(step_size=step_size, temperature=temperature, decay=decay, eps=eps,
                  correction=correction, gradient=spec, preconditioner=preconditioner, noise=noise)
-    return preconditioned_sampler(
-        step_size, temperature, pre, correction, spec, name="psgld", hyperparameters=hyper, constructor=psgld,
-        noise=noise,
+    sampler = preconditioned_sampler(
+        1e-3 if step_size is None else step_size, temperature, pre, correction, spec, name="psgld",
+        hyperparameters=hyper, constructor=psgld, noise=noise,
     )
+    return sampler._replace(auto=("step_size",)) if step_size is None else sampler

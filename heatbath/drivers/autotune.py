@@ -1,0 +1,290 @@
+"""Automatic step size (and SGHMC friction), chosen during warmup from measured curvature and noise.
+
+The criterion (see :mod:`heatbath.kernels.curvature`): linearised at a point, an SGLD chain's
+variance along H's eigendirection u_i is inflated by the factor 1 + h (lambda_i + u_i' V u_i / T) / 2,
+H the Hessian of -log p, V the covariance of the minibatch gradient (the run's own batch size
+and gradient estimator). heatbath picks the largest step that keeps this below 1 + EPS in the
+worst direction,
+
+    SGLD:   h = 2 EPS / lambda_max(H + V / T),                         EPS = 0.2,
+
+i.e. about 10% on the posterior sd in the worst direction from discretisation and gradient
+noise together (less on the marginals, which mix directions); the same in
+pSGLD's metric (lambda_max of G^(1/2) (H + V / T) G^(1/2), G the RMSprop diagonal). Larger steps
+mix faster but the bias grows linearly; smaller ones waste gradients. For SGHMC (mass M) the
+position update is second order: OBABO's position variance on a Gaussian is inflated by
+1 / (1 - h^2 omega^2 / 4), so h = sqrt(4 EPS / omega_max^2) with omega^2 = lambda(M^-1/2 H M^-1/2)
+(half that for the first-order splittings), and the friction must dominate the gradient noise:
+the B steps add h^2 v to the momentum variance per step and the O step removes a fraction
+2 h C / M of it, so the kinetic temperature is T + h v / (2 C). heatbath takes
+
+    C / M = max(h v / (2 EPS T),  2 sqrt(lambda_min(M^-1/2 H M^-1/2))),   v = lambda_max(M^-1/2 V M^-1/2),
+
+the first term keeping the excess temperature below EPS T, the second critical damping of
+the softest direction (fastest mixing there) when the noise allows it; and h <= sqrt(2 EPS T / v)
+so that h C / M <= 1 (past it the momentum is renewed every step and the chain is SGLD with
+step h^2 / 2). With heavy gradient noise SGHMC then mixes per gradient like SGLD (its
+advantage needs C ~ sqrt(lambda_min), i.e. little noise: larger batches or control variates).
+
+The measurement is done twice: at the chains' starting points, and in the first half of the
+warmup at 8 points per chain spread over its second half (the typical set, where the run will
+be); the second measurement (its largest eigenvalue over all those points) sets the step of
+the rest of the run.
+If a chain diverges during the first half, that half is rerun from the start with a step four
+times smaller (three tries). Everything measured is reported in ``Result.tuning``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from heatbath.drivers import loop
+from heatbath.drivers.keys import fold_each
+from heatbath.kernels import curvature
+from heatbath.kernels import tree as _tree
+from heatbath.kernels.schedules import is_constant
+
+__all__ = ["EPS", "auto_names", "measure", "choose", "warmup", "default_num_warmup"]
+
+EPS = 0.2  # first-order variance inflation allowed in the worst direction
+NUM_BATCHES = 32  # minibatch gradients per point for the noise covariance
+CURVATURE_ROWS = 4096  # data rows of the Hessian-vector products (all rows when N is smaller)
+POWER_ITERS = 20
+RETRIES = 3
+POINTS = 8  # measurement points per chain in the second half of the tuning warmup
+
+
+def _positions(position, data):
+    del data
+    return position
+
+
+def auto_names(sampler) -> tuple:
+    """The hyperparameters the sampler left for the driver to choose (``step_size``, ``friction``)."""
+    return tuple(getattr(sampler, "auto", ()) or ())
+
+
+def default_num_warmup(steps: int) -> int:
+    """Warmup steps when the step size is automatic: a quarter of the sampling steps, at least 200."""
+    return max(200, steps // 4)
+
+
+def _family(sampler) -> str:
+    base = sampler.name.split("-")[0]
+    if base not in ("sgld", "psgld", "sghmc"):
+        raise ValueError(f"automatic settings exist for sgld, psgld and sghmc, not {sampler.name}")
+    return base
+
+
+def _symmetric(sampler) -> bool:
+    word = sampler.hyperparameters.get("integrator", "obabo")
+    word = {"obabo": "OBABO", "baoab": "BAOAB", "aboba": "ABOBA"}.get(word, word)
+    return isinstance(word, str) and word.upper() == word.upper()[::-1] and "E" not in word.upper()
+
+
+def _metric(sampler, family, m2, states):
+    """The diagonal metric S of the measurement (pytree like the position, leading axis chain) or None."""
+    if family == "psgld":
+        hp = sampler.hyperparameters
+        if states is not None:
+            from heatbath.kernels import preconditioners as _pre
+
+            pre = hp.get("preconditioner") or _pre.rmsprop(hp.get("decay", 0.99), hp.get("eps", 1e-5))
+            return jax.vmap(pre.diagonal)(states.preconditioner)
+        eps = hp.get("eps", 1e-5)
+        return jax.tree.map(lambda v: 1.0 / (eps + jnp.sqrt(v)), m2)
+    if family == "sghmc":
+        mass = sampler.hyperparameters.get("mass", 1.0)
+        if not isinstance(mass, (int, float)):
+            raise ValueError("automatic friction needs a scalar mass; give friction= with a pytree mass")
+        return None if mass == 1.0 else jax.tree.map(lambda v: jnp.full_like(v, 1.0 / mass), m2)
+    return None
+
+
+def measure(target, estimator, est_state, positions, key, batch_size, temperature, metric_of):
+    """Per-chain curvature and gradient-noise eigenvalues at ``positions`` (leading axis chain).
+
+    Returns a dict of (chain,) arrays: ``lam_hv`` (top eigenvalue of S^1/2 (H + V/T) S^1/2),
+    ``lam_h``, ``lam_v``, ``lam_min`` (bottom eigenvalue of S^1/2 H S^1/2), and the per-datum
+    gradient evaluations the measurement cost (per chain).
+    """
+    N = target.num_data
+    rows_m = N if target.minibatch_error else min(N, CURVATURE_ROWS)
+    key_rows, key_batches, key_vec = jax.random.split(key, 3)
+    if rows_m < N:
+        idx = jax.random.choice(key_rows, N, (rows_m,), replace=False)
+        rows = jax.tree.map(lambda x: x[idx], target.data)
+    else:
+        rows = target.data
+    noisy = batch_size is not None and not target.minibatch_error
+    if noisy:
+        idx = jax.random.randint(key_batches, (NUM_BATCHES, batch_size), 0, N)
+        batches = jax.tree.map(lambda x: x[idx], target.data)
+    else:
+        batches = None
+    num_chains = jax.tree.leaves(positions)[0].shape[0]
+    vkeys = jax.random.split(key_vec, num_chains)
+    shared = estimator.shared
+
+    def one(p, st, k, metric_given):
+        def u(q):
+            return -target.logdensity(q, rows)
+
+        if noisy:
+            grads = jax.vmap(lambda b: estimator.estimate(st, p, b)[1])(batches)
+            m2 = jax.tree.map(lambda g: jnp.mean(g * g, axis=0), grads)
+            v_mv = curvature.noise_matvec(grads)
+        else:
+            g = jax.grad(lambda q: target.logdensity(q, rows))(p)
+            m2 = jax.tree.map(lambda x: x * x, g)
+            v_mv = None
+        metric = metric_of(m2) if metric_given is None else metric_given
+
+        def h_mv(v):
+            return curvature.hvp(u, p, v)
+
+        def hv_mv(v):
+            out = h_mv(v)
+            if v_mv is not None:
+                out = jax.tree.map(lambda a, b: a + b / temperature, out, v_mv(v))
+            return out
+
+        if metric is not None:
+            h_mv_s, hv_mv_s = curvature.scaled(h_mv, metric), curvature.scaled(hv_mv, metric)
+            v_mv_s = None if v_mv is None else curvature.scaled(v_mv, metric)
+        else:
+            h_mv_s, hv_mv_s, v_mv_s = h_mv, hv_mv, v_mv
+        k1, k2, k3, k4 = jax.random.split(k, 4)
+        lam_hv, _ = curvature.power_iteration(hv_mv_s, _tree.normal_like(k1, p), POWER_ITERS)
+        lam_h, _ = curvature.power_iteration(h_mv_s, _tree.normal_like(k2, p), POWER_ITERS)
+        lam_v = jnp.zeros(()) if v_mv_s is None else curvature.power_iteration(
+            v_mv_s, _tree.normal_like(k3, p), POWER_ITERS)[0]
+        lam_min, _ = curvature.bottom_eigenvalue(h_mv_s, lam_h, _tree.normal_like(k4, p), 30)
+        return {"lam_hv": lam_hv, "lam_h": lam_h, "lam_v": lam_v, "lam_min": lam_min}
+
+    return one, {"rows": rows_m, "batches": NUM_BATCHES if noisy else 0, "vkeys": vkeys, "shared": shared}
+
+
+def _measure(target, sampler, family, estimator, est_state, positions, key, batch_size, T, states=None, repeat=1):
+    """``positions``: points with a leading axis ``repeat * chains`` (draw-major: point i belongs
+    to chain i % chains), the chains' ``states`` (for pSGLD's metric) and estimator states."""
+    one, meta = measure(target, estimator, est_state, positions, key, batch_size, T,
+                        lambda m2: _metric(sampler, family, m2, None))
+    given = None if states is None or family != "psgld" else _metric(sampler, family, None, states)
+    tile = (lambda t: jax.tree.map(lambda x: jnp.concatenate([x] * repeat), t)) if repeat > 1 else (lambda t: t)
+    given = None if given is None else tile(given)
+    if not meta["shared"]:
+        est_state = tile(est_state)
+    in_axes = (0, None if meta["shared"] else 0, 0, None if given is None else 0)
+    out = jax.jit(jax.vmap(one, in_axes=in_axes))(positions, est_state, meta["vkeys"], given)
+    out = {k: np.asarray(v, np.float64) for k, v in out.items()}
+    # Per chain: 2 gradients per Hessian-vector product on `rows` rows; K minibatch gradients.
+    hvps = 3 * POWER_ITERS + 30 + 1
+    cost = 2.0 * hvps * meta["rows"] + meta["batches"] * (batch_size or 0)
+    return out, cost
+
+
+def choose(family: str, m: dict, T: float, symmetric: bool = True, friction_given: Optional[float] = None):
+    """The step size (and friction) from measured eigenvalues (worst chain). See the module docstring."""
+    if family in ("sgld", "psgld"):
+        lam = float(np.max(m["lam_hv"]))
+        return {"step_size": 2.0 * EPS / lam}
+    lam_h = float(np.max(m["lam_h"]))
+    lam_v = float(np.max(m["lam_v"]))
+    # Away from a mode H need not be positive definite (funnels): the softest direction's scale
+    # is floored at lambda_max / 100, so that the friction is at least 0.2 omega_max.
+    lam_min = float(np.clip(np.min(m["lam_min"]), lam_h * 1e-2, lam_h))
+    h = math.sqrt(4.0 * EPS / lam_h) * (1.0 if symmetric else 0.5)
+    if friction_given is not None:
+        return {"step_size": h}
+    if lam_v > 0.0:
+        # Noise-dominated: keep h C / M <= 1 (beyond it the momentum is refreshed every step and
+        # the chain is SGLD with step h^2 / 2, whose noise bias h^2 v / 4 the bound below caps).
+        h = min(h, math.sqrt(2.0 * EPS * T / lam_v))
+    gamma = max(h * lam_v / (2.0 * EPS * T), 2.0 * math.sqrt(lam_min))
+    return {"step_size": h, "friction": gamma}
+
+
+def _alive(out, mode):
+    guard = out.carry[3]
+    alive = guard if mode == "flag" else guard[0]
+    return np.asarray(alive, bool)
+
+
+def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size, batching, num_warmup,
+           progress_bar, mass=1.0):
+    """Tune the sampler's automatic hyperparameters during the first half of the warmup.
+
+    Returns ``(sampler with the chosen values, the chains' states after the first half, steps
+    done, tuning info, cost per chain in per-datum gradients, compile seconds)``.
+    """
+    names = auto_names(sampler)
+    family = _family(sampler)
+    T = is_constant(sampler.temperature)
+    if T is None or T <= 0.0:
+        raise ValueError("an automatic step size is for sampling at a constant temperature T > 0; give step_size= "
+                         "for annealing schedules and T = 0")
+    symmetric = family != "sghmc" or _symmetric(sampler)
+    friction_given = None if "friction" in names else sampler.hyperparameters.get("friction")
+    key = jax.random.fold_in(keys[0], 13)
+    m0, cost0 = _measure(target, sampler, family, estimator, est_state, positions, jax.random.fold_in(key, 0),
+                         batch_size, T)
+    chosen0 = choose(family, m0, T, symmetric, friction_given)
+    pilot = max(2, num_warmup // 2)
+    # The second measurement is taken at POINTS positions per chain spread over the second half
+    # of the tuning warmup (curvature varies: one point per chain under-samples a funnel).
+    points = min(POINTS, pilot // 2)
+    spacing = (pilot - pilot // 2) // points
+    lead = pilot - points * spacing
+    cost, compile_time, tries = cost0, 0.0, []
+    step_scale = 1.0
+    for attempt in range(RETRIES + 1):
+        values = dict(chosen0)
+        values["step_size"] = chosen0["step_size"] * step_scale
+        tuned = sampler.rebuild(**{k: v for k, v in values.items() if k in names})
+        cfg = loop.LoopConfig(
+            batching=batching, batch_size=batch_size, num_draws=points, thinning=spacing, num_warmup=lead,
+            desc=f"{sampler.name} warmup 1/2 (tuning)", record=_positions, progress_bar=progress_bar,
+            on_divergence="stop", chunk_size=points,
+        )
+        out = loop.run(target, tuned, estimator, positions, fold_each(keys, 17 + attempt), cfg)
+        compile_time += out.compile_time
+        cost += loop.grad_evals_per_chain(estimator, tuned.grads_per_step, batch_size, target.num_data, pilot)
+        alive = _alive(out, "stop")
+        tries.append({"step_size": values["step_size"], "diverged_chains": np.nonzero(~alive)[0].tolist()})
+        if alive.all():
+            break
+        if attempt == RETRIES:
+            raise FloatingPointError(
+                f"automatic step size: chains {np.nonzero(~alive)[0].tolist()} diverged in the warmup even at "
+                f"step size {values['step_size']:.3g} ({step_scale:g} x the measured bound): the model's curvature "
+                "changes too fast for one step size; reparameterise it (non-centred scales) or give step_size="
+            )
+        step_scale /= 4.0
+    states = out.carry[0]
+    where = jax.tree.map(lambda x: jnp.asarray(x).reshape((-1,) + x.shape[2:]), out.draws)  # (draw * chain, ...)
+    m1, cost1 = _measure(target, sampler, family, estimator, est_state, where, jax.random.fold_in(key, 1),
+                         batch_size, T, states=states, repeat=points)
+    cost1 *= points
+    cost += cost1
+    chosen = choose(family, m1, T, symmetric, friction_given)
+    if step_scale < 1.0:  # the first half needed smaller steps than measured: keep the margin
+        chosen["step_size"] = min(chosen["step_size"], values["step_size"])
+    final = sampler.rebuild(**{k: v for k, v in chosen.items() if k in names})
+    info = {
+        "auto": list(names),
+        **{k: float(v) for k, v in chosen.items() if k in names},
+        "criterion": ("h = 2 * 0.2 / lambda_max(H + V/T)" if family != "sghmc"
+                      else "h = min(sqrt(0.8 / omega_max^2), sqrt(0.4 T / v)); C/M = max(h v / (0.4 T), 2 sqrt(lambda_min(H)))"),
+        "first_half": {**{k: float(v) for k, v in values.items() if k in names}, "tries": tries,
+                       "measured_at_start": {k: v.tolist() for k, v in m0.items()}},
+        "measured": {k: v.tolist() for k, v in m1.items()},
+        "warmup_steps_tuning": pilot,
+        "cost_per_chain": float(cost),
+    }
+    return final, states, pilot, info, float(cost), compile_time

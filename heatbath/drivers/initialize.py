@@ -1,0 +1,146 @@
+"""Where chains start: ``init=`` strategies, as NumPyro names them.
+
+- ``"uniform"``: uniform(-2, 2) in the unconstrained space, per chain (Stan's and NumPyro's
+  ``init_to_uniform``); heatbath's default when every setting of the run is given.
+- ``"median"``: the median of 15 prior draws per site (NumPyro's ``init_to_median``; NumPyro
+  models only), per chain with the chain's own key.
+- ``"sample"``: one prior draw per chain (``init_to_sample``; NumPyro models only).
+- ``"map"``: each chain climbs from its own uniform(-2, 2) start to a mode of the posterior with
+  a convergence-checked search (:func:`heatbath.drivers.mapsearch.find_map`). Chains started
+  apart find different modes when there are several, so the end-of-run R-hat can see that
+  they disagree. A chain whose search fails (no mode: the density grows without bound, e.g.
+  a hierarchical scale going to 0) starts at its median (NumPyro models) or uniform start
+  instead, with a warning. The default when the step size is automatic.
+- a dict of values on the user's (constrained) scale (missing sites: uniform), a pytree of
+  unconstrained parameters for plain targets, or an ``OptimizeResult`` (its ``values``).
+
+Deterministic sites in an init dict are ignored (they are functions of the others).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from heatbath.drivers import inputs
+from heatbath.drivers.results import OptimizeResult
+from heatbath.kernels import tree as _tree
+
+__all__ = ["STRATEGIES", "resolve"]
+
+STRATEGIES = ("uniform", "median", "sample", "map")
+
+
+def _strip_deterministic(target, init):
+    """An init dict without the target's deterministic sites (e.g. a Result's or a MAP's values)."""
+    if not isinstance(init, dict):
+        return init
+    try:
+        example = target.example_params()
+    except ValueError:
+        return init
+    if not isinstance(example, dict):
+        return init
+    # Names the constrained output has but the parameters do not: deterministic sites.
+    keep = {k: v for k, v in init.items() if k in example}
+    dropped = set(init) - set(keep)
+    if dropped and keep:
+        names = target.memo("constrained_names", lambda: set(jax.eval_shape(
+            target.constrain_fn, example, target.data)))
+        unknown = dropped - names
+        if unknown:
+            return init  # let initial_positions name the unknown sites
+        return keep
+    return init
+
+
+def _prior(target, how, keys):
+    if target.prior_init is None:
+        raise ValueError(
+            f"init={how!r} draws from the model's prior, which only NumPyro models have; this target is a "
+            "plain log density: use init='uniform', 'map' or values"
+        )
+    draw = target.memo(f"prior_init_{how}", lambda: jax.jit(jax.vmap(lambda k: target.prior_init(k, how))))
+    positions = draw(keys)
+    # A site whose prior median is not a valid point (e.g. a simplex's coordinate-wise median
+    # mapped back) falls back to its uniform start.
+    uniform = inputs.default_init(target, keys)
+    return jax.tree.map(lambda p, u: jnp.where(jnp.isfinite(p), p, u), positions, uniform)
+
+
+def resolve(target, init, keys, num_chains, batch_size, *, default="uniform"):
+    """Unconstrained starting positions (leading axis chain) and a description of how they were found.
+
+    ``keys``: one key per chain (the chain's init key). Returns ``(positions, info)``; ``info``
+    is a dict (``strategy``, and for ``"map"`` the search's per-chain outcome and cost).
+    """
+    if init is None:
+        init = default
+    if isinstance(init, OptimizeResult):
+        init = init.values
+    if isinstance(init, str):
+        if init not in STRATEGIES:
+            raise ValueError(f"unknown init strategy {init!r}; use one of {list(STRATEGIES)}, a dict of values "
+                             "or an OptimizeResult")
+        info = {"strategy": init}
+        if init == "uniform":
+            return inputs.initial_positions(target, None, keys, num_chains), info
+        if init in ("median", "sample"):
+            return _prior(target, init, keys), info
+        return _map(target, keys, num_chains, batch_size, info)
+    init = _strip_deterministic(target, init)
+    return inputs.initial_positions(target, init, keys, num_chains), {"strategy": "values"}
+
+
+def _adam_map(target, starts, keys, batch_size):
+    """Fallback mode search: the default Adam for 2,000 full-batch steps per chain (no convergence check)."""
+    from heatbath.drivers.optimizing import as_optimizer, optimize_from
+
+    out = []
+    n = jax.tree.leaves(starts)[0].shape[0]
+    for c in range(n):
+        res = optimize_from(target, as_optimizer(None, 2000), jax.tree.map(lambda x: x[c:c + 1], starts),
+                            keys[c:c + 1], batch_size=None, num_steps=2000, trace_every=2000)
+        out.append(res.params)
+    found = jax.tree.map(lambda *xs: jnp.stack(xs), *out)
+    return found, {"converged": np.ones(n, bool), "cost": np.full(n, 2000.0 * target.num_data)}
+
+
+def _map(target, keys, num_chains, batch_size, info):
+    try:
+        from heatbath.drivers.mapsearch import find_map
+    except ImportError:  # pragma: no cover - until the convergence-checked search lands
+        find_map = _adam_map
+
+    starts = inputs.initial_positions(target, None, keys, num_chains)
+    inputs.check_init_finite(target, starts, target.data)
+    found, outcome = find_map(target, starts, jax.vmap(lambda k: jax.random.fold_in(k, 11))(keys),
+                              batch_size=batch_size)
+    outcome = dict(outcome)
+    ok = np.asarray(outcome["converged"], bool)
+    finite = np.asarray(jax.vmap(_tree.all_finite)(found), bool)
+    usable = finite & np.asarray(outcome.get("usable", finite), bool)
+    fallback = starts
+    if target.prior_init is not None and not usable.all():
+        fallback = _prior(target, "median", keys)
+    positions = jax.tree.map(
+        lambda f, s: jnp.where(usable.reshape((-1,) + (1,) * (f.ndim - 1)), f, s), found, fallback)
+    info.update(converged=ok.tolist(), cost=float(np.sum(outcome.get("cost", 0.0))),
+                **{k: np.asarray(v).tolist() for k, v in outcome.items() if k not in ("converged", "cost")})
+    bad = np.nonzero(~usable)[0].tolist()
+    if bad:
+        reasons = outcome.get("reason")
+        why = f" ({reasons[bad[0]]})" if reasons is not None else ""
+        where = "its prior median" if target.prior_init is not None else "its uniform(-2, 2) start"
+        warnings.warn(
+            f"init='map': the mode search failed for chain(s) {bad}{why}; they start at {where} instead. "
+            "A posterior without a mode (e.g. a hierarchical scale whose density grows as it goes to 0) is "
+            "better started with init='median' or values, and a non-centred parameterisation",
+            RuntimeWarning, stacklevel=4)
+    unconverged = np.nonzero(usable & ~ok)[0].tolist()
+    if unconverged:
+        info["note"] = f"the mode search had not converged for chain(s) {unconverged}; the warmup goes on from there"
+    return positions, info

@@ -1,0 +1,234 @@
+"""The end-of-run self-diagnosis of ``hb.sample``: does the run look like the posterior?
+
+ESS and R-hat cannot see the O(h) bias of a stochastic-gradient chain, so three physical checks
+come with them (each cheap next to the run, each skipped where it does not apply):
+
+- **Chains agree and mixed** (every sampler, ``checks="basic"`` and up): rank-normalised split
+  R-hat and bulk ESS from ArviZ over the chains that did not diverge; a warning when
+  R-hat > 1.01 (Vehtari et al. 2021) or the bulk ESS of some coordinate is below 100.
+- **Configurational temperature** (``checks="full"``): for a posterior pi ~ exp(-U / T),
+  integration by parts gives E|grad U|^2 = T E[tr Hess U]; the ratio
+  T_conf = mean |grad U|^2 / mean tr Hess U over the draws is T for exact draws and T s^2 for
+  draws whose spread is s times too wide (a mean shifted by delta sd along an eigenvector
+  raises it by ~ delta^2 / d). Evaluated with full-data gradients at up to 128 of the
+  recorded unconstrained draws (second half of each chain), tr Hess U by Hutchinson's
+  estimator (4 Rademacher probes), the standard error from 8 batches of consecutive draws.
+  Warned about when |T_conf / T - 1| > 0.2 and 3 standard errors away.
+- **Kinetic temperature** (SGHMC and its splittings, every check level): 2 mean(kinetic
+  energy) / d must be T at stationarity; a friction too low for the gradient noise heats it
+  (T + h v / (2 C); the automatic friction keeps it below 1.2 T). Warned about when off by
+  more than 25% and 3 standard errors.
+- **Predicted noise bias** (SGLD, pSGLD and SGHMC with a constant step, ``checks="full"``):
+  the measured curvature and gradient noise at the chains' last states give the
+  linearised variance inflation h lambda_max(H + V / T) / 2 (SGLD; see
+  :mod:`heatbath.drivers.autotune`) or the excess temperature h v / (2 C) (SGHMC); warned
+  about above 0.25 (sd +12%).
+
+Everything is in ``Result.checks``: the numbers, and the warnings raised.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from heatbath.kernels import curvature
+from heatbath.kernels import tree as _tree
+from heatbath.kernels.schedules import is_constant
+
+__all__ = ["LEVELS", "default_level", "run_checks"]
+
+LEVELS = ("full", "basic", "off")
+RHAT_MAX = 1.01
+ESS_MIN = 100.0
+TCONF_TOL = 0.2
+TKIN_TOL = 0.25
+NOISE_MAX = 0.25
+MAX_POINTS = 128
+PROBES = 4
+MAX_RHAT_COORDS = 2000
+
+
+def default_level() -> str:
+    """``checks=None``: ``$HEATBATH_CHECKS`` if set (the test suite uses ``basic``), else ``full``."""
+    level = os.environ.get("HEATBATH_CHECKS", "full")
+    return level if level in LEVELS else "full"
+
+
+def _flat_draws(samples: dict, chains) -> np.ndarray:
+    cols = []
+    for v in samples.values():
+        a = np.asarray(v)[chains]
+        if not np.issubdtype(a.dtype, np.floating):
+            continue
+        cols.append(a.reshape(a.shape[0], a.shape[1], -1).astype(np.float64))
+    return np.concatenate(cols, axis=2) if cols else np.zeros((len(chains), 0, 0))
+
+
+def _rhat_ess(samples: dict, chains) -> dict:
+    import arviz as az
+
+    x = _flat_draws(samples, chains)
+    if x.size == 0 or x.shape[1] < 4:
+        return {}
+    if x.shape[2] > MAX_RHAT_COORDS:  # a fixed spread of coordinates for very large models
+        x = x[:, :, np.linspace(0, x.shape[2] - 1, MAX_RHAT_COORDS).astype(int)]
+    ok = np.all(np.isfinite(x), axis=(0, 1)) & (np.std(x, axis=(0, 1)) > 0)
+    if not ok.any():
+        return {}
+    x = x[:, :, ok]
+    ds = az.convert_to_dataset({"x": x})
+    rhat = np.asarray(az.rhat(ds)["x"], np.float64)
+    ess = np.asarray(az.ess(ds, method="bulk")["x"], np.float64)
+    return {"rhat_max": float(np.nanmax(rhat)), "ess_bulk_min": float(np.nanmin(ess)),
+            "ess_bulk_median": float(np.nanmedian(ess))}
+
+
+def _batch_ratio(a: np.ndarray, b: np.ndarray, batches: int = 8):
+    ratio = float(np.mean(a) / np.mean(b))
+    n = len(a) // batches
+    if n < 1:
+        return ratio, float("nan")
+    parts = [np.mean(a[i * n:(i + 1) * n]) / np.mean(b[i * n:(i + 1) * n]) for i in range(batches)]
+    return ratio, float(np.std(parts, ddof=1) / np.sqrt(batches))
+
+
+def _configurational(target, unconstrained, chains, key) -> dict:
+    """T_conf from up to MAX_POINTS unconstrained draws of the given chains (second halves)."""
+    leaves = jax.tree.leaves(unconstrained)
+    num_draws = leaves[0].shape[1]
+    if num_draws < 8:
+        return {}
+    per_chain = max(1, MAX_POINTS // len(chains))
+    idx = np.unique(np.linspace(num_draws // 2, num_draws - 1, per_chain).astype(int))
+    pts = jax.tree.map(lambda x: np.asarray(x)[np.asarray(chains)][:, idx].reshape((-1,) + x.shape[2:]),
+                       unconstrained)
+
+    def build():
+        def one(p, k):
+            def u(q):
+                return -target.logdensity(q)
+
+            g = jax.grad(u)(p)
+            probes = jax.vmap(lambda kk: _tree.rademacher_like(kk, p))(jax.random.split(k, PROBES))
+            quad = jax.vmap(lambda z: _tree.dot(z, curvature.hvp(u, p, z)))(probes)
+            return _tree.sq_norm(g), jnp.mean(quad)
+
+        return jax.jit(jax.vmap(one))
+
+    fn = target.memo("selfcheck_tconf", build)
+    n = jax.tree.leaves(pts)[0].shape[0]
+    a, b = fn(pts, jax.random.split(key, n))
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))) or np.mean(b) <= 0:
+        return {}
+    ratio, se = _batch_ratio(a, b)
+    return {"configurational_temperature": ratio, "configurational_temperature_se": se, "points": int(n)}
+
+
+def _kinetic(stats, chains, d) -> dict:
+    ke = stats.get("kinetic_energy")
+    if ke is None or d == 0:
+        return {}
+    ke = np.asarray(ke, np.float64)[np.asarray(chains)]
+    half = ke[:, ke.shape[1] // 2:]
+    if half.shape[1] < 8:
+        return {}
+    tk = 2.0 * half / d
+    # Batch means over time (chains pooled per batch) for the standard error.
+    ratio = float(np.mean(tk))
+    nb = 8
+    n = half.shape[1] // nb
+    parts = [np.mean(tk[:, i * n:(i + 1) * n]) for i in range(nb)]
+    return {"kinetic_temperature": ratio, "kinetic_temperature_se": float(np.std(parts, ddof=1) / np.sqrt(nb))}
+
+
+def _noise_bias(target, sampler, estimator, est_state, positions, key, batch_size) -> dict:
+    from heatbath.drivers import autotune
+
+    base = sampler.name.split("-")[0]
+    if base not in ("sgld", "psgld", "sghmc") or target.nonsmooth is not None:
+        return {}
+    hp = sampler.hyperparameters
+    h = hp.get("step_size")
+    T = is_constant(sampler.temperature)
+    if not isinstance(h, (int, float)) or T is None or T <= 0:
+        return {}
+    if base == "psgld":
+        return {}  # pSGLD's metric moves with its RMSprop state: the linear bound is not its own
+    try:
+        m, _ = autotune._measure(target, sampler, base, estimator, est_state, positions, key, batch_size, T)
+    except ValueError:
+        return {}
+    if base == "sghmc":
+        C = hp.get("friction")
+        mass = hp.get("mass", 1.0)
+        if not isinstance(C, (int, float)) or not isinstance(mass, (int, float)):
+            return {}
+        excess = float(np.max(m["lam_v"]) * h / (2.0 * C / mass) / T)
+        return {"predicted_excess_temperature": excess, "lam_v": float(np.max(m["lam_v"]))}
+    infl = float(h * np.max(m["lam_hv"]) / 2.0)
+    return {"predicted_variance_inflation": infl, "lam_hv": float(np.max(m["lam_hv"]))}
+
+
+def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed_key):
+    """Fill ``result.checks`` and warn about what looks wrong. Returns the list of warning messages."""
+    if level == "off":
+        return []
+    checks, msgs = {"level": level}, []
+    div = np.asarray(result.stats["diverging"])
+    chains = [c for c in range(div.shape[0]) if not div[c].any()]
+    checks["chains_used"] = chains
+    if not chains:
+        result.checks = checks
+        return []
+    T = is_constant(sampler.temperature)
+    if result.samples:
+        checks.update(_rhat_ess(result.samples, chains))
+        if checks.get("rhat_max", 1.0) > RHAT_MAX:
+            what = "the two halves of the chain disagree" if len(chains) == 1 else "the chains disagree"
+            msgs.append(f"R-hat {checks['rhat_max']:.3f} > {RHAT_MAX}: {what} (different modes, or not mixed yet); "
+                        "run longer, and compare the chains' means (Result.samples) for separate modes")
+        if checks.get("ess_bulk_min", np.inf) < ESS_MIN:
+            msgs.append(f"bulk ESS {checks['ess_bulk_min']:.0f} < {ESS_MIN:.0f} for some coordinate: the draws are "
+                        "too autocorrelated for reliable means; run more steps (num_samples or thinning)")
+    if "kinetic_energy" in result.stats and T and T > 0:
+        d = _tree.size(jax.tree.map(lambda x: x[0], result.final_state.position))
+        kin = _kinetic(result.stats, chains, d)
+        checks.update(kin)
+        if kin:
+            tk, se = kin["kinetic_temperature"], kin["kinetic_temperature_se"]
+            if abs(tk / T - 1) > TKIN_TOL and abs(tk - T) > 3 * se:
+                msgs.append(f"kinetic temperature {tk:.3g} where T = {T:g} is expected: the friction is too low for "
+                            "the gradient noise (or the step too large); raise friction or batch_size, or lower the "
+                            "step size (or leave them to heatbath: step_size=None, friction=None)")
+    if level == "full" and T and T > 0:
+        if result.unconstrained is not None:
+            conf = _configurational(result.target, result.unconstrained, chains, jax.random.fold_in(seed_key, 1))
+            checks.update(conf)
+            if conf:
+                tc, se = conf["configurational_temperature"], conf["configurational_temperature_se"]
+                if abs(tc / T - 1) > TCONF_TOL and abs(tc - T) > 3 * se:
+                    hot = "wider than the posterior or off its centre" if tc > T else "narrower than the posterior"
+                    msgs.append(f"configurational temperature {tc:.3g} +- {se:.2g} where T = {T:g} is expected: the "
+                                f"draws look {hot}; likely causes: a step size too large for the curvature or the "
+                                "gradient noise (lower it, raise batch_size, or step_size=None), or a run too short")
+        positions = jax.tree.map(lambda x: x[np.asarray(chains)], result.final_state.position)
+        noise = _noise_bias(result.target, sampler, estimator, est_state_fn(positions), positions,
+                            jax.random.fold_in(seed_key, 2), batch_size)
+        checks.update(noise)
+        if noise.get("predicted_variance_inflation", 0.0) > NOISE_MAX:
+            msgs.append(f"the step size makes the predicted posterior variance {1 + noise['predicted_variance_inflation']:.2f}"
+                        " x too large in the worst direction (h lambda_max(H + V/T) / 2 from the measured curvature and"
+                        " gradient noise): lower the step size, raise batch_size, or use step_size=None")
+        if noise.get("predicted_excess_temperature", 0.0) > NOISE_MAX:
+            msgs.append(f"the friction is too low for the measured gradient noise: predicted temperature "
+                        f"{1 + noise['predicted_excess_temperature']:.2f} T (h v / (2 C)); raise friction or batch_size, "
+                        "or use friction=None")
+    checks["warnings"] = msgs
+    result.checks = checks
+    return msgs

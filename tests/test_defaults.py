@@ -1,0 +1,218 @@
+"""Issue 18: automatic step size and friction, init strategies, the end-of-run self-diagnosis."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import heatbath as hb
+from heatbath.drivers import autotune
+from heatbath.kernels import curvature
+
+# -- the measurement kernels -----------------------------------------------------------------
+
+
+def test_power_iteration_and_bottom_eigenvalue_match_numpy():
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    lam = np.array([9.0, 4.0, 2.0, 1.0, 0.5, 0.25])
+    A = jnp.asarray((Q * lam) @ Q.T, jnp.float32)
+    top, vec = curvature.power_iteration(lambda v: A @ v, jnp.ones(6), 60)
+    assert float(top) == pytest.approx(9.0, rel=1e-4)
+    assert abs(float(jnp.dot(vec, Q[:, 0]))) == pytest.approx(1.0, abs=1e-3)
+    bottom, _ = curvature.bottom_eigenvalue(lambda v: A @ v, top, jnp.ones(6), 400)
+    assert float(bottom) == pytest.approx(0.25, abs=0.02)
+
+
+def test_noise_matvec_is_the_sample_covariance():
+    rng = np.random.default_rng(1)
+    g = rng.normal(size=(12, 5)) * np.array([1.0, 2.0, 3.0, 0.5, 1.0])
+    x = rng.normal(size=5)
+    want = np.cov(g, rowvar=False) @ x
+    got = curvature.noise_matvec({"a": jnp.asarray(g[:, :2]), "b": jnp.asarray(g[:, 2:])})(
+        {"a": jnp.asarray(x[:2]), "b": jnp.asarray(x[2:])})
+    np.testing.assert_allclose(np.concatenate([got["a"], got["b"]]), want, rtol=1e-5)
+
+
+def test_choose_follows_the_stated_formulas():
+    m = {"lam_hv": np.array([100.0, 80.0]), "lam_h": np.array([400.0]), "lam_v": np.array([6000.0]),
+         "lam_min": np.array([25.0])}
+    assert autotune.choose("sgld", m, 1.0)["step_size"] == pytest.approx(2 * autotune.EPS / 100.0)
+    c = autotune.choose("sghmc", m, 1.0)
+    h = min(np.sqrt(4 * autotune.EPS / 400.0), np.sqrt(2 * autotune.EPS / 6000.0))
+    assert c["step_size"] == pytest.approx(h)
+    assert c["friction"] == pytest.approx(max(h * 6000.0 / (2 * autotune.EPS), 2 * 5.0))
+    quiet = dict(m, lam_v=np.array([0.0]))
+    c = autotune.choose("sghmc", quiet, 1.0)
+    assert c["step_size"] == pytest.approx(np.sqrt(4 * autotune.EPS / 400.0))
+    assert c["friction"] == pytest.approx(10.0)  # critical damping of the softest direction
+
+
+# -- a Gaussian target whose curvature is known ------------------------------------------------
+
+PREC = np.array([400.0, 100.0, 4.0])  # posterior precisions (N = 200 rows)
+
+
+def gaussian_target():
+    X = np.zeros((200, 1), np.float32)
+
+    def logprior(p):
+        return -0.5 * jnp.sum(jnp.asarray(PREC, jnp.float32) * p["x"] ** 2)
+
+    def loglik(p, batch):
+        return 0.0 * jnp.sum(batch) * jnp.sum(p["x"])
+
+    return hb.models.from_logdensity(logprior, loglik, X, params={"x": jnp.zeros(3)})
+
+
+def test_automatic_sgld_step_on_a_gaussian_is_the_bound_and_its_bias_is_the_predicted_one():
+    t = gaussian_target()
+    res = hb.sample(t, hb.samplers.sgld(), num_samples=20_000, num_chains=4, seed=0, progress_bar=False,
+                    checks="off")
+    h = res.tuning["step_size"]
+    assert h == pytest.approx(2 * autotune.EPS / PREC.max(), rel=0.02)
+    assert res.tuning["init"]["strategy"] == "map"
+    assert np.all(np.asarray(res.stats["step_size"]) == np.float32(h))
+    x = np.asarray(res.samples["x"], np.float64).reshape(-1, 3)
+    var = x.var(0)
+    # Exact-gradient SGLD on N(0, 1/lam): variance 1 / (lam (1 - h lam / 2)).
+    want = 1.0 / (PREC * (1 - h * PREC / 2))
+    np.testing.assert_allclose(var, want, rtol=0.08)
+    assert res.tuning["warmup_steps_tuning"] == autotune.default_num_warmup(20_000) // 2
+
+
+def test_sghmc_friction_dominates_injected_gradient_noise_and_kinetic_temperature_is_right():
+    # A noisy Gaussian: each row's gradient carries noise, so minibatches of 10 are noisy.
+    rng = np.random.default_rng(3)
+    N, d = 500, 2
+    Z = rng.normal(size=(N, d)).astype(np.float32)
+    Z -= Z.mean(0)
+
+    def logprior(p):
+        return -0.5 * jnp.sum(p ** 2)
+
+    def loglik(p, batch):  # sum_i [-0.5 |p|^2 / N * 50 + z_i . p]: mean-zero row noise in the gradient
+        return jnp.sum(-0.5 * 50.0 / N * jnp.sum(p ** 2) + batch @ p)
+
+    t = hb.models.from_logdensity(logprior, loglik, Z, params=jnp.zeros(d))
+    res = hb.sample(t, hb.samplers.sghmc(), batch_size=10, num_samples=20_000, num_chains=4, seed=1,
+                    progress_bar=False, checks="basic")
+    tu = res.tuning
+    v = max(tu["measured"]["lam_v"])
+    assert tu["friction"] >= tu["step_size"] * v / (2 * autotune.EPS) * 0.999
+    tk = res.checks["kinetic_temperature"]
+    # The friction keeps the excess h v / (2 C) below EPS T; 0.05 of Monte Carlo room.
+    assert 0.95 < tk < 1.0 + autotune.EPS + 0.05, tk
+    x = np.asarray(res.samples["theta"], np.float64).reshape(-1, d)
+    np.testing.assert_allclose(x.std(0), 1 / np.sqrt(51.0), rtol=0.15)
+
+
+# -- init strategies -------------------------------------------------------------------------
+
+
+def regression(x, y):
+    a = numpyro.sample("a", dist.Normal(0, 10))
+    s = numpyro.sample("s", dist.LogNormal(0, 1))
+    numpyro.deterministic("a2", 2 * a)
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("y", dist.Normal(a * x, s), obs=y)
+
+
+@pytest.fixture(scope="module")
+def reg_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200).astype(np.float32)
+    return {"x": x, "y": (1.5 * x + 0.3 * rng.normal(size=200)).astype(np.float32)}
+
+
+def test_init_median_map_values_and_optimize_result(reg_data):
+    t = hb.models.from_numpyro(regression, **reg_data)
+    keys = jax.random.split(jax.random.key(0), 3)
+    from heatbath.drivers import initialize
+
+    med, info = initialize.resolve(t, "median", keys, 3, None)
+    assert info["strategy"] == "median"
+    # The prior median of s ~ LogNormal(0, 1) is 1: log s = 0 up to the 15-draw median's error.
+    assert np.all(np.abs(np.asarray(med["s"])) < 0.8)
+    mp, info = initialize.resolve(t, "map", keys, 3, None)
+    assert all(info["converged"])
+    np.testing.assert_allclose(np.asarray(mp["a"]), 1.5, atol=0.05)
+    opt = hb.optimize(regression, data=reg_data, num_steps=3000)
+    res = hb.sample(regression, hb.samplers.sgld(1e-4), data=reg_data, num_samples=3, init=opt, progress_bar=False)
+    np.testing.assert_allclose(res.samples["a"][0, 0], opt.values["a"], atol=0.05)
+    # A Result's values hold deterministic sites: accepted and ignored as init.
+    vals = {k: np.asarray(v)[0, -1] for k, v in res.samples.items()}
+    hb.sample(regression, hb.samplers.sgld(1e-4), data=reg_data, num_samples=2, init=vals, progress_bar=False)
+
+
+def test_init_errors(reg_data):
+    with pytest.raises(ValueError, match="unknown init strategy"):
+        hb.sample(regression, hb.samplers.sgld(1e-4), data=reg_data, num_samples=2, init="bogus")
+    with pytest.raises(ValueError, match="only NumPyro models"):
+        hb.sample(gaussian_target(), hb.samplers.sgld(1e-4), num_samples=2, init="median")
+
+
+def test_automatic_settings_errors(reg_data):
+    with pytest.raises(ValueError, match="num_warmup must be >= 2"):
+        hb.sample(regression, hb.samplers.sgld(), data=reg_data, num_samples=10, num_warmup=0)
+    with pytest.raises(ValueError, match="T > 0"):
+        hb.sample(regression, hb.samplers.sgld(temperature=0.0), data=reg_data, num_samples=10)
+    with pytest.raises(ValueError, match="chosen automatically"):
+        hb.optimize(regression, hb.samplers.sgld(temperature=0.0), data=reg_data, num_steps=10)
+
+
+# -- the self-diagnosis ----------------------------------------------------------------------
+
+
+def test_a_biased_run_warns_and_a_good_one_does_not():
+    t = gaussian_target()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        good = hb.sample(t, hb.samplers.sgld(1e-4), num_samples=20_000, num_warmup=2000, num_chains=4,
+                         progress_bar=False, checks="full")
+    assert not [w for w in caught if "configurational" in str(w.message) or "predicted" in str(w.message)]
+    assert abs(good.checks["configurational_temperature"] - 1) < 0.1
+    assert good.checks["predicted_variance_inflation"] == pytest.approx(1e-4 * 400 / 2, rel=0.05)
+    with pytest.warns(RuntimeWarning, match="configurational temperature"):
+        bad = hb.sample(t, hb.samplers.sgld(4e-3), num_samples=20_000, num_warmup=2000, num_chains=4,
+                        progress_bar=False, checks="full")
+    # h lam = 1.6 in the stiff direction: variance 1 / (lam (1 - 0.8)) = 5x: T_conf well above 1.
+    assert bad.checks["configurational_temperature"] > 1.5
+    assert bad.checks["predicted_variance_inflation"] == pytest.approx(4e-3 * 400 / 2, rel=0.05)
+
+
+def test_chains_in_different_modes_warn_about_rhat():
+    def logprior(p):  # two well-separated modes at +-4
+        return jnp.logaddexp(-0.5 * jnp.sum((p - 4.0) ** 2) * 25, -0.5 * jnp.sum((p + 4.0) ** 2) * 25)
+
+    def loglik(p, batch):
+        return 0.0 * jnp.sum(batch)
+
+    t = hb.models.from_logdensity(logprior, loglik, np.zeros((10, 1), np.float32), params=jnp.zeros(1))
+    init = jnp.array([[4.0], [-4.0], [4.0], [-4.0]])
+    with pytest.warns(RuntimeWarning, match="R-hat .* the chains disagree"):
+        res = hb.sample(t, hb.samplers.sgld(1e-3), num_samples=2000, num_chains=4, init=init, progress_bar=False,
+                        checks="basic")
+    assert res.checks["rhat_max"] > 2
+
+
+def test_sghmc_with_a_friction_too_low_warns_about_the_kinetic_temperature():
+    rng = np.random.default_rng(3)
+    Z = rng.normal(size=(500, 2)).astype(np.float32)
+    Z -= Z.mean(0)
+
+    def logprior(p):
+        return -0.5 * jnp.sum(p ** 2)
+
+    def loglik(p, batch):
+        return jnp.sum(-0.05 * jnp.sum(p ** 2) + batch @ p)
+
+    t = hb.models.from_logdensity(logprior, loglik, Z, params=jnp.zeros(2))
+    with pytest.warns(RuntimeWarning, match="kinetic temperature"):
+        res = hb.sample(t, hb.samplers.sghmc(0.05, 0.5), batch_size=5, num_samples=10_000, num_chains=4,
+                        progress_bar=False, checks="basic")
+    assert res.checks["kinetic_temperature"] > 1.3
