@@ -95,10 +95,16 @@ def fit(
         ``elbo_samples`` (default 16: Monte Carlo draws, common random numbers across trace
         points, of the ELBO trace on the full data after the run; 0 skips it),
         ``exact=(mean, cov)`` of a Gaussian target in the flat unconstrained space (the trace
-        then has the exact ``kl``), ``keep_trace_states`` (keep the state at every trace point).
+        then has the exact ``kl``), ``keep_trace_states`` (keep the state at every trace point),
+        ``check`` (default True: the end-of-run stationarity check,
+        :mod:`heatbath.vi.gaussian.convergence`, in ``q.converged`` / ``q.diagnosis``, with a
+        RuntimeWarning naming the numbers when it fails; its cost, ``diagnosis["cost"]``, is not
+        in ``grad_evals``).
 
     Returns:
-      The method's approximation (for Gaussian VI a :class:`heatbath.Gaussian`).
+      The method's approximation (for Gaussian VI a :class:`heatbath.Gaussian`). A run that
+      diverged warns loudly; a non-finite Gaussian says DIVERGED in its repr and refuses
+      ``sample``/``elbo`` (FloatingPointError).
     """
     t_start = time.perf_counter()
     if not isinstance(method, VIMethod):
@@ -192,13 +198,18 @@ def fit(
         compile_time=out.compile_time + map_compile,
     )
     result = method.finalize(run, options)
+    diagnosis = getattr(result, "diagnosis", None) or {}
     diverging = np.asarray(out.infos.diverging)[:, 0]
     if np.any(diverging) or not bool(_tree.all_finite(final)):
         first = int(run.steps[int(np.argmax(diverging))]) if np.any(diverging) else num_steps
+        state = "the returned approximation is NOT FINITE (NaN)" if not bool(_tree.all_finite(final)) else (
+            "the returned approximation is finite but passed through invalid states")
         warnings.warn(
             f"{method.name} diverged (non-finite state or a covariance that lost positive definiteness) "
-            f"by step {first}; lower the step size",
+            f"by step {first}: {state}" + (diagnosis.get("warning") or "; lower the step size"),
             RuntimeWarning,
             stacklevel=2,
         )
+    elif diagnosis.get("warning"):
+        warnings.warn(diagnosis["warning"], RuntimeWarning, stacklevel=2)
     return result

@@ -13,6 +13,7 @@ import numpy as np
 from heatbath.kernels import linalg as _linalg
 from heatbath.kernels.gradients import minibatch_logdensity
 from heatbath.kernels.validate import check_count, seed_key
+from heatbath.vi.gaussian import convergence as _convergence
 from heatbath.vi.gaussian import kernel as _gvi
 
 __all__ = ["Gaussian", "finalize"]
@@ -42,6 +43,11 @@ class Gaussian:
         computing ``trace``'s entropy / ELBO / KL.
       trace_states: with ``fit(..., keep_trace_states=True)``, the method's state at every
         trace point (leading axis: trace point), e.g. to follow the moments.
+      converged: the end-of-run check (:mod:`heatbath.vi.gaussian.convergence`): True when q
+        is stationary (mean within 0.1 sd, precision within 10%); None when not run
+        (``check=False``); ``diagnosis`` holds its numbers (and the automatic step size).
+      diverged: the run met a non-finite state or a covariance that lost positive
+        definiteness; a non-finite Gaussian says so in its repr and refuses to be sampled.
     """
 
     state: Any
@@ -60,6 +66,20 @@ class Gaussian:
     unravel: Any = dataclasses.field(repr=False, default=None)
     observed_data: Optional[dict] = None
     trace_states: Any = dataclasses.field(repr=False, default=None)
+    converged: Optional[bool] = None
+    diagnosis: Optional[dict] = None
+    diverged: bool = False
+
+    @property
+    def finite(self) -> bool:
+        """Every number of the state is finite."""
+        return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(self.state))
+
+    def _need_finite(self):
+        if not self.finite:
+            raise FloatingPointError(
+                f"this Gaussian is not finite: {self.method_name} diverged (see the warning of hb.fit and "
+                "q.trace['diverging']); refit with step_size=None (automatic) or a smaller step size")
 
     @property
     def dim(self) -> int:
@@ -111,6 +131,7 @@ class Gaussian:
         unconstrained draws as the model's parameter pytree with a leading axis ``num``.
         """
         num = check_count(num, "num", 1)
+        self._need_finite()
         draws = _gvi.sample_normal(seed_key(key), self.state, num)
         if not constrained:
             return jax.device_get(jax.vmap(self.unravel)(draws))
@@ -132,14 +153,22 @@ class Gaussian:
     def elbo(self, key=0, num_samples: int = 1000) -> float:
         """Monte Carlo ELBO E_q log p~(x) + H(q) on the full data (log p~ unnormalised)."""
         num_samples = check_count(num_samples, "num_samples", 1)
+        self._need_finite()
         logdensity = minibatch_logdensity(self.target.terms, self.target.num_data)
         draws = _gvi.sample_normal(seed_key(key), self.state, num_samples)
         lps = jax.jit(jax.vmap(logdensity, in_axes=(0, None)))(draws, self.target.data)
         return float(jnp.mean(lps)) + self.entropy()
 
     def __repr__(self) -> str:
+        status = ""
+        if not self.finite:
+            status = "DIVERGED: non-finite (NaN/inf) mean or covariance; "
+        elif self.diverged:
+            status = "DIVERGED on the way (non-finite or non-positive-definite states); "
+        elif self.converged is False:
+            status = "NOT CONVERGED; "
         return (
-            f"Gaussian({self.method_name}: d={self.dim}, {self.num_steps} steps, {self.grad_calls:g} gradient "
+            f"Gaussian({self.method_name}: {status}d={self.dim}, {self.num_steps} steps, {self.grad_calls:g} gradient "
             f"calls + {self.hvp_calls:g} HVPs, {self.data_passes:.1f} data passes, {self.wall_time:.2f}s)"
         )
 
@@ -182,6 +211,10 @@ def finalize(run, options: dict) -> Gaussian:
         k = _gvi.num_factor_columns(run.final_state)
         eps = jax.random.normal(run.key, (options["elbo_samples"], k), dtype=run.final_state.position.dtype)
     trace.update(_trace_diagnostics(run.target, states, eps, options["exact"]))
+    diverged = bool(np.any(np.asarray(trace.get("diverging", False)))) or not _finite(run.final_state)
+    converged, diagnosis = None, None
+    if options.get("check", True):
+        converged, diagnosis = _check(run, trace, states, diverged)
     return Gaussian(
         state=run.final_state,
         trace=trace,
@@ -199,4 +232,49 @@ def finalize(run, options: dict) -> Gaussian:
         unravel=run.unravel,
         observed_data=run.observed_data,
         trace_states=jax.device_get(states) if options["keep_trace_states"] else None,
+        converged=converged,
+        diagnosis=diagnosis,
+        diverged=diverged,
     )
+
+
+def _finite(state) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))
+
+
+def _check(run, trace, states, diverged):
+    """(converged, diagnosis) of a finished run: the stationarity check at the final state, or,
+    when the run diverged, the stability numbers at the last finite trace state; the diagnosis's
+    ``warning`` is the message ``hb.fit`` gives."""
+    key = jax.random.fold_in(run.key, 1)
+    h = np.asarray(trace["step_size"], np.float64)
+    temps = np.asarray(trace["temperature"], np.float64)
+    if not diverged:
+        try:
+            d = _convergence.diagnose(run.target, run.final_state, key, temps[-1], h[-1], trace)
+        except Exception as err:  # noqa: BLE001 - e.g. no Hessians (custom_vjp): the check must not break a fit
+            return None, {"converged": None, "reason": f"check failed: {type(err).__name__}: {err}",
+                          "warning": f"the convergence check could not run ({type(err).__name__}: {err}); pass "
+                                     "check=False to skip it"}
+        d["warning"] = None if d["converged"] else _convergence.message(run.method_name, run.num_steps, d)
+        return d["converged"], d
+    finite = [i for i in range(len(h)) if _finite(jax.tree.map(lambda x: x[i], states))]
+    d = {"converged": False, "reason": "diverged", "stability": None, "step_size": None}
+    last = None
+    if finite:
+        i = finite[-1]
+        state_i = jax.tree.map(lambda x: x[i], states)
+        try:
+            probe = _convergence.diagnose(run.target, state_i, key, temps[i], h[i])
+            d.update(stability=probe["stability"], spectral_radius=probe["spectral_radius"],
+                     step_size=probe["step_size"], last_finite_step=int(trace["step"][i]))
+            last = probe
+        except Exception:  # noqa: BLE001 - the numbers are a courtesy; the warning goes out regardless
+            pass
+    bound = ""
+    if last is not None and np.isfinite(last["spectral_radius"]) and last["spectral_radius"] > 0:
+        bound = (f"; at step {d['last_finite_step']} (the last finite trace point) h rho(E hess V) = "
+                 f"{last['stability']:.3g} (stable for h < 1/lambda_max = {1.0 / last['spectral_radius']:.3g})")
+    d["warning"] = (f"{bound}. The result is not usable: use step_size=None (automatic, bounded by the curvature), "
+                    "safeguard=True, or a smaller step size")
+    return False, d

@@ -93,6 +93,7 @@ import jax
 import jax.numpy as jnp
 
 from heatbath.kernels import linalg as _linalg
+from heatbath.vi.gaussian import stepsize as _stepsize
 
 __all__ = [
     "FullState",
@@ -371,8 +372,12 @@ def _lowrank_update(state: LowRankState, gV, curv, h, T, prox_iters):
     return LowRankState(mean, state.step + 1, sigma, u), jnp.min(sigma**2)
 
 
-def build_step(algorithm, step_size, temperature, mode, num_mc, antithetic, num_probes, prox_iters):
-    """One FB-GVI (``algorithm="fbgvi"``) or BW-SGD step for validated hyperparameters."""
+def build_step(algorithm, step_size, temperature, mode, num_mc, antithetic, num_probes, prox_iters, rule=None):
+    """One FB-GVI (``algorithm="fbgvi"``) or BW-SGD step for validated hyperparameters.
+
+    ``rule``: None (h = ``step_size``), ``"auto"`` or ``"cap"``: the step size from the
+    curvature of this step (:mod:`heatbath.vi.gaussian.stepsize`).
+    """
 
     def step(key, state, batch, grad_fn):
         h = step_size(state.step)
@@ -384,6 +389,10 @@ def build_step(algorithm, step_size, temperature, mode, num_mc, antithetic, num_
         gV = -g  # grad_fn gives the gradient of log p~ = -V
         h = jnp.asarray(h, g.dtype)
         T = jnp.asarray(T, g.dtype)
+        if rule is not None:
+            full = isinstance(state, FullState)
+            rho = _stepsize.curvature_radius(key, state.position, -curv if full else None, batch, grad_fn)
+            h = _stepsize.apply_rule(rule, h, rho)
         if isinstance(state, FullState):
             new, min_var = _full_update(state, gV, -curv, h, T, algorithm)
         elif isinstance(state, DiagState):

@@ -15,6 +15,7 @@ from heatbath.kernels import validate as _validate
 from heatbath.kernels.gradients import naive
 from heatbath.samplers.base import check_gradient_spec
 from heatbath.vi.base import VIMethod
+from heatbath.vi.gaussian import stepsize as _stepsize
 from heatbath.vi.gaussian.approximation import finalize
 from heatbath.vi.gaussian.kernel import (
     COVARIANCES,
@@ -28,7 +29,7 @@ from heatbath.vi.gaussian.kernel import (
 __all__ = ["fbgvi", "bwsgd", "check_dimension", "calls_per_step", "is_gaussian_vi", "OPTIONS"]
 
 # hb.fit(..., **options) for these methods, with their defaults.
-OPTIONS = {"elbo_samples": 16, "exact": None, "keep_trace_states": False}
+OPTIONS = {"elbo_samples": 16, "exact": None, "keep_trace_states": False, "check": True}
 
 
 # ----------------------------------------------------------------------------------------
@@ -108,10 +109,20 @@ def _build(
     init_cov,
     temperature,
     gradient,
+    safeguard,
 ):
-    h = _schedules.as_schedule(step_size, "step_size", positive=True)
-    T = _schedules.as_schedule(temperature, "temperature", positive=False)
     num_steps = _validate.check_int(num_steps, "num_steps", minimum=1)
+    if safeguard is not None:
+        safeguard = _validate.check_bool(safeguard, "safeguard")
+    if step_size is None:
+        if safeguard is False:
+            raise ValueError("step_size=None chooses the step size from the curvature; it cannot run with "
+                             "safeguard=False: give a step size")
+        h, rule = _stepsize.auto_schedule(num_steps), "auto"
+    else:
+        h = _schedules.as_schedule(step_size, "step_size", positive=True)
+        rule = "cap" if safeguard else None
+    T = _schedules.as_schedule(temperature, "temperature", positive=False)
     if mode not in MODES:
         raise ValueError(f"mode must be 'stochastic' or 'deterministic', got {mode!r}")
     num_mc = _validate.check_int(num_mc, "num_mc", minimum=1)
@@ -139,6 +150,7 @@ def _build(
         init_cov=init_cov,
         temperature=temperature,
         gradient=spec,
+        safeguard=safeguard,
     )
     if algorithm == "bwsgd":  # bwsgd's own arguments, so that rebuild(**changes) works
         del hyper["rank"], hyper["prox_iters"]
@@ -148,10 +160,10 @@ def _build(
         name += "-det"
     ctor = fbgvi if algorithm == "fbgvi" else bwsgd
     meta = dict(hyper, rank=rank, prox_iters=prox_iters, family="gaussian_vi", algorithm=algorithm,
-                init_kind=init_kind, init_value=init_value)
+                init_kind=init_kind, init_value=init_value, step_rule=rule)
     return VIMethod(
         init=_make_init(covariance, init_kind, init_value, rank),
-        step=build_step(algorithm, h, T, mode, num_mc, antithetic, num_probes, prox_iters),
+        step=build_step(algorithm, h, T, mode, num_mc, antithetic, num_probes, prox_iters, rule),
         gradient=spec,
         temperature=T,
         name=name,
@@ -169,8 +181,8 @@ def _build(
 
 
 def fbgvi(
-    step_size,
-    num_steps: int,
+    step_size=None,
+    num_steps: int = 1000,
     *,
     mode: str = "stochastic",
     num_mc: int = 1,
@@ -182,6 +194,7 @@ def fbgvi(
     init_cov=None,
     temperature=1.0,
     gradient=None,
+    safeguard=None,
 ) -> VIMethod:
     """Forward-backward Gaussian VI (Diao, Balasubramanian, Chewi & Salim, ICML 2023).
 
@@ -193,8 +206,11 @@ def fbgvi(
 
     Args:
       step_size: h > 0, a number or a schedule of the step count. On a Gaussian target the
-        method converges to the exact (mu, A^-1) for every h < 1/lambda_max(A).
-      num_steps: iterations :func:`heatbath.fit` runs.
+        method converges to the exact (mu, A^-1) for every h < 1/lambda_max(A). None (the
+        default): automatic, h_t = 0.5 / rho_t with rho_t the spectral radius of the step's
+        estimate of E hess V, times a factor that decays from 1 to 0.1 over the second half of
+        the run (:mod:`heatbath.vi.gaussian.stepsize`); the trace's ``step_size`` shows it.
+      num_steps: iterations :func:`heatbath.fit` runs (default 1000).
       mode: ``"stochastic"`` (``num_mc`` draws per step, SFB-GVI) or ``"deterministic"``
         (cubature + Stein's identity, 2k gradient calls per step, exact for Gaussian targets).
       num_mc: draws per step in stochastic mode.
@@ -210,16 +226,22 @@ def fbgvi(
       temperature: T >= 0; the target is pi^(1/T) (T = 1: the posterior).
       gradient: the gradient estimator of log p~ (``"naive"``, ``"cv"`` or a spec from
         :mod:`heatbath.kernels.gradients`).
+      safeguard: with a given step size, True caps it at 0.5 / rho_t (the stability bound,
+        measured every step); default None: off for a given step size (it runs as given), on
+        for ``step_size=None``.
+
+    :func:`heatbath.fit` checks the result's stationarity at the end (``q.converged``,
+    ``q.diagnosis``; :mod:`heatbath.vi.gaussian.convergence`) and warns when it is not met.
     """
     return _build(
         "fbgvi", step_size, num_steps, mode, num_mc, covariance, rank, antithetic, num_probes,
-        prox_iters, init_cov, temperature, gradient,
+        prox_iters, init_cov, temperature, gradient, safeguard,
     )
 
 
 def bwsgd(
-    step_size,
-    num_steps: int,
+    step_size=None,
+    num_steps: int = 1000,
     *,
     mode: str = "stochastic",
     num_mc: int = 1,
@@ -229,6 +251,7 @@ def bwsgd(
     init_cov=None,
     temperature=1.0,
     gradient=None,
+    safeguard=None,
 ) -> VIMethod:
     """Bures-Wasserstein SGD (Lambert, Chewi, Bach, Bonnabel & Rigollet, NeurIPS 2022).
 
@@ -236,11 +259,11 @@ def bwsgd(
 
     the explicit BW gradient step, FB-GVI's baseline. Its covariance iteration is unstable for
     h > 1/lambda_max(hess V). ``covariance`` is ``"full"`` or ``"diag"``; the other arguments
-    are as in :func:`fbgvi`.
+    (``step_size=None`` and ``safeguard`` included) are as in :func:`fbgvi`.
     """
     return _build(
         "bwsgd", step_size, num_steps, mode, num_mc, covariance, 1, antithetic, num_probes, 1,
-        init_cov, temperature, gradient,
+        init_cov, temperature, gradient, safeguard,
     )
 
 
@@ -275,12 +298,14 @@ def calls_per_step(method, dim: int) -> tuple:
     """
     hp = getattr(method, "hyperparameters", method)
     cov, r = hp["covariance"], hp["rank"]
+    # the step-size rule's power iteration at the mean ("diag", "lowrank")
+    extra = _stepsize.POWER_ITERS + 1 if hp.get("step_rule") and cov != "full" else 0
     if hp["mode"] == "deterministic":
         k = dim + r if cov == "lowrank" else dim
-        return 2 * k, 0
+        return 2 * k, extra
     points = hp["num_mc"] * (2 if hp["antithetic"] else 1)
     per_point = {"full": dim, "diag": hp["num_probes"], "lowrank": r + hp["num_probes"]}[cov]
-    return points, points * per_point
+    return points, points * per_point + extra
 
 
 
@@ -289,6 +314,7 @@ def _check(hp: dict, dim: int, dtype, options: dict) -> dict:
     check_dimension(hp, dim)
     elbo_samples = _validate.check_count(options["elbo_samples"], "elbo_samples", 0)
     keep = _validate.check_bool(options["keep_trace_states"], "keep_trace_states")
+    check = _validate.check_bool(options["check"], "check")
     exact = options["exact"]
     if exact is not None:
         if not isinstance(exact, (tuple, list)) or len(exact) != 2:
@@ -298,4 +324,4 @@ def _check(hp: dict, dim: int, dtype, options: dict) -> dict:
             raise ValueError(f"exact mean must have shape ({dim},), got {exact_mean.shape}")
         exact_cov = _linalg.check_spd(exact[1], "exact covariance", dim)
         exact = (jnp.asarray(exact_mean, dtype), jnp.asarray(exact_cov, dtype))
-    return {"elbo_samples": elbo_samples, "exact": exact, "keep_trace_states": keep}
+    return {"elbo_samples": elbo_samples, "exact": exact, "keep_trace_states": keep, "check": check}
