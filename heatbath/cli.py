@@ -34,7 +34,8 @@ def _h(h: float) -> str:
     return f"{h:.0e}".replace("e-0", "e-").replace("e+0", "e")
 
 
-def _sampler(kind: str, step_size: float, temperature: float = 1.0, friction: float = 1.0):
+def _sampler(kind: str, step_size=None, temperature: float = 1.0, friction=None):
+    """The sampler of a CLI kind; ``step_size`` / ``friction`` None: chosen by the run (autotune)."""
     import heatbath as hb
 
     if kind == "sgld":
@@ -263,14 +264,16 @@ def cmd_sample(args) -> int:
         data=ref.data,
         batch_size=args.batch_size,
         num_samples=args.steps,
-        num_warmup=args.warmup if args.warmup is not None else args.steps // 10,
+        num_warmup=args.warmup if args.warmup is not None else (None if args.step_size is None else args.steps // 10),
         thinning=args.thinning,
         num_chains=args.chains,
         seed=args.seed,
         progress_bar=not args.quiet,
     )
     print()
-    rows = [_row(f"{args.sampler} (h={args.step_size:g})", res, ref)]
+    h = args.step_size if args.step_size is not None else res.tuning["step_size"]
+    chosen = "" if args.step_size is not None else " chosen"
+    rows = [_row(f"{args.sampler} (h={h:.3g}{chosen})", res, ref)]
     _print_table(rows)
     _excluded_note(rows)
     if args.figure:
@@ -317,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sample",
         help="run one sampler on one reference posterior",
         description="Run one sampler on one bundled reference posterior and compare its draws to the gold "
-                    "standard. There is no automatic step size yet: see the README section \"Choosing a step "
+                    "standard. Without --step-size (and --friction for sghmc) the run chooses them during warmup "
+                    "from the measured curvature and gradient noise: see the README section \"Choosing a step "
                     "size\".",
     )
     smp.add_argument("name", help="reference posterior: a name or alias from `heatbath references` "
@@ -327,12 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "MAP (found first, its cost counted); sgld-svrg: SGLD with SVRG gradients, centre "
                           "refreshed every 1000 steps; psgld: RMSprop-preconditioned SGLD; sghmc: SGHMC with "
                           "the OBABO splitting and --friction (default: %(default)s)")
-    smp.add_argument("--step-size", type=float, required=True, metavar="h",
-                     help="step size h > 0 (required: there is no automatic choice yet). On German credit "
-                          "with batch 100 the demo uses " + ", ".join(f"{_h(h)} for {kind}" for _, kind, h in DEMO_METHODS)
-                     + ". Diverging chains mean h is too large. See the README section 'Choosing a step size'")
-    smp.add_argument("--friction", type=float, default=1.0, metavar="C",
-                     help="SGHMC friction C, used only by --sampler sghmc (default: %(default)s)")
+    smp.add_argument("--step-size", type=float, default=None, metavar="h",
+                     help="step size h > 0 (default: chosen during warmup, h = 0.4 / lambda_max(H + V/T) from the "
+                          "measured curvature H and gradient noise V; see the README section 'Choosing a step "
+                          "size'). On German credit with batch 100 the demo uses "
+                     + ", ".join(f"{_h(h)} for {kind}" for _, kind, h in DEMO_METHODS))
+    smp.add_argument("--friction", type=float, default=None, metavar="C",
+                     help="SGHMC friction C, used only by --sampler sghmc (default: chosen from the measured "
+                          "gradient noise so that it dominates it)")
     smp.add_argument("--temperature", type=float, default=1.0, metavar="T",
                      help="temperature T: 1 samples the posterior, 0 < T < 1 a cold posterior "
                           "(default: %(default)s)")
@@ -342,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--steps", type=int, default=20_000, metavar="N",
                      help="draws kept per chain (default: %(default)s)")
     smp.add_argument("--warmup", type=int, default=None, metavar="W",
-                     help="unrecorded steps before the first draw (default: steps // 10)")
+                     help="unrecorded steps before the first draw (default: steps // 10 with a given step size; "
+                          "with an automatic one a quarter of the steps, at least 200, half of which tune it)")
     smp.add_argument("--chains", type=int, default=4, metavar="C", help="independent chains (default: %(default)s)")
     smp.add_argument("--thinning", type=int, default=1, metavar="K", help="steps per kept draw (default: %(default)s)")
     smp.add_argument("--seed", type=int, default=0, help="random seed; chain i's draws depend only on (seed, i) "

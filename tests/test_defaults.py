@@ -99,7 +99,7 @@ def test_sghmc_friction_dominates_injected_gradient_noise_and_kinetic_temperatur
         return jnp.sum(-0.5 * 50.0 / N * jnp.sum(p ** 2) + batch @ p)
 
     t = hb.models.from_logdensity(logprior, loglik, Z, params=jnp.zeros(d))
-    res = hb.sample(t, hb.samplers.sghmc(), batch_size=10, num_samples=20_000, num_chains=4, seed=1,
+    res = hb.sample(t, hb.samplers.sghmc(), batch_size=50, num_samples=40_000, num_chains=4, seed=1,
                     progress_bar=False, checks="basic")
     tu = res.tuning
     v = max(tu["measured"]["lam_v"])
@@ -108,7 +108,8 @@ def test_sghmc_friction_dominates_injected_gradient_noise_and_kinetic_temperatur
     # The friction keeps the excess h v / (2 C) below EPS T; 0.05 of Monte Carlo room.
     assert 0.95 < tk < 1.0 + autotune.EPS + 0.05, tk
     x = np.asarray(res.samples["theta"], np.float64).reshape(-1, d)
-    np.testing.assert_allclose(x.std(0), 1 / np.sqrt(51.0), rtol=0.15)
+    ratio = x.std(0) * np.sqrt(51.0)
+    assert np.all((ratio > 0.9) & (ratio < 1.0 + autotune.EPS)), ratio
 
 
 # -- init strategies -------------------------------------------------------------------------
@@ -175,7 +176,8 @@ def test_a_biased_run_warns_and_a_good_one_does_not():
         good = hb.sample(t, hb.samplers.sgld(1e-4), num_samples=20_000, num_warmup=2000, num_chains=4,
                          progress_bar=False, checks="full")
     assert not [w for w in caught if "configurational" in str(w.message) or "predicted" in str(w.message)]
-    assert abs(good.checks["configurational_temperature"] - 1) < 0.1
+    # 128 points: T_conf is dominated by the stiff direction (weight lambda), a chi^2_1 mean: se ~ 0.125.
+    assert abs(good.checks["configurational_temperature"] - 1) < 3 * good.checks["configurational_temperature_se"]
     assert good.checks["predicted_variance_inflation"] == pytest.approx(1e-4 * 400 / 2, rel=0.05)
     with pytest.warns(RuntimeWarning, match="configurational temperature"):
         bad = hb.sample(t, hb.samplers.sgld(4e-3), num_samples=20_000, num_warmup=2000, num_chains=4,
@@ -197,7 +199,7 @@ def test_chains_in_different_modes_warn_about_rhat():
     with pytest.warns(RuntimeWarning, match="R-hat .* the chains disagree"):
         res = hb.sample(t, hb.samplers.sgld(1e-3), num_samples=2000, num_chains=4, init=init, progress_bar=False,
                         checks="basic")
-    assert res.checks["rhat_max"] > 2
+    assert res.checks["rhat_max"] > 1.5
 
 
 def test_sghmc_with_a_friction_too_low_warns_about_the_kinetic_temperature():
@@ -216,3 +218,22 @@ def test_sghmc_with_a_friction_too_low_warns_about_the_kinetic_temperature():
         res = hb.sample(t, hb.samplers.sghmc(0.05, 0.5), batch_size=5, num_samples=10_000, num_chains=4,
                         progress_bar=False, checks="basic")
     assert res.checks["kinetic_temperature"] > 1.3
+
+
+def test_numpyro_kernel_with_automatic_step_size(reg_data):
+    from numpyro.infer import MCMC
+
+    kernel = hb.numpyro.SGLD(regression, batch_size=50)
+    mcmc = MCMC(kernel, num_warmup=200, num_samples=2000, num_chains=2, chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(0), **reg_data)
+    assert kernel.tuning["step_size"] > 0
+    a = np.asarray(mcmc.get_samples()["a"], np.float64)
+    assert abs(a.mean() - 1.5) < 0.05
+
+
+def test_cli_sample_without_a_step_size_chooses_one(capsys):
+    from heatbath.cli import main
+
+    assert main(["sample", "eight_schools_noncentered", "--steps", "400", "--chains", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen" in out

@@ -94,7 +94,7 @@ def _metric(sampler, family, m2, states):
         if states is not None:
             from heatbath.kernels import preconditioners as _pre
 
-            pre = hp.get("preconditioner") or _pre.rmsprop(hp.get("decay", 0.99), hp.get("eps", 1e-5))
+            pre = hp.get("preconditioner") or _pre.rmsprop(hp.get("decay") or 0.99, hp.get("eps", 1e-5))
             return jax.vmap(pre.diagonal)(states.preconditioner)
         eps = hp.get("eps", 1e-5)
         return jax.tree.map(lambda v: 1.0 / (eps + jnp.sqrt(v)), m2)
@@ -275,7 +275,14 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
     chosen = choose(family, m1, T, symmetric, friction_given)
     if step_scale < 1.0:  # the first half needed smaller steps than measured: keep the margin
         chosen["step_size"] = min(chosen["step_size"], values["step_size"])
-    final = sampler.rebuild(**{k: v for k, v in chosen.items() if k in names})
+    changes = {k: v for k, v in chosen.items() if k in names}
+    if family == "psgld" and sampler.hyperparameters.get("decay") is None and sampler.hyperparameters.get(
+            "preconditioner") is None:
+        # The RMSprop window follows the step: 10 / h steps (G must not track the position).
+        changes["decay"] = max(0.99, 1.0 - chosen["step_size"] / 10.0)
+        chosen["decay"] = changes["decay"]
+        names = names + ("decay",)
+    final = sampler.rebuild(**changes)
     info = {
         "auto": list(names),
         **{k: float(v) for k, v in chosen.items() if k in names},

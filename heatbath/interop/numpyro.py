@@ -186,6 +186,7 @@ class HeatbathKernel(MCMCKernel):
         self._traced_nondata = None
         self._nondata_key = None
         self._warned = False  # this run's divergence was reported (_reporting)
+        self.tuning = None  # what an automatic step size chose (set by init)
 
     # -- numpyro's interface -------------------------------------------------------------
     @property
@@ -225,8 +226,13 @@ class HeatbathKernel(MCMCKernel):
         The chain key k gives the start ``fold_in(k, 0)`` (when ``init_params`` is None), the
         sampler's init key ``fold_in(k, 1)`` and the transition keys from ``fold_in(k, 2)``:
         the same derivation as ``hb.sample``.
+
+        A sampler with an automatic step size (``hb.numpyro.SGLD(model)``) is tuned here, as
+        ``hb.sample`` tunes it: the chains start at the MAP (unless ``init_params`` is given),
+        ``num_warmup // 2`` steps of heatbath's tuning warmup run (measuring the curvature and
+        the gradient noise; :mod:`heatbath.drivers.autotune`), and the chains start NumPyro's
+        warmup where they ended, with the chosen step size (``kernel.tuning`` reports it).
         """
-        del num_warmup  # the samplers have no adaptation phase
         model_kwargs = {} if model_kwargs is None else model_kwargs
         target, estimator, one_step = self._setup(model_args, model_kwargs)
         data = self._data_from_args(target, model_args, model_kwargs)
@@ -240,12 +246,15 @@ class HeatbathKernel(MCMCKernel):
                 "full-data gradient per step). Use chain_method='sequential' or 'parallel', or "
                 "hb.sample(..., num_chains=...), which keeps it a conditional."
             )
-        positions = self._initial_positions(target, keys, init_params, vectorized, num_chains)
+        sampler = self._sampler
+        if sampler.auto:
+            sampler, one_step, positions = self._tune(target, estimator, keys, init_params, vectorized, num_chains,
+                                                      num_warmup, data)
+        else:
+            positions = self._initial_positions(target, keys, init_params, vectorized, num_chains)
         concrete = not (_is_tracer(keys) or _is_tracer(positions) or _is_tracer(data))
         if concrete:
             inputs.check_init_finite(target, positions, data)
-
-        sampler = self._sampler
 
         def transition(state, data_):
             sampler_state = state.sampler_state._replace(position=state.z)
@@ -277,6 +286,30 @@ class HeatbathKernel(MCMCKernel):
             return states
         self._sample_fn = _reporting(self, transition)
         return jax.tree.map(lambda x: x[0], states)
+
+    def _tune(self, target, estimator, keys, init_params, vectorized, num_chains, num_warmup, data):
+        """The automatic hyperparameters, chosen with hb.sample's tuning warmup (concrete inputs only)."""
+        from heatbath.drivers import autotune, initialize
+        from heatbath.drivers.sampling import _estimator_state
+
+        if _is_tracer(keys) or _is_tracer(data):
+            raise ValueError(
+                f"{self._sampler.name} has an automatic {' and '.join(self._sampler.auto)}, chosen by a warmup run "
+                "when the kernel is initialised; under chain_method='parallel' (or a traced init) that cannot run: "
+                "use chain_method='sequential' or 'vectorized', or give the step size"
+            )
+        if init_params is None:
+            positions, _ = initialize.resolve(target, "map", loop.fold_each(keys, 0), num_chains, self._batch_size)
+        else:
+            positions = self._initial_positions(target, keys, init_params, vectorized, num_chains)
+        inputs.check_init_finite(target, positions, data)
+        est_state = _estimator_state(estimator, positions, data)
+        tuned, states, _, info, _, _ = autotune.warmup(
+            target, self._sampler, estimator, est_state, positions, keys, batch_size=self._batch_size,
+            batching=as_batching("uniform"), num_warmup=max(int(num_warmup), 4), progress_bar=False)
+        self.tuning = info
+        batcher = as_batching("uniform").build(self._batch_size, target.num_data, 0)
+        return tuned, loop.make_step(tuned, estimator, batcher, target), states.position
 
     def sample(self, state, model_args, model_kwargs):
         """One transition: minibatch indices, gradient estimate, sampler step."""

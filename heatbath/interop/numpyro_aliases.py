@@ -10,19 +10,20 @@ from heatbath.samplers.overdamped import psgld, sgld
 __all__ = ["SGLD", "PSGLD", "SGHMC"]
 
 
-def SGLD(model, step_size, *, temperature=1.0, batch_size=None, gradient=None) -> HeatbathKernel:  # noqa: N802
+def SGLD(model, step_size=None, *, temperature=1.0, batch_size=None, gradient=None) -> HeatbathKernel:  # noqa: N802
     """SGLD as a NumPyro kernel: theta <- theta + h grad log p~(theta) + sqrt(2 h T) xi.
 
     Welling & Teh (ICML 2011). ``HeatbathKernel(model, hb.samplers.sgld(step_size,
     temperature, gradient=gradient), batch_size=batch_size)``; see :class:`HeatbathKernel`
-    and :func:`heatbath.samplers.sgld` for the arguments.
+    and :func:`heatbath.samplers.sgld` for the arguments. ``step_size=None`` (default): chosen when
+    the kernel is initialised (see :meth:`HeatbathKernel.init`).
     """
     return HeatbathKernel(model, sgld(step_size, temperature=temperature, gradient=gradient), batch_size=batch_size)
 
 
 def PSGLD(  # noqa: N802
     model,
-    step_size,
+    step_size=None,
     *,
     temperature=1.0,
     batch_size=None,
@@ -52,7 +53,7 @@ def PSGLD(  # noqa: N802
     return HeatbathKernel(model, sampler, batch_size=batch_size)
 
 
-def SGHMC(model, step_size, friction, integrator="obabo", *, batch_size=None, **kwargs) -> HeatbathKernel:  # noqa: N802
+def SGHMC(model, step_size=None, friction=None, integrator="obabo", *, batch_size=None, **kwargs) -> HeatbathKernel:  # noqa: N802
     """SGHMC with a splitting integrator as a NumPyro kernel (Chen et al. 2014; Franzese et al. 2022).
 
         d theta = M^-1 r dt;  dr = grad log p(theta) dt - C M^-1 r dt + sqrt(2 C T) dW,

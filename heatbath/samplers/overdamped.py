@@ -243,7 +243,7 @@ def psgld(
     step_size=None,
     *,
     temperature=1.0,
-    decay: float = 0.99,
+    decay=None,
     eps: float = 1e-5,
     correction: bool = False,
     gradient=None,
@@ -262,7 +262,10 @@ def psgld(
       temperature: T >= 0 (number or schedule), keyword-only. T = 0 is RMSprop:
         ``optax.rmsprop(h, decay=a, eps=eps, eps_in_sqrt=False)`` step by step (optax's
         default ``eps_in_sqrt=True`` is ``preconditioner=rmsprop(a, eps, eps_in_sqrt=True)``).
-      decay: a, the RMSprop averaging constant, in [0, 1).
+      decay: a, the RMSprop averaging constant, in [0, 1). None (default): 0.99, or, when
+        ``hb.sample`` chooses the step size h, max(0.99, 1 - h / 10), so that the preconditioner
+        averages over a window 10 / h steps long (G tracking the position over a shorter window
+        biases pSGLD; see the README's pSGLD bias table).
       eps: the RMSprop damping, > 0.
       correction: add the divergence term T Gamma (one extra Hessian-vector product per step),
         from step ``preconditioner.window`` (ceil(1 / (1 - a)) for RMSprop) on. Without it
@@ -272,9 +275,12 @@ def psgld(
         in place of ``rmsprop(decay, eps)`` (``decay`` and ``eps`` are then ignored).
       noise: the source of xi (:mod:`heatbath.kernels.noise`; default Brownian).
     """
+    auto_decay = decay is None
+    if decay is None:
+        decay = 0.99
     pre = _precond.rmsprop(decay, eps) if preconditioner is None else preconditioner
     spec = check_gradient_spec(naive() if gradient is None else gradient)
-    hyper = dict(step_size=step_size, temperature=temperature, decay=decay, eps=eps,
+    hyper = dict(step_size=step_size, temperature=temperature, decay=None if auto_decay else decay, eps=eps,
                  correction=correction, gradient=spec, preconditioner=preconditioner, noise=noise)
     sampler = preconditioned_sampler(
         1e-3 if step_size is None else step_size, temperature, pre, correction, spec, name="psgld",
