@@ -19,10 +19,11 @@ minibatch optimizer with a constant step ends in a noise ball around the mode: m
 
 **The search** (:func:`find_map`, several chains at once): full-batch L-BFGS (optax's, with its
 zoom line search) in a ``lax.while_loop`` when the full-data gradient is cheap (N d <=
-``FULL_BATCH_WORK``, or no ``batch_size``), else Adam on minibatches in segments of growing
-length, the criterion checked between segments; then up to two Newton steps (the CG solve the
-check has already made) polish a point inside the quadratic region, which float32 line
-searches cannot resolve further. A chain whose search ends non-finite, or whose log density is
+``FULL_BATCH_WORK``, or no ``batch_size``), else Adam on minibatches in segments of 2000,
+4000, ... steps, checked between segments; at each check up to two Newton steps (the CG
+solve the check has already made) polish a point inside the quadratic region (decrement < 1):
+float32 line searches cannot resolve it further, and a minibatch optimizer's noise ball is
+left in one step. A chain whose search ends non-finite, or whose log density is
 still climbing when the budget ends (no mode: e.g. a hierarchical scale going to 0), gets its
 start point back, with ``usable`` False and the reason.
 """
@@ -343,8 +344,10 @@ def search(target, positions, keys, batch_size=None, max_steps=None, tol=TOL, me
             lps.append(np.where(done[:, None], np.nan, np.asarray(lp_seg)))
             steps = np.where(done, steps, steps + seg)
             cost += np.where(done, 0.0, float(seg * batch_size))
-            check = jax.device_get(fns["check"](x, data))
-            cost += np.where(done, 0.0, n * (1 + HVP_COST * np.asarray(check["cg_iters"])))
+            x_polished, check = fns["polish"](x, data)  # Newton steps from inside the noise ball
+            x = jnp.where(jnp.asarray(done)[:, None], x, x_polished)
+            check = jax.device_get(check)
+            cost += np.where(done, 0.0, 3 * n * (1 + HVP_COST * np.asarray(check["cg_iters"])))
             lp = np.asarray(check["lp"], np.float64)
             rising = ~done & (last_lp is not None) & (lp - (lp if last_lp is None else last_lp) > 1.0)
             last_lp = lp
