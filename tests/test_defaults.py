@@ -237,3 +237,12 @@ def test_cli_sample_without_a_step_size_chooses_one(capsys):
     assert main(["sample", "eight_schools_noncentered", "--steps", "400", "--chains", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "chosen" in out
+
+
+def test_checkpoint_of_a_model_with_latents_in_its_data_plate(tmp_path):
+    ref = hb.models.reference("eight_schools_noncentered")
+    a = hb.sample(ref.model, hb.samplers.sgld(1e-3), data=ref.data, num_samples=20, num_chains=2,
+                  checkpoint=tmp_path / "ck", progress_bar=False)
+    b = hb.sample(ref.model, hb.samplers.sgld(1e-3), data=ref.data, num_samples=20, num_chains=2,
+                  checkpoint=tmp_path / "ck", resume=True, progress_bar=False)
+    np.testing.assert_array_equal(a.samples["tau"], b.samples["tau"])

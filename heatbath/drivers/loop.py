@@ -317,7 +317,7 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
             chunk_size = max(1, min(cfg.num_draws, _moments.MOMENT_CHUNK))
         else:
             # Warmup records nothing: its chunk is its own length (not the draws' chunk).
-            warmup_chunk = cfg.num_warmup
+            warmup_chunk = cfg.num_warmup or None
             if cfg.num_warmup + cfg.num_draws * cfg.thinning > 4 * plan.CALIBRATION_STEPS:
                 # A long run: time a first chunk, then size the others to take CHUNK_SECONDS.
                 calibrate = True

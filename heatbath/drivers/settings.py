@@ -157,7 +157,8 @@ def open_checkpoint(checkpoint, resume, target: Target, kind: str, hyper, *, see
 def model_digest(target: Target) -> Optional[str]:
     """A digest of the program that computes the log density, so that a resume with an edited
     model (same function name, another body, another prior scale or prior-mean array) is
-    refused: the jaxpr of ``target.terms`` at the example parameters on two data rows, with the
+    refused: the jaxpr of ``target.terms`` at the example parameters on two data rows (all rows
+    for a target that cannot be minibatched), with the
     values of every constant it closes over. None when the target has no example parameters.
     (Object addresses that some primitives print are dropped; a jaxpr from another JAX version
     may differ, so :meth:`Checkpoint.check_settings` compares it only under the same version.)
@@ -167,7 +168,9 @@ def model_digest(target: Target) -> Optional[str]:
     except ValueError:
         return None
     params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), example)
-    rows = jax.tree.map(lambda x: x[:2], target.data)
+    # A full-batch-only target (latent variables in its data plate: eight schools) is traced on
+    # its full data, which its parameters' shapes are tied to.
+    rows = target.data if target.minibatch_error else jax.tree.map(lambda x: x[:2], target.data)
     closed = jax.make_jaxpr(target.terms)(params, rows)
     h = hashlib.blake2b(digest_size=12)
     h.update(re.sub(r" at 0x[0-9a-fA-F]+", "", str(closed.jaxpr)).encode())
