@@ -128,7 +128,7 @@ def _solved(check):
     return check["cg_residual"] <= 10 * _CG_RTOL
 
 
-def verdict(check, dim, tol):
+def verdict(check, tol):
     """(converged, reason) per chain from the numbers of :func:`decrement` (numpy arrays)."""
     lam = np.asarray(check["decrement"], np.float64)
     lp = np.asarray(check["lp"], np.float64)
@@ -163,8 +163,7 @@ def diagnose(target, params, *, batch_size=None, tol=TOL, max_hvps=MAX_HVPS):
     fns = _functions(target, positions, batch_size, max_hvps)
     x = _flat_positions(positions)
     check = jax.device_get(fns["check"](x, target.data))
-    dim = x.shape[1]
-    conv, reasons = verdict(check, dim, tol)
+    conv, reasons = verdict(check, tol)
     out = {k: (v[0].item() if np.ndim(v[0]) == 0 else v[0]) for k, v in check.items() if k != "step"}
     out.update(converged=bool(conv[0]), reason=reasons[0], tol=float(tol),
                cost=float(target.num_data * (1 + HVP_COST * int(check["cg_iters"][0]))))
@@ -176,7 +175,7 @@ def _functions(target, positions, batch_size, max_hvps):
     unravel = unravel_of(target, positions)
     dim = int(_flat_positions(positions).shape[1])
     chunk = _chunk_rows(target, batch_size)
-    iters = int(min(dim, max_hvps))
+    iters = int(min(2 * dim + 2, max_hvps))  # CG in float32 may need more than d steps
 
     def build():
         vg, hvp = _potential(target, unravel, chunk)
@@ -351,13 +350,13 @@ def search(target, positions, keys, batch_size=None, max_steps=None, tol=TOL, me
             lp = np.asarray(check["lp"], np.float64)
             rising = ~done & (last_lp is not None) & (lp - (lp if last_lp is None else last_lp) > 1.0)
             last_lp = lp
-            done |= verdict(check, dim, tol)[0] | ~np.isfinite(lp)
+            done |= verdict(check, tol)[0] | ~np.isfinite(lp)
             seg *= 2
         trace = {"lp": np.concatenate(lps, axis=1)}
     x, check = fns["polish"](jnp.asarray(x), data)
     check = jax.device_get(check)
     cost += n * (1 + HVP_COST * np.asarray(check["cg_iters"])) * 3  # the check and up to two Newton steps
-    conv, reasons = verdict(check, dim, tol)
+    conv, reasons = verdict(check, tol)
     x = np.asarray(x)
     finite = np.isfinite(np.asarray(check["lp"])) & np.all(np.isfinite(x), axis=1)
     # No mode to climb to: still rising when the budget ran out, outside the quadratic region.

@@ -154,7 +154,7 @@ def message(name: str, num_steps: int, d: dict) -> str:
         extra = f"; the ELBO changed by {d['elbo_change']:+.3g} (+- {d['elbo_change_se']:.2g}) over the last fifth"
     fix = "more num_steps"
     if d["stability"] > 1.0:
-        fix = (f"a smaller step size (h rho(E hess V) = {d['stability']:.3g} > 1: FB-GVI is stable for h < "
-               f"1/lambda_max = {1.0 / d['spectral_radius']:.3g}; step_size=None chooses it)")
+        fix = (f"a smaller step size (h rho(E hess V) = {d['stability']:.3g} > 1, outside the stable range h < "
+               f"1/lambda_max = {1.0 / d['spectral_radius']:.3g}; step_size=None chooses the step from it)")
     return (f"{name} did not converge in {num_steps} steps: {d['reason']}{extra}. Use {fix}, antithetic=True or a "
             "larger num_mc (less noise), or a decaying step size")
