@@ -15,6 +15,7 @@ from heatbath import diagnostics, drivers, kernels, models, optim, samplers, vi
 from heatbath.diagnostics.reference import reference
 from heatbath.drivers import OptimizeResult, Result, checkpoint, clear_caches, fit, optimize, sample
 from heatbath.interop import numpyro
+from heatbath.tuning import tune
 from heatbath.vi import Gaussian
 
 # The modules' former paths keep importing (``import heatbath.numpyro``, ``heatbath.checkpoint``).
@@ -28,6 +29,7 @@ __all__ = [
     "optimize",
     "fit",
     "reference",
+    "tune",
     "Gaussian",
     "clear_caches",
     "vi",
