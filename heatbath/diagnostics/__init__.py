@@ -43,3 +43,4 @@ __all__ = [
     "compare",
     "Comparison",
 ]
+from heatbath.diagnostics.plots import plot_ksd_vs_time, plot_marginals, plot_trace, plot_tuning
