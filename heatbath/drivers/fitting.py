@@ -153,7 +153,7 @@ def fit(
     )
     with hold(ckpt):  # the checkpoint lock, released however the run ends
         spec, centre, map_cost, map_compile = _centre.resolve(
-            run_target, spec, positions, master, batch_size, ckpt if resuming else None
+            run_target, spec, positions, master, batch_size, ckpt if resuming else None, record=ckpt
         )
         estimator = spec.build(run_target.terms, run_target.num_data)
         num_records, rest = divmod(num_steps, trace_every)

@@ -244,8 +244,8 @@ def _lbfgs(vg, x0, data, max_iters, tol):
             pick = lambda a, b: jnp.where(ok, a, b)  # noqa: E731
             point = (pick(x_new, x), pick(v_new, v), pick(g_new, g))
             state = jax.tree.map(pick, new_state, fresh)
-            stall = jnp.where(ok & progress, 0, stall + 1)
-            evals = evals + otu.tree_get(new_state, "num_linesearch_steps")
+            stall = jnp.where(ok & progress, 0, stall + 1).astype(stall.dtype)
+            evals = evals + jnp.asarray(otu.tree_get(new_state, "num_linesearch_steps"), evals.dtype)
             return (point, state, k + 1, stall, jnp.where(ok & (lr > 0), qn, jnp.inf),
                     lps.at[k].set(-point[1]), gns.at[k].set(jnp.linalg.norm(point[2])), evals)
 

@@ -174,7 +174,7 @@ def sample(
         inputs.check_init_finite(target, positions, target.data)
 
         spec, centre, map_cost, map_compile = _centre.resolve(
-            target, sampler.gradient, positions, master, batch_size, ckpt if resuming else None
+            target, sampler.gradient, positions, master, batch_size, ckpt if resuming else None, record=ckpt
         )
         map_cost += init_info.get("cost", 0.0) / num_chains
         estimator = spec.build(target.terms, target.num_data)
