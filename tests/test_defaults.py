@@ -246,3 +246,21 @@ def test_checkpoint_of_a_model_with_latents_in_its_data_plate(tmp_path):
     b = hb.sample(ref.model, hb.samplers.sgld(1e-3), data=ref.data, num_samples=20, num_chains=2,
                   checkpoint=tmp_path / "ck", resume=True, progress_bar=False)
     np.testing.assert_array_equal(a.samples["tau"], b.samples["tau"])
+
+
+def test_automatic_settings_under_x64():
+    """find_map's L-BFGS carry and the tuning run in float64 too (a line-search counter was int64)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, jax.numpy as jnp, heatbath as hb\n"
+            "t = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p ** 2), lambda p, b: -0.5 * jnp.sum((b - p) ** 2),"
+            " np.linspace(-1, 1, 50), params=jnp.zeros(()))\n"
+            "r = hb.sample(t, hb.samplers.sgld(), num_samples=200, num_chains=2, progress_bar=False, checks='off')\n"
+            "assert r.samples['theta'].dtype == np.float64 and all(r.tuning['init']['converged'])\n"
+            "print('ok', r.tuning['step_size'])\n")
+    env = {**__import__("os").environ, "JAX_ENABLE_X64": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # The posterior precision is 1 + 50: h = 0.4 / 51.
+    assert float(out.stdout.split()[-1]) == pytest.approx(0.4 / 51, rel=0.02)

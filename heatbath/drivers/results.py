@@ -306,4 +306,5 @@ class OptimizeResult:
         lp = self.trace.get("lp")
         last = f", final lp {float(np.asarray(lp)[-1]):.6g}" if lp is not None and np.size(lp) else ""
         names = ", ".join(f"{k}{tuple(np.shape(v))}" for k, v in self.values.items())
-        return f"OptimizeResult({names}{last}; {self.data_passes:.1f} data passes, {self.wall_time:.2f}s)"
+        flag = "; NOT CONVERGED" if self.converged is False else ""
+        return f"OptimizeResult({names}{last}{flag}; {self.data_passes:.1f} data passes, {self.wall_time:.2f}s)"
