@@ -5,6 +5,7 @@ test; two short real runs (one per backend) check a model with a closed-form pos
 slow test reproduces posteriordb's eight schools (non-centred) within 3 Monte Carlo errors.
 """
 
+import warnings
 import json
 import os
 
@@ -273,3 +274,16 @@ def test_eight_schools_matches_posteriordb(tmp_path, backend):
         worst = max(worst, z_m.max(), z_s.max())
         assert np.all(z_m <= 3) and np.all(z_s <= 3), (site, z_m, z_s)
     print(f"{backend}: worst |difference| / combined MC error {worst:.2f}, wall {r.wall_time:.1f} s")
+
+
+def test_cache_hit_with_sites_in_any_order(tmp_path, fake, monkeypatch):
+    """The cache numbers its arrays in the record's (sorted) site order, whatever order was asked."""
+    r1 = hb.reference(model, {"y": Y}, cache_dir=tmp_path, sites=["s", "mu2", "mu"], **SMALL)
+    monkeypatch.setitem(reference_nuts.RUNNERS, "blackjax", failing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an "invalid cache" warning would fail here
+        r2 = hb.reference(model, {"y": Y}, cache_dir=tmp_path, sites=["s", "mu2", "mu"], **SMALL)
+    assert r2.from_cache
+    for site in ("s", "mu2", "mu"):
+        np.testing.assert_array_equal(r2.reference[site]["mean"], r1.reference[site]["mean"])
+        np.testing.assert_array_equal(r2.draws[site], r1.draws[site])

@@ -75,7 +75,8 @@ def _array_names(sites: dict, has_draws: bool) -> dict:
 
 def save(directory: str, key: str, *, stats: dict, draws: Optional[dict], meta: dict) -> Optional[str]:
     """Write a reference; returns the JSON path, or None (with a warning) when it cannot be written."""
-    sites = {site: list(np.shape(st["mean"])) for site, st in stats.items()}
+    # Sorted: the record is JSON with sorted keys, and the members are numbered in its order.
+    sites = {site: list(np.shape(stats[site]["mean"])) for site in sorted(stats)}
     arrays = {}
     for member, (site, stat) in _array_names(sites, draws is not None).items():
         arrays[member] = np.asarray(stats[site][stat] if stat else draws[site], np.float64)
