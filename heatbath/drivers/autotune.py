@@ -254,6 +254,8 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
         )
         out = loop.run(target, tuned, estimator, positions, fold_each(keys, 17 + attempt), cfg)
         compile_time += out.compile_time
+        if out.interrupted:  # Ctrl-C in the tuning warmup: nothing is recorded yet
+            raise KeyboardInterrupt("interrupted during the tuning warmup (no draws were made)")
         cost += loop.grad_evals_per_chain(estimator, tuned.grads_per_step, batch_size, target.num_data, pilot)
         alive = _alive(out, "stop")
         tries.append({"step_size": values["step_size"], "diverged_chains": np.nonzero(~alive)[0].tolist()})
