@@ -189,6 +189,28 @@ def _measure(target, sampler, family, estimator, est_state, positions, key, batc
     return out, cost
 
 
+def _second_moment(target, estimator, est_state, points, key, batch_size, repeat):
+    """E[g^2] of the run's gradient estimate, averaged over ``points`` (leading axis repeat * chains):
+    the value an RMSprop average of the chain's gradients settles at in the typical set."""
+    N = target.num_data
+    noisy = batch_size is not None and not target.minibatch_error
+    if noisy:
+        idx = jax.random.randint(key, (NUM_BATCHES, batch_size), 0, N)
+        batches = jax.tree.map(lambda x: x[idx], target.data)
+    if not estimator.shared and repeat > 1:
+        est_state = jax.tree.map(lambda x: jnp.concatenate([x] * repeat), est_state)
+
+    def one(p, st):
+        if noisy:
+            grads = jax.vmap(lambda b: estimator.estimate(st, p, b)[1])(batches)
+            return jax.tree.map(lambda g: jnp.mean(g * g, axis=0), grads)
+        g = jax.grad(lambda q: target.logdensity(q))(p)
+        return jax.tree.map(lambda x: x * x, g)
+
+    m2 = jax.jit(jax.vmap(one, in_axes=(0, None if estimator.shared else 0)))(points, est_state)
+    return jax.tree.map(lambda x: jnp.mean(x, axis=0), m2)
+
+
 def choose(family: str, m: dict, T: float, symmetric: bool = True, friction_given: Optional[float] = None):
     """The step size (and friction) from measured eigenvalues (worst chain). See the module docstring."""
     if family in ("sgld", "psgld"):
@@ -270,6 +292,16 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
         step_scale /= 4.0
     states = out.carry[0]
     where = jax.tree.map(lambda x: jnp.asarray(x).reshape((-1,) + x.shape[2:]), out.draws)  # (draw * chain, ...)
+    if family == "psgld" and hasattr(states.preconditioner, "square_avg"):
+        # The RMSprop average restarts at its typical-set value: E[g^2] over the measurement
+        # points (started at the mode it holds the small gradients there, and with the long
+        # window below it would take the whole run to forget them).
+        m2 = _second_moment(target, estimator, est_state, where, jax.random.fold_in(key, 2), batch_size, points)
+        nc = jax.tree.leaves(positions)[0].shape[0]
+        square = jax.tree.map(lambda v, old: jnp.broadcast_to(v, old.shape).astype(old.dtype), m2,
+                              states.preconditioner.square_avg)
+        states = states._replace(preconditioner=states.preconditioner._replace(square_avg=square))
+        cost += NUM_BATCHES * (batch_size or target.num_data) * points * nc / max(nc, 1)
     m1, cost1 = _measure(target, sampler, family, estimator, est_state, where, jax.random.fold_in(key, 1),
                          batch_size, T, states=states, repeat=points)
     cost1 *= points
