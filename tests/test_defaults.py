@@ -69,6 +69,7 @@ def gaussian_target():
     return hb.models.from_logdensity(logprior, loglik, X, params={"x": jnp.zeros(3)})
 
 
+@pytest.mark.slow
 def test_automatic_sgld_step_on_a_gaussian_is_the_bound_and_its_bias_is_the_predicted_one():
     t = gaussian_target()
     res = hb.sample(t, hb.samplers.sgld(), num_samples=20_000, num_chains=4, seed=0, progress_bar=False,
@@ -85,6 +86,7 @@ def test_automatic_sgld_step_on_a_gaussian_is_the_bound_and_its_bias_is_the_pred
     assert res.tuning["warmup_steps_tuning"] == autotune.default_num_warmup(20_000) // 2
 
 
+@pytest.mark.slow
 def test_sghmc_friction_dominates_injected_gradient_noise_and_kinetic_temperature_is_right():
     # A noisy Gaussian: each row's gradient carries noise, so minibatches of 10 are noisy.
     rng = np.random.default_rng(3)
@@ -169,6 +171,7 @@ def test_automatic_settings_errors(reg_data):
 # -- the self-diagnosis ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_biased_run_warns_and_a_good_one_does_not():
     t = gaussian_target()
     with warnings.catch_warnings(record=True) as caught:
@@ -264,3 +267,11 @@ def test_automatic_settings_under_x64():
     assert out.returncode == 0, out.stderr[-2000:]
     # The posterior precision is 1 + 50: h = 0.4 / 51.
     assert float(out.stdout.split()[-1]) == pytest.approx(0.4 / 51, rel=0.02)
+
+
+def test_automatic_sgld_step_is_the_measured_bound_short():
+    """The default-suite version of the slow Gaussian test: the chosen h is 0.4 / lambda_max."""
+    res = hb.sample(gaussian_target(), hb.samplers.sgld(), num_samples=400, num_chains=2, seed=0, progress_bar=False,
+                    checks="off")
+    assert res.tuning["step_size"] == pytest.approx(2 * autotune.EPS / PREC.max(), rel=0.02)
+    assert len(res.tuning["first_half"]["tries"]) == 1 and not res.tuning["first_half"]["tries"][0]["diverged_chains"]
