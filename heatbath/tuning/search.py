@@ -38,7 +38,6 @@ runs; the scoring's gradients (about ``ksd_draws`` x N a round) are not counted.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import time
 import warnings
@@ -47,124 +46,14 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from heatbath import samplers as _samplers
 from heatbath.diagnostics.stein import ksd as _ksd
 from heatbath.diagnostics.stein import scores as _scores
 from heatbath.drivers import OptimizeResult, as_target, sample
 from heatbath.drivers import initialize as _initialize
+from heatbath.tuning.halving import check_positive, build_sampler, expand_grid, successive_halving
+from heatbath.tuning.result import TuneResult, candidate_rows
 
-__all__ = ["tune", "TuneResult", "successive_halving", "FAMILIES"]
-
-# family -> (constructor, names a grid may vary, names every candidate needs)
-FAMILIES = {
-    "sgld": (_samplers.sgld, ("step_size", "batch_size"), ("step_size",)),
-    "psgld": (_samplers.psgld, ("step_size", "batch_size"), ("step_size",)),
-    "sghmc": (_samplers.sghmc, ("step_size", "friction", "batch_size"), ("step_size", "friction")),
-}
-
-
-def successive_halving(num_candidates: int, evaluate: Callable, budget_left: Callable, *, eta: int = 2) -> dict:
-    """The successive-halving schedule, generic over how a candidate is run and scored.
-
-    Args:
-      num_candidates: K >= 1.
-      evaluate: ``evaluate(i, round, allocation) -> score`` runs candidate i for ``allocation``
-        budget units in round ``round`` (0-based) and returns its score (lower is better; inf or
-        NaN for a failed candidate, which is never kept).
-      budget_left: ``budget_left() -> float``, the budget not yet spent (called before every
-        candidate, so time budgets include everything between calls).
-      eta: keep ceil(K_r / eta) candidates per round.
-
-    Returns:
-      ``{"best": i, "scores": {i: [score per round]}, "eliminated": {i: round}, "allocations":
-      {i: [allocation per round]}, "rounds": completed rounds, "exhausted": bool}``.
-
-    Raises:
-      RuntimeError: every candidate of a round failed.
-    """
-    if eta < 2:
-        raise ValueError(f"eta must be an int >= 2, got {eta!r}")
-    active = list(range(num_candidates))
-    scores = {i: [] for i in active}
-    allocs = {i: [] for i in active}
-    eliminated, r, exhausted = {}, 0, False
-    while True:
-        rounds_left = max(1, math.ceil(math.log(len(active)) / math.log(eta) - 1e-9))
-        round_share = budget_left() / rounds_left
-        if round_share <= 0 and r > 0:
-            exhausted = True
-            break
-        share = round_share / len(active)
-        for i in active:
-            allocs[i].append(share)
-            s = float(evaluate(i, r, share))
-            scores[i].append(s if np.isfinite(s) else math.inf)
-        r += 1
-        finite = [i for i in active if np.isfinite(scores[i][-1])]
-        if not finite:
-            raise RuntimeError(
-                f"every candidate of round {r} failed (diverged or non-finite score): "
-                + ", ".join(f"#{i}" for i in active) + "; lower the step sizes")
-        keep = min(math.ceil(len(active) / eta), len(finite)) if len(active) > 1 else 1
-        ranked = sorted(finite, key=lambda i: (scores[i][-1], i))
-        for i in active:
-            if i not in ranked[:keep]:
-                eliminated[i] = r
-        active = ranked[:keep]
-        if len(active) == 1:
-            break
-    best = min(active, key=lambda i: (scores[i][-1], i))
-    return {"best": best, "scores": scores, "eliminated": eliminated, "allocations": allocs, "rounds": r,
-            "exhausted": exhausted}
-
-
-def _positive(value, name, integer=False):
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not np.isfinite(value) or value <= 0 or (integer and int(value) != value):
-        kind = "a positive int" if integer else "a positive finite number"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def expand_grid(family: str, grid, fixed: Optional[dict] = None) -> list[dict]:
-    """The candidates of ``grid``: a dict name -> list of values (their cartesian product, in
-    order, the last name varying fastest) or a list of dicts; checked against the family."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown sampler family {family!r}; use one of {sorted(FAMILIES)}")
-    _, names, needed = FAMILIES[family]
-    if isinstance(grid, dict) and not grid:
-        cands = []
-    elif isinstance(grid, dict):
-        for k, v in grid.items():
-            if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) == 0:
-                raise ValueError(f"grid[{k!r}] must be a non-empty list of values, got {v!r}")
-        keys = list(grid)
-        cands = [dict(zip(keys, combo)) for combo in itertools.product(*[list(grid[k]) for k in keys])]
-    elif isinstance(grid, (list, tuple)) and all(isinstance(c, dict) for c in grid):
-        cands = [dict(c) for c in grid]
-    else:
-        raise TypeError(f"grid must be a dict name -> list of values or a list of dicts, got {type(grid).__name__}")
-    if not cands:
-        raise ValueError("the grid is empty: give at least one candidate")
-    fixed = dict(fixed or {})
-    for c in cands:
-        unknown = set(c) - set(names)
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for {family!r}: a grid may vary {list(names)} "
-                             "(other sampler options go in sampler_kwargs)")
-        for k in needed:
-            if k not in c and k not in fixed:
-                raise ValueError(f"every {family!r} candidate needs {k!r}: put it in the grid or sampler_kwargs")
-        for k, v in c.items():
-            c[k] = _positive(v, f"grid value {k}={v!r}", integer=(k == "batch_size"))
-    return cands
-
-
-def build_sampler(family: str, hyper: dict, sampler_kwargs: Optional[dict] = None):
-    """The family's sampler for one candidate (``batch_size`` is the driver's, not the sampler's)."""
-    ctor = FAMILIES[family][0]
-    kwargs = {**(sampler_kwargs or {}), **{k: v for k, v in hyper.items() if k != "batch_size"}}
-    return ctor(**kwargs)
+__all__ = ["tune", "ksd_score"]
 
 
 @dataclasses.dataclass
@@ -209,7 +98,7 @@ def ksd_score(target, draws, *, score_batch_size=None, seed=0, **ksd_kwargs) -> 
 
 def tune(model, sampler_family: str, grid, *, budget: Optional[float] = None, budget_grads: Optional[float] = None,
          data=None, batch_size: Optional[int] = None, num_chains: int = 1, seed: int = 0, init=None,
-         thinning: int = 10, chunk_steps: int = 500, ksd_draws: int = 1000, score_batch_size: Optional[int] = None,
+         thinning: int = 10, chunk_steps: int = 500, ksd_draws: int = 2000, score_batch_size: Optional[int] = None,
          eta: int = 2, sampler_kwargs: Optional[dict] = None, score_fn: Optional[Callable] = None,
          ksd_kwargs: Optional[dict] = None, verbose: bool = False) -> TuneResult:
     """Choose SGLD / pSGLD / SGHMC hyperparameters by Stein discrepancy per unit time.
@@ -252,17 +141,17 @@ def tune(model, sampler_family: str, grid, *, budget: Optional[float] = None, bu
     if (budget is None) == (budget_grads is None):
         raise ValueError("give exactly one of budget= (seconds of wall-clock time) and budget_grads= (gradient evaluations)")
     timed = budget is not None
-    total = _positive(budget if timed else budget_grads, "budget" if timed else "budget_grads")
+    total = check_positive(budget if timed else budget_grads, "budget" if timed else "budget_grads")
     for name, v in (("num_chains", num_chains), ("thinning", thinning), ("chunk_steps", chunk_steps),
                     ("ksd_draws", ksd_draws)):
-        _positive(v, name, integer=True)
+        check_positive(v, name, integer=True)
     if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
         raise ValueError(f"eta must be an int >= 2, got {eta!r}")
     chunk_draws = max(1, int(chunk_steps) // int(thinning))
     target = as_target(model, data)
     for c in cands:
         b = c.get("batch_size", batch_size)
-        if b is not None and _positive(b, "batch_size", integer=True) > target.num_data:
+        if b is not None and check_positive(b, "batch_size", integer=True) > target.num_data:
             raise ValueError(f"batch_size {b} exceeds the number of data rows {target.num_data}")
     samplers = [build_sampler(sampler_family, c, sampler_kwargs) for c in cands]  # bad values fail here
     K = len(cands)
@@ -380,107 +269,3 @@ def tune(model, sampler_family: str, grid, *, budget: Optional[float] = None, bu
                       table=rows, family=sampler_family, budget=total, budget_kind="seconds" if timed else "grads",
                       rounds=out["rounds"], exhausted=out["exhausted"], wall_time=time.perf_counter() - t_start,
                       grad_evals=spent["grads"], positions=best.positions, target=target)
-
-
-def _fmt(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-@dataclasses.dataclass
-class TuneResult:
-    """What :func:`tune` chose and why.
-
-    Attributes:
-      best: the winner's hyperparameters (``step_size``, ``friction`` for SGHMC, ``batch_size``).
-      sampler: the winner's sampler, built: ``hb.sample(model, tr.sampler, data=...,
-        batch_size=tr.best["batch_size"], ...)``.
-      table: one dict per candidate, in grid order: ``candidate``, its hyperparameters,
-        ``rounds`` (rounds it ran), ``ksd`` (its score per round), ``steps`` (per round),
-        ``seconds`` (per round: its runs and scoring, compile included), ``clock`` (seconds since
-        the call began at the end of each of its rounds), ``grad_evals`` (its samplers' per-datum
-        gradient evaluations, all chains), ``status`` ("best", "eliminated in round r", "diverged
-        in round r").
-      budget, budget_kind: the budget and its unit (``"seconds"`` or ``"grads"``).
-      rounds: rounds run; ``exhausted``: the budget ran out before one candidate was left.
-      wall_time: seconds the call took; ``grad_evals``: the samplers' gradient evaluations, all
-        candidates (the scoring's are not counted).
-      positions: the winner's unconstrained positions at the end (leading axis chain);
-        :meth:`sample` goes on from there.
-      target: the Target that was tuned on.
-    """
-
-    best: dict
-    sampler: Any
-    table: list
-    family: str
-    budget: float
-    budget_kind: str
-    rounds: int
-    exhausted: bool
-    wall_time: float
-    grad_evals: float
-    positions: Any = dataclasses.field(default=None, repr=False)
-    target: Any = dataclasses.field(default=None, repr=False)
-
-    def sample(self, num_samples: int, *, seed: int = 1, **kwargs):
-        """Go on sampling with the winner from where its chains ended in the tuning (no burn-in
-        needed; ``num_chains`` as in the tuning): ``hb.sample(target, self.sampler, batch_size=
-        self.best["batch_size"], num_samples=..., init=<those positions>, **kwargs)``."""
-        if self.positions is None or self.target is None:
-            raise ValueError("this TuneResult keeps no chain positions or target to go on from")
-        run_target = dataclasses.replace(self.target, unconstrain=lambda values: values)
-        kwargs.setdefault("progress_bar", False)
-        return sample(run_target, self.sampler, batch_size=self.best["batch_size"], num_samples=num_samples,
-                      num_chains=int(np.shape(jax.tree.leaves(self.positions)[0])[0]), seed=seed,
-                      init=self.positions, **kwargs)
-
-    def rows(self) -> list:
-        """Flat rows: hyperparameters, ``rounds``, ``ksd_round1``..., ``steps``, ``seconds``,
-        ``grad_evals``, ``status``."""
-        width = max(len(r["ksd"]) for r in self.table)
-        out = []
-        for r in self.table:
-            row = {"candidate": r["candidate"], **r["hyperparameters"], "rounds": r["rounds"]}
-            row.update({f"ksd_round{j + 1}": (r["ksd"][j] if j < len(r["ksd"]) else float("nan")) for j in range(width)})
-            row.update(steps=int(sum(r["steps"])), seconds=float(sum(r["seconds"])), grad_evals=r["grad_evals"],
-                       status=r["status"])
-            out.append(row)
-        return out
-
-    def to_dataframe(self):
-        """The table as a pandas DataFrame (index: ``candidate``)."""
-        import pandas as pd
-
-        return pd.DataFrame(self.rows()).set_index("candidate")
-
-    def __repr__(self) -> str:
-        rows = self.rows()
-        cols = [c for c in rows[0] if c != "candidate"]
-        cells = [[_fmt(r[c]) for c in cols] for r in rows]
-        widths = [max(len(c), *(len(x[j]) for x in cells)) for j, c in enumerate(cols)]
-        unit = "s" if self.budget_kind == "seconds" else " gradient evaluations"
-        lines = [f"TuneResult({self.family}: best {self.best}; {len(rows)} candidates, {self.rounds} rounds, "
-                 f"budget {self.budget:g}{unit}, took {self.wall_time:.1f} s"
-                 + (", budget exhausted before one was left)" if self.exhausted else ")"),
-                 "  ".join(c.rjust(w) for c, w in zip(cols, widths))]
-        lines += ["  ".join(x.rjust(w) for x, w in zip(row, widths)) for row in cells]
-        return "\n".join(lines)
-
-
-def candidate_rows(arms, out) -> list:
-    rows = []
-    for i, arm in enumerate(arms):
-        scores = out["scores"][i]
-        if i == out["best"]:
-            status = "best"
-        elif arm.diverged:
-            status = f"diverged in round {len(scores)}"
-        elif i in out["eliminated"]:
-            status = f"eliminated in round {out['eliminated'][i]}"
-        else:
-            status = "left when the budget ran out"
-        rows.append({"candidate": i, "hyperparameters": {**arm.hyper, "batch_size": arm.batch_size},
-                     "rounds": len(scores), "ksd": list(scores), "steps": list(arm.round_steps),
-                     "seconds": list(arm.round_seconds), "clock": list(arm.clock), "grad_evals": arm.grad_evals,
-                     "status": status, "note": arm.note})
-    return rows
