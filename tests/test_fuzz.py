@@ -490,12 +490,20 @@ def test_hyperparameters(step, family, temperature, friction, on_divergence, num
     RAN["hyperparameters"] += 1
     CURRENT[0] = "hyperparameters"
     problems = []
-    if not step[1]:
+    # None is the automatic step size (and friction): chosen in warmup, at a constant T > 0 only.
+    t_value = temperature[0]
+    t_positive_constant = (temperature[2] and not callable(t_value) and np.ndim(t_value) == 0
+                           and float(t_value) > 0)
+    step_ok = step[1] or (step[0] is None and t_positive_constant)
+    friction_ok = friction[1] or (friction[0] is None and t_positive_constant)
+    if not step_ok:
         problems.append("step_size")
     if not temperature[2]:
         problems.append("temperature")
-    if family == "sghmc" and not friction[1]:
+    if family == "sghmc" and not friction_ok:
         problems.append("friction")
+    if (step[0] is None or (family == "sghmc" and friction[0] is None)) and not t_positive_constant:
+        problems.append("step_size")  # the automatic choice names the step size it needs
     sane = step[3] and temperature[3] and (family != "sghmc" or friction[3])
     target = gaussian_target(np.zeros((4, 1), np.float32), jnp.zeros(2))
 
@@ -1720,7 +1728,7 @@ FIXED = [
     ("empty-init", lambda: hb.sample(hb.models.from_logdensity(_lp, _ll, _D), hb.samplers.sgld(1e-3), init={},
                                      num_samples=2), ValueError, r"init has no arrays"),
     ("str-init", lambda: hb.sample(hb.models.from_logdensity(_lp, _ll, _D), hb.samplers.sgld(1e-3), init="abc",
-                                   num_samples=2), TypeError, r"init is not a numeric array"),
+                                   num_samples=2), ValueError, r"unknown init strategy 'abc'"),
     ("complex-init", lambda: hb.sample(_tiny(), hb.samplers.sgld(1e-3), init=jnp.ones(2) * 1j, num_samples=2),
      TypeError, r"init is complex"),
     ("partial-init-shape", lambda: hb.sample(INIT_TARGET, hb.samplers.sgld(1e-3), init={"a": np.ones(3)},

@@ -35,8 +35,12 @@ STRATEGIES = ("uniform", "median", "sample", "map")
 
 
 def _strip_deterministic(target, init):
-    """An init dict without the target's deterministic sites (e.g. a Result's or a MAP's values)."""
-    if not isinstance(init, dict):
+    """An init dict without the target's deterministic sites (e.g. a Result's or a MAP's values).
+
+    NumPyro targets only: their parameters are named by their sites, so a constrained name that
+    is not a parameter is a deterministic site. A plain target's constrained names may differ from
+    its parameters' (``b`` for ``log_b``): its ``unconstrain`` gets the dict as given."""
+    if not isinstance(init, dict) or target.prior_init is None:
         return init
     try:
         example = target.example_params()
