@@ -172,6 +172,10 @@ def test_score_fn_replaces_the_ksd(gaussian):
         ("sgld", {"step_size": [1e-3, 1e-4]}, {"budget_grads": 1e4}, "budget_grads=10000 is too small"),
         ("sgld", {"step_size": [1e-3]}, {"budget": 10, "num_chains": 0}, "num_chains must be a positive int"),
         ("sgld", {"step_size": [1e-3]}, {"budget": 10, "eta": 1}, "eta must be an int >= 2"),
+        ("sgld", {"step_size": [1e-3]}, {"budget": 10, "score_batch_size": 500}, "score_batch_size 500 exceeds"),
+        ("sgld", {"step_size": [1e-3]}, {"budget": 10, "score_batch_size": 0}, "score_batch_size must be"),
+        ("sghmc", {"step_size": [1e-3], "friction": [1.0]}, {"budget": 10, "sampler_kwargs": {"mass": -1.0}},
+         "mass"),
     ],
 )
 def test_bad_input_fails_before_running(gaussian, family, grid, kwargs, match):

@@ -153,6 +153,8 @@ def tune(model, sampler_family: str, grid, *, budget: Optional[float] = None, bu
         b = c.get("batch_size", batch_size)
         if b is not None and check_positive(b, "batch_size", integer=True) > target.num_data:
             raise ValueError(f"batch_size {b} exceeds the number of data rows {target.num_data}")
+    if score_batch_size is not None and check_positive(score_batch_size, "score_batch_size", True) > target.num_data:
+        raise ValueError(f"score_batch_size {score_batch_size} exceeds the number of data rows {target.num_data}")
     samplers = [build_sampler(sampler_family, c, sampler_kwargs) for c in cands]  # bad values fail here
     K = len(cands)
     rounds = max(1, math.ceil(math.log(K) / math.log(eta) - 1e-9))
