@@ -120,8 +120,13 @@ def test_log_likelihood_unavailable_or_too_big_is_said():
     ref = hb.models.reference("eight_schools_noncentered")  # full-batch only (latents in the data plate)
     target = hb.models.from_numpyro(ref.model, **ref.data)
     rng = np.random.default_rng(4)
-    r = _hand_built(target, {"mu": rng.normal(size=(1, 20)), "tau": np.exp(rng.normal(size=(1, 20))),
-                             "theta_trans": rng.normal(size=(1, 20, 8))})
+    draws = {"mu": rng.normal(size=(1, 20)), "tau": np.exp(rng.normal(size=(1, 20))),
+             "theta_trans": rng.normal(size=(1, 20, 8))}
+    # The bridge keeps the NumPyro model: numpyro.infer.log_likelihood serves full-batch models too.
+    assert "log_likelihood" in _hand_built(target, draws).to_arviz().groups()
+    # A target without its model (the memo dropped) has no row-wise likelihood to offer: said so.
+    target.__dict__["_heatbath_cache"].pop("numpyro_model", None)
+    r = _hand_built(target, draws)
     with pytest.warns(RuntimeWarning, match="no log_likelihood group.*full-batch only") as rec:
         idata = r.to_arviz()
     assert rec[0].filename == __file__
@@ -147,8 +152,8 @@ def test_get_samples_feeds_numpyro_predictive(run):
     # result.predictive(model, *args) is that call, regrouped by chain.
     mine = run.predictive(logistic, X, seed=0)
     np.testing.assert_array_equal(mine["y"].reshape(600, N), np.asarray(pred["y"]))
-    with pytest.raises(ValueError, match="does not know the NumPyro model"):
-        run.predictive()
+    # The bridge keeps the model, so predictive() with no model predicts the observed sites too.
+    assert run.predictive(seed=0)["y"].shape == (2, 300, N)
     # With the model kept, predictive() predicts the observed sites (not echoes them) and
     # to_arviz(posterior_predictive=True) stores them.
     kept = _with_model(run)
