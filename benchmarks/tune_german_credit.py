@@ -113,7 +113,7 @@ def compare_family(family, total=180.0, seed=0, grid=None, defaults=None, verbos
 
 
 def markdown(out) -> str:
-    lines = [f"{out['family']}: tuning {out['tune_seconds']:.0f} s, then the winner's run",
+    lines = [repr(out["tune"]), "", f"{out['family']}: tuning {out['tune_seconds']:.0f} s, then the winner's run",
              "| run | seconds | steps/chain | W2 (rms, ref sd) | max abs z | sd ratio |", "|---|---|---|---|---|---|"]
     for r in out["rows"]:
         lines.append(f"| {r['run']} | {r['seconds']:.0f} | {r['steps']} | {r['w2']:.3f} | {r['max_abs_z']:.3f} | "
