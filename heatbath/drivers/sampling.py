@@ -11,7 +11,7 @@ import numpy as np
 
 from heatbath.drivers import autotune
 from heatbath.drivers import centre as _centre
-from heatbath.drivers import initialize, inputs, loop, selfcheck
+from heatbath.drivers import federation, initialize, inputs, loop, selfcheck
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.cache import IdentityCache
@@ -122,6 +122,8 @@ def sample(
     """
     t_start = time.perf_counter()
     inputs.check_sampler(sampler)
+    batching = as_batching(batching)
+    data, batching = federation.resolve_shards(model_or_target, data, batching)
     target = inputs.as_target(model_or_target, data)
     num_samples = check_count(num_samples, "num_samples", 1)
     thinning = check_count(thinning, "thinning", 1)
@@ -139,11 +141,11 @@ def sample(
     check_choice(level, "checks", selfcheck.LEVELS)
     check_choice(on_divergence, "on_divergence", loop.DIVERGENCE_MODES)
     check_choice(keep, "keep", loop.KEEP_MODES)
-    batching = as_batching(batching)
     if swag_rank and keep != "moments":
         raise ValueError("swag_rank needs keep='moments'")
     inputs.check_target_for_gradients(target, batch_size)
     inputs.check_oracle_uses(target, sampler, batching)
+    sampler = federation.prepare(target, sampler, batching, jax.random.fold_in(seed_key(seed), 2**31 - 2))
     # Samplers that take several integrator steps per draw (SGHMC's num_steps_per_sample) get
     # them as driver-level thinning: every step draws its own minibatch.
     steps_per_draw = thinning * sampler.steps_per_draw
