@@ -121,6 +121,8 @@ def optimize(
         keys = jax.random.fold_in(master, 0)[None]
         positions = inputs.initial_positions(target, init, loop.fold_each(keys, 0), 1)
         inputs.check_init_finite(target, positions, target.data)
+        if getattr(optimizer, "check_start", None) is not None:  # a mirror map's domain, a prox's shapes
+            optimizer.check_start(target, positions)
         return optimize_from(target, optimizer, positions, keys, batch_size=batch_size, num_steps=num_steps,
                              trace_every=trace_every, chunk_size=chunk_size, progress_bar=progress_bar, ckpt=ckpt,
                              checkpoint_every=checkpoint_every, resuming=resuming, shard=shard, devices=devices,

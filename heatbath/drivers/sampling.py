@@ -174,6 +174,8 @@ def sample(
         positions, init_info = initialize.resolve(target, init, loop.fold_each(keys, 0), num_chains, batch_size,
                                                   default="map" if auto else "uniform")
         inputs.check_init_finite(target, positions, target.data)
+        if getattr(sampler, "check_start", None) is not None:  # e.g. a mirror map's domain (heatbath.samplers.bregman)
+            sampler.check_start(target, positions)
 
         spec, centre, map_cost, map_compile = _centre.resolve(
             target, sampler.gradient, positions, master, batch_size, ckpt if resuming else None, record=ckpt

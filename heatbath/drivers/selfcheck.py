@@ -207,7 +207,8 @@ def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed
                             "the gradient noise (or the step too large); raise friction or batch_size, or lower the "
                             "step size (or leave them to heatbath: step_size=None, friction=None)")
     if level == "full" and T and T > 0:
-        if result.unconstrained is not None:
+        # The configurational temperature reads grad log p only: not the law of a target with a nonsmooth g.
+        if result.unconstrained is not None and result.target.nonsmooth is None:
             conf = _configurational(result.target, result.unconstrained, chains, jax.random.fold_in(seed_key, 1))
             checks.update(conf)
             if conf:

@@ -47,6 +47,7 @@ sequential calls would. Compiled code runs without it.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Callable
 
@@ -108,9 +109,25 @@ def from_numpyro(model: Callable, *model_args, **model_kwargs) -> Target:
     DataFrames. A model with no data plate, with latent sites inside it, or whose minibatches
     would not be unbiased (see the module docstring) gets a target that runs full-batch and
     says why it cannot be minibatched if asked to. Thread-safe (:data:`TRACE_LOCK`).
+
+    ``nonsmooth=`` (a :class:`heatbath.kernels.gradients.Nonsmooth`, e.g. from
+    :mod:`heatbath.kernels.prox`) is heatbath's keyword, never passed to the model: a convex
+    term g on the *unconstrained* parameters (a dict site -> array; ``prox.sites(w=...)``
+    picks sites), making the target exp(log p - g) for the Bregman samplers
+    (:mod:`heatbath.samplers.bregman`); its prox is checked against the sites' shapes here.
     """
+    nonsmooth = model_kwargs.pop("nonsmooth", None)
     with TRACE_LOCK:
-        return _from_numpyro(model, model_args, model_kwargs)
+        target = _from_numpyro(model, model_args, model_kwargs)
+    if nonsmooth is None:
+        return target
+    from heatbath.kernels import prox as _prox
+    from heatbath.models.target import _check_nonsmooth
+
+    _prox.check(_check_nonsmooth(nonsmooth), target.example_params(), where="the model's unconstrained sites")
+    out = dataclasses.replace(target, nonsmooth=nonsmooth)
+    out.memo("numpyro_model", lambda: target.memo("numpyro_model", lambda: None))
+    return out
 
 
 def _from_numpyro(model, model_args, model_kwargs) -> Target:

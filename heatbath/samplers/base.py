@@ -26,7 +26,9 @@ oracle beyond the gradient: ``"nonsmooth"`` (it handles the target's nonsmooth t
 drivers refuse a target with g for a sampler that would silently ignore it) and
 ``"batch_info"`` (it scales the likelihood itself from the batcher's info, as a federated
 sampler does; the drivers refuse federated rounds with probabilities other than N_s / N for
-a sampler whose N/n scaling would then be biased).
+a sampler whose N/n scaling would then be biased). ``check_start(target, positions)``, when
+set, is called by ``hb.sample`` and ``hb.optimize`` on the starting positions before compiling
+(the Bregman samplers: the mirror map's domain and the nonsmooth term's prox shapes).
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ class Sampler(NamedTuple):
     # ``hb.sample`` measures the curvature and the gradient noise and rebuilds the sampler
     # (see heatbath.drivers.autotune); a loop refuses a sampler with anything left here.
     auto: tuple = ()
+    # check_start(target, positions) -> None: raises a ValueError when the chains' starting
+    # positions (leading axis: chains) or the target do not suit the sampler (a mirror map's
+    # domain, the shape of the target's prox); the drivers call it before compiling.
+    check_start: Callable | None = None
 
 
 class Info(NamedTuple):
