@@ -29,7 +29,7 @@ from heatbath.drivers.cost import grad_evals_per_chain, num_refreshes  # noqa: F
 from heatbath.drivers.keys import chain_keys, fold_each  # noqa: F401 - re-exported
 from heatbath.drivers.divergence import finite_log_density, flag_lookahead
 from heatbath.drivers.cache import IdentityCache
-from heatbath.drivers.placement import place, shardings
+from heatbath.drivers.placement import place, shardings, to_host
 from heatbath.drivers.progress import Progress, tick
 from heatbath.kernels import tree as _tree
 from heatbath.kernels.gradients import Estimator, Oracle
@@ -384,7 +384,7 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
             (carry, acc), out = chunk_fn(carry, acc, shared_est, data, jnp.int32(done_steps))
             done_steps += length * steps
             if is_draws:
-                values, info = jax.device_get(out)
+                values, info = to_host(out)
                 draws.add(values)
                 infos.add(info)
                 pending.append((j, (values, info)))
@@ -399,7 +399,8 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
             progress.set(done_steps)
             last = j + 1 == len(segments) or interrupt.requested
             if ckpt is not None and ((j + 1) % cfg.checkpoint_every == 0 or last):
-                previous = ckpt.commit(j + 1, (carry, acc, shared_est, host), pending, previous, cfg.extra_state)
+                previous = ckpt.commit(j + 1, to_host((carry, acc, shared_est, host)), pending, previous,
+                                       cfg.extra_state)
                 pending = []
             j += 1
             if interrupt.requested and j < len(segments):
@@ -408,7 +409,9 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     moments_out = None
     if moments:
         moments_out = {"count": host["count"], "mean": host["mean"], "m2": host["m2"],
-                       "ring": jax.device_get(acc["ring"])}
+                       "ring": to_host(acc["ring"])}
     stopped = j < len(segments)
+    if places is not None and not places[0].is_fully_addressable:
+        carry = to_host(carry)  # spread over several processes: every process gets the final states
     return RunOut(draws.result(), flag_lookahead(infos.result()), carry, compile_time, moments_out,
                   cfg.extra_state, stopped, done_steps)

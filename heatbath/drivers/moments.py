@@ -70,6 +70,12 @@ def host_moments(acc):
     return {"count": np.zeros((), np.int64), "mean": zeros, "m2": jax.tree.map(np.copy, zeros)}
 
 
+def _to_host(tree):
+    from heatbath.drivers.placement import to_host
+
+    return to_host(tree)
+
+
 def merge_moments(host, acc):
     """Fold one chunk's device moments into the host's (Chan, Golub & LeVeque 1979), then zero
     the device's count, mean and M2 (the SWAG ring buffer carries on)."""
@@ -78,8 +84,8 @@ def merge_moments(host, acc):
         return host, acc
     na = int(host["count"])
     n = na + nb
-    mean_b = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(acc["mean"]))
-    m2_b = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(acc["m2"]))
+    mean_b = jax.tree.map(lambda x: np.asarray(x, np.float64), _to_host(acc["mean"]))
+    m2_b = jax.tree.map(lambda x: np.asarray(x, np.float64), _to_host(acc["m2"]))
     delta = jax.tree.map(lambda mb, ma: mb - ma, mean_b, host["mean"])
     mean = jax.tree.map(lambda ma, d: ma + d * (nb / n), host["mean"], delta)
     m2 = jax.tree.map(lambda qa, qb, d: qa + qb + d * d * (na * nb / n), host["m2"], m2_b, delta)

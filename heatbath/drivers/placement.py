@@ -3,7 +3,9 @@
 The same compiled loop runs on one device or many: the carry (chains) or the data rows get
 a ``NamedSharding`` over a one-axis mesh and XLA partitions the scan. With ``shard="data"``
 a minibatch is a masked local gather plus one all-reduce, and full-data gradients are
-sharded reductions.
+sharded reductions. Across several processes (``jax.distributed.initialize`` on each, then
+the same program everywhere) the mesh spans every process's devices: :func:`place` builds the
+global arrays from each process's own slices and :func:`to_host` gathers results back.
 """
 
 from __future__ import annotations
@@ -13,11 +15,47 @@ from typing import Optional
 import jax
 import numpy as np
 
-__all__ = ["shardings", "place"]
+__all__ = ["shardings", "place", "to_host"]
 
 
 def place(tree, sharding):
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+    """``tree`` on ``sharding``. Across several processes (``jax.distributed``) every process
+    holds the same full values (the same seed, data and program), and each builds the global
+    array from the slices its own devices own."""
+    if sharding.is_fully_addressable:
+        return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x
+        if _is_key(x):  # typed PRNG keys: placed as their key data
+            data = one(jax.random.key_data(x))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(one, tree)
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def to_host(tree):
+    """``jax.device_get``, also for arrays spread over several processes (gathered to every
+    process with ``multihost_utils.process_allgather``)."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            if _is_key(x):
+                data = multihost_utils.process_allgather(jax.random.key_data(x), tiled=True)
+                return jax.random.wrap_key_data(np.asarray(data), impl=jax.random.key_impl(x))
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return x if _is_key(x) else jax.device_get(x)
+
+    return jax.tree.map(one, tree)
 
 
 def shardings(shard: Optional[str], devices, num_chains: int, num_data: int):
