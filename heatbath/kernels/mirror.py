@@ -39,7 +39,8 @@ Parameters (m, beta, a, b) are scalars or pytrees like the position (:func:`heat
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import hashlib
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,20 +55,24 @@ __all__ = ["MirrorMap", "euclidean", "hypentropy", "burg", "simplex", "box", "br
            "check_domain", "as_mirror"]
 
 
-class MirrorMap(NamedTuple):
-    """A Legendre function phi with its gradient, conjugate gradient and Hessian pieces."""
+class MirrorMap:
+    """A Legendre function phi with its gradient, conjugate gradient and Hessian pieces.
 
-    kind: str
-    params: dict
-    value: Callable
-    grad: Callable
-    grad_conj: Callable
-    hess: Callable
-    hess_sqrt: Callable
-    inside: Callable
-    describe: str
-    separable: bool = True
-    zero_inside: bool = True
+    A plain immutable object (not a NamedTuple): its ``repr`` names the map and its
+    parameters by value (a digest for large arrays), which is what checkpoint settings record.
+    """
+
+    __slots__ = ("kind", "params", "value", "grad", "grad_conj", "hess", "hess_sqrt", "inside", "describe",
+                 "separable", "zero_inside")
+
+    def __init__(self, kind, params, value, grad, grad_conj, hess, hess_sqrt, inside, describe, separable=True,
+                 zero_inside=True):
+        for name, v in zip(self.__slots__, (kind, params, value, grad, grad_conj, hess, hess_sqrt, inside, describe,
+                                            separable, zero_inside)):
+            object.__setattr__(self, name, v)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("a MirrorMap is immutable")
 
     def __repr__(self) -> str:  # stable: checkpoint settings record the sampler's hyperparameters
         args = ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
@@ -82,8 +87,11 @@ class MirrorMap(NamedTuple):
 def _short(v):
     if tree._is_scalar(v):
         return f"{float(v):g}"
-    leaves = jax.tree.leaves(v)
-    return f"<{len(leaves)} array(s), shapes {[tuple(np.shape(x)) for x in leaves]}>"
+    leaves = [np.asarray(x) for x in jax.tree.leaves(v)]
+    if sum(x.size for x in leaves) <= 16:
+        return repr(jax.tree.map(lambda x: np.asarray(x).tolist(), v))
+    digest = hashlib.blake2b(b"".join(np.ascontiguousarray(x).tobytes() for x in leaves), digest_size=8).hexdigest()
+    return f"<{len(leaves)} array(s) {[x.shape for x in leaves]} {digest}>"
 
 
 def _leafwise_fn(fn, params: dict):
