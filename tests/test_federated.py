@@ -195,7 +195,8 @@ def test_shards_as_a_list_as_ids_and_as_a_numpyro_argument_give_the_same_run():
     np.testing.assert_array_equal(a.stats["steps_served"][:, -1].sum(-1), 20)
 
 
-@pytest.mark.parametrize("local", ["psgld", pytest.param("sghmc", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("local", ["psgld", "sghmc"])
 def test_other_local_samplers_run_the_rounds(local):
     t, ids = _target()
     sampler = hb.samplers.fsgld(1e-3, local="psgld") if local == "psgld" else \
