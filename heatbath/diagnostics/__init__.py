@@ -8,10 +8,13 @@
 - :mod:`~heatbath.diagnostics.distances`: ``w2_gaussian``, ``w2`` (exact 1-D / sliced),
   ``mmd``, ``energy_distance``.
 - :mod:`~heatbath.diagnostics.compare`: ``compare`` draws with a reference posterior.
+- :mod:`~heatbath.diagnostics.bdl_metrics`: accuracy, NLL, Brier, ECE and reliability
+  diagrams, predictive entropy, OOD AUROC, agreement and total variation against a reference.
 - :mod:`~heatbath.diagnostics.reference`: ``reference`` (diagnosed NUTS reference moments for
   any model), ``Reference``, ``ReferenceCheckError``.
 """
 
+from heatbath.diagnostics import bdl_metrics
 from heatbath.diagnostics.arviz import to_arviz
 from heatbath.diagnostics.compare import Comparison, compare
 from heatbath.diagnostics.convergence import NESTED_RHAT_THRESHOLD, ess, nested_rhat, nested_rhat_threshold, rhat
@@ -20,6 +23,7 @@ from heatbath.diagnostics.reference import Reference, ReferenceCheckError, refer
 from heatbath.diagnostics.stein import FSSD, fssd, ksd, ksd_result, scores, stochastic_ksd
 
 __all__ = [
+    "bdl_metrics",
     "to_arviz",
     "reference",
     "Reference",
