@@ -460,6 +460,8 @@ def test_doubly_stochastic_minibatch_fbgvi():
     assert q.hvp_calls == 1500 * 2 * 3
 
 
+# slow: 3 structured fits of a 200-weight network
+@pytest.mark.slow
 def test_structured_variants_on_a_small_bayesian_neural_network():
     """A one-hidden-layer classifier (d = 141) with minibatches of 50 out of 500: the diagonal and
     the low-rank (r = 5) variants run doubly stochastic, keep S positive definite, and raise the

@@ -307,6 +307,8 @@ def test_batch_larger_than_data_and_bad_arguments(y):
         )
 
 
+# slow: a subprocess with 2 devices (device equality is also tested in test_reliability and test_spine)
+@pytest.mark.slow
 def test_parallel_chains_on_two_devices():
     # chain_method="parallel" pmaps init and sample when there are enough devices; the
     # control-variate MAP search then runs eagerly inside init. Draws equal the sequential ones.

@@ -30,7 +30,8 @@ def run(ref, sampler, steps, seed=0, batching="uniform"):
     [
         ("sgld", hb.samplers.sgld(1e-4), 0.25, 0.9, 1.2),
         ("sgld-cv", hb.samplers.sgld(4e-4, gradient="cv"), 0.15, 0.9, 1.1),
-        ("sgld-reshuffle", hb.samplers.sgld(1e-4), 0.25, 0.9, 1.2),
+        # reshuffling: also the slow 100k-step tests below
+        pytest.param("sgld-reshuffle", hb.samplers.sgld(1e-4), 0.25, 0.9, 1.2, marks=pytest.mark.slow),
     ],
 )
 def test_german_credit_bars_short(german, name, sampler, z_max, lo, hi):
@@ -48,7 +49,8 @@ def test_german_credit_bars_short(german, name, sampler, z_max, lo, hi):
         ("sgld-cv", hb.samplers.sgld(4e-4, gradient="cv"), 0.15, 0.9, 1.1),
         ("psgld", hb.samplers.psgld(5e-3), 0.25, 0.9, 1.2),
         ("sgld-svrg", hb.samplers.sgld(4e-4, gradient=hb.kernels.gradients.svrg(1000)), 0.15, 0.9, 1.1),
-        ("sgld-reshuffle", hb.samplers.sgld(1e-4), 0.25, 0.9, 1.2),
+        # reshuffling: also the slow 100k-step tests below
+        pytest.param("sgld-reshuffle", hb.samplers.sgld(1e-4), 0.25, 0.9, 1.2, marks=pytest.mark.slow),
     ],
 )
 @pytest.mark.parametrize("seed", [0, 1])
