@@ -18,6 +18,7 @@ from heatbath.drivers.cache import IdentityCache
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.settings import open_checkpoint
 from heatbath.kernels import tree as _tree
+from heatbath.models.target import Target
 from heatbath.kernels.validate import check_bool, check_count, seed_key
 from heatbath.vi.base import FitRun, VIMethod
 
@@ -117,7 +118,11 @@ def fit(
         raise TypeError(f"hb.fit got unknown option(s) {sorted(unknown)} for {method.name}; it takes "
                         f"{sorted(method.options_defaults)}")
     options = {**method.options_defaults, **options}
-    target = inputs.as_target(model_or_target, data)
+    if method.bind is not None and callable(model_or_target) and not isinstance(model_or_target, Target):
+        # A method that runs the model itself (programmable VI) builds its own target.
+        target, method = method.bind(model_or_target, *inputs.model_arguments(data))
+    else:
+        target = inputs.as_target(model_or_target, data)
     batch_size = check_count(batch_size, "batch_size", 1, allow_none=True)
     chunk_size = check_count(chunk_size, "chunk_size", 1, allow_none=True)
     progress_bar = check_bool(progress_bar, "progress_bar")

@@ -18,7 +18,7 @@ from heatbath.models.target import Target
 from heatbath.samplers.base import Sampler
 from heatbath.vi.base import VIMethod
 
-__all__ = ["as_target", "check_total_steps", "check_centre", "check_target_for_gradients", "check_sampler",
+__all__ = ["as_target", "model_arguments", "check_total_steps", "check_centre", "check_target_for_gradients", "check_sampler",
            "initial_positions", "check_init_finite", "default_init", "numpyro_target", "check_oracle_uses",
            "TARGETS"]
 
@@ -34,21 +34,26 @@ def as_target(model_or_target, data=None) -> Target:
     if isinstance(model_or_target, Target):
         return model_or_target if data is None else model_or_target.with_data(data)
     if callable(model_or_target):
-        if data is None:
-            args, kwargs = (), {}
-        elif isinstance(data, dict):
-            args, kwargs = (), data
-        elif isinstance(data, (tuple, list)):
-            args, kwargs = tuple(data), {}
-        else:
-            raise TypeError(
-                "data for a NumPyro model must be a dict of keyword arguments or a tuple of positional ones, "
-                f"got {type(data).__name__}"
-            )
+        args, kwargs = model_arguments(data)
         return numpyro_target(model_or_target, args, kwargs)
     raise TypeError(
         "expected a NumPyro model (a callable) or a heatbath Target (hb.models.from_numpyro / "
         f"from_logdensity), got {type(model_or_target).__name__}"
+    )
+
+
+def model_arguments(data) -> tuple:
+    """(args, kwargs) of a NumPyro model from ``data``: a dict of keyword arguments or a tuple of
+    positional ones (None: no arguments)."""
+    if data is None:
+        return (), {}
+    if isinstance(data, dict):
+        return (), data
+    if isinstance(data, (tuple, list)):
+        return tuple(data), {}
+    raise TypeError(
+        "data for a NumPyro model must be a dict of keyword arguments or a tuple of positional ones, "
+        f"got {type(data).__name__}"
     )
 
 

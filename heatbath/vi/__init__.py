@@ -11,6 +11,7 @@ A new method implements :class:`heatbath.vi.base.VIMethod` (see its module docst
 from heatbath.vi import base, gaussian
 from heatbath.vi.base import Approximation, FitRun, VIMethod
 from heatbath.vi.gaussian import Gaussian, bwsgd, fbgvi
+from heatbath.vi import programmable  # a callable package: hb.vi.programmable(objective, guide, ...)
 from heatbath.vi.laplace import SWAG, Laplace, laplace, swag
 
-__all__ = ["base", "gaussian", "laplace", "Laplace", "swag", "SWAG", "fbgvi", "bwsgd", "Gaussian", "VIMethod", "FitRun", "Approximation"]
+__all__ = ["base", "gaussian", "laplace", "Laplace", "swag", "SWAG", "fbgvi", "bwsgd", "Gaussian", "VIMethod", "FitRun", "Approximation", "programmable"]

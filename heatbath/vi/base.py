@@ -18,6 +18,11 @@ drivers' one loop runs it (minibatches, gradient estimators, checkpoints, shardi
   step's batch: the drivers turn it into per-datum costs.
 - ``finalize(run: FitRun, options) -> approximation``: builds what ``hb.fit`` returns from the
   run (its final state and the state and info at every trace point).
+- ``bind`` (optional): ``bind(model, args, kwargs) -> (target, method)`` for a method that runs
+  the NumPyro model itself rather than the bridge's latent-parameter target (programmable VI:
+  guide params, local latent variables in the data plate, discrete latent sites). ``hb.fit``
+  calls it instead of building the bridge's target when given a model (not a Target), and runs
+  the returned method on the returned target.
 
 The approximation follows the :class:`Approximation` protocol: ``sample(key, num)`` (a dict of
 constrained draws, like one chain of ``Result.samples``), ``to_arviz()``, and ``mean`` /
@@ -49,6 +54,7 @@ class VIMethod(NamedTuple):
     steps_per_draw: int = 1
     gradient_at_position: bool = False  # gradients at draws of q, not at state.position
     uses: tuple = ()  # what the method reads from the oracle beyond the gradient (see Sampler.uses)
+    bind: Optional[Callable] = None  # (model, args, kwargs) -> (target, method): see the module docstring
 
 
 class FitRun(NamedTuple):
