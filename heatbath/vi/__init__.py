@@ -8,10 +8,10 @@ Run a method with :func:`heatbath.fit`::
 A new method implements :class:`heatbath.vi.base.VIMethod` (see its module docstring).
 """
 
-from heatbath.vi import base, gaussian
+from heatbath.vi import base, gaussian, sde
 from heatbath.vi.base import Approximation, FitRun, VIMethod
 from heatbath.vi.gaussian import Gaussian, bwsgd, fbgvi
 from heatbath.vi import programmable  # a callable package: hb.vi.programmable(objective, guide, ...)
 from heatbath.vi.laplace import SWAG, Laplace, laplace, swag
 
-__all__ = ["base", "gaussian", "laplace", "Laplace", "swag", "SWAG", "fbgvi", "bwsgd", "Gaussian", "VIMethod", "FitRun", "Approximation", "programmable"]
+__all__ = ["base", "gaussian", "laplace", "Laplace", "swag", "SWAG", "sde", "fbgvi", "bwsgd", "Gaussian", "VIMethod", "FitRun", "Approximation", "programmable"]
