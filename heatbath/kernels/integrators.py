@@ -313,7 +313,8 @@ class Cache(NamedTuple):
     valid: jax.Array
 
 
-def build(split: Splitting, *, noiseless: bool = False, noise: _noise.NoiseSource | None = None) -> Callable:
+def build(split: Splitting, *, noiseless: bool = False, noise: _noise.NoiseSource | None = None,
+          fuse: bool = False) -> Callable:
     """The step function of a splitting.
 
     Returns ``integrate(key, position, momentum, cache, batch, grad_fn, h, friction, mass,
@@ -328,13 +329,31 @@ def build(split: Splitting, *, noiseless: bool = False, noise: _noise.NoiseSourc
     at the current position and returns the position and momentum unchanged with a valid
     cache. This is written with ``jnp.where`` on the evaluation point and on the result, so a
     step always costs ``split.grads_per_step`` gradients, also under ``vmap``.
+
+    ``fuse=True``: one draw per run of consecutive O/E pieces (:mod:`heatbath.kernels.integrators_fused`). Each piece
+    is a linear Gaussian map r <- d r + s xi, and two in a row are one such map (d2 d1,
+    sqrt(d2^2 s1^2 + s2^2)) with the same conditional law, so a run costs one draw. A word that
+    ends and starts with O/E (``"OBABO"``, ``"OABAO"``) ends each step with its tail composed
+    with the NEXT step's lead (at the next step's h, C, T: ``integrate(...,
+    next_params=(h, friction, temperature))``), and starts each step without its lead, which is
+    already applied: O does not move the position, so the law of the chain of positions is
+    unchanged (OBABO becomes BAB O(h) after a first O(h/2), which is Lie-Trotter's word) while
+    the momentum is recorded one lead later. An FSAL word's priming step applies the next
+    lead to the unchanged momentum (same draw); a non-FSAL word needs it applied once before
+    the first step (``integrators_fused.lead_update``, called by the sampler's ``init``).
     """
     pieces = split.pieces
     fsal = split.fsal
     source = _noise.as_noise(noise)
 
-    def integrate(key, position, momentum, cache, batch, grad_fn, h, friction, mass, inv_mass, temperature):
-        num_noise = sum(1 for letter, _ in pieces if letter in "OE")
+    if fuse:
+        from heatbath.kernels import integrators_fused
+
+        return integrators_fused.build_fused(split, noiseless=noiseless, noise=noise)
+    num_noise = sum(1 for letter, _ in split.pieces if letter in "OE")
+
+    def integrate(key, position, momentum, cache, batch, grad_fn, h, friction, mass, inv_mass, temperature,
+                  next_params=None):
         noises = [None] * num_noise if noiseless else source.draws(key, momentum, num_noise)
         start_position, start_momentum = position, momentum
         if fsal:

@@ -68,6 +68,7 @@ import numpy as np
 
 from heatbath.kernels import validate as _validate
 from heatbath.kernels import integrators as _integrators
+from heatbath.kernels import integrators_fused as _fused
 from heatbath.kernels import schedules as _schedules
 from heatbath.kernels import noise as _noise
 from heatbath.kernels import tree
@@ -196,11 +197,13 @@ def _noise_temperature(T, h, C, V, position):
 
 
 def build_kernel(split: _integrators.Splitting, step_size, friction, temperature, mass, gradient_noise,
-                 num_steps_per_sample: int, resample_momentum: bool, noise=None):
+                 num_steps_per_sample: int, resample_momentum: bool, noise=None, fuse_noise: bool = False):
     """The SGHMC transition for validated schedules and a validated mass / gradient noise; the
-    O/E increments come from ``noise`` (:mod:`heatbath.kernels.noise`, default Brownian)."""
+    O/E increments come from ``noise`` (:mod:`heatbath.kernels.noise`, default Brownian);
+    ``fuse_noise``: one draw per run of O/E pieces (:mod:`heatbath.kernels.integrators_fused`)."""
     noiseless = _schedules.is_constant(temperature) == 0.0
-    integrate = _integrators.build(split, noiseless=noiseless, noise=noise)
+    integrate = _integrators.build(split, noiseless=noiseless, noise=noise, fuse=fuse_noise)
+    needs_next = fuse_noise and bool(_fused.fused_boundary(split)[0])
 
     def step(key, state: SGHMCState, batch, grad_fn):
         position = state.position
@@ -213,8 +216,13 @@ def build_kernel(split: _integrators.Splitting, step_size, friction, temperature
         if resample_momentum:
             key_int, momentum = restart_momentum(key, state, M, T, noiseless, num_steps_per_sample)
         cache = state.cache if split.fsal else None
+        next_params = None
+        if needs_next:  # the next step's lead is applied at the end of this one
+            step1 = state.step + 1
+            h1, T1, C1 = step_size(step1), temperature(step1), friction(step1)
+            next_params = (h1, jax.tree.map(lambda p: C1, position), _noise_temperature(T1, h1, C1, V, position))
         new_pos, new_mom, cache, lp, g = integrate(
-            key_int, position, momentum, cache, batch, grad_fn, h, C_tree, M, inv_M, T_noise
+            key_int, position, momentum, cache, batch, grad_fn, h, C_tree, M, inv_M, T_noise, next_params=next_params
         )
         diverging = jnp.logical_not(jnp.logical_and(tree.all_finite(new_pos), tree.all_finite(new_mom)))
         info = SGHMCInfo(h, T, tree.norm(g), lp, diverging, _integrators.kinetic_energy(new_mom, inv_M))
@@ -235,6 +243,7 @@ def sghmc(
     resample_momentum: bool = False,
     gradient=None,
     noise=None,
+    fuse_noise: bool = False,
 ) -> Sampler:
     """Stochastic-gradient HMC with a splitting integrator (Chen et al. 2014; Franzese et al. 2022).
 
@@ -280,6 +289,13 @@ def sghmc(
       gradient: the gradient estimator (``"naive"``, ``"cv"`` or a spec from
         :mod:`heatbath.kernels.gradients`).
       noise: the source of the O/E increments (:mod:`heatbath.kernels.noise`; default Brownian).
+      fuse_noise: one noise draw per run of consecutive O/E pieces, the run across the step
+        boundary included (:mod:`heatbath.kernels.integrators_fused`): ``"obabo"`` and
+        ``"OABAO"`` draw once per step instead of twice, ``"BOOBA"`` likewise. The composed
+        O is exact, so the law of the chain of positions is unchanged; the momentum (and
+        ``kinetic_energy``) is recorded after the next step's leading O (for OBABO: Lie-Trotter's
+        momentum). Other draws than the default's (off, so the default stays bit for bit);
+        not with ``resample_momentum``.
 
     Returns:
       A :class:`Sampler`. Its info adds ``kinetic_energy`` (r^T M^-1 r / 2, whose mean is
@@ -304,9 +320,25 @@ def sghmc(
                     f"got {hv * cv / mmin:g}; lower the step size or the friction, or use an exact-O integrator"
                 )
     noiseless = _schedules.is_constant(T) == 0.0
+    fuse_noise = _validate.check_bool(fuse_noise, "fuse_noise")
+    if fuse_noise and resample_momentum:
+        raise ValueError("fuse_noise=True applies the next step's leading O at the end of a step, which a "
+                         "momentum redrawn at its start (resample_momentum=True) would discard; use one of the two")
+    lead_first = fuse_noise and not split.fsal and bool(_fused.fused_boundary(split)[0])
 
     def init(position, key=None):
+        key_lead = None
+        if lead_first and key is not None:
+            key, key_lead = jax.random.split(key)
         momentum = initial_momentum(position, key, M, V, T, noiseless)
+        if lead_first:  # a fused non-FSAL word: the first step finds its lead applied
+            zero = jnp.zeros((), jnp.int32)
+            h0, T0, C0 = h(zero), T(zero), C(zero)
+            Mt = tree.leafwise(M, position, "mass")
+            momentum = _fused.lead_update(
+                key_lead, split, momentum, h0, jax.tree.map(lambda p: C0, position), Mt,
+                jax.tree.map(lambda m: 1.0 / m, Mt), _noise_temperature(T0, h0, C0, V, position), noiseless,
+                _noise.as_noise(noise))
         step0 = jnp.zeros((), jnp.int32)
         if split.fsal:
             lp0 = jnp.zeros((), jnp.result_type(float))
@@ -317,10 +349,10 @@ def sghmc(
 
     hyper = dict(step_size=step_size, friction=friction, integrator=integrator, mass=mass, temperature=temperature,
                  num_steps_per_sample=k, gradient_noise=gradient_noise, resample_momentum=resample_momentum,
-                 gradient=spec, noise=noise)
+                 gradient=spec, noise=noise, **({"fuse_noise": True} if fuse_noise else {}))
     return make_sampler(
         sghmc, hyper, base_name="sghmc" if split.name == "euler" else f"sghmc-{split.name}", init=init,
-        step=build_kernel(split, h, C, T, M, V, k, resample_momentum, _noise.as_noise(noise)),
+        step=build_kernel(split, h, C, T, M, V, k, resample_momentum, _noise.as_noise(noise), fuse_noise),
         gradient=spec, temperature=T, grads_per_step=float(split.grads_per_step), steps_per_draw=k,
         gradient_at_position=split.gradient_at_start, auto=auto,
     )
