@@ -38,46 +38,120 @@ def grad_f(w):  # gradient of f = -log p (full data), by hand
     return w - X.T.astype(np.float64) @ (Y - p)
 
 
-def test_t0_myula_is_gradient_descent_on_the_moreau_envelope():
-    w0 = np.array([0.5, -0.3, 0.02, 1.5])
-    h, lam, n = 0.01, 0.02, 25
-    res = hb.optimize(logistic(prox.l1(A)), hb.samplers.myula(h, lam, temperature=0.0), num_steps=n, init=w0,
-                      progress_bar=False, check=False)
-    w = w0.copy()
-    for _ in range(n):  # a plain implementation: w - h grad f - (h / lam)(w - soft(w, lam a))
-        soft = np.sign(w) * np.maximum(np.abs(w) - lam * A, 0)
-        w = w - h * grad_f(w) - (h / lam) * (w - soft)
-    np.testing.assert_allclose(np.asarray(res.params), w, rtol=2e-5, atol=2e-6)
+W0 = np.array([0.5, -0.3, 0.02, 1.5])
 
 
-def test_t0_bmumla_is_mirror_descent_on_the_bregman_moreau_envelope():
-    w0 = np.array([0.5, -0.3, 0.02, 1.5])
-    beta, sigma = np.array([0.5, 1.0, 2.0, 0.7]), 0.8
-    h, lam, n = 0.01, 0.05, 25
-    s = hb.samplers.bmumla(h, lam, mirror=mirror.hypentropy(beta.astype(np.float32)),
-                           prox=mirror.hypentropy(sigma), temperature=0.0)
-    res = hb.optimize(logistic(prox.l1(A)), s, num_steps=n, init=w0, progress_bar=False, check=False)
-    w = w0.copy()
-    for _ in range(n):  # Lau & Liu's update at T = 0, written out
-        thr = sigma * np.sinh(lam * A)
-        p = np.where(w > thr, sigma * np.sinh(np.arcsinh(w / sigma) - lam * A),
-                     np.where(w < -thr, sigma * np.sinh(np.arcsinh(w / sigma) + lam * A), 0.0))
-        env = (w - p) / (lam * np.sqrt(w ** 2 + sigma ** 2))
-        w = beta * np.sinh(np.arcsinh(w / beta) - h * (grad_f(w) + env))
-    np.testing.assert_allclose(np.asarray(res.params), w, rtol=2e-5, atol=2e-6)
+def iterates(target, sampler, n, w0=W0):
+    """The first n iterates of a T = 0 run (every step recorded; w0 None: the default init), float64."""
+    init = None if w0 is None else np.asarray(w0, np.float32)[None]
+    r = hb.sample(target, sampler, num_samples=n, init=init, seed=0, progress_bar=False, checks="off")
+    return np.asarray(r.samples["theta"][0], np.float64)
 
 
-def test_t0_limit_is_within_o_lam_of_the_proximal_gradient_minimiser():
-    """The smoothed objective's minimiser approaches argmin f + g (plain proximal gradient) as lam -> 0."""
-    w = np.zeros(D)
-    for _ in range(3000):  # ISTA on f + sum a |w|
-        z = w - 0.05 * grad_f(w)
-        w = np.sign(z) * np.maximum(np.abs(z) - 0.05 * A * 0.3, 0)
-    lam = 0.01
-    res = hb.optimize(logistic(prox.l1(0.3 * A)), hb.samplers.myula(lam / 4, lam, temperature=0.0),
-                      num_steps=4000, init=np.zeros(D), progress_bar=False, check=False)
-    err = np.max(np.abs(np.asarray(res.params) - w))
-    assert err < 3 * lam * np.max(0.3 * A), err  # |a| lam-sized shifts of the thresholds
+def soft(z, t):
+    return np.sign(z) * np.maximum(np.abs(z) - t, 0)
+
+
+def hyp_l1_prox(z, t, beta):
+    """The Bregman prox of t |.| under hypentropy(beta), written out (0 in the middle)."""
+    thr = beta * np.sinh(t)
+    return np.where(z > thr, beta * np.sinh(np.arcsinh(z / beta) - t),
+                    np.where(z < -thr, beta * np.sinh(np.arcsinh(z / beta) + t), 0.0))
+
+
+def lasso_minimiser(a, bound=None):
+    """argmin f + sum a |w| (over |w| <= bound) by scipy's L-BFGS-B on w = u - v, u, v >= 0."""
+    from scipy.optimize import minimize
+
+    def obj(uv):
+        w = uv[:D] - uv[D:]
+        z = X.astype(np.float64) @ w
+        val = 0.5 * w @ w - Y @ z + np.sum(np.logaddexp(0, z)) + a @ (uv[:D] + uv[D:])
+        g = grad_f(w)
+        return val, np.concatenate([g + a, -g + a])
+
+    res = minimize(obj, np.zeros(2 * D), jac=True, method="L-BFGS-B", bounds=[(0, bound)] * (2 * D),
+                   options=dict(ftol=1e-15, gtol=1e-12, maxiter=10_000))
+    return res.x[:D] - res.x[D:]
+
+
+def objective(w):  # f + g, g = sum a |w|, full data, float64
+    z = X.astype(np.float64) @ w
+    return 0.5 * w @ w - Y @ z + np.sum(np.logaddexp(0, z)) + A @ np.abs(w)
+
+
+def test_t0_myula_in_optimize_is_ista_and_reaches_the_lasso_minimiser():
+    """T = 0: w <- prox_{h g}(w - h grad f(w)) (ISTA; lam plays no role). hb.optimize's trace of
+    lp = -(f + g) at every step equals plain ISTA's, the end point equals it, and it is the
+    lasso minimiser (scipy); the smooth convergence check is not run on a nonsmooth target."""
+    h, n = 0.05, 600
+    res = hb.optimize(logistic(prox.l1(A)), hb.samplers.myula(h, 0.02, temperature=0.0), num_steps=n, init=W0,
+                      trace_every=1, progress_bar=False)
+    w, obj = W0.copy(), []
+    for _ in range(n):  # plain ISTA
+        obj.append(objective(w))
+        w = soft(w - h * grad_f(w), h * A)
+    np.testing.assert_allclose(-res.trace["lp"], obj, rtol=2e-6)
+    np.testing.assert_allclose(np.asarray(res.params), w, atol=1e-6)
+    wstar = lasso_minimiser(A)
+    assert np.sum(wstar == 0) == 2 and np.all(np.asarray(res.params)[2:] == 0)  # sparse, exactly
+    np.testing.assert_allclose(np.asarray(res.params), wstar, atol=1e-6)
+    assert res.converged is None and "nonsmooth" in res.diagnosis["reason"]
+
+
+def test_t0_bmumla_is_the_bregman_proximal_gradient_method():
+    """T = 0, hypentropy mirror: w <- P^phi_{h g}(grad phi*(grad phi(w) - h grad f(w))) at every
+    iterate (lam and prox= play no role), ending at the lasso minimiser; BMULA with prox=phi
+    takes the same step."""
+    beta = np.array([0.5, 1.0, 2.0, 0.7])
+    h, n = 0.05, 400
+    t = logistic(prox.l1(A))
+    phi = mirror.hypentropy(beta.astype(np.float32))
+    got = iterates(t, hb.samplers.bmumla(h, 0.05, mirror=phi, prox=mirror.hypentropy(0.8), temperature=0.0), n)
+    w, want = W0.copy(), []
+    for _ in range(n):
+        z = beta * np.sinh(np.arcsinh(w / beta) - h * grad_f(w))  # mirror descent step
+        w = hyp_l1_prox(z, h * A, beta)  # Bregman prox of h g under phi
+        want.append(w)
+    np.testing.assert_allclose(got, np.array(want), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[-1], lasso_minimiser(A), atol=1e-6)
+    # BMULA at T = 0 with prox=phi: the same step (one step of each kernel on the same oracle)
+    from heatbath.kernels.gradients import Oracle
+    from heatbath.samplers.bregman import BregmanState
+
+    oracle = Oracle(lambda p, b: jax.value_and_grad(lambda q: logprior(q) + loglik(q, b))(p), nonsmooth=t.nonsmooth)
+    state = BregmanState(jnp.asarray(W0, jnp.float32), jnp.zeros((), jnp.int32))
+    steps = [jax.jit(lambda st: s.step(jax.random.key(0), st, (X, Y), oracle)[0].position)(state) for s in
+             (hb.samplers.bmula(h, 0.05, prox=phi, temperature=0.0),
+              hb.samplers.bmumla(h, 9.0, mirror=phi, temperature=0.0))]
+    np.testing.assert_array_equal(steps[0], steps[1])
+    np.testing.assert_allclose(steps[0], want[0], rtol=1e-5, atol=1e-6)
+
+
+def test_t0_bmumla_box_mirror_reaches_the_constrained_lasso_minimiser():
+    """T = 0 with the box barrier (-c, c) and an L1 term, from the default init: every step is
+    the Bregman proximal gradient step written out, and the limit is argmin f + g over the box
+    (scipy), with an active bound."""
+    c, h, n = 0.25, 0.05, 3000
+    got = iterates(logistic(prox.l1(A)), hb.samplers.bmumla(h, 0.05, mirror=mirror.box(-c, c), temperature=0.0),
+                   n, w0=None)
+    assert np.all(np.abs(got) < c)
+
+    def conj(y):
+        tt = c * y
+        return c * tt / (1 + np.sqrt(1 + tt ** 2))
+
+    def step(w):
+        y = 1 / (c - w) - 1 / (w + c) - h * grad_f(w)  # grad phi(w) - h grad f(w); grad phi(0) = 0
+        return np.where(y > h * A, conj(y - h * A), np.where(y < -h * A, conj(y + h * A), 0.0))
+
+    np.testing.assert_allclose(got[1:50], [step(w) for w in got[:49]], rtol=1e-5, atol=1e-6)
+    wstar = lasso_minimiser(A, bound=c)
+    assert np.sum(np.abs(wstar) == c) == 1 and np.all(np.abs(lasso_minimiser(A)) <= 1)
+    # the coordinate at the bound approaches it at the barrier's O(1/k); the others follow it
+    np.testing.assert_allclose(got[-1], wstar, atol=2e-3)
+    np.testing.assert_allclose(got[-1, 1:], wstar[1:], atol=3e-5)
+    assert np.all(got[-1, 2:] == 0)
 
 
 def test_one_noisy_step_of_each_sampler_matches_its_equation():
@@ -112,6 +186,43 @@ def test_box_mirror_keeps_every_draw_inside_and_samples_the_uniform():
     assert np.all(np.abs(x) < c)
     # a coarse check (the tight one is slow): Var = c^2 / 3 within 15%
     np.testing.assert_allclose(np.mean(x ** 2, axis=(0, 1)) * 3 / c ** 2, 1.0, atol=0.15)
+
+
+def _density(logp, d):
+    return hb.models.from_logdensity(logp, lambda p, b: 0.0 * jnp.sum(b), np.zeros((2, 1), np.float32),
+                                     params=jnp.full(d, 0.5))
+
+
+def test_default_init_starts_inside_a_restricted_mirror_domain():
+    """No init=: the uniform(-2, 2) draws u are mapped into the domain (box: centre + c tanh(u / 2),
+    simplex: softmax([u, 0]), Burg: exp(u)), and the chains stay there."""
+    from heatbath.drivers import inputs, loop
+    from heatbath.kernels.validate import seed_key
+
+    kw = dict(num_samples=300, thinning=4, num_chains=4, seed=5, progress_bar=False, checks="off")
+    c = np.array([1.0, 2.0], np.float32)
+    flat = hb.models.from_logdensity(lambda p: jnp.zeros(()), lambda p, b: 0.0 * jnp.sum(b),
+                                     np.zeros((2, 1), np.float32), params=jnp.zeros(2), nonsmooth=prox.box(-c, c))
+    s = hb.samplers.bmumla(0.05, 0.1, mirror=mirror.box(-c, c))
+    box = np.asarray(hb.sample(flat, s, **kw).samples["theta"])
+    assert np.all(np.abs(box) < c)
+    u = inputs.default_init(flat, loop.fold_each(loop.chain_keys(seed_key(5), 4), 0))
+    start = np.asarray(mirror.interior(mirror.box(-c, c), u))
+    np.testing.assert_allclose(start, c * np.tanh(np.asarray(u) / 2), rtol=1e-6)
+    np.testing.assert_array_equal(box, hb.sample(flat, s, init=start, **kw).samples["theta"])
+    # Dirichlet(4, 5, 6) in its 2 free coordinates (the last probability is 1 - x_1 - x_2)
+    alpha = np.array([4.0, 5.0, 6.0])
+    dirichlet = _density(lambda x: jnp.sum((alpha[:2] - 1) * jnp.log(x)) + (alpha[2] - 1) * jnp.log1p(-jnp.sum(x)), 2)
+    x = np.asarray(hb.sample(dirichlet, hb.samplers.bmumla(0.005, 0.1, mirror=mirror.simplex()), **kw)
+                   .samples["theta"], np.float64)
+    assert np.all(x > 0) and np.all(x.sum(-1) < 1)
+    np.testing.assert_allclose(x.mean((0, 1)), alpha[:2] / alpha.sum(), atol=0.03)
+    # Gamma(3, 1) on the positive orthant, Burg mirror
+    gamma = _density(lambda x: jnp.sum(2.0 * jnp.log(x) - x), 2)
+    g = np.asarray(hb.sample(gamma, hb.samplers.bmumla(0.02, 0.1, mirror=mirror.burg()), **kw).samples["theta"],
+                   np.float64)
+    assert np.all(g > 0)
+    np.testing.assert_allclose(g.mean((0, 1)), 3.0, rtol=0.15)  # coarse: 1,200 correlated draws
 
 
 def test_minibatches_chains_checkpoint_resume_and_arviz(tmp_path):
@@ -161,9 +272,13 @@ def test_bad_input_is_refused_before_compiling():
     with pytest.raises(ValueError, match="step_size must be"):
         hb.samplers.myula(-1e-3, 0.1)
     kw = dict(num_samples=5, progress_bar=False)
-    # the default init is uniform(-2, 2): outside the box (-1, 1)^d and the positive orthant
+    # an explicit init outside the mirror map's domain (the default one starts inside it)
     with pytest.raises(ValueError, match=r"chain\(s\) \[0, 1\].*outside the domain of the box mirror map"):
-        hb.sample(t, hb.samplers.bmumla(1e-3, 0.1, mirror=mirror.box(-1.0, 1.0)), num_chains=2, **kw)
+        hb.sample(t, hb.samplers.bmumla(1e-3, 0.1, mirror=mirror.box(-1.0, 1.0)), num_chains=2,
+                  init=np.full((2, D), 1.5), **kw)
+    with pytest.raises(ValueError, match="outside the domain of the box mirror map"):
+        hb.optimize(t, hb.samplers.bmumla(1e-3, 0.1, mirror=mirror.box(-1.0, 1.0), temperature=0.0),
+                    init=np.full(D, 1.5), num_steps=5, progress_bar=False)
     with pytest.raises(ValueError, match="outside the domain of the burg mirror map"):
         hb.sample(t, hb.samplers.bmumla(1e-3, 0.1, mirror=mirror.burg()), init=-np.ones((1, D)), **kw)
     with pytest.raises(ValueError, match="outside the domain of the simplex"):
@@ -172,5 +287,9 @@ def test_bad_input_is_refused_before_compiling():
         hb.sample(logistic(prox.l1(np.ones(3, np.float32))), hb.samplers.myula(1e-3, 0.1), **kw)
     with pytest.raises(ValueError, match="not available"):
         hb.sample(logistic(prox.tv1d(1.0)), hb.samplers.bmumla(1e-3, 0.1, mirror=mirror.hypentropy()), **kw)
+    # at T = 0 the prox is taken under phi, whatever prox= (the Euclidean envelope's) says
+    with pytest.raises(ValueError, match="tv1d under the hypentropy mirror map is not available"):
+        hb.optimize(logistic(prox.tv1d(1.0)), hb.samplers.bmumla(1e-3, 0.1, mirror=mirror.hypentropy(), prox=None,
+                                                                  temperature=0.0), num_steps=5, progress_bar=False)
     with pytest.raises(ValueError, match="would ignore"):
         hb.sample(t, hb.samplers.sgld(1e-3), **kw)

@@ -29,7 +29,7 @@ from heatbath.drivers import inputs
 from heatbath.drivers.results import OptimizeResult
 from heatbath.kernels import tree as _tree
 
-__all__ = ["STRATEGIES", "resolve"]
+__all__ = ["STRATEGIES", "resolve", "sampler_default"]
 
 STRATEGIES = ("uniform", "median", "sample", "map")
 
@@ -97,6 +97,15 @@ def resolve(target, init, keys, num_chains, batch_size, *, default="uniform"):
         return _map(target, keys, num_chains, batch_size, info)
     init = _strip_deterministic(target, init)
     return inputs.initial_positions(target, init, keys, num_chains), {"strategy": "values"}
+
+
+def sampler_default(sampler, target, init, positions, strategy="uniform"):
+    """The sampler's own default start (``Sampler.default_init``, e.g. the uniform draws mapped
+    into a mirror map's domain) when no ``init`` was given and the uniform default was drawn."""
+    hook = getattr(sampler, "default_init", None)
+    if init is None and strategy == "uniform" and hook is not None:
+        return hook(target, positions)
+    return positions
 
 
 def _adam_map(target, starts, keys, batch_size):

@@ -9,7 +9,7 @@ from typing import Optional, Union
 import jax
 import numpy as np
 
-from heatbath.drivers import inputs, loop, mapsearch
+from heatbath.drivers import initialize, inputs, loop, mapsearch
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.cache import IdentityCache
 from heatbath.drivers.checkpoint import hold
@@ -78,7 +78,9 @@ def optimize(
         ``converged`` is True when the decrement is below ``tol`` (default 0.05 sd) and the
         Hessian is positive definite there; otherwise a RuntimeWarning gives the numbers and
         the fixes. ``diagnosis`` also holds the change of the trace's ``lp`` over its last
-        fifth (``lp_change``, with its standard error ``lp_change_se``).
+        fifth (``lp_change``, with its standard error ``lp_change_se``). Not run for a target
+        with a nonsmooth term (``converged`` None; its minimiser is not a stationary point of
+        the smooth part the check reads).
       Other arguments as in :func:`heatbath.sample`.
     """
     t_start = time.perf_counter()
@@ -106,8 +108,11 @@ def optimize(
     master = seed_key(seed)
     if auto:
         keys = jax.random.fold_in(master, 0)[None]
-        positions = inputs.initial_positions(target, init, loop.fold_each(keys, 0), 1)
+        positions = initialize.sampler_default(optimizer, target, init,
+                                               inputs.initial_positions(target, init, loop.fold_each(keys, 0), 1))
         inputs.check_init_finite(target, positions, target.data)
+        if getattr(optimizer, "check_start", None) is not None:
+            optimizer.check_start(target, positions)
         if default:
             return _auto_default(target, positions, keys, batch_size, max_steps, tol, t_start)
         return _auto_segments(target, optimizer, positions, keys, batch_size, max_steps or 64000, tol, t_start,
@@ -119,7 +124,8 @@ def optimize(
     )
     with hold(ckpt):  # the checkpoint lock, released however the run ends
         keys = jax.random.fold_in(master, 0)[None]
-        positions = inputs.initial_positions(target, init, loop.fold_each(keys, 0), 1)
+        positions = initialize.sampler_default(optimizer, target, init,
+                                               inputs.initial_positions(target, init, loop.fold_each(keys, 0), 1))
         inputs.check_init_finite(target, positions, target.data)
         if getattr(optimizer, "check_start", None) is not None:  # a mirror map's domain, a prox's shapes
             optimizer.check_start(target, positions)
@@ -272,7 +278,12 @@ def optimize_from(target, optimizer, positions, keys, *, batch_size, num_steps, 
 
 def _diagnose(target, params, batch_size, tol) -> dict:
     """:func:`mapsearch.diagnose`, or (a model whose log density has no Hessian-vector
-    products, e.g. a ``custom_vjp`` without forward rules) ``converged`` None and why."""
+    products, e.g. a ``custom_vjp`` without forward rules, or a target with a nonsmooth term,
+    whose minimiser is not a stationary point of the smooth part the check reads)
+    ``converged`` None and why."""
+    if target.nonsmooth is not None:
+        return {"converged": None, "reason": f"not checked: the target has a nonsmooth term "
+                f"({target.nonsmooth.name}), and the check reads the smooth log density only"}
     try:
         return mapsearch.diagnose(target, params, batch_size=batch_size, tol=tol)
     except Exception as err:  # noqa: BLE001 - the check must never break a run that worked

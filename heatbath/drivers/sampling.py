@@ -173,6 +173,7 @@ def sample(
         keys = loop.chain_keys(master, num_chains)
         positions, init_info = initialize.resolve(target, init, loop.fold_each(keys, 0), num_chains, batch_size,
                                                   default="map" if auto else "uniform")
+        positions = initialize.sampler_default(sampler, target, init, positions, init_info["strategy"])
         inputs.check_init_finite(target, positions, target.data)
         if getattr(sampler, "check_start", None) is not None:  # e.g. a mirror map's domain (heatbath.samplers.bregman)
             sampler.check_start(target, positions)

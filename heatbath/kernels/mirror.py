@@ -29,6 +29,8 @@ Each constructor returns a :class:`MirrorMap` acting on pytrees leaf by leaf:
 - :func:`box` (lower, upper): the log-barrier phi = -sum log(b - x) + log(x - a) of the box
   prod (a_i, b_i); grad phi* has a closed form (the root of a quadratic).
 
+:func:`interior` maps any point of R^d into a map's domain (the samplers' default start).
+
 Fields of a :class:`MirrorMap` (all on pytrees like the position): ``value(x)`` (phi,
 a scalar), ``grad(x)``, ``grad_conj(y)``, ``hess(x, v)`` (hess phi(x) v), ``hess_sqrt(x, xi)``
 (a matrix B(x) with B B^T = hess phi(x), applied to xi), ``inside(x)`` (elementwise: x in the
@@ -52,7 +54,7 @@ from heatbath.kernels.validate import check_tree
 PyTree = Any
 
 __all__ = ["MirrorMap", "euclidean", "hypentropy", "burg", "simplex", "box", "bregman_divergence",
-           "check_domain", "as_mirror"]
+           "check_domain", "as_mirror", "interior"]
 
 
 class MirrorMap:
@@ -295,6 +297,26 @@ def as_mirror(mirror, name: str = "mirror"):
             f"simplex(), box(lower, upper)), got {type(mirror).__name__}"
         )
     return mirror
+
+
+def interior(mirror: MirrorMap, u):
+    """A point of the mirror map's open domain from any u in R^d (a pytree like the position),
+    one-to-one: u itself for the maps on R^d (euclidean, hypentropy); (a + b) / 2 + c tanh(u / 2),
+    c = (b - a) / 2, for :func:`box` (the same relative spread whatever the box's size);
+    grad phi*(u), the first k entries of softmax([u, 0]), for :func:`simplex`; exp(u) for
+    :func:`burg`.
+
+    The Bregman samplers start their chains at ``interior(mirror, u)`` with u the drivers'
+    default uniform(-2, 2) draw when no ``init=`` is given: within 0.76 c of the box's centre,
+    in (e^-2, e^2) on the positive orthant, anywhere in the open simplex.
+    """
+    if mirror.kind == "box":
+        return _leafwise_fn(lambda x, a, b: 0.5 * (a + b) + 0.5 * (b - a) * jnp.tanh(0.5 * x), mirror.params)(u)
+    if mirror.kind == "simplex":
+        return mirror.grad_conj(u)
+    if mirror.kind == "burg":
+        return jax.tree.map(jnp.exp, u)
+    return u
 
 
 def check_domain(mirror: MirrorMap, positions, *, batched: bool = True, what: str = "initial position") -> None:

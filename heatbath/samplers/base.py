@@ -28,7 +28,9 @@ drivers refuse a target with g for a sampler that would silently ignore it) and
 sampler does; the drivers refuse federated rounds with probabilities other than N_s / N for
 a sampler whose N/n scaling would then be biased). ``check_start(target, positions)``, when
 set, is called by ``hb.sample`` and ``hb.optimize`` on the starting positions before compiling
-(the Bregman samplers: the mirror map's domain and the nonsmooth term's prox shapes).
+(the Bregman samplers: the mirror map's domain and the nonsmooth term's prox shapes);
+``default_init(target, positions)``, when set, replaces the default uniform(-2, 2) starts of
+a run given no ``init=`` (the Bregman samplers: mapped into the mirror map's domain).
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class Sampler(NamedTuple):
     # positions (leading axis: chains) or the target do not suit the sampler (a mirror map's
     # domain, the shape of the target's prox); the drivers call it before compiling.
     check_start: Callable | None = None
+    # default_init(target, positions) -> positions: the sampler's own start when the user gives
+    # no init (e.g. the default uniform(-2, 2) draws mapped into a mirror map's domain); the
+    # drivers apply it to those draws only (heatbath.drivers.initialize.sampler_default).
+    default_init: Callable | None = None
 
 
 class Info(NamedTuple):
