@@ -1,0 +1,218 @@
+"""The Bayesian deep learning scoreboard: every method on one Bayesian MLP, scored on held-out
+data against a NUTS reference predictive (Izmailov et al. 2021's agreement and total variation,
+plus accuracy, NLL, Brier and ECE).
+
+Data: scikit-learn's bundled breast cancer set (569 rows, 30 features, standardised with the
+training rows' mean and sd), split 400 train / 169 test with a fixed permutation. Model: the
+MLP 30-H-2 (tanh) of ``heatbath.models.network`` with N(0, 1/fan_in) priors on weights, N(0, 1)
+on biases, a categorical likelihood.
+
+Reference: NumPyro NUTS (``--nuts-chains`` chains of ``--nuts-warmup`` + ``--nuts-samples``).
+Its own Monte Carlo error is reported two ways: the agreement and TV between the predictives
+of its two halves of chains (what any method can at best be told apart from the reference by)
+and the MCSE of its predictive probabilities (ArviZ, per test point).
+
+Methods, all at the same budget of per-datum gradient evaluations (``--epochs`` passes over the
+training data, split over 4 chains / members where a method has several; minibatch 50):
+SGLD, cyclical SGLD (cSG-MCMC), SGHMC, SWAG (SGD iterates kept as keep="moments" moments and
+deviations, sampled), the Laplace approximation at the MAP (last-layer full GGN and diagonal GGN,
+linearised probit predictive), mean-field Gaussian VI (FB-GVI, diagonal covariance), a deep
+ensemble (4 chains of SGD: SGLD at T = 0 from prior draws) and the MAP (Adam, ``hb.optimize``).
+The table counts each method's measured gradient evaluations (``grad_evals`` of its result,
+MAP searches and curvature excluded where noted).
+
+    python benchmarks/bdl_scoreboard.py                   # the README table (a few minutes, 2 cores)
+    python benchmarks/bdl_scoreboard.py --figure bdl.png  # and reliability diagrams
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import heatbath as hb
+from heatbath.diagnostics import bdl_metrics as M
+from heatbath.diagnostics.predictive_mean import predictive_moments
+from heatbath.kernels import schedules
+from heatbath.models.network import network_model
+
+BATCH = 50
+CHAINS = 4
+
+
+def load(seed=0, n_train=400):
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    X, y = X[perm], y[perm]
+    mu, sd = X[:n_train].mean(0), X[:n_train].std(0)
+    X = ((X - mu) / sd).astype(np.float32)
+    return X[:n_train], y[:n_train].astype(np.int32), X[n_train:], y[n_train:].astype(np.int32)
+
+
+def make_net(d_in, hidden):
+    params = {"l1": {"w": jnp.zeros((hidden, d_in)), "b": jnp.zeros(hidden)},
+              "l2": {"w": jnp.zeros((2, hidden)), "b": jnp.zeros(2)}}
+
+    def apply(p, x):
+        return p["l2"]["w"] @ jnp.tanh(p["l1"]["w"] @ x + p["l1"]["b"]) + p["l2"]["b"]
+
+    def scale(path, leaf):
+        return 1.0 / np.sqrt(leaf.shape[-1]) if leaf.ndim == 2 else 1.0
+
+    return network_model(apply, params, prior_scale=scale)
+
+
+def nuts_reference(bn, Xtr, ytr, Xte, args):
+    from numpyro.infer import MCMC, NUTS
+
+    t0 = time.perf_counter()
+    mcmc = MCMC(NUTS(bn.model), num_warmup=args.nuts_warmup, num_samples=args.nuts_samples,
+                num_chains=args.nuts_chains, chain_method="sequential", progress_bar=False)
+    mcmc.run(jax.random.key(args.seed), Xtr, ytr, extra_fields=("num_steps",))
+    wall = time.perf_counter() - t0
+    s = mcmc.get_samples(group_by_chain=True)
+    steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"]).sum()
+    per_draw = jax.jit(jax.vmap(jax.vmap(lambda d: bn.predict(d, Xte))))
+    p = np.asarray(per_draw({k: s[k] for k in bn.sites}), np.float64)  # (chain, draw, n, 2)
+    ref = p.mean((0, 1))
+    half = args.nuts_chains // 2
+    pa, pb = p[:half].mean((0, 1)), p[half:].mean((0, 1))
+    import arviz as az
+
+    mcse = np.asarray(az.mcse(az.convert_to_dataset({"p": p[..., 1]}))["p"])
+    info = {"wall_s": wall, "leapfrog_per_chain": steps / args.nuts_chains,
+            "grad_evals_total": float(steps) * len(ytr),  # sampling phase only (warmup not counted)
+            "halves_agreement": M.agreement(pa, pb), "halves_tv": M.total_variation(pa, pb),
+            "mcse_mean": float(mcse.mean()), "mcse_max": float(mcse.max())}
+    return ref, info
+
+
+def run_methods(bn, Xtr, ytr, Xte, args):
+    N = len(ytr)
+    data = {"X": Xtr, "y": ytr}
+    total_steps = args.epochs * N // BATCH  # over all chains
+    S = total_steps // CHAINS  # per chain
+    thin = max(1, S // 2 // 100)  # ~100 kept draws per chain from the second half
+    out = {}
+
+    def pm(source, **kw):
+        return predictive_moments(source, bn.predict, Xte, **kw).mean
+
+    common = dict(data=data, batch_size=BATCH, num_chains=CHAINS, seed=args.seed, progress_bar=False,
+                  init="sample", checks=False)
+
+    def sampled(name, sampler, **kw):
+        t0 = time.perf_counter()
+        r = hb.sample(bn.model, sampler, num_warmup=S // 2, num_samples=(S - S // 2) // thin, thinning=thin,
+                      **{**common, **kw})
+        out[name] = (pm(r), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
+        return r
+
+    sampled("SGLD", hb.samplers.sgld(args.h_sgld))
+    sampled("SGHMC", hb.samplers.sghmc(args.h_sghmc, friction=args.friction))
+
+    # cyclical SGLD: cosine step size, noise on in the last 20% of each cycle, draws kept there
+    t0 = time.perf_counter()
+    cyc = hb.samplers.sgld(schedules.cyclical(args.h_csgld, S, args.cycles),
+                           temperature=schedules.cyclical_temperature(1.0, S, args.cycles))
+    r = hb.sample(bn.model, cyc, num_warmup=0, num_samples=S // thin, thinning=thin, **common)
+    mask = hb.optim.sampling_phase(r)
+    draws = {k: np.asarray(r.samples[k])[mask] for k in bn.sites}
+    out["cyclical SGLD"] = (pm(draws), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
+
+    # SWAG: SGD iterates (SGLD at T = 0), moments and the last 20 deviations of the thinned draws
+    t0 = time.perf_counter()
+    r = hb.sample(bn.model, hb.samplers.sgld(args.h_swag, temperature=0.0), num_warmup=S // 2,
+                  num_samples=(S - S // 2) // thin, thinning=thin, keep="moments", swag_rank=20, **common)
+    q = hb.vi.swag(r, sites=bn.sites)
+    out["SWAG"] = (pm(q, num_draws=400, seed=1), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
+
+    # deep ensemble: 4 SGD chains (T = 0) from prior draws; each member's last state
+    t0 = time.perf_counter()
+    r = hb.sample(bn.model, hb.samplers.sgld(args.h_swag, temperature=0.0), num_warmup=0, num_samples=1,
+                  thinning=S, **common)
+    out["deep ensemble (4)"] = (pm(r), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
+
+    # the MAP: Adam over the whole budget
+    t0 = time.perf_counter()
+    opt = hb.optimize(bn.model, data=data, batch_size=BATCH, num_steps=total_steps, seed=args.seed)
+    p_map = np.asarray(bn.predict(opt.values, Xte), np.float64)
+    out["MAP"] = (p_map, opt.grad_evals / N, time.perf_counter() - t0)
+
+    # Laplace at the MAP (Adam through hb.fit), GGN, linearised probit predictive
+    for name, kw in [("Laplace last-layer full", dict(structure="full", subset=("l2.b", "l2.w"))),
+                     ("Laplace diag", dict(structure="diag"))]:
+        t0 = time.perf_counter()
+        q = hb.fit(bn.model, hb.vi.laplace(args.h_map, total_steps, curvature="ggn", network=bn, **kw),
+                   data=data, batch_size=BATCH, seed=args.seed, progress_bar=False)
+        out[name] = (q.linearised_predictive(Xte), q.grad_evals / N, time.perf_counter() - t0)
+
+    # mean-field Gaussian VI (FB-GVI with a diagonal covariance), automatic step size
+    t0 = time.perf_counter()
+    vi = hb.vi.fbgvi(None, total_steps, covariance="diag")  # antithetic pairs: 2 gradients per step
+    vi = vi.rebuild(num_steps=max(1, int(total_steps / vi.grads_per_step)))
+    q = hb.fit(bn.model, vi, data=data, batch_size=BATCH, seed=args.seed, progress_bar=False)
+    out["mean-field VI"] = (pm(q, num_draws=400, seed=1), q.grad_evals / N, time.perf_counter() - t0)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hidden", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=2000, help="gradient budget per method, in passes over the data")
+    ap.add_argument("--nuts-warmup", type=int, default=500)
+    ap.add_argument("--nuts-samples", type=int, default=500)
+    ap.add_argument("--nuts-chains", type=int, default=4)
+    ap.add_argument("--h-sgld", type=float, default=2e-4)
+    ap.add_argument("--h-sghmc", type=float, default=1e-2)
+    ap.add_argument("--friction", type=float, default=10.0)
+    ap.add_argument("--h-csgld", type=float, default=1e-3)
+    ap.add_argument("--cycles", type=int, default=4)
+    ap.add_argument("--h-swag", type=float, default=2e-4)
+    ap.add_argument("--h-map", type=float, default=1e-2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--figure", default=None, help="write reliability diagrams to this file")
+    args = ap.parse_args(argv)
+
+    Xtr, ytr, Xte, yte = load()
+    bn = make_net(Xtr.shape[1], args.hidden)
+    d = sum(int(np.prod(v.shape)) for v in bn.init.values())
+    ref, info = nuts_reference(bn, Xtr, ytr, Xte, args)
+    rows = {"NUTS (reference)": (ref, info["grad_evals_total"] / len(ytr), info["wall_s"])}
+    rows.update(run_methods(bn, Xtr, ytr, Xte, args))
+
+    print(f"\nBayesian MLP 30-{args.hidden}-2 (d = {d} weights), breast cancer: {len(ytr)} train / {len(yte)} test; "
+          f"budget {args.epochs} passes per method, batch {BATCH}; seed {args.seed}")
+    print(f"NUTS reference: {args.nuts_chains} chains x ({args.nuts_warmup} + {args.nuts_samples}), "
+          f"{info['leapfrog_per_chain']:.0f} leapfrog steps per chain, {info['wall_s']:.0f} s. "
+          f"Its MC error: halves agree {info['halves_agreement']:.3f}, TV between halves {info['halves_tv']:.4f}; "
+          f"MCSE of p(y=1|x) mean {info['mcse_mean']:.4f}, max {info['mcse_max']:.4f}\n")
+    print("| method | agreement | TV | accuracy | NLL | Brier | ECE | data passes | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, (p, passes, wall) in rows.items():
+        s = M.scores(p, yte, reference=ref, num_bins=10)
+        print(f"| {name} | {s['agreement']:.3f} | {s['tv']:.4f} | {s['accuracy']:.3f} | {s['nll']:.4f} | "
+              f"{s['brier']:.4f} | {s['ece']:.4f} | {passes:.0f} | {wall:.0f} |")
+    if args.figure:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(2, (len(rows) + 1) // 2, figsize=(3 * ((len(rows) + 1) // 2), 6))
+        for ax, (name, (p, _, _)) in zip(axes.ravel(), rows.items()):
+            M.plot_reliability(M.reliability_diagram(p, yte, num_bins=10), ax=ax, label=name)
+            ax.set_title(f"{name}\nECE {M.ece(p, yte, 10):.3f}", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.figure, dpi=100)
+        print(f"\nreliability diagrams: {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
