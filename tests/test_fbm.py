@@ -127,6 +127,7 @@ def test_mvn_variance_matches_quadrature():
     assert fbm.mvn_variance(h, 1.0) == pytest.approx(integral / special.gamma(h + 0.5) ** 2, rel=1e-7)
 
 
+@pytest.mark.slow
 def test_sampled_ou_state_variance_matches_the_closed_form():
     """Type I: stationary Y(0), exact OU transitions of the noise source: Var of B^(t) over
     20,000 paths of 50 steps within 4 standard errors of the closed form."""
