@@ -232,6 +232,7 @@ def _regression_guide(x, y):
     numpyro.sample("w", dist.Normal(loc, scale).to_event(1))
 
 
+@pytest.mark.slow  # default-suite budget (ArviZ / Predictive / exact posterior); the checkpoint test keeps a fit
 def test_fit_minibatched_matches_exact_posterior_and_feeds_arviz_and_predictive():
     x, y = _regression_data()
     method = hb.vi.programmable(pvi.elbo(), _regression_guide, optimizer=optax.adam(0.02), num_steps=1500)
@@ -273,6 +274,8 @@ def test_fit_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch):
     resumed = hb.fit(_regression_model, method, resume=ckpt, **kw)
     for k in q.params:
         np.testing.assert_array_equal(resumed.params[k], q.params[k])
+    assert q.trace["objective"].dtype == np.float64 and len(q.trace["objective"]) == 40
+    np.testing.assert_array_equal(resumed.trace["objective"], q.trace["objective"])
 
 
 def test_bad_input_fails_before_compilation():

@@ -14,13 +14,14 @@ import collections
 import hashlib
 import numbers
 import threading
+import types
 import zlib
 from typing import Callable
 
 import jax
 import numpy as np
 
-__all__ = ["IdentityCache", "array_digest", "fingerprint", "clear_caches"]
+__all__ = ["IdentityCache", "array_digest", "fingerprint", "settings_key", "sampler_key", "target_key", "clear_caches"]
 
 _ALL: list = []
 
@@ -103,6 +104,83 @@ def fingerprint(model, args, kwargs):
         else:
             return None
     return id(model), h.hexdigest()
+
+
+class _Unkeyable(Exception):
+    pass
+
+
+def _key(value, pins: list, depth: int = 0):
+    """A hashable description of ``value``: values for numbers, strings and arrays (digests),
+    structure for containers and heatbath's own objects, identity (pinned) for functions and
+    anything else."""
+    if depth > 12:
+        raise _Unkeyable
+    if value is None or isinstance(value, (bool, numbers.Number, str, bytes)):
+        return (type(value).__name__, value)
+    if isinstance(value, jax.core.Tracer):
+        raise _Unkeyable
+    if isinstance(value, (np.ndarray, jax.Array)):
+        if value.dtype == object:
+            raise _Unkeyable
+        return ("array", array_digest(value))
+    if isinstance(value, (np.generic,)):
+        return ("np", str(value.dtype), value.item())
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple(_key(v, pins, depth + 1) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted(((repr(k), _key(v, pins, depth + 1)) for k, v in value.items()),
+                                     key=lambda kv: kv[0])))
+    from heatbath.samplers.base import Sampler  # drivers sit above samplers
+
+    if isinstance(value, Sampler):
+        inner = sampler_key(value)
+        if inner is None:
+            raise _Unkeyable
+        pins.extend(inner[1])
+        return inner[0]
+    from heatbath.kernels.schedules import Described
+
+    if isinstance(value, Described):  # heatbath's schedules: the description records the parameters
+        return ("schedule", value._fn.__code__, value.description)
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)) or \
+            not type(value).__module__.startswith("heatbath."):
+        pins.append(value)
+        return ("id", id(value))
+    return (type(value), _key(vars(value), pins, depth + 1))
+
+
+def settings_key(value):
+    """(key, pins) describing ``value`` by its settings (:func:`_key`), or None when it cannot be
+    (a tracer, an object array): then callers key on identity."""
+    pins: list = []
+    try:
+        return _key(value, pins), tuple(pins)
+    except (_Unkeyable, TypeError):
+        return None
+
+
+def sampler_key(sampler):
+    """(key, pins) of a sampler by the constructor and the arguments that built its step
+    (:func:`heatbath.samplers.base.make_sampler` records them on the step function), so that a
+    new sampler object with the same settings finds the loop compiled for the first one.
+    Identity (pinning the sampler) for a sampler built otherwise."""
+    settings = getattr(sampler.step, "_heatbath_settings", None)
+    if settings is not None:
+        out = settings_key((settings, sampler.gradient, sampler.uses, sampler.steps_per_draw))
+        if out is not None:
+            return ("sampler", out[0]), out[1]
+    return ("sampler-id", id(sampler)), (sampler,)
+
+
+def target_key(target):
+    """(key, pins) of a target by what a compiled loop reads from it (its functions, by identity,
+    and ``num_data``), not by its data, which the loop takes as an argument: ``data=`` on a
+    Target, which builds a new Target around the same functions, finds the loop compiled for
+    the first one."""
+    fields = (target.terms, target.constrain_fn, target.nonsmooth)
+    return (("target", type(target), tuple(id(f) for f in fields), target.num_data, target.minibatch_error,
+             target.discrete_error), fields)
 
 
 def clear_caches():

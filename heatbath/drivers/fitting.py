@@ -16,7 +16,6 @@ from heatbath.drivers import inputs, loop
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.cache import IdentityCache
 from heatbath.drivers.checkpoint import hold
-from heatbath.drivers.placement import spans_processes
 from heatbath.drivers.settings import open_checkpoint
 from heatbath.kernels import tree as _tree
 from heatbath.models.target import Target
@@ -27,6 +26,11 @@ __all__ = ["fit", "TRACE_KEY"]
 
 TRACE_KEY = 3  # fold_in index of the key handed to the method's finalize (e.g. ELBO trace draws)
 
+TRACE_BYTES = 1 << 28  # recorded states a default trace keeps at most (256 MiB): fewer points when larger
+
+
+def _bytes(shapes) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes))
 
 class _FitInfo(NamedTuple):
     """What the loop keeps every ``trace_every`` steps: the method's info and its new state."""
@@ -89,7 +93,9 @@ def fit(
       seed: an integer or a JAX key.
       init: the initial point on the constrained scale (like :func:`heatbath.sample`'s ``init``);
         default: uniform(-2, 2) in the unconstrained space.
-      trace_every: steps between recorded trace points (default: about 100 points).
+      trace_every: steps between recorded trace points (default: about 100 points, fewer when
+        the method's states at those points would take more than ``TRACE_BYTES`` = 256 MiB:
+        at d = 5,000 a Gaussian's covariance is 100 MB, so about 2 points).
       progress_bar, chunk_size, checkpoint, checkpoint_every, resume, shard, devices, batching:
         as in :func:`heatbath.sample` (``chunk_size`` counts trace points; with a checkpoint and
         no chunk size the run is cut into 20 chunks).
@@ -131,8 +137,8 @@ def fit(
     inputs.check_target_for_gradients(target, batch_size)
     inputs.check_oracle_uses(target, method, batching)
     num_steps = check_count(method.num_steps, "num_steps", 1)
-    trace_every = check_count(trace_every, "trace_every", 1, allow_none=True) or max(1, num_steps // 100)
-    trace_every = min(trace_every, num_steps)
+    trace_given = check_count(trace_every, "trace_every", 1, allow_none=True)
+    trace_every = min(trace_given or max(1, num_steps // 100), num_steps)
     master = seed_key(seed)
     keys = jax.random.fold_in(master, 0)[None]
     positions = inputs.initial_positions(target, init, loop.fold_each(keys, 0), 1)
@@ -146,6 +152,12 @@ def fit(
     dtype = jax.tree.leaves(positions)[0].dtype
     options = method.check(dim, dtype, options)
     inputs.check_init_finite(run_target, positions, run_target.data)
+    # The trace records the method's state at every point (for Gaussian VI a d x d covariance):
+    # bound the points kept by default, and the points per compiled chunk, by their bytes.
+    state_bytes = _bytes(jax.eval_shape(method.init, jax.tree.map(lambda x: x[0], positions), keys[0]))
+    if trace_given is None and (num_steps // trace_every) * state_bytes > TRACE_BYTES:
+        trace_every = min(num_steps, -(-num_steps // max(1, TRACE_BYTES // state_bytes)))
+    chunk_cap = max(1, loop.CHUNK_BYTES // max(state_bytes, 1))
 
     spec = method.gradient
     if getattr(spec, "needs_centre", False) and spec.centre is not None:
@@ -153,8 +165,7 @@ def fit(
         spec = spec.with_centre(ravel_pytree(centre)[0] if method.flat else centre)
     checkpoint_every = check_count(checkpoint_every, "checkpoint_every", 1)
     ckpt, resuming = open_checkpoint(
-        checkpoint, resume, target, "fit", method.hyperparameters, seed=seed, init=init,
-        processes=spans_processes(shard, devices), method=method.name,
+        checkpoint, resume, target, "fit", method.hyperparameters, seed=seed, init=init, method=method.name,
         num_data=target.num_data, batch_size=batch_size, trace_every=trace_every, dim=dim,
         batching=repr(batching),
     )
@@ -168,6 +179,8 @@ def fit(
             chunk_size = max(1, num_records // 20)
         cfg = loop.LoopConfig(
             batching=batching, batch_size=batch_size, num_draws=num_records, thinning=trace_every, num_warmup=rest,
+        if chunk_size is None and num_records > chunk_cap:
+            chunk_size = chunk_cap
             desc=method.name, chunk_size=chunk_size, progress_bar=progress_bar, shard=shard, devices=devices,
             checkpoint=ckpt, checkpoint_every=checkpoint_every, resume=resuming, extra_state=centre,
         )

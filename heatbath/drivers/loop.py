@@ -28,8 +28,8 @@ from heatbath.drivers import plan
 from heatbath.drivers.cost import grad_evals_per_chain, num_refreshes  # noqa: F401 - re-exported
 from heatbath.drivers.keys import chain_keys, fold_each  # noqa: F401 - re-exported
 from heatbath.drivers.divergence import finite_log_density, flag_lookahead
-from heatbath.drivers.cache import IdentityCache
-from heatbath.drivers.placement import place, place_data, shardings, to_host
+from heatbath.drivers.cache import IdentityCache, sampler_key, target_key
+from heatbath.drivers.placement import place, shardings, to_host
 from heatbath.drivers.progress import Progress, tick
 from heatbath.kernels import tree as _tree
 from heatbath.kernels.gradients import Estimator, Oracle
@@ -197,8 +197,12 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
         alive = carry[3][0] if isinstance(carry[3], tuple) else carry[3]
         return carry, info, start_ok(None if lp is None else lp[0], alive)
 
-    def chunk(carry, acc, shared_est, data, offset):
-        """``offset``: the global step count at the start of the chunk (a traced scalar)."""
+    def chunk(carry, acc, shared_est, data, offset, count=None):
+        """``offset``: the global step count at the start of the chunk (a traced scalar).
+
+        ``count`` (a traced scalar <= ``num_draws``): run only the first ``count`` draws, in a
+        ``while_loop`` writing into buffers of ``num_draws`` rows (the rows past ``count`` are
+        zeros); one compiled chunk then serves every run length up to ``num_draws``."""
 
         def body(c_acc, i):
             c, acc = c_acc
@@ -219,9 +223,37 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
                 return (c, acc), ((), info)
             return (c, acc), (values, info)
 
-        return jax.lax.scan(body, (carry, acc), jnp.arange(num_draws, dtype=jnp.int32))
+        if count is None:
+            return jax.lax.scan(body, (carry, acc), jnp.arange(num_draws, dtype=jnp.int32))
+        shapes = jax.eval_shape(lambda ca: body(ca, jnp.int32(0))[1], (carry, acc))
+        buffers = jax.tree.map(lambda x: jnp.zeros((num_draws,) + x.shape, x.dtype), shapes)
+
+        def loop_body(state):
+            c_acc, bufs, i = state
+            c_acc, out = body(c_acc, i)
+            bufs = jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, i, 0), bufs, out)
+            return c_acc, bufs, i + 1
+
+        c_acc, bufs, _ = jax.lax.while_loop(lambda st: st[2] < count, loop_body,
+                                            ((carry, acc), buffers, jnp.int32(0)))
+        return c_acc, bufs
 
     return chunk
+
+
+MIN_CAPACITY = 256  # draws a sampling chunk holds at least (within the memory budget)
+WARMUP_CAPACITY = 1 << 30  # a warmup chunk keeps nothing per step: one compiled chunk serves every length
+
+
+def capacity(length: int, mem_chunk: int, keep: bool = True) -> int:
+    """Draws (or steps) a compiled chunk can run for a segment of ``length``: for a warmup
+    chunk, which keeps nothing, :data:`WARMUP_CAPACITY`; for a sampling chunk the next power
+    of two, at least :data:`MIN_CAPACITY`, within the memory budget (``mem_chunk``, or the
+    length itself when that is larger). A run of another length (``num_samples``,
+    ``num_warmup``) then reuses the compiled chunk (``make_chunk``'s ``count``)."""
+    if not keep:
+        return max(length, WARMUP_CAPACITY)
+    return min(max(1 << max(0, (length - 1).bit_length()), MIN_CAPACITY), max(mem_chunk, length))
 
 
 def _signature(tree):
@@ -249,17 +281,16 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
 
     data = target.data
     num_chains = jax.tree.leaves(positions)[0].shape[0]
-    spec, record = cfg.batching, cfg.record
-    places = shardings(cfg.shard, cfg.devices, num_chains, target.num_data, spec)
-    if places is not None:
-        chain_place, data_place, replicated = places
-        # Federated rounds with shard="data": whole shards per device, the spec and record reading that layout.
-        data, spec, record = place_data(data, data_place, spec, estimator, record)
-        positions = place(positions, chain_place)
+    spec = cfg.batching
     batcher = spec.build(cfg.batch_size, target.num_data, cfg.num_warmup + cfg.num_draws * cfg.thinning)
     one_step = make_step(sampler, estimator, batcher, target, cfg.on_divergence)
     init_keys = fold_each(keys, 1)
     run_keys = fold_each(keys, 2)
+    places = shardings(cfg.shard, cfg.devices, num_chains, target.num_data)
+    if places is not None:
+        chain_place, data_place, replicated = places
+        data = place(data, data_place)
+        positions = place(positions, chain_place)
     if getattr(sampler, "auto", ()):
         raise ValueError(
             f"{sampler.name} leaves {list(sampler.auto)} to be chosen automatically, which hb.sample does "
@@ -281,6 +312,7 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     alive = jnp.ones((num_chains,), bool)
     guard = alive if cfg.on_divergence == "flag" else (alive, states)
     carry = (states, est_states, run_keys, guard, batch_states)
+    record = cfg.record
     # What `record` returns for one draw (constrained values and deterministic sites, which may
     # be much larger than the position): the moments' shapes and the bytes kept per draw.
     if record is not None:
@@ -354,21 +386,25 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
 
     compile_time = 0.0
     signature = _signature((carry, acc, shared_est, data))
+    # Keyed on the sampler's settings and the target's functions, not on the objects: a new
+    # sampler with the same settings, or data= on a Target, reuses the compiled chunks.
+    (skey, spins), (tkey, tpins) = sampler_key(sampler), target_key(target)
 
     def get(length, steps, keep_, progress):
+        length = capacity(length, max(1, CHUNK_BYTES // max(per_draw, 1)), keep_)
         every = progress.every if progress is not None and progress.enabled else None
-        key = (id(sampler), id(target), id(record), id(spec), cfg.batch_size, cfg.on_divergence, length, steps,
+        key = (skey, tkey, id(record), id(spec), cfg.batch_size, cfg.on_divergence, length, steps,
                keep_, moments, cfg.swag_rank, every, signature)
 
         def build():
             nonlocal compile_time
             fn = make_chunk(one_step, length, steps, record, progress, keep_, moments, cfg.swag_rank)
             t0 = time.perf_counter()
-            compiled = jax.jit(fn).lower(carry, acc, shared_est, data, jnp.int32(0)).compile()
+            compiled = jax.jit(fn).lower(carry, acc, shared_est, data, jnp.int32(0), jnp.int32(0)).compile()
             compile_time += time.perf_counter() - t0
             return compiled
 
-        return COMPILED.get(key, (sampler, target, record, spec), build)
+        return COMPILED.get(key, spins + tpins + (record, spec), build)
 
     done_steps = sum(n * t for n, t, _ in segments[:start])
     pending = []
@@ -381,13 +417,16 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
             length, steps, is_draws = segments[j]
             chunk_fn = get(length, steps, is_draws, progress)
             t0 = time.perf_counter()
-            (carry, acc), out = chunk_fn(carry, acc, shared_est, data, jnp.int32(done_steps))
+            (carry, acc), out = chunk_fn(carry, acc, shared_est, data, jnp.int32(done_steps), jnp.int32(length))
             done_steps += length * steps
             if is_draws:
-                values, info = to_host(out)
+                values, info = jax.tree.map(lambda x: x if x.shape[0] == length else np.array(x[:length]),
+                                            to_host(out))
                 draws.add(values)
                 infos.add(info)
-                pending.append((j, (values, info)))
+                if ckpt is not None:  # kept for the next commit only: otherwise the Collector's copy is the one
+                    pending.append((j, (values, info)))
+                del out
                 if moments:
                     host, acc = _moments.merge_moments(host, acc)
             if calibrate and j == 0:

@@ -15,7 +15,7 @@ from heatbath.drivers import federation, initialize, inputs, loop, selfcheck
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.cache import IdentityCache
-from heatbath.drivers.placement import shardings, spans_processes
+from heatbath.drivers.placement import shardings
 from heatbath.drivers.results import Result
 from heatbath.drivers.settings import open_checkpoint
 from heatbath.kernels.validate import check_bool, check_choice, check_count, seed_key
@@ -32,12 +32,16 @@ def _record(target, unconstrained: bool):
         return target.constrain_fn
 
     def build():
+        constrain_fn = target.constrain_fn
+
         def record(position, data):
-            return {"values": target.constrain_fn(position, data), "position": position}
+            return {"values": constrain_fn(position, data), "position": position}
 
         return record
 
-    return _UNCONSTRAINED.get(id(target), (target,), build)
+    # Keyed on the constrain function (a Target with new data= keeps it): the same record, so
+    # the compiled loop is reused.
+    return _UNCONSTRAINED.get(id(target.constrain_fn), (target.constrain_fn,), build)
 
 
 def sample(
@@ -104,9 +108,8 @@ def sample(
         the checkpoint directory: the run must resume. The resumed run's draws equal the
         uninterrupted run's.
       shard: ``"chains"`` splits the chains over ``devices`` (default: all), ``"data"`` splits
-        the data rows (full-data gradients become sharded reductions; with federated
-        batching, whole shards per device: :func:`heatbath.drivers.placement.place_data`); the
-        draws are the same as on one device.
+        the data rows (full-data gradients become sharded reductions); the draws are the
+        same as on one device.
       batching: which rows a step sees (:mod:`heatbath.drivers.batching`): ``"uniform"``
         (default: n rows with replacement), ``"reshuffle"`` (epochs without replacement) or a
         spec such as ``batching.federated(shards, local_steps=...)``.
@@ -161,11 +164,10 @@ def sample(
                          "target with a nonsmooth term")
     inputs.check_total_steps(num_warmup + num_samples * steps_per_draw)
     if shard is not None:
-        shardings(shard, devices, num_chains, target.num_data, batching)
+        shardings(shard, devices, num_chains, target.num_data)
     master = seed_key(seed)
     ckpt, resuming = open_checkpoint(
-        checkpoint, resume, target, "sample", sampler.hyperparameters, seed=seed, init=init,
-        processes=spans_processes(shard, devices), sampler=sampler.name,
+        checkpoint, resume, target, "sample", sampler.hyperparameters, seed=seed, init=init, sampler=sampler.name,
         num_data=target.num_data, batch_size=batch_size, num_samples=num_samples, num_warmup=num_warmup,
         thinning=thinning, num_chains=num_chains, keep=keep, swag_rank=swag_rank, on_divergence=on_divergence,
         batching=repr(batching),

@@ -115,6 +115,11 @@ def make_sampler(constructor: Callable, hyperparameters: dict, *, base_name: str
     ``fields`` sets the rest (``grads_per_step``, ``steps_per_draw``, ...).
     """
     name = base_name if gradient.name == "naive" else f"{base_name}-{gradient.name}"
+    if getattr(step, "_heatbath_settings", None) is None:
+        try:  # the drivers' compile cache keys on these, not on the sampler object (drivers/cache.py)
+            step._heatbath_settings = (constructor, hyperparameters)
+        except AttributeError:  # a step that takes no attributes (a builtin, a functools.partial is fine)
+            pass
     return Sampler(
         init=init,
         step=step,

@@ -1,0 +1,81 @@
+"""No needless recompiles: the compiled chunk of a run is keyed on settings, not objects.
+
+A second ``hb.sample`` call with a new sampler object of the same settings, with ``data=`` on
+a Target holding the same arrays (a new Target around the same functions), or with another
+``num_samples`` / ``num_warmup`` reuses the compiled step (counted with ``jax.log_compiles``:
+XLA compilations of the loop's ``chunk``). Other settings do compile (the key is not too
+coarse).
+"""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import heatbath as hb
+
+
+class _Compiles(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.names = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg.startswith("Compiling "):
+            self.names.append(msg.split(" with")[0].removeprefix("Compiling "))
+
+
+def _count_chunk_compiles(fn):
+    handler, logger = _Compiles(), logging.getLogger("jax")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with jax.log_compiles():
+            out = fn()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return sum(1 for n in handler.names if n == "jit(chunk)"), out
+
+
+X = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+
+
+def _target(data=X):
+    return hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p**2), _loglik, data, params=jnp.zeros(3))
+
+
+def _loglik(p, b):
+    return -0.5 * jnp.sum((b - p) ** 2)
+
+
+def test_second_calls_do_not_recompile_the_step():
+    target = _target()
+
+    def run(sampler=None, tgt=target, **kw):
+        kw = {"num_samples": 100, **kw}
+        return hb.sample(tgt, sampler or hb.samplers.sgld(1e-3), batch_size=20, progress_bar=False, checks="off",
+                         seed=0, **kw)
+
+    first, a = _count_chunk_compiles(run)
+    assert first == 1
+    counts = {}
+    counts["new sampler, same settings"], b = _count_chunk_compiles(run)
+    counts["data= with the same arrays"], c = _count_chunk_compiles(lambda: run(tgt=target, data=X.copy()))
+    counts["another num_samples"], d = _count_chunk_compiles(lambda: run(num_samples=150))
+    # warmup: its first use compiles the warmup chunk, another num_warmup does not
+    _count_chunk_compiles(lambda: run(num_warmup=30))
+    counts["another num_warmup"], _ = _count_chunk_compiles(lambda: run(num_warmup=70))
+    assert counts == {k: 0 for k in counts}, counts
+    assert b.compile_time == 0.0
+    # Same seed, same draws, whatever the compiled capacity: the first 100 of 150 are the 100.
+    np.testing.assert_array_equal(a.samples["theta"], b.samples["theta"])
+    np.testing.assert_array_equal(a.samples["theta"], c.samples["theta"])
+    np.testing.assert_array_equal(d.samples["theta"][:, :100], a.samples["theta"])
+    assert d.samples["theta"].shape == (1, 150, 3)
+    # Different settings do compile: another step size is another program.
+    other, _ = _count_chunk_compiles(lambda: run(hb.samplers.sgld(2e-3)))
+    assert other == 1
