@@ -2,8 +2,11 @@
 
     python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT MODE OUT.npz
 
-MODE: ``chains`` / ``data`` (SGLD with ``shard=``) or ``federated`` (FSGLD on the paper's toy,
-chains sharded). Process 0 writes the draws to OUT.npz.
+MODE: ``chains`` / ``data`` (SGLD with ``shard=``), ``federated`` (FSGLD on the paper's toy,
+chains sharded), ``federated-data`` (the same, the shards placed whole on the devices), or a
+checkpointed ``federated-data`` run in the directory OUT.ckpt: ``ckpt-stop`` (every process
+exits with status 3 right after the second commit, as if the job were killed) and then
+``ckpt-resume`` (resumes it). Process 0 writes the draws to OUT.npz.
 """
 
 import sys
@@ -29,9 +32,27 @@ from test_federated import toy  # noqa: E402
 
 target, shards, ids, _, q = toy(num_per=40)
 kw = dict(batch_size=10, num_samples=50, num_chains=8, seed=1, progress_bar=False, checks="off")
+if mode == "ckpt-stop":
+    from heatbath.drivers.checkpoint import Checkpoint
+
+    commit = Checkpoint.commit
+
+    def commit_then_die(self, segments_done, *args, **kwargs):
+        meta = commit(self, segments_done, *args, **kwargs)
+        if segments_done == 2:
+            print("killed after commit 2", pid, flush=True)
+            os._exit(3)
+        return meta
+
+    Checkpoint.commit = commit_then_die
 if mode == "federated":
     r = hb.sample(target, hb.samplers.fsgld(5e-5, conducive=q), shard="chains",
                   batching=batching.federated(ids, local_steps=5, availability=0.2), **kw)
+    extra = {"rounds_served": r.stats["rounds_served"]}
+elif mode in ("federated-data", "ckpt-stop", "ckpt-resume"):
+    ckpt = {"ckpt-stop": {"checkpoint": out + ".ckpt"}, "ckpt-resume": {"resume": out + ".ckpt"}}.get(mode, {})
+    r = hb.sample(target, hb.samplers.fsgld(5e-5, conducive=q), shard="data", chunk_size=10,
+                  batching=batching.federated(ids, local_steps=5, availability=0.2), **ckpt, **kw)
     extra = {"rounds_served": r.stats["rounds_served"]}
 else:
     r = hb.sample(target, hb.samplers.sgld(5e-5), shard=mode, **kw)

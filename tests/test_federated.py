@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import heatbath as hb
-from heatbath.drivers import batching, federation
+from heatbath.drivers import batching, federation, placement
 from heatbath.kernels.gradients import Oracle
 from heatbath.samplers.federated import federated_gradient, shard_gaussians
 
@@ -222,6 +222,45 @@ def test_federated_checkpoint_resume_equals_the_uninterrupted_run(tmp_path):
                   **{**kw, "batching": batching.federated(ids, local_steps=4, availability=0.3)})
 
 
+def test_shard_layout_places_whole_shards_balanced_and_padded_with_own_rows():
+    ids = np.array([2] * 7 + [0] * 3 + [1] * 5 + [3] * 2 + [4] * 4 + [0] * 2)  # sizes 5, 5, 7, 2, 4
+    lay = placement.shard_layout(ids, 3)
+    # Largest first to the emptiest device: 2 -> 0, 0 -> 1, 1 -> 2, 4 -> 1, 3 -> 2; rows 7, 9, 7.
+    assert lay.owner.tolist() == [1, 2, 0, 2, 1] and lay.block == 9
+    assert lay.order.shape == (27,)
+    for d in range(3):
+        block = lay.order[9 * d: 9 * d + 9]
+        assert set(ids[block]) == set(np.nonzero(lay.owner == d)[0])  # padding copies its own rows
+    np.testing.assert_array_equal(lay.order[lay.position], np.arange(ids.size))
+    assert lay.order[np.setdiff1d(np.arange(27), lay.position)].tolist() == [0, 0, 10, 10]  # first rows of 0 and 2
+    with pytest.raises(ValueError, match="5 shards cannot fill 6 devices"):
+        placement.shard_layout(ids, 6)
+    # The batcher reads the layout: its table maps every shard to its rows' new positions.
+    spec = batching.federated(ids, local_steps=2)
+    laid = spec.relayout(lay.position)
+    assert repr(laid) == repr(spec) and laid.relayout is not None
+    b0, b1 = spec.build(4, ids.size, 10), laid.build(4, ids.size, 10)
+    rows = jnp.arange(ids.size)
+    laid_rows = jnp.asarray(lay.order)
+
+    @jax.jit
+    def both(key, step):
+        return (b0.next(b0.init(key), key, rows, step)[0], b1.next(b1.init(key), key, laid_rows, step)[0])
+
+    for step in range(6):
+        r0, r1 = both(jax.random.key(step), jnp.int32(step))
+        np.testing.assert_array_equal(r0, r1)
+
+
+def test_federated_data_placement_refuses_full_data_gradients():
+    t, ids = _target()
+    spec = batching.federated(ids, local_steps=2)
+    data_place = placement.shardings("data", jax.devices()[:1], 1, t.num_data, spec)[1]
+    cv = hb.kernels.gradients.control_variates(centre=jnp.zeros(2)).build(t.terms, t.num_data)
+    with pytest.raises(ValueError, match="full-data passes would read"):
+        placement.place_data(t.data, data_place, spec, cv, None)
+
+
 def test_eight_devices_give_the_one_device_draws():
     script = textwrap.dedent(
         f"""
@@ -239,6 +278,41 @@ def test_eight_devices_give_the_one_device_draws():
             many = hb.sample(target, hb.samplers.fsgld(5e-5, conducive=q), shard=shard, **kw)
             np.testing.assert_allclose(one.samples["theta"], many.samples["theta"], rtol=1e-5, atol=1e-5)
             np.testing.assert_array_equal(one.stats["rounds_served"], many.stats["rounds_served"])
+        print("ok")
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_eight_devices_hold_only_their_shards_rows():
+    """shard="data" with federated rounds: each device's block of the data holds whole shards
+    (10 shards of 40 rows on 8 devices: devices 0 and 1 hold two, the others one plus 40 padding
+    copies of their own rows). The draws of that placement are the 1-device draws (the test above)."""
+    script = textwrap.dedent(
+        f"""
+        import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import numpy as np, jax
+        import heatbath as hb
+        from heatbath.drivers import batching, placement
+        from test_federated import toy
+        target, shards, ids, _, q = toy(num_per=40)
+        spec = batching.federated(ids, local_steps=5)
+        data_place = placement.shardings("data", None, 8, target.num_data, spec)[1]
+        est = hb.samplers.fsgld(5e-5).gradient.build(target.terms, target.num_data)
+        arr = placement.place_data(target.data, data_place, spec, est, None)[0]
+        lay = placement.shard_layout(ids, 8)
+        assert lay.owner.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1] and lay.block == 80
+        x = np.asarray(target.data)
+        assert len(arr.addressable_shards) == 8
+        for sh in arr.addressable_shards:
+            d = sh.index[0].start // lay.block
+            assert sh.device == data_place.mesh.devices.flat[d]
+            block, own = np.asarray(sh.data), x[np.isin(ids, np.nonzero(lay.owner == d)[0])]
+            assert block.shape == (80, 2)
+            same = (block[:, None, :] == own[None]).all(-1)
+            assert same.any(1).all() and same.any(0).all()  # only its shards' rows, and all of them
         print("ok")
         """
     )

@@ -26,6 +26,8 @@ Built in:
   :mod:`heatbath.samplers.federated`). Shards may be unavailable in a round (``availability``:
   a rate or a mask); f is then renormalised over the available ones. The state counts the
   rounds and steps each shard served (``rounds_served``, ``steps_served`` in the batch info).
+  Its spec's ``relayout(position)`` is the same batching reading row i at ``position[i]``: what
+  ``shard="data"`` uses to place whole shards on devices (:mod:`heatbath.drivers.placement`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class BatchingSpec(NamedTuple):
     params: dict = {}
     unbiased_scaling: bool = True
     shards: Any = None  # federated: the shard id of every row (what FSGLD's per-shard fits read)
+    # federated: relayout(position) -> the same spec indexing rows laid out elsewhere (row i at
+    # position[i], e.g. grouped by device: heatbath.drivers.placement.place_data); None: fixed rows
+    relayout: Any = None
 
     def __repr__(self) -> str:  # stable: checkpoint settings record it
         args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
@@ -208,6 +213,27 @@ def federated(shards, *, local_steps: int = 1, probs=None, availability=None) ->
     for s in range(K):
         rows = np.nonzero(labels == s)[0]
         table[s, : rows.size] = rows
+    proportional = bool(np.allclose(f, sizes / sizes.sum(), rtol=1e-9, atol=0.0)) and rate == 0.0 and mask is None
+    params = {"num_shards": K, "local_steps": local_steps, "probs": [round(float(p), 12) for p in f],
+              "shards": _digest(labels)}
+    if rate:
+        params["availability"] = float(rate)
+    elif mask is not None:
+        params["availability"] = _digest(mask)
+
+    def spec_at(position):
+        """The spec whose batcher reads row i at ``position[i]`` (None: at i)."""
+        rows_of = table if position is None else np.asarray(position, np.int32)[table]
+        # With f_s = N_s / N, N_s / (f_s n) = N / n: the usual minibatch scaling is unbiased (not
+        # under dropout: the renormalised f'_s differ from N_s / N).
+        return BatchingSpec("federated", _federated_build(rows_of, labels, sizes, f, pi, mask, rate, K, local_steps),
+                            params, proportional, labels, spec_at)
+
+    return spec_at(None)
+
+
+def _federated_build(table, labels, sizes, f, pi, mask, rate, K, local_steps):
+    """The federated batcher's ``build`` for the shards' row table (K, max N_s)."""
 
     def build(batch_size, num_data, num_steps):
         if labels.size != num_data:
@@ -261,16 +287,7 @@ def federated(shards, *, local_steps: int = 1, probs=None, availability=None) ->
 
         return Batcher("federated", init, next_, batch_size)
 
-    proportional = bool(np.allclose(f, sizes / sizes.sum(), rtol=1e-9, atol=0.0)) and rate == 0.0 and mask is None
-    params = {"num_shards": K, "local_steps": local_steps, "probs": [round(float(p), 12) for p in f],
-              "shards": _digest(labels)}
-    if rate:
-        params["availability"] = float(rate)
-    elif mask is not None:
-        params["availability"] = _digest(mask)
-    # With f_s = N_s / N, N_s / (f_s n) = N / n: the usual minibatch scaling is unbiased (not
-    # under dropout: the renormalised f'_s differ from N_s / N).
-    return BatchingSpec("federated", build, params, proportional, labels)
+    return build
 
 
 def _digest(a) -> str:

@@ -10,6 +10,16 @@ A checkpoint is a directory:
     draws_<j>.npz        the draws and stats of sampling chunk j
     .lock                held (``flock``) by the run writing the directory, for its duration
 
+A run spread over several processes (``jax.distributed``; ``Checkpoint(..., processes=True)``)
+is written by process 0 alone: every process holds the same state and draws (gathered after
+each chunk), so one copy is the whole checkpoint, with one commit point. (A directory per
+process would commit each process separately: a run killed between two processes' commits
+would leave them at different segments, and a resume would start them out of step.) At every
+commit the other processes wait for process 0's outcome (a broadcast from it): a failed write
+raises :class:`CheckpointWriteError` on every process, and when ``hb.sample`` returns the commit
+is on disk. On resume every process reads the directory, so it must be on a filesystem they
+share (the processes check that they see the same commit before anything compiles).
+
 Every file is written to a temporary name (``.tmp-*``) and renamed, then ``meta.json`` is
 replaced the same way, so a run killed at any instant (SIGKILL included) leaves the previous
 consistent checkpoint; the temporary files of a killed write are removed by the next run that
@@ -84,19 +94,22 @@ class Checkpoint:
     however the run ends; a Checkpoint that is garbage-collected releases it too.
     """
 
-    def __init__(self, path: str, settings: dict):
+    def __init__(self, path: str, settings: dict, processes: bool = False):
         self.path = os.fspath(path)
         self.settings = json.loads(json.dumps(settings, default=str))
         self.meta = None
         self._lock_fd = None
         self._release = None
         self._dir_id = None
+        # Several processes (see the module docstring): process 0 writes, the others only read.
+        self.processes = bool(processes)
+        self.writer = not self.processes or jax.process_index() == 0
 
     # -- the directory and its lock --------------------------------------------------------
     def open(self, create: bool = True) -> "Checkpoint":
         """Create the directory (``create``), check a file can be written there, take its lock and
         remove the temporary files of a write that was killed. Idempotent."""
-        if self._lock_fd is not None:
+        if self._lock_fd is not None or not self.writer:
             return self
         if create:
             try:
@@ -169,8 +182,30 @@ class Checkpoint:
 
         ``extra`` (e.g. the control-variate centre) is written once, on the first commit. An
         ``OSError`` (disk full, directory deleted or read-only) becomes a :class:`CheckpointWriteError`;
-        the previous commit stays intact.
+        the previous commit stays intact. Several processes: process 0 writes, then broadcasts
+        whether it committed; every process returns or raises with it.
         """
+        if not self.processes:
+            return self._write(segments_done, state, new_draws, previous, extra)
+        from jax.experimental import multihost_utils
+
+        failed, meta = None, {"segments_done": segments_done}
+        if self.writer:
+            try:
+                meta = self._write(segments_done, state, new_draws, previous, extra)
+            except BaseException as err:  # the others are waiting for the broadcast: send it, then raise
+                failed = err
+        ok = int(multihost_utils.broadcast_one_to_all(np.int32(failed is None)))
+        if failed is not None:
+            raise failed
+        if not ok:
+            raise CheckpointWriteError(
+                f"process 0 could not commit the checkpoint at {self.path} (after {segments_done} segments): its "
+                "error says why; the last commit is intact")
+        self.meta = meta
+        return meta
+
+    def _write(self, segments_done, state, new_draws, previous, extra):
         if self._lock_fd is None:
             self.open(create=True)
         try:

@@ -16,6 +16,7 @@ from heatbath.drivers import inputs, loop
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.cache import IdentityCache
 from heatbath.drivers.checkpoint import hold
+from heatbath.drivers.placement import spans_processes
 from heatbath.drivers.settings import open_checkpoint
 from heatbath.kernels import tree as _tree
 from heatbath.models.target import Target
@@ -165,7 +166,8 @@ def fit(
         spec = spec.with_centre(ravel_pytree(centre)[0] if method.flat else centre)
     checkpoint_every = check_count(checkpoint_every, "checkpoint_every", 1)
     ckpt, resuming = open_checkpoint(
-        checkpoint, resume, target, "fit", method.hyperparameters, seed=seed, init=init, method=method.name,
+        checkpoint, resume, target, "fit", method.hyperparameters, seed=seed, init=init,
+        processes=spans_processes(shard, devices), method=method.name,
         num_data=target.num_data, batch_size=batch_size, trace_every=trace_every, dim=dim,
         batching=repr(batching),
     )

@@ -29,7 +29,7 @@ from heatbath.drivers.cost import grad_evals_per_chain, num_refreshes  # noqa: F
 from heatbath.drivers.keys import chain_keys, fold_each  # noqa: F401 - re-exported
 from heatbath.drivers.divergence import finite_log_density, flag_lookahead
 from heatbath.drivers.cache import IdentityCache, sampler_key, target_key
-from heatbath.drivers.placement import place, shardings, to_host
+from heatbath.drivers.placement import place, place_data, shardings, to_host
 from heatbath.drivers.progress import Progress, tick
 from heatbath.kernels import tree as _tree
 from heatbath.kernels.gradients import Estimator, Oracle
@@ -281,16 +281,17 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
 
     data = target.data
     num_chains = jax.tree.leaves(positions)[0].shape[0]
-    spec = cfg.batching
+    spec, record = cfg.batching, cfg.record
+    places = shardings(cfg.shard, cfg.devices, num_chains, target.num_data, spec)
+    if places is not None:
+        chain_place, data_place, replicated = places
+        # Federated rounds with shard="data": whole shards per device, the spec and record reading that layout.
+        data, spec, record = place_data(data, data_place, spec, estimator, record)
+        positions = place(positions, chain_place)
     batcher = spec.build(cfg.batch_size, target.num_data, cfg.num_warmup + cfg.num_draws * cfg.thinning)
     one_step = make_step(sampler, estimator, batcher, target, cfg.on_divergence)
     init_keys = fold_each(keys, 1)
     run_keys = fold_each(keys, 2)
-    places = shardings(cfg.shard, cfg.devices, num_chains, target.num_data)
-    if places is not None:
-        chain_place, data_place, replicated = places
-        data = place(data, data_place)
-        positions = place(positions, chain_place)
     if getattr(sampler, "auto", ()):
         raise ValueError(
             f"{sampler.name} leaves {list(sampler.auto)} to be chosen automatically, which hb.sample does "
@@ -312,7 +313,6 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     alive = jnp.ones((num_chains,), bool)
     guard = alive if cfg.on_divergence == "flag" else (alive, states)
     carry = (states, est_states, run_keys, guard, batch_states)
-    record = cfg.record
     # What `record` returns for one draw (constrained values and deterministic sites, which may
     # be much larger than the position): the moments' shapes and the bytes kept per draw.
     if record is not None:

@@ -14,6 +14,7 @@ from heatbath.drivers.batching import as_batching
 from heatbath.drivers.cache import IdentityCache
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.results import OptimizeResult
+from heatbath.drivers.placement import spans_processes
 from heatbath.drivers.settings import open_checkpoint
 from heatbath.kernels import tree as _tree
 from heatbath.kernels.validate import check_bool, check_count, seed_key
@@ -119,6 +120,7 @@ def optimize(
                               trace_every, progress_bar, devices, batching)
     ckpt, resuming = open_checkpoint(
         checkpoint, resume, target, "optimize", optimizer.hyperparameters, seed=seed, init=init,
+        processes=spans_processes(shard, devices),
         optimizer=optimizer.name, num_data=target.num_data, batch_size=batch_size, num_steps=num_steps,
         trace_every=trace_every, batching=repr(batching),
     )

@@ -51,7 +51,14 @@ def _pow2(x: float) -> int:
 def sized_by_time(cfg, first, seconds: float, mem_chunk: int):
     """(draws per chunk, warmup steps per chunk) so that a chunk takes about CHUNK_SECONDS, from
     the wall time of the ``first`` segment; the rest of a phase that fits in two chunks' time
-    runs as one chunk."""
+    runs as one chunk. A run over several processes uses process 0's time on every process (the
+    processes must run the same chunks)."""
+    from heatbath.drivers.placement import spans_processes
+
+    if spans_processes(getattr(cfg, "shard", None), getattr(cfg, "devices", None)):
+        from jax.experimental import multihost_utils
+
+        seconds = float(multihost_utils.broadcast_one_to_all(np.float64(seconds)))
     rate = first[0] * first[1] / max(seconds, 1e-9)  # steps per second
     warm_left = cfg.num_warmup - (0 if first[2] else first[0])
     draws_left = cfg.num_draws - (first[0] if first[2] else 0)

@@ -15,7 +15,7 @@ from heatbath.drivers import federation, initialize, inputs, loop, selfcheck
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.cache import IdentityCache
-from heatbath.drivers.placement import shardings
+from heatbath.drivers.placement import shardings, spans_processes
 from heatbath.drivers.results import Result
 from heatbath.drivers.settings import open_checkpoint
 from heatbath.kernels.validate import check_bool, check_choice, check_count, seed_key
@@ -108,8 +108,9 @@ def sample(
         the checkpoint directory: the run must resume. The resumed run's draws equal the
         uninterrupted run's.
       shard: ``"chains"`` splits the chains over ``devices`` (default: all), ``"data"`` splits
-        the data rows (full-data gradients become sharded reductions); the draws are the
-        same as on one device.
+        the data rows (full-data gradients become sharded reductions; with federated
+        batching, whole shards per device: :func:`heatbath.drivers.placement.place_data`); the
+        draws are the same as on one device.
       batching: which rows a step sees (:mod:`heatbath.drivers.batching`): ``"uniform"``
         (default: n rows with replacement), ``"reshuffle"`` (epochs without replacement) or a
         spec such as ``batching.federated(shards, local_steps=...)``.
@@ -164,10 +165,11 @@ def sample(
                          "target with a nonsmooth term")
     inputs.check_total_steps(num_warmup + num_samples * steps_per_draw)
     if shard is not None:
-        shardings(shard, devices, num_chains, target.num_data)
+        shardings(shard, devices, num_chains, target.num_data, batching)
     master = seed_key(seed)
     ckpt, resuming = open_checkpoint(
-        checkpoint, resume, target, "sample", sampler.hyperparameters, seed=seed, init=init, sampler=sampler.name,
+        checkpoint, resume, target, "sample", sampler.hyperparameters, seed=seed, init=init,
+        processes=spans_processes(shard, devices), sampler=sampler.name,
         num_data=target.num_data, batch_size=batch_size, num_samples=num_samples, num_warmup=num_warmup,
         thinning=thinning, num_chains=num_chains, keep=keep, swag_rank=swag_rank, on_divergence=on_divergence,
         batching=repr(batching),

@@ -101,7 +101,8 @@ def resume_mode(checkpoint, resume):
     return where, "must"
 
 
-def open_checkpoint(checkpoint, resume, target: Target, kind: str, hyper, *, seed, init, **settings):
+def open_checkpoint(checkpoint, resume, target: Target, kind: str, hyper, *, seed, init, processes: bool = False,
+                    **settings):
     """(Checkpoint or None, resuming?) from the user's ``checkpoint`` and ``resume`` arguments.
 
     The run's settings (``kind``, the described ``hyper``-parameters, ``settings``, the seed,
@@ -115,6 +116,12 @@ def open_checkpoint(checkpoint, resume, target: Target, kind: str, hyper, *, see
     ``ckpt.close()`` (or ``with hold(ckpt):``) however the run ends. See :func:`resume_mode`
     for ``resume``; ``checkpoint=path`` on a directory that holds a committed checkpoint is
     refused rather than overwritten.
+
+    ``processes``: the run spans several processes (``jax.distributed``,
+    :func:`~heatbath.drivers.placement.spans_processes`). Process 0 alone creates, locks and
+    writes the directory; every process reads it on resume, so it must be on a filesystem they
+    share. The processes check here that they agree (all opened it, all fresh or all resuming
+    the same commit), else every one of them raises.
     """
     path, mode = resume_mode(checkpoint, resume)
     if mode is None:
@@ -133,11 +140,12 @@ def open_checkpoint(checkpoint, resume, target: Target, kind: str, hyper, *, see
             UserWarning,
             stacklevel=3,
         )
-    if mode == "must":
-        Checkpoint.read_meta(path)  # fails early, with a clear error, when there is nothing to resume
-    ckpt = Checkpoint(path, settings)
-    ckpt.open(create=mode != "must")
+    ckpt = Checkpoint(path, settings, processes=processes)
+    failed, resuming, done = None, False, -1
     try:
+        if mode == "must":
+            Checkpoint.read_meta(path)  # fails early, with a clear error, when there is nothing to resume
+        ckpt.open(create=mode != "must")
         committed = ckpt.committed()  # under the lock: no other run is committing now
         if mode == "fresh" and committed:
             raise ValueError(
@@ -147,11 +155,37 @@ def open_checkpoint(checkpoint, resume, target: Target, kind: str, hyper, *, see
             )
         resuming = mode == "must" or committed
         if resuming:
-            Checkpoint.read_meta(path)  # a corrupted or malformed checkpoint is refused now, not overwritten
-    except BaseException:
+            # a corrupted or malformed checkpoint is refused now, not overwritten
+            done = Checkpoint.read_meta(path)["segments_done"]
+    except BaseException as err:
+        failed = err
+    if processes and not isinstance(failed, (KeyboardInterrupt, SystemExit)):
+        failed = _agree_across_processes(path, failed, resuming, done)
+    if failed is not None:
         ckpt.close()
-        raise
+        raise failed
     return ckpt, resuming
+
+
+def _agree_across_processes(path, failed, resuming, done):
+    """The error every process of a multi-process run raises (None: they agree): one that failed to
+    open the checkpoint makes all fail; so do processes that see different commits."""
+    from jax.experimental import multihost_utils
+
+    mine = np.array([failed is None, resuming, done], np.int64)
+    seen = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 3)
+    if failed is not None:
+        return failed
+    bad = np.nonzero(seen[:, 0] == 0)[0]
+    if bad.size:
+        return ValueError(f"process(es) {bad.tolist()} could not open the checkpoint at {path} (their errors say why)")
+    if not (seen == seen[0]).all():
+        return ValueError(
+            f"the processes see different checkpoints at {path} (resuming, segments done per process: "
+            f"{seen[:, 1:].tolist()}): a multi-process run's checkpoint directory must be on a filesystem every "
+            "process shares (process 0 writes it, all read it)"
+        )
+    return None
 
 
 def model_digest(target: Target) -> Optional[str]:
