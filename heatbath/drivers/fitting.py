@@ -26,12 +26,12 @@ from heatbath.vi.base import FitRun, VIMethod
 __all__ = ["fit", "TRACE_KEY"]
 
 TRACE_KEY = 3  # fold_in index of the key handed to the method's finalize (e.g. ELBO trace draws)
-
 TRACE_BYTES = 1 << 28  # recorded states a default trace keeps at most (256 MiB): fewer points when larger
 
 
 def _bytes(shapes) -> int:
     return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes))
+
 
 class _FitInfo(NamedTuple):
     """What the loop keeps every ``trace_every`` steps: the method's info and its new state."""
@@ -152,13 +152,13 @@ def fit(
     dim = sum(int(np.prod(jnp.shape(x)[1:])) for x in jax.tree.leaves(positions))
     dtype = jax.tree.leaves(positions)[0].dtype
     options = method.check(dim, dtype, options)
-    inputs.check_init_finite(run_target, positions, run_target.data)
     # The trace records the method's state at every point (for Gaussian VI a d x d covariance):
     # bound the points kept by default, and the points per compiled chunk, by their bytes.
     state_bytes = _bytes(jax.eval_shape(method.init, jax.tree.map(lambda x: x[0], positions), keys[0]))
     if trace_given is None and (num_steps // trace_every) * state_bytes > TRACE_BYTES:
         trace_every = min(num_steps, -(-num_steps // max(1, TRACE_BYTES // state_bytes)))
     chunk_cap = max(1, loop.CHUNK_BYTES // max(state_bytes, 1))
+    inputs.check_init_finite(run_target, positions, run_target.data)
 
     spec = method.gradient
     if getattr(spec, "needs_centre", False) and spec.centre is not None:
@@ -179,10 +179,10 @@ def fit(
         num_records, rest = divmod(num_steps, trace_every)
         if chunk_size is None and ckpt is not None:
             chunk_size = max(1, num_records // 20)
-        cfg = loop.LoopConfig(
-            batching=batching, batch_size=batch_size, num_draws=num_records, thinning=trace_every, num_warmup=rest,
         if chunk_size is None and num_records > chunk_cap:
             chunk_size = chunk_cap
+        cfg = loop.LoopConfig(
+            batching=batching, batch_size=batch_size, num_draws=num_records, thinning=trace_every, num_warmup=rest,
             desc=method.name, chunk_size=chunk_size, progress_bar=progress_bar, shard=shard, devices=devices,
             checkpoint=ckpt, checkpoint_every=checkpoint_every, resume=resuming, extra_state=centre,
         )
