@@ -18,12 +18,13 @@ from test_sgld import A, MU, check_covariance, gaussian_target, lyapunov
 
 
 @pytest.mark.parametrize("source, fourth", [(noise_weak.rademacher(), 1.0), (noise_weak.uniform(), None),
-                                            (noise_weak.uniform(4), None), (noise_weak.gaussian16(), 3.0)])
+                                            pytest.param(noise_weak.uniform(4), None, marks=pytest.mark.slow),
+                                            pytest.param(noise_weak.gaussian16(), 3.0, marks=pytest.mark.slow)])
 def test_moments_and_leafwise_draws(source, fourth):
-    """Mean 0, variance 1, third moment 0 within 5 SE over 2^20 values; the fourth moment of
+    """Mean 0, variance 1, third moment 0 within 5 SE over 2^18 values; the fourth moment of
     the law (Rademacher 1; uniform on L levels 9/5 (L^2 - 7/3) / (L^2 - 1); Gaussian 3); a
     pytree's leaves get their own shapes and dtypes; ``draws`` gives independent pytrees."""
-    like = {"w": jnp.zeros((1 << 10, 1 << 10)), "b": jnp.zeros((3,), jnp.float32)}
+    like = {"w": jnp.zeros((1 << 9, 1 << 9)), "b": jnp.zeros((3,), jnp.float32)}
     x = np.asarray(source.draw(jax.random.key(0), like)["w"], np.float64).ravel()
     n = x.size
     for k, want in ((1, 0.0), (2, 1.0), (3, 0.0)):
@@ -44,7 +45,8 @@ def test_moments_and_leafwise_draws(source, fourth):
         noise_weak.uniform(3)
 
 
-@pytest.mark.parametrize("source", [noise_weak.rademacher(), noise_weak.uniform()])
+@pytest.mark.parametrize("source", [noise_weak.rademacher(),
+                                    pytest.param(noise_weak.uniform(), marks=pytest.mark.slow)])
 def test_sgld_weak_noise_keeps_the_lyapunov_covariance(source):
     """SGLD with Rademacher or uniform noise on the correlated 3-d Gaussian (h = 0.2): the full
     covariance equals the Gaussian-noise Lyapunov solution within 4 SE per entry (128 chains x

@@ -79,3 +79,18 @@ def test_second_calls_do_not_recompile_the_step():
     # Different settings do compile: another step size is another program.
     other, _ = _count_chunk_compiles(lambda: run(hb.samplers.sgld(2e-3)))
     assert other == 1
+
+
+def test_fit_trace_is_bounded_by_the_state_bytes(monkeypatch):
+    """hb.fit's default trace keeps at most TRACE_BYTES of recorded states: with room for 4
+    states of FB-GVI (d = 3) a 200-step fit records 4 trace points (every 50 steps), not 100."""
+    from heatbath.drivers import fitting
+
+    method = hb.vi.fbgvi(0.1, 200)
+    state_bytes = fitting._bytes(jax.eval_shape(method.init, jnp.zeros(3), jax.random.key(0)))
+    monkeypatch.setattr(fitting, "TRACE_BYTES", 4 * state_bytes)
+    target = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p**2), lambda p, b: 0.0 * jnp.sum(b),
+                                       np.zeros((1, 1), np.float32), params=jnp.zeros(3))
+    q = hb.fit(target, method, elbo_samples=0, check=False)
+    assert len(q.trace["step"]) == 4, q.trace["step"]
+    np.testing.assert_array_equal(q.trace["step"], [50, 100, 150, 200])

@@ -1,0 +1,16 @@
+"""python benchmarks/bench_bdl_memory.py 400: peak RSS of keeping every draw of the 670k-weight MLP: baseline (a 1-draw run, everything
+compiled) vs a run keeping N draws."""
+import resource, sys, os, json
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_bdl as B, heatbath as hb, numpy as np
+n = int(sys.argv[1])
+data, params = B.make_problem(B.FULL["sizes"], B.FULL["rows"])
+t = hb.models.from_logdensity(B.logprior, B.loglik, data, params=params)
+def run(k):
+    return hb.sample(t, hb.samplers.sgld(1e-6), batch_size=128, num_samples=k, checks="off", progress_bar=False, init=params, seed=0)
+r = run(1); del r
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+r = run(n)
+kept = sum(v.nbytes for v in r.samples.values()) / 2**20
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"draws": n, "baseline_MiB": base, "kept_MiB": kept, "peak_MiB": peak, "ratio": peak / (base + kept)}))
