@@ -14,7 +14,7 @@ and the MCSE of its predictive probabilities (ArviZ, per test point).
 
 Methods, all at the same budget of per-datum gradient evaluations (``--epochs`` passes over the
 training data, split over 4 chains / members where a method has several; minibatch 50):
-SGLD, cyclical SGLD (cSG-MCMC), SGHMC, SWAG (SGD iterates kept as keep="moments" moments and
+SGLD, cyclical SGLD (cSG-MCMC), SGHMC (and SGHMC at a cold temperature, ``--cold``), SWAG (SGD iterates kept as keep="moments" moments and
 deviations, sampled), the Laplace approximation at the MAP (last-layer full GGN and diagonal GGN,
 linearised probit predictive), mean-field Gaussian VI (FB-GVI, diagonal covariance), a deep
 ensemble (4 chains of SGD: SGLD at T = 0 from prior draws) and the MAP (Adam, ``hb.optimize``).
@@ -23,6 +23,7 @@ MAP searches and curvature excluded where noted).
 
     python benchmarks/bdl_scoreboard.py                   # the README table (a few minutes, 2 cores)
     python benchmarks/bdl_scoreboard.py --figure bdl.png  # and reliability diagrams
+    python benchmarks/bdl_scoreboard.py --n-train 100 --hidden 16   # fewer rows, a wider network
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def run_methods(bn, Xtr, ytr, Xte, args):
 
     sampled("SGLD", hb.samplers.sgld(args.h_sgld))
     sampled("SGHMC", hb.samplers.sghmc(args.h_sghmc, friction=args.friction))
+    sampled(f"SGHMC cold (T = {args.cold})", hb.samplers.sghmc(args.h_sghmc, friction=args.friction,
+                                                              temperature=args.cold))
 
     # cyclical SGLD: cosine step size, noise on in the last 20% of each cycle, draws kept there
     t0 = time.perf_counter()
@@ -165,6 +168,7 @@ def run_methods(bn, Xtr, ytr, Xte, args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--hidden", type=int, default=8)
+    ap.add_argument("--n-train", type=int, default=400, help="training rows (the rest are the test set)")
     ap.add_argument("--epochs", type=int, default=2000, help="gradient budget per method, in passes over the data")
     ap.add_argument("--nuts-warmup", type=int, default=500)
     ap.add_argument("--nuts-samples", type=int, default=500)
@@ -174,13 +178,14 @@ def main(argv=None):
     ap.add_argument("--friction", type=float, default=10.0)
     ap.add_argument("--h-csgld", type=float, default=1e-3)
     ap.add_argument("--cycles", type=int, default=4)
+    ap.add_argument("--cold", type=float, default=0.1, help="temperature of the cold-posterior SGHMC row")
     ap.add_argument("--h-swag", type=float, default=2e-4)
     ap.add_argument("--h-map", type=float, default=1e-2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--figure", default=None, help="write reliability diagrams to this file")
     args = ap.parse_args(argv)
 
-    Xtr, ytr, Xte, yte = load()
+    Xtr, ytr, Xte, yte = load(n_train=args.n_train)
     bn = make_net(Xtr.shape[1], args.hidden)
     d = sum(int(np.prod(v.shape)) for v in bn.init.values())
     ref, info = nuts_reference(bn, Xtr, ytr, Xte, args)
