@@ -138,3 +138,38 @@ def test_laplace_ggn_equals_hessian_on_glms():
     np.testing.assert_allclose(qh.cov, qg.cov, rtol=1e-4)
     np.testing.assert_allclose(qh.linearised_predictive(jnp.asarray(XT, jnp.float32)),
                                qg.linearised_predictive(jnp.asarray(XT, jnp.float32)), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_last_layer_laplace_of_a_network_and_swag_of_a_run():
+    """A network through hb.fit: last-layer GGN equals the last-layer Hessian (softmax is the
+    canonical link, and the hidden layer is fixed at the MAP), and hb.vi.swag of a real
+    keep="moments" run samples around its mean."""
+    from heatbath.diagnostics.predictive_mean import predictive_moments
+    from heatbath.models.network import network_model
+
+    def mlp(p, x):
+        return p["l2"]["w"] @ jnp.tanh(p["l1"]["w"] @ x + p["l1"]["b"]) + p["l2"]["b"]
+
+    params = {"l1": {"w": jnp.zeros((4, D)), "b": jnp.zeros(4)}, "l2": {"w": jnp.zeros((2, 4)), "b": jnp.zeros(2)}}
+    bn = network_model(mlp, params, prior_scale=1.0)
+    data = {"X": jnp.asarray(X, jnp.float32), "y": jnp.asarray(Y_CLS, jnp.int32)}
+    kw = dict(structure="full", subset=("l2.w", "l2.b"), network=bn)
+    qg = hb.fit(bn.model, hb.vi.laplace(0.02, 1500, curvature="ggn", **kw), data=data, seed=0, progress_bar=False)
+    qh = hb.fit(bn.model, hb.vi.laplace(0.02, 1500, curvature="hessian", **kw), data=data, seed=0, progress_bar=False)
+    assert len(qg.index) == 10 and qg.map_grad_norm < 0.1  # float32 sums over the data
+    np.testing.assert_allclose(qg.precision_sub, qh.precision_sub, rtol=1e-3, atol=1e-3 * np.abs(qh.precision_sub).max())
+    # the non-identified softmax direction is held by the prior: the precision is positive definite
+    assert np.linalg.eigvalsh(qg.precision_sub).min() > 0.5
+    p_lin = qg.linearised_predictive(jnp.asarray(XT, jnp.float32))
+    p_mc = qg.linearised_predictive(jnp.asarray(XT, jnp.float32), method="mc", num_samples=20000)
+    np.testing.assert_allclose(p_lin, p_mc, atol=0.03)  # the probit approximation of the MC value
+    r = hb.sample(bn.model, hb.samplers.sgld(1e-3, temperature=0.0), data=data, batch_size=20, num_warmup=500,
+                  num_samples=50, thinning=10, keep="moments", swag_rank=10, num_chains=2, progress_bar=False,
+                  checks=False, init="sample")
+    q = hb.vi.swag(r, sites=bn.sites)
+    s = q.sample(0, 4000)
+    for n in bn.sites:
+        np.testing.assert_allclose(s[n].mean(0), np.asarray(r.moments["mean"][n]).mean(0), atol=0.1)
+    pm = predictive_moments(q, bn.predict, jnp.asarray(XT, jnp.float32), num_draws=500)
+    np.testing.assert_allclose(pm.mean.sum(1), 1.0, atol=1e-6)
