@@ -58,8 +58,7 @@ def test_agreement_and_tv_by_hand():
 
 
 def test_plot_reliability_runs():
-    import matplotlib
-
+    matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
     ax = m.plot_reliability(m.reliability_diagram(P, Y, num_bins=5))
     assert "0.3500" in ax.get_title()
