@@ -12,7 +12,10 @@ forward and backward pass (benchmarks/RESULTS.md). These sources spend fewer bit
   coordinate (a word serves 4).
 - :func:`gaussian16`: Box-Muller on two 16-bit uniforms, **two normals per 32-bit word**
   (half the bits of ``jax.random.normal``); a Gaussian quantised to 2^16 levels of the
-  radius and the angle (tails cut at sqrt(2 ln 2^17) = 4.8 sd).
+  radius and the angle (tails cut at sqrt(2 ln 2^17) = 4.8 sd). Measured on the 2-core CPU
+  (benchmarks/bench_noise.py, 669,706 float32): its log, cos and sin cost more than the bits
+  saved (2.7x threefry's normals), so it is kept for accelerators, not recommended on a CPU;
+  ``uniform()`` took 0.28x and ``rademacher()`` 0.08x of threefry's normals.
 
 Weak order one. For SGLD (Euler-Maruyama) and SGHMC's O/E pieces, weak first-order
 convergence needs the increments' first three moments to match the Gaussian's (mean 0,
