@@ -209,6 +209,8 @@ def model_digest(target: Target) -> Optional[str]:
     h = hashlib.blake2b(digest_size=12)
     h.update(re.sub(r" at 0x[0-9a-fA-F]+", "", str(closed.jaxpr)).encode())
     for const in closed.consts:
+        if jax.dtypes.issubdtype(getattr(const, "dtype", None), jax.dtypes.prng_key):
+            const = jax.random.key_data(const)  # a typed key the target closes over (no numpy view)
         arr = np.asarray(const)
         h.update(str((arr.shape, arr.dtype.str)).encode())
         h.update(np.ascontiguousarray(arr).tobytes())

@@ -220,15 +220,20 @@ def markov_fbm(hurst=None, *, num_k: int = 5, gamma_max: float = 20.0, kind: int
 
 
 def weights(approx: MarkovFBM, hurst=None, dtype=None):
-    """omega for ``approx`` (at ``hurst`` when H is learned; a traced H is fine)."""
+    """omega for ``approx`` (at ``hurst`` when H is learned; a traced H is fine). With H fixed
+    and ``hurst`` not given, omega is computed eagerly, also inside ``jit`` (a constant)."""
     if approx.exact:
         return jnp.ones(1, dtype or jnp.result_type(float))
     h = approx.hurst if hurst is None else hurst
     if h is None:
         raise ValueError("this Markov fBM learns H: pass hurst=")
     g = jnp.asarray(approx.gamma, dtype or jnp.result_type(float))
-    w = omega(g, jnp.asarray(h, g.dtype), approx.horizon, approx.kind)
-    return w
+    if hurst is None:
+        # H fixed: omega is a constant, evaluated now even under a trace (the incomplete gamma
+        # and the 40-term continued fraction then stay out of the compiled program)
+        with jax.ensure_compile_time_eval():
+            return omega(g, jnp.asarray(h, g.dtype), approx.horizon, approx.kind)
+    return omega(g, jnp.asarray(h, g.dtype), approx.horizon, approx.kind)
 
 
 def psd_sqrt(m) -> np.ndarray:

@@ -63,7 +63,7 @@ def simulate(sde, params, key, ctx, *, controlled: bool = True, noise=None, dtyp
     approx = sde.approx
     n, dt = sde.num_steps, sde.dt
     k_x0, k_y0, k_w = jax.random.split(key, 3)
-    omega = _fbm.weights(approx, sde.hurst(params), dtype).astype(dtype)
+    omega = _fbm.weights(approx, sde.hurst(params) if sde.learn_hurst else None, dtype).astype(dtype)
     gamma = jnp.asarray(approx.gamma, dtype)
     x0, kl0 = _x0(sde, params, k_x0, dtype)
     y0 = _fbm.init_ou(k_y0, approx, (sde.dim,), dtype)
