@@ -139,3 +139,15 @@ def test_checkpoint_resume_equals_the_uninterrupted_fit(tmp_path, monkeypatch):
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert resumed.hurst == full.hurst and full.hurst != 0.5  # H learned: its gradient flows through omega(H)
+
+
+def test_model_digest_hashes_the_targets_key_constant():
+    """The target's loglik closes over a typed PRNG key; checkpoint settings hash it (np.asarray
+    of a key array raised TypeError, so checkpointing fbm_vi failed before any step)."""
+    from heatbath.drivers.settings import model_digest
+
+    sde = _bridge()
+    digest = model_digest(hb.models.from_latent_sde(sde, [2.0], [0.0]))
+    assert isinstance(digest, str) and digest == model_digest(hb.models.from_latent_sde(sde, [1.0], [0.5]))
+    other = hsde.latent_sde(_zero_drift, 1.0, span=(0, 2), dt=0.01, hurst=0.5, likelihood=hsde.gaussian(0.2))
+    assert model_digest(hb.models.from_latent_sde(other, [2.0], [0.0])) != digest
