@@ -33,6 +33,8 @@ def _final_positions(target, sampler, num_steps, init, seed=1):
     return np.asarray(res.final_state.position)
 
 
+# slow: 3 optimizers x many restarts (default-suite budget)
+@pytest.mark.slow
 def test_annealed_sgld_finds_the_global_minimum_more_often_than_sgd_and_adam():
     """10-D tilted double well (1024 minima), 100 starts uniform in [-2, 2]^10, 5000 steps each.
 

@@ -167,6 +167,8 @@ def test_newton_decrement_is_the_distance_in_posterior_sds_and_find_map_finds_a_
     np.testing.assert_allclose(np.asarray(params), np.broadcast_to(mu, (3, 3)), atol=2e-3)  # sds 0.5 to 10
 
 
+# slow: find_map is also checked against closed forms in the default suite
+@pytest.mark.slow
 def test_find_map_matches_scipy_on_a_logistic_regression():
     target, X, y = logistic()
     t_ref, H = _scipy_map(X, y)
@@ -212,6 +214,8 @@ def test_eight_schools_centred_has_no_mode_and_says_so():
     assert res.converged is False and len(warned) == 1 and "no mode" in warned[0]
 
 
+# slow: a long Adam reference run (default-suite budget)
+@pytest.mark.slow
 def test_lkj_map_in_the_auto_mode_matches_a_long_adam_run():
     """The MVN + LKJ MAP by num_steps="auto" against 20000 default-Adam steps (values recorded
     from that run, 0.0002 posterior sd from the MAP by its own check; 5 s of the 2000-step
