@@ -234,6 +234,8 @@ def test_numpyro_kernel_with_automatic_step_size(reg_data):
     assert abs(a.mean() - 1.5) < 0.05
 
 
+# slow: the CLI reaches the same automatic path as hb.sample (tested in this file)
+@pytest.mark.slow
 def test_cli_sample_without_a_step_size_chooses_one(capsys):
     from heatbath.cli import main
 
@@ -251,6 +253,8 @@ def test_checkpoint_of_a_model_with_latents_in_its_data_plate(tmp_path):
     np.testing.assert_array_equal(a.samples["tau"], b.samples["tau"])
 
 
+# slow: the automatic settings again, in float64 (default-suite budget)
+@pytest.mark.slow
 def test_automatic_settings_under_x64():
     """find_map's L-BFGS carry and the tuning run in float64 too (a line-search counter was int64)."""
     import subprocess
