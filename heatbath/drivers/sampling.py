@@ -193,7 +193,7 @@ def sample(
         if init_info["strategy"] != "uniform" or auto:
             tuning = {"init": init_info}
         if auto:
-            est_state = _estimator_state(estimator, positions, target.data)
+            est_state = estimator_state(estimator, positions, target.data)
             sampler, states, pilot, info, tune_cost, tune_compile = autotune.warmup(
                 target, sampler, estimator, est_state, positions, keys, batch_size=batch_size, batching=batching,
                 num_warmup=num_warmup, progress_bar=progress_bar)
@@ -216,7 +216,7 @@ def sample(
     result = _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start,
                      keep_unc, tuning)
     if not out.interrupted:
-        msgs = selfcheck.run_checks(result, sampler, estimator, lambda p: _estimator_state(estimator, p, target.data),
+        msgs = selfcheck.run_checks(result, sampler, estimator, lambda p: estimator_state(estimator, p, target.data),
                                     batch_size, level, jax.random.fold_in(master, 3))
         for msg in msgs:
             warnings.warn(f"{sampler.name}: {msg}", RuntimeWarning, stacklevel=2)
@@ -232,7 +232,7 @@ def _size(tree) -> int:
     return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
 
 
-def _estimator_state(estimator, positions, data):
+def estimator_state(estimator, positions, data):
     """The gradient estimator's state at the chains' positions (shared: one copy), for measurements."""
     if estimator.shared:
         chain0 = jax.tree.map(lambda x: x[0], positions)

@@ -290,7 +290,7 @@ class HeatbathKernel(MCMCKernel):
     def _tune(self, target, estimator, keys, init_params, vectorized, num_chains, num_warmup, data):
         """The automatic hyperparameters, chosen with hb.sample's tuning warmup (concrete inputs only)."""
         from heatbath.drivers import autotune, initialize
-        from heatbath.drivers.sampling import _estimator_state
+        from heatbath.drivers.sampling import estimator_state
 
         if _is_tracer(keys) or _is_tracer(data):
             raise ValueError(
@@ -303,7 +303,7 @@ class HeatbathKernel(MCMCKernel):
         else:
             positions = self._initial_positions(target, keys, init_params, vectorized, num_chains)
         inputs.check_init_finite(target, positions, data)
-        est_state = _estimator_state(estimator, positions, data)
+        est_state = estimator_state(estimator, positions, data)
         tuned, states, _, info, _, _ = autotune.warmup(
             target, self._sampler, estimator, est_state, positions, keys, batch_size=self._batch_size,
             batching=as_batching("uniform"), num_warmup=max(int(num_warmup), 4), progress_bar=False)
