@@ -120,6 +120,8 @@ def run_one(name, sampler_name, num_samples):
         row.update(z_max=z, sd_min=lo, sd_max=hi, meets=bool(meets), data_passes=res.data_passes,
                    diverged_at_0=bool(np.asarray(res.stats["diverging"])[:, 0].any()),
                    step_size=(res.tuning or {}).get("step_size"), friction=(res.tuning or {}).get("friction"),
+                   estimator=((res.tuning or {}).get("gradient") or {}).get("chosen", "naive"),
+                   metric_condition=((res.tuning or {}).get("metric") or {}).get("condition_number"),
                    ess=(res.checks or {}).get("ess_bulk_min"), rhat=(res.checks or {}).get("rhat_max"),
                    tconf=(res.checks or {}).get("configurational_temperature"),
                    tkin=(res.checks or {}).get("kinetic_temperature"))
@@ -146,6 +148,11 @@ def table(rows):
     lines.append("")
     lines.append(f"{meets} of {len(rows)} runs meet the bars ({100 * meets / max(len(rows), 1):.0f}%); "
                  f"{silent} silent failures; {div0} runs diverged at draw 0.")
+    trusted = [r for r in rows if "reference failed" not in r["model"]]
+    if len(trusted) < len(rows):
+        m2 = sum(r["meets"] for r in trusted)
+        lines.append(f"Without the models whose NUTS reference failed its own checks: {m2} of {len(trusted)} "
+                     f"({100 * m2 / max(len(trusted), 1):.0f}%).")
     return "\n".join(lines)
 
 

@@ -73,7 +73,7 @@ def gaussian_target():
 def test_automatic_sgld_step_on_a_gaussian_is_the_bound_and_its_bias_is_the_predicted_one():
     t = gaussian_target()
     res = hb.sample(t, hb.samplers.sgld(), num_samples=20_000, num_chains=4, seed=0, progress_bar=False,
-                    checks="off")
+                    checks="off", metric="identity")
     h = res.tuning["step_size"]
     assert h == pytest.approx(2 * autotune.EPS / PREC.max(), rel=0.02)
     assert res.tuning["init"]["strategy"] == "map"
@@ -263,7 +263,8 @@ def test_automatic_settings_under_x64():
     code = ("import numpy as np, jax.numpy as jnp, heatbath as hb\n"
             "t = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p ** 2), lambda p, b: -0.5 * jnp.sum((b - p) ** 2),"
             " np.linspace(-1, 1, 50), params=jnp.zeros(()))\n"
-            "r = hb.sample(t, hb.samplers.sgld(), num_samples=200, num_chains=2, progress_bar=False, checks='off')\n"
+            "r = hb.sample(t, hb.samplers.sgld(), num_samples=200, num_chains=2, progress_bar=False, checks='off',"
+            " metric='identity')\n"
             "assert r.samples['theta'].dtype == np.float64 and all(r.tuning['init']['converged'])\n"
             "print('ok', r.tuning['step_size'])\n")
     env = {**__import__("os").environ, "JAX_ENABLE_X64": "1"}
@@ -276,6 +277,6 @@ def test_automatic_settings_under_x64():
 def test_automatic_sgld_step_is_the_measured_bound_short():
     """The default-suite version of the slow Gaussian test: the chosen h is 0.4 / lambda_max."""
     res = hb.sample(gaussian_target(), hb.samplers.sgld(), num_samples=400, num_chains=2, seed=0, progress_bar=False,
-                    checks="off")
+                    checks="off", metric="identity")
     assert res.tuning["step_size"] == pytest.approx(2 * autotune.EPS / PREC.max(), rel=0.02)
     assert len(res.tuning["first_half"]["tries"]) == 1 and not res.tuning["first_half"]["tries"][0]["diverged_chains"]

@@ -232,6 +232,15 @@ def choose(family: str, m: dict, T: float, symmetric: bool = True, friction_give
     return {"step_size": h, "friction": gamma}
 
 
+def constant_temperature(sampler) -> float:
+    """The sampler's temperature T, which an automatic step size needs constant and > 0."""
+    T = is_constant(sampler.temperature)
+    if T is None or T <= 0.0:
+        raise ValueError("an automatic step size is for sampling at a constant temperature T > 0; give step_size= "
+                         "for annealing schedules and T = 0")
+    return T
+
+
 def _alive(out, mode):
     guard = out.carry[3]
     alive = guard if mode == "flag" else guard[0]
@@ -247,10 +256,7 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
     """
     names = auto_names(sampler)
     family = _family(sampler)
-    T = is_constant(sampler.temperature)
-    if T is None or T <= 0.0:
-        raise ValueError("an automatic step size is for sampling at a constant temperature T > 0; give step_size= "
-                         "for annealing schedules and T = 0")
+    T = constant_temperature(sampler)
     symmetric = family != "sghmc" or _symmetric(sampler)
     friction_given = None if "friction" in names else sampler.hyperparameters.get("friction")
     key = jax.random.fold_in(keys[0], 13)

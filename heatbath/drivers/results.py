@@ -31,7 +31,8 @@ class Result:
         ``lp`` (the log-density estimate), ``diverging`` (any non-finite state since the
         previous draw) and whatever else the sampler reports.
       final_state: the sampler state of every chain after the last step (leading axis chain);
-        ``final_state.position`` is the unconstrained position.
+        ``final_state.position`` is the unconstrained position, in the run's coordinates (with
+        the automatic Laplace metric, z with theta = mu + L z: ``tuning["metric"]``).
       grad_evals: per-datum likelihood-gradient evaluations per chain (MAP search included).
       num_data: N. ``grad_evals / num_data`` is the cost in passes over the data.
       wall_time, compile_time: seconds (wall_time includes compile_time).

@@ -12,6 +12,7 @@ import numpy as np
 from heatbath.drivers import autotune
 from heatbath.drivers import centre as _centre
 from heatbath.drivers import federation, initialize, inputs, loop, selfcheck
+from heatbath.drivers import estimator_choice, metric as _metric
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.cache import IdentityCache
@@ -69,6 +70,7 @@ def sample(
     batching="uniform",
     record_unconstrained: bool = False,
     checks=None,
+    metric: str = "auto",
 ) -> Result:
     """Run a heatbath sampler on a NumPyro model or a Target.
 
@@ -121,6 +123,13 @@ def sample(
         the step size against the measured gradient noise), ``"basic"`` (R-hat, ESS and the
         kinetic temperature only) or ``"off"``; the default can be set with
         ``$HEATBATH_CHECKS``. Results in ``Result.checks``; what looks wrong is warned about.
+      metric: ``"auto"`` (default): with an automatic step size and the MAP start, the chains run
+        in coordinates where the posterior's Hessian at the modes is the identity (the dense
+        Laplace metric, :mod:`heatbath.drivers.metric`; up to 2,000 dimensions), reported in
+        ``Result.tuning["metric"]``; ``"identity"``: the target's own coordinates. With a step
+        size you give the run is always in the target's coordinates. ``Result.samples`` and
+        ``Result.unconstrained`` are on the target's scales either way; ``Result.final_state``
+        is the sampler's state, in the run's coordinates.
 
     Returns:
       A :class:`Result`.
@@ -145,6 +154,7 @@ def sample(
         level = "off"
     check_choice(level, "checks", selfcheck.LEVELS)
     check_choice(on_divergence, "on_divergence", loop.DIVERGENCE_MODES)
+    check_choice(metric, "metric", _metric.MODES)
     check_choice(keep, "keep", loop.KEEP_MODES)
     if swag_rank and keep != "moments":
         raise ValueError("swag_rank needs keep='moments'")
@@ -183,6 +193,22 @@ def sample(
         inputs.check_init_finite(target, positions, target.data)
         if getattr(sampler, "check_start", None) is not None:  # e.g. a mirror map's domain (heatbath.samplers.bregman)
             sampler.check_start(target, positions)
+        user_target, affine, metric_info = target, None, None
+        if auto and metric == "auto" and init_info["strategy"] == "map":
+            usable = np.asarray(init_info["converged"], bool)
+            positions, usable, rescue = _metric.newton(target, positions, usable, jax.random.fold_in(master, 4))
+            if rescue is not None:
+                init_info["newton"] = rescue
+                init_info["cost"] = init_info.get("cost", 0.0) + rescue["cost_per_chain"] * num_chains
+            affine, metric_info = _metric.laplace(target, positions, usable, jax.random.fold_in(master, 5))
+            if affine is not None:
+                target = _metric.whiten(target, affine)
+                positions = _metric.to_run(affine, positions)
+        gradient_info = None
+        if auto and estimator_choice.wants_choice(sampler, target, batch_size, affine):
+            sampler, gradient_info, choice_cost = estimator_choice.choose(
+                target, sampler, positions, usable, jax.random.fold_in(master, 6), batch_size,
+                autotune.constant_temperature(sampler))
 
         spec, centre, map_cost, map_compile = _centre.resolve(
             target, sampler.gradient, positions, master, batch_size, ckpt if resuming else None, record=ckpt
@@ -192,6 +218,12 @@ def sample(
         tuning, states = None, None
         if init_info["strategy"] != "uniform" or auto:
             tuning = {"init": init_info}
+        if metric_info is not None:
+            tuning["metric"] = metric_info
+            map_cost += metric_info.get("cost_per_chain", 0.0)
+        if gradient_info is not None:
+            tuning["gradient"] = gradient_info
+            map_cost += choice_cost
         if auto:
             est_state = estimator_state(estimator, positions, target.data)
             sampler, states, pilot, info, tune_cost, tune_compile = autotune.warmup(
@@ -215,9 +247,13 @@ def sample(
         out = loop.run(target, sampler, estimator, positions, keys, cfg)
     result = _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start,
                      keep_unc, tuning)
+    if affine is not None:  # back to the target's coordinates (the sampler's state stays in the run's)
+        result.target = user_target
+        if result.unconstrained is not None:
+            result.unconstrained = jax.tree.map(np.asarray, _metric.from_run(affine, result.unconstrained, lead=2))
     if not out.interrupted:
         msgs = selfcheck.run_checks(result, sampler, estimator, lambda p: estimator_state(estimator, p, target.data),
-                                    batch_size, level, jax.random.fold_in(master, 3))
+                                    batch_size, level, jax.random.fold_in(master, 3), run_target=target)
         for msg in msgs:
             warnings.warn(f"{sampler.name}: {msg}", RuntimeWarning, stacklevel=2)
     if keep_unc and not record_unconstrained:

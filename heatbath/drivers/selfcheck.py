@@ -175,8 +175,11 @@ def _noise_bias(target, sampler, estimator, est_state, positions, key, batch_siz
     return {"predicted_variance_inflation": infl, "lam_hv": float(np.max(m["lam_hv"]))}
 
 
-def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed_key):
-    """Fill ``result.checks`` and warn about what looks wrong. Returns the list of warning messages."""
+def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed_key, run_target=None):
+    """Fill ``result.checks`` and warn about what looks wrong. Returns the list of warning messages.
+
+    ``run_target``: the target in the coordinates the sampler ran in (its final state's), when
+    they are not ``result.target``'s (:mod:`heatbath.drivers.metric`)."""
     if level == "off":
         return []
     checks, msgs = {"level": level}, []
@@ -219,7 +222,7 @@ def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed
                                 f"draws look {hot}; likely causes: a step size too large for the curvature or the "
                                 "gradient noise (lower it, raise batch_size, or step_size=None), or a run too short")
         positions = jax.tree.map(lambda x: x[np.asarray(chains)], result.final_state.position)
-        noise = _noise_bias(result.target, sampler, estimator, est_state_fn(positions), positions,
+        noise = _noise_bias(result.target if run_target is None else run_target, sampler, estimator, est_state_fn(positions), positions,
                             jax.random.fold_in(seed_key, 2), batch_size)
         checks.update(noise)
         if noise.get("predicted_variance_inflation", 0.0) > NOISE_MAX:

@@ -198,6 +198,9 @@ class _Naive:
 
     needs_centre = False
     name = "naive"
+    # True when the sampler was built without gradient=: with an automatic step size the driver
+    # may then choose control variates instead (heatbath.drivers.estimator_choice).
+    default = False
 
     def build(self, terms: TermsFn, num_data: int) -> Estimator:
         vg = jax.value_and_grad(minibatch_logdensity(terms, num_data))
@@ -219,6 +222,13 @@ class _Naive:
 def naive():
     """The naive minibatch estimator, unbiased with variance O(N^2 / n)."""
     return _Naive()
+
+
+def default_estimator():
+    """The naive estimator, marked as the sampler's default (no ``gradient=`` given)."""
+    spec = _Naive()
+    spec.default = True
+    return spec
 
 
 def _centred_estimate(vg):

@@ -72,7 +72,7 @@ from heatbath.kernels import integrators_fused as _fused
 from heatbath.kernels import schedules as _schedules
 from heatbath.kernels import noise as _noise
 from heatbath.kernels import tree
-from heatbath.kernels.gradients import naive
+from heatbath.kernels.gradients import default_estimator, naive
 from heatbath.samplers.base import Sampler, check_gradient_spec, make_sampler
 
 PyTree = Any
@@ -119,7 +119,7 @@ def check_common(mass, gradient_noise, num_steps_per_sample, resample_momentum, 
     V = None if gradient_noise is None else _validate.check_tree(gradient_noise, "gradient_noise", positive=False)
     k = _validate.check_int(num_steps_per_sample, "num_steps_per_sample", minimum=1)
     _validate.check_bool(resample_momentum, "resample_momentum")
-    spec = check_gradient_spec(naive() if gradient is None else gradient)
+    spec = check_gradient_spec(default_estimator() if gradient is None else gradient)
     return M, V, k, spec
 
 

@@ -47,7 +47,7 @@ from heatbath.kernels import preconditioners as _precond
 from heatbath.kernels import schedules as _schedules
 from heatbath.kernels import noise as _noise
 from heatbath.kernels import tree
-from heatbath.kernels.gradients import naive
+from heatbath.kernels.gradients import default_estimator, naive
 from heatbath.samplers.base import Info, Sampler, check_gradient_spec, make_sampler
 
 PyTree = Any
@@ -112,7 +112,7 @@ def sgld(step_size=None, *, temperature=1.0, gradient=None, noise=None) -> Sampl
     """
     h = _schedules.as_schedule(1e-3 if step_size is None else step_size, "step_size", positive=True)
     T = _schedules.as_schedule(temperature, "temperature", positive=False)
-    spec = check_gradient_spec(naive() if gradient is None else gradient)
+    spec = check_gradient_spec(default_estimator() if gradient is None else gradient)
 
     def init(position, key=None):
         del key
@@ -221,7 +221,7 @@ def preconditioned_sampler(
             f"rmsprop(...), adam(...)), got {type(preconditioner).__name__}"
         )
     correction = _validate.check_bool(correction, "correction")
-    spec = check_gradient_spec(naive() if gradient is None else gradient)
+    spec = check_gradient_spec(default_estimator() if gradient is None else gradient)
     step = build_preconditioned_kernel(h, T, preconditioner, correction, b1=b1, nesterov=nesterov,
                                       noise=_noise.as_noise(noise))
     with_gamma = correction and _schedules.is_constant(T) != 0.0
@@ -279,7 +279,7 @@ def psgld(
     if decay is None:
         decay = 0.99
     pre = _precond.rmsprop(decay, eps) if preconditioner is None else preconditioner
-    spec = check_gradient_spec(naive() if gradient is None else gradient)
+    spec = check_gradient_spec(default_estimator() if gradient is None else gradient)
     hyper = dict(step_size=step_size, temperature=temperature, decay=None if auto_decay else decay, eps=eps,
                  correction=correction, gradient=spec, preconditioner=preconditioner, noise=noise)
     sampler = preconditioned_sampler(

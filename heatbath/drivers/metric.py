@@ -1,0 +1,242 @@
+"""The automatic metric: the run is made in coordinates where the posterior is round.
+
+With an automatic step size the sampler's step is bounded by the stiffest direction of the
+posterior (h = 2 EPS / lambda_max(H + V/T), :mod:`heatbath.drivers.autotune`) while the chain's
+mixing time is set by its softest one (about 1 / (h lambda_min(H)) steps): the number of steps
+per independent draw grows with the condition number of H + V/T against H, which is 1e2-1e7
+on real models (regression coefficients on unscaled covariates, hierarchical scales). NUTS
+adapts a mass matrix for the same reason (Stan's windowed adaptation, NumPyro's
+``dense_mass``). Here the metric is the Laplace one, read where the chains start (the MAP
+warm start, the default with an automatic step size):
+
+    M = Hbar^-1,   Hbar = mean over the chains whose mode search converged of H(theta_c),
+    theta = mu + L z,  L = Q Lambda^-1/2  (Hbar = Q Lambda Q'),  so that L L' = M,
+
+and the sampler runs on z, whose log density log p(mu + L z) has Hessian L' H L (= I at the
+modes when they agree). For a minibatched target the gradient noise is reshaped too: near the
+mode the per-datum gradient covariance is about H / N, so V ~ (N/n) H and L' V L ~ (N/n) I.
+The step-size criterion is then set by the noise level N/n alone instead of by the condition
+number of H times it, and SGLD, pSGLD and SGHMC all mix in about (1 + N/n) / (2 EPS) steps per
+unit of posterior sd. This is the same change of variables for every sampler (SGHMC with unit
+mass on z is SGHMC with mass Hbar on theta), made by the driver, so the kernels are untouched.
+
+Eigenvalues of Hbar are taken in absolute value (a saddle's negative curvature still gives a
+length scale) and floored at lambda_max * FLOOR (a flat direction at the mode then gets the
+length scale 1/sqrt(lambda_max FLOOR), and the warmup's second curvature measurement, made in
+the typical set, lowers the step if it is stiffer there). The metric is dense up to
+``DENSE_MAX`` unconstrained dimensions (d Hessian-vector products at each start, d^2 per
+gradient evaluation for the map); above it the run keeps the identity metric (use pSGLD's
+adaptive diagonal for networks). What was chosen is reported in ``Result.tuning["metric"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+__all__ = ["MODES", "DENSE_MAX", "FLOOR", "Affine", "laplace", "newton", "whiten"]
+
+MODES = ("auto", "identity")
+DENSE_MAX = 2000  # unconstrained dimensions up to which the dense Laplace metric is used
+FLOOR = 1e-8  # eigenvalues of the averaged Hessian are floored at lambda_max * FLOOR
+ROWS = 4096  # data rows of the Hessian (all rows when N is smaller), as the step-size measurement
+
+
+@dataclasses.dataclass(frozen=True)
+class Affine:
+    """theta = unravel(mu + L ravel(z)): the map from the run's coordinates z to the target's."""
+
+    mu: np.ndarray  # (d,)
+    L: np.ndarray  # (d, d)
+    L_inv: np.ndarray  # (d, d)
+    unravel: object
+
+    def forward(self, z):
+        """theta of one z (a pytree like the target's parameters)."""
+        flat, _ = ravel_pytree(z)
+        L = jnp.asarray(self.L, flat.dtype)
+        return self.unravel(jnp.asarray(self.mu, flat.dtype) + L @ flat)
+
+    def inverse(self, theta):
+        """z of one theta."""
+        flat, _ = ravel_pytree(theta)
+        Li = jnp.asarray(self.L_inv, flat.dtype)
+        return self.unravel(Li @ (flat - jnp.asarray(self.mu, flat.dtype)))
+
+
+def _hessian_fn(target, rows):
+    example = target.example_params()
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
+    _, unravel = ravel_pytree(zero)
+
+    def u(x):
+        return -target.logdensity(unravel(x), rows)
+
+    def hess(x):
+        d = x.shape[0]
+
+        def column(e):
+            return jax.jvp(jax.grad(u), (x,), (e,))[1]
+
+        eye = jnp.eye(d, dtype=x.dtype)
+        return jax.lax.map(column, eye, batch_size=min(d, 64))
+
+    return jax.jit(hess), unravel
+
+
+NEWTON_ITERS = 30
+NEWTON_TOL = 0.05  # the mode search's tolerance (heatbath.drivers.mapsearch.TOL), posterior sds
+
+
+def newton(target, positions, converged, key):
+    """Damped Newton with the dense Hessian from the chains whose mode search did not converge.
+
+    The MAP search (L-BFGS or Adam in float32) stalls on posteriors whose condition number is
+    1e6 or more (a regression on unscaled covariates); with d <= ``DENSE_MAX`` the dense Newton
+    step (solved in float64, step halved until the log density rises) converges on them in a
+    few iterations (where H is not positive definite the step uses |eigenvalues|, a saddle-free
+    Newton step). A chain converges when its Newton decrement sqrt(g' H^-1 g) < 0.05 sd with
+    H positive definite. Returns ``(positions, converged, info)``; chains left unconverged keep
+    their position.
+    """
+    num_chains = jax.tree.leaves(positions)[0].shape[0]
+    flat = np.array(jax.vmap(lambda p: ravel_pytree(p)[0])(positions))
+    d = flat.shape[1]
+    todo = [c for c in range(num_chains) if not converged[c]]
+    if d > DENSE_MAX or not todo:
+        return positions, converged, None
+    rows, nrows = _rows(target, key)
+    hess, unravel = _hessian_fn(target, rows)
+    value_and_grad = jax.jit(jax.value_and_grad(lambda x: -target.logdensity(unravel(x))))
+    converged = np.array(converged, bool)
+    cost, rescued, iters = 0.0, [], {}
+    for c in todo:
+        x = flat[c]
+        for it in range(NEWTON_ITERS):
+            v, g = (np.asarray(a, np.float64) for a in value_and_grad(jnp.asarray(x)))
+            H = np.asarray(hess(jnp.asarray(x)), np.float64)
+            cost += target.num_data + 2.0 * d * nrows
+            if not (np.all(np.isfinite(H)) and np.all(np.isfinite(g)) and np.isfinite(v)):
+                break
+            lam, Q = np.linalg.eigh(0.5 * (H + H.T))
+            # Saddle-free Newton (|lambda|, floored) away from the mode; converged only where H > 0.
+            top = max(float(np.max(np.abs(lam))), 1e-30)
+            step = Q @ ((Q.T @ g) / np.maximum(np.abs(lam), top * FLOOR))
+            dec = float(np.sqrt(max(g @ step, 0.0)))
+            if lam[0] > 0.0 and dec < NEWTON_TOL:
+                converged[c] = True
+                rescued.append(c)
+                iters[c] = it
+                break
+            t = 1.0
+            for _ in range(30):
+                x_new = (x - t * step).astype(flat.dtype)
+                v_new = float(value_and_grad(jnp.asarray(x_new))[0])
+                cost += target.num_data
+                if np.isfinite(v_new) and v_new <= v:
+                    break
+                t *= 0.5
+            else:
+                break
+            x = x_new
+        flat[c] = x
+    new = jax.vmap(unravel)(jnp.asarray(flat))
+    info = {"tried": todo, "converged": rescued, "iterations": {str(k): v for k, v in iters.items()},
+            "cost_per_chain": cost / num_chains}
+    return new, converged, info
+
+
+def _rows(target, key):
+    N = target.num_data
+    if target.minibatch_error or N <= ROWS:
+        return target.data, N
+    idx = jax.random.choice(key, N, (ROWS,), replace=False)
+    return jax.tree.map(lambda x: x[idx], target.data), ROWS
+
+
+def laplace(target, positions, usable, key):
+    """The Laplace metric at the chains' ``positions`` (leading axis chain) whose ``usable`` flag is set.
+
+    Returns ``(Affine or None, info)``; None (the identity metric) when no chain is usable, the
+    dimension exceeds ``DENSE_MAX`` or the averaged Hessian is not finite. ``info`` says which.
+    """
+    num_chains = jax.tree.leaves(positions)[0].shape[0]
+    flat = jax.vmap(lambda p: ravel_pytree(p)[0])(positions)
+    d = int(flat.shape[1])
+    if d > DENSE_MAX:
+        return None, {"kind": "identity", "reason": f"{d} dimensions > {DENSE_MAX}: no dense metric"}
+    chains = [c for c in range(num_chains) if usable[c]]
+    if not chains:
+        return None, {"kind": "identity", "reason": "no chain's mode search converged"}
+    rows, nrows = _rows(target, key)
+    hess, unravel = _hessian_fn(target, rows)
+    Hs = [np.asarray(hess(flat[c]), np.float64) for c in chains]
+    Hs = [H for H in Hs if np.all(np.isfinite(H))]
+    cost = 2.0 * d * nrows * len(chains)
+    if not Hs:
+        return None, {"kind": "identity", "reason": "the Hessian at the modes is not finite", "cost_per_chain": cost / num_chains}
+    H = np.mean(Hs, axis=0)
+    H = 0.5 * (H + H.T)
+    lam, Q = np.linalg.eigh(H)
+    top = float(np.max(np.abs(lam)))
+    if not np.isfinite(top) or top <= 0.0:
+        return None, {"kind": "identity", "reason": "the Hessian at the modes is zero", "cost_per_chain": cost / num_chains}
+    lam_used = np.maximum(np.abs(lam), top * FLOOR)
+    L = Q * (1.0 / np.sqrt(lam_used))[None, :]
+    L_inv = (Q * np.sqrt(lam_used)[None, :]).T
+    mu = np.mean(np.asarray(flat, np.float64)[chains], axis=0)
+    info = {
+        "kind": "dense",
+        "from": "Hessian of -log p at the MAP starts",
+        "chains": chains,
+        "dimension": d,
+        "rows": int(nrows),
+        "condition_number": float(np.max(lam_used) / np.min(lam_used)),
+        "negative_eigenvalues": int(np.sum(lam < 0)),
+        "floored_eigenvalues": int(np.sum(np.abs(lam) < top * FLOOR)),
+        "cost_per_chain": cost / num_chains,
+    }
+    return Affine(mu=mu, L=L, L_inv=L_inv, unravel=unravel), info
+
+
+def whiten(target, affine: Affine):
+    """The target on z (theta = affine.forward(z)): same data, same constrained output."""
+    fwd, inv = affine.forward, affine.inverse
+    terms0, constrain0, init0, unconstrain0 = target.terms, target.constrain_fn, target.init_params, target.unconstrain
+    prior0 = target.prior_init
+
+    def terms(z, batch):
+        return terms0(fwd(z), batch)
+
+    def constrain_fn(z, data):
+        return constrain0(fwd(z), data)
+
+    def init_params(key):
+        return inv(init0(key))
+
+    def unconstrain(values):
+        return inv(unconstrain0(values))
+
+    prior_init = None if prior0 is None else (lambda key, how: inv(prior0(key, how)))
+    return dataclasses.replace(target, terms=terms, constrain_fn=constrain_fn, init_params=init_params,
+                               unconstrain=unconstrain, prior_init=prior_init)
+
+
+def to_run(affine: Optional[Affine], positions):
+    """Chains' positions (leading axis chain) in the run's coordinates."""
+    return positions if affine is None else jax.vmap(affine.inverse)(positions)
+
+
+def from_run(affine: Optional[Affine], positions, lead: int = 1):
+    """Positions with ``lead`` leading batch axes mapped back to the target's coordinates."""
+    if affine is None:
+        return positions
+    fn = affine.forward
+    for _ in range(lead):
+        fn = jax.vmap(fn)
+    return jax.jit(fn)(positions)

@@ -1,0 +1,163 @@
+"""Issue 18: the automatic Laplace metric, the dense-Newton finish of a stalled mode search, and the
+default choice between naive minibatch gradients and control variates."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import heatbath as hb
+from heatbath.drivers import autotune, metric
+
+# A correlated Gaussian with condition number 1e3: Sigma = R diag(1 / PREC) R'.
+PREC = np.array([1.0, 30.0, 1000.0])
+_R = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+P = (_R * PREC) @ _R.T
+SIGMA = np.linalg.inv(P)
+MEAN = np.array([1.0, -2.0, 0.5])
+
+
+def correlated_gaussian():
+    X = np.zeros((100, 1), np.float32)
+
+    def logprior(p):
+        d = p["x"] - jnp.asarray(MEAN, jnp.float32)
+        return -0.5 * d @ jnp.asarray(P, jnp.float32) @ d
+
+    def loglik(p, batch):
+        return 0.0 * jnp.sum(batch) * jnp.sum(p["x"])
+
+    return hb.models.from_logdensity(logprior, loglik, X, params={"x": jnp.zeros(3)})
+
+
+def test_whitened_target_is_the_same_density_and_round_trips():
+    t = correlated_gaussian()
+    L = np.linalg.cholesky(SIGMA)
+    _, unravel = jax.flatten_util.ravel_pytree({"x": jnp.zeros(3)})
+    aff = metric.Affine(mu=MEAN, L=L, L_inv=np.linalg.inv(L), unravel=unravel)
+    w = metric.whiten(t, aff)
+    z = {"x": jnp.array([0.3, -1.2, 2.0])}
+    theta = aff.forward(z)
+    np.testing.assert_allclose(theta["x"], MEAN + L @ np.asarray(z["x"]), rtol=1e-6)
+    assert float(w.logdensity(z)) == pytest.approx(float(t.logdensity(theta)), rel=1e-6)
+    np.testing.assert_allclose(aff.inverse(theta)["x"], z["x"], atol=1e-5)
+    np.testing.assert_allclose(w.constrain(z)["x"], t.constrain(theta)["x"])
+    # In z the Gaussian is standard: log p(z) = -|z|^2 / 2 + const.
+    z0 = {"x": jnp.zeros(3)}
+    assert float(w.logdensity(z) - w.logdensity(z0)) == pytest.approx(-0.5 * float(jnp.sum(z["x"] ** 2)), rel=1e-4)
+
+
+def test_laplace_metric_rounds_a_correlated_gaussian():
+    t = correlated_gaussian()
+    res = hb.sample(t, hb.samplers.sgld(), num_samples=3000, num_chains=2, seed=0, progress_bar=False,
+                    checks="off", record_unconstrained=True)
+    m = res.tuning["metric"]
+    assert m["kind"] == "dense" and m["chains"] == [0, 1]
+    assert m["condition_number"] == pytest.approx(PREC.max() / PREC.min(), rel=1e-2)
+    # In z the Hessian is I: h = 2 EPS / 1, where the identity metric gives 2 EPS / lambda_max.
+    assert res.tuning["step_size"] == pytest.approx(2 * autotune.EPS, rel=0.02)
+    x = np.asarray(res.samples["x"], np.float64).reshape(-1, 3)
+    # Exact-gradient SGLD in z: every variance inflated by 1 / (1 - h / 2).
+    h = res.tuning["step_size"]
+    want = SIGMA / (1.0 - h / 2.0)
+    scale = np.sqrt(np.outer(np.diag(want), np.diag(want)))
+    np.testing.assert_allclose(np.cov(x.T) / scale, want / scale, atol=0.1)
+    # 6000 draws, a few steps per independent draw in z: 4 standard errors of ~1,000 draws.
+    assert np.all(np.abs(x.mean(0) - MEAN) < 4 * np.sqrt(np.diag(want) / 1000))
+    # Result.unconstrained is on the target's scale, not the run's.
+    np.testing.assert_allclose(np.asarray(res.unconstrained["x"]), np.asarray(res.samples["x"]), rtol=1e-5, atol=1e-5)
+
+    off = hb.sample(t, hb.samplers.sgld(), num_samples=50, num_chains=2, seed=0, progress_bar=False, checks="off",
+                    metric="identity")
+    assert "metric" not in off.tuning
+    assert off.tuning["step_size"] == pytest.approx(2 * autotune.EPS / PREC.max(), rel=0.02)
+
+
+def test_a_step_size_given_runs_in_the_targets_coordinates():
+    t = correlated_gaussian()
+    res = hb.sample(t, hb.samplers.sgld(1e-4), num_samples=20, progress_bar=False, checks="off")
+    assert res.tuning is None or "metric" not in res.tuning
+    with pytest.raises(ValueError, match="metric"):
+        hb.sample(t, hb.samplers.sgld(), num_samples=20, progress_bar=False, metric="dense")
+
+
+def test_newton_finishes_an_ill_conditioned_mode_from_far_away():
+    # Condition number 1e8: the mode at MEAN2, reached from a start 1e3 sds away in the soft direction.
+    prec = np.array([1e-4, 1.0, 1e4])
+    mean = np.array([300.0, -2.0, 0.01])
+
+    def logprior(p):
+        return -0.5 * jnp.sum(jnp.asarray(prec) * (p - jnp.asarray(mean)) ** 2)
+
+    def loglik(p, batch):
+        return 0.0 * jnp.sum(batch) * jnp.sum(p)
+
+    t = hb.models.from_logdensity(logprior, loglik, np.zeros((10, 1), np.float32), params=jnp.zeros(3))
+    starts = jnp.array([[0.0, 0.0, 0.0], [-5.0, 3.0, 1.0]], jnp.float32)
+    found, conv, info = metric.newton(t, starts, np.array([False, True]), jax.random.key(0))
+    assert conv.tolist() == [True, True] and info["tried"] == [0] and info["converged"] == [0]
+    np.testing.assert_allclose(np.asarray(found[0]), mean, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(found[1]), np.asarray(starts[1]))  # converged chains are left alone
+
+
+def _regression_target(N=2000):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(N, 3)).astype(np.float32)
+    y = (X @ np.array([1.0, -0.5, 0.25]) + 0.5 * rng.normal(size=N)).astype(np.float32)
+    data = np.c_[X, y].astype(np.float32)
+
+    def logprior(p):
+        return -0.5 * jnp.sum(p ** 2) / 25.0
+
+    def loglik(p, batch):
+        r = batch[:, 3] - batch[:, :3] @ p
+        return jnp.sum(-0.5 * r ** 2 / 0.25)
+
+    return hb.models.from_logdensity(logprior, loglik, data, params=jnp.zeros(3)), X, y
+
+
+def test_default_estimator_is_control_variates_where_they_pay_and_naive_when_asked():
+    t, X, y = _regression_target()
+    res = hb.sample(t, hb.samplers.sgld(), batch_size=200, num_samples=300, num_chains=2, seed=0,
+                    progress_bar=False, checks="off")
+    g = res.tuning["gradient"]
+    # Near the mode the naive noise is (N/n) H = 10 H against ~0: control variates win by far.
+    assert g["chosen"] == "control_variates" and g["ratio"] > 2.5 * 2
+    assert res.sampler_name == "sgld-control_variates"
+    # The posterior (conjugate Gaussian) and the draws agree.
+    prec = X.T.astype(np.float64) @ X / 0.25 + np.eye(3) / 25.0
+    mean = np.linalg.solve(prec, X.T.astype(np.float64) @ y / 0.25)
+    x = np.asarray(res.samples["theta"], np.float64).reshape(-1, 3)
+    sd = np.sqrt(np.diag(np.linalg.inv(prec)))
+    assert np.max(np.abs(x.mean(0) - mean) / sd) < 0.3
+    # An explicit naive estimator is kept; full batches need no choice.
+    naive = hb.sample(t, hb.samplers.sgld(gradient="naive"), batch_size=200, num_samples=20, num_chains=2,
+                      progress_bar=False, checks="off")
+    assert "gradient" not in naive.tuning and naive.sampler_name == "sgld"
+    full = hb.sample(t, hb.samplers.sghmc(), num_samples=20, num_chains=2, progress_bar=False, checks="off")
+    assert "gradient" not in full.tuning and full.tuning["metric"]["kind"] == "dense"
+
+
+def test_metric_and_estimator_choice_resume_to_the_same_draws(tmp_path):
+    t, _, _ = _regression_target(1000)
+    kw = dict(batch_size=100, num_samples=60, num_chains=2, seed=3, progress_bar=False, checks="off")
+    a = hb.sample(t, hb.samplers.psgld(), checkpoint=tmp_path / "ck", **kw)
+    b = hb.sample(t, hb.samplers.psgld(), checkpoint=tmp_path / "ck", resume=True, **kw)
+    np.testing.assert_array_equal(a.samples["theta"], b.samples["theta"])
+    assert a.tuning["metric"]["kind"] == "dense"
+
+
+def test_no_metric_above_the_dense_limit_or_without_a_converged_mode():
+    flat = jnp.zeros((2, metric.DENSE_MAX + 1))
+    t = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p ** 2), lambda p, b: 0.0 * jnp.sum(b) * p[0],
+                                  np.zeros((4, 1), np.float32), params=jnp.zeros(metric.DENSE_MAX + 1))
+    aff, info = metric.laplace(t, flat, np.array([True, True]), jax.random.key(0))
+    assert aff is None and "dimensions" in info["reason"]
+    t2 = correlated_gaussian()
+    aff, info = metric.laplace(t2, {"x": jnp.zeros((2, 3))}, np.array([False, False]), jax.random.key(0))
+    assert aff is None and "converged" in info["reason"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        metric.laplace(t2, {"x": jnp.zeros((2, 3))}, np.array([True, False]), jax.random.key(0))
