@@ -4,10 +4,15 @@ Data (generated here, nothing downloaded): dX = -0.5 X dt + dB_H on [0, 10], fBM
 the exact Davies-Harte circulant-embedding sampler on a grid of 0.005, Euler for the OU part,
 X(0) ~ N(0, 0.25); 200 observations (every 0.05) with noise sd 0.05.
 Model: dX = MLP(X) dt + s dB^_H (type I, K = 5, gamma_max = 20), s and H = sigmoid(h) learned,
-q(X0) Gaussian against N(0, 1); default control MLP with the next observation as context.
+q(X0) Gaussian against N(0, 1); the default control MLP, which sees the next 8 observations
+(``--context next:8``; ``next``: the next one only) and scales each posterior Euler step's
+Brownian increment as well as shifting it (``latent_sde(..., noise_scale=True)``;
+``--no-noise-scale``: the shift alone, the Girsanov family). Both defaults date from 2026-12-02:
+with ``--no-noise-scale --context next --steps 3000`` (the defaults before) H = 0.3 came out
+at 0.48-0.50 (README, Hurst recovery).
 
-Usage: python examples/fou_hurst.py OUT.png --hurst 0.7 [--steps 3000] [--seed 0] [--spacing 0.05]
-       [--dt 0.02] [--span 10] [--fixed-hurst H]
+Usage: python examples/fou_hurst.py OUT.png --hurst 0.7 [--steps 10000] [--seed 0] [--spacing 0.05]
+       [--dt 0.02] [--span 10] [--fixed-hurst H] [--no-noise-scale] [--context next|next:K]
 (--fixed-hurst: H held fixed, the ELBO printed: the README's diagnosis of H = 0.3.)
 """
 import argparse
@@ -54,11 +59,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--hurst", type=float, default=0.7)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--spacing", type=float, default=0.05, help="observation spacing (a multiple of 0.005)")
     ap.add_argument("--dt", type=float, default=0.02, help="Euler step of the model")
     ap.add_argument("--span", type=float, default=10.0, help="length T of the series")
+    ap.add_argument("--noise-scale", action=argparse.BooleanOptionalAction, default=True,
+                    help="the posterior also scales each Euler step's Brownian increment (noise_scale=True)")
+    ap.add_argument("--context", default="next:8", help="next (the next observation) or next:K (the next K)")
     ap.add_argument("--fixed-hurst", type=float, default=None,
                     help="hold H at this value (train the rest) and print the ELBO with its standard error")
     args = ap.parse_args()
@@ -66,9 +74,16 @@ def main():
     T, obs_sd = args.span, 0.05
     grid, x, t_obs, y = fou_data(H, args.seed, span=T, spacing=args.spacing, obs_sd=obs_sd)
     drift, dp = hb.vi.sde.mlp_drift(jax.random.key(1), 1, width=16)
+    if args.context == "next":
+        context = hb.vi.sde.next_observation
+    elif args.context.startswith("next:"):
+        context = hb.vi.sde.next_observations(int(args.context.split(":")[1]))
+    else:
+        raise SystemExit(f"--context must be next or next:K, got {args.context!r}")
     sde = hb.vi.sde.latent_sde(drift, lambda p, t, x, c: jnp.exp(p["log_s"]) * jnp.ones_like(x), span=(0, T),
                                dt=args.dt, hurst=args.fixed_hurst, params={"drift": dp, "diffusion": {"log_s": jnp.asarray(0.0)}},
-                               likelihood=hb.vi.sde.gaussian(obs_sd), x0_prior=(0.0, 1.0), kind=1)
+                               likelihood=hb.vi.sde.gaussian(obs_sd), x0_prior=(0.0, 1.0), kind=1,
+                               context=context, noise_scale=args.noise_scale)
     t0 = time.perf_counter()
     opt = optax.adam(optax.cosine_decay_schedule(1e-2, args.steps, 0.05))
     q = hb.fit(hb.models.from_latent_sde(sde, t_obs, y), hb.vi.sde.fbm_vi(sde, num_steps=args.steps, num_paths=16,

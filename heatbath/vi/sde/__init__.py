@@ -23,12 +23,13 @@ from heatbath.vi.sde.model import (
     mlp_drift,
     mlp_init,
     next_observation,
+    next_observations,
     no_context,
 )
 from heatbath.vi.sde.posterior import SDEPosterior
 
 __all__ = [
     "latent_sde", "LatentSDE", "fbm_vi", "SDEPosterior", "SDEState", "SDEInfo", "gaussian",
-    "mlp_init", "mlp_apply", "mlp_control", "mlp_drift", "next_observation", "no_context", "method", "model",
+    "mlp_init", "mlp_apply", "mlp_control", "mlp_drift", "next_observation", "next_observations", "no_context", "method", "model",
     "posterior", "solver",
 ]

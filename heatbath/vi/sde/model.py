@@ -7,17 +7,20 @@ Prior (Daems et al., ICLR 2024, Sec. 4), for a latent X in R^d on the span [t0, 
 with B^ the Markov approximation of fBM (:mod:`heatbath.kernels.fbm`), one W per latent
 coordinate and s diagonal. The variational posterior steers the OU states with a control
 u(t, X, Y, context):  dY_k = (-gamma_k Y_k + u) dt + dW, so that dB^ gains (sum_k omega_k) u dt.
+With ``noise_scale=True`` the control also returns log sigma, and each Euler step of the posterior
+draws sigma dW + u dt (a discrete-time family: see :mod:`heatbath.vi.sde.solver`).
 
 User functions take ``(params, t, state, context)``:
 
 - ``drift(p, t, x, ctx) -> (d,)`` and ``diffusion(p, t, x, ctx) -> (d,)`` (the diagonal of s);
 - ``control(p, t, z, ctx) -> (d,)`` with z = concat(x, Y.ravel()) the augmented state
   (Y of shape (d, K)); the default is a small tanh MLP (:func:`mlp_control`) with a zero
-  last layer (u = 0: the posterior starts at the prior);
+  last layer (u = 0: the posterior starts at the prior); with ``noise_scale=True`` it returns
+  (2 d,): (u, log sigma);
 - ``likelihood(p, t, x, y) -> log p(y | X(t) = x)`` for one observation row (default
   :func:`gaussian` with sd 0.1);
 - ``context(ts, batch) -> (len(ts), c)``: what the control sees of the data at each grid time
-  (default :func:`next_observation`).
+  (default :func:`next_observation`; :func:`next_observations` gives the next k).
 
 Each gets its own entry of the parameter dict (``params["drift"]`` ...). The trainable
 parameters are those entries, plus ``hurst_logit`` (H = sigmoid(hurst_logit)) when H is learned
@@ -38,7 +41,7 @@ from heatbath.kernels import fbm as _fbm
 from heatbath.kernels import validate as _validate
 
 __all__ = ["LatentSDE", "latent_sde", "mlp_init", "mlp_apply", "mlp_control", "mlp_drift", "gaussian",
-           "next_observation", "no_context", "check_observations"]
+           "next_observation", "next_observations", "no_context", "check_observations"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -73,10 +76,12 @@ def _time_features(t, horizon):
 
 
 def mlp_control(key, dim: int, num_k: int, context_dim: int, *, horizon: float = 1.0, width: int = 64,
-                depth: int = 2):
+                depth: int = 2, noise_scale: bool = False):
     """A control u(t, z, ctx): an MLP of (sin, cos of 2 pi t / horizon, t / horizon, z, ctx),
-    z = (x, Y) of size d (1 + K). Returns ``(function, params)``; the last layer starts at 0."""
-    sizes = [3 + dim * (1 + num_k) + context_dim] + [width] * depth + [dim]
+    z = (x, Y) of size d (1 + K). Returns ``(function, params)``; the last layer starts at 0.
+    ``noise_scale=True``: 2 d outputs, (u, log sigma), for ``latent_sde(..., noise_scale=True)``
+    (at the start u = 0 and sigma = 1: the prior)."""
+    sizes = [3 + dim * (1 + num_k) + context_dim] + [width] * depth + [2 * dim if noise_scale else dim]
     params = mlp_init(key, sizes, zero_last=True)
 
     def control(p, t, z, ctx):
@@ -125,6 +130,29 @@ def next_observation(ts, batch):
 next_observation.dim = lambda obs_dim: obs_dim + 2  # type: ignore[attr-defined]
 
 
+def next_observations(k: int = 8):
+    """A context that sees ahead: at each grid time t, the next ``k`` observations at or after t
+    (y_j, t_j - t, and 1 if there is one else 0, for j = next, ..., next + k - 1; zeros past the
+    last observation), from the step's batch. Its size is k (obs_dim + 2); ``k=1`` is
+    :func:`next_observation` up to the order of the columns."""
+    k = _validate.check_int(k, "k", minimum=1)
+
+    def next_k(ts, batch):
+        t_obs, y = batch["t"], batch["y"]
+        n_obs = t_obs.shape[0]
+        j = jnp.searchsorted(t_obs, ts, side="left")
+        idx = j[:, None] + jnp.arange(k)[None, :]  # (len(ts), k)
+        has = idx < n_obs
+        idc = jnp.minimum(idx, n_obs - 1)
+        ys = jnp.where(has[..., None], y[idc], 0.0).reshape(ts.shape[0], -1)
+        gaps = jnp.where(has, t_obs[idc] - ts[:, None].astype(t_obs.dtype), 0.0)
+        return jnp.concatenate([ys, gaps.astype(y.dtype), has.astype(y.dtype)], axis=1)
+
+    next_k.dim = lambda obs_dim: k * (obs_dim + 2)  # type: ignore[attr-defined]
+    next_k.__qualname__ = f"next_observations({k})"
+    return next_k
+
+
 def no_context(ts, batch):
     """No context: the control sees only (t, x, Y)."""
     return jnp.zeros((ts.shape[0], 0), batch["y"].dtype)
@@ -155,6 +183,7 @@ class LatentSDE:
     x0_prior: Optional[tuple]
     hurst_init: float
     logprior: Optional[Callable]
+    noise_scale: bool = False
 
     @property
     def dt(self) -> float:
@@ -192,7 +221,7 @@ class LatentSDE:
                     span=list(self.span), num_steps=self.num_steps,
                     x0=None if self.x0 is None else self.x0.tolist(),
                     x0_prior=None if self.x0_prior is None else [np.asarray(v).tolist() for v in self.x0_prior],
-                    hurst_init=self.hurst_init)
+                    hurst_init=self.hurst_init, noise_scale=self.noise_scale)
 
 
 def _check_fn(f, name):
@@ -223,6 +252,7 @@ def latent_sde(
     x0_prior=None,
     logprior: Optional[Callable] = None,
     seed: int = 0,
+    noise_scale: bool = False,
 ) -> LatentSDE:
     """A latent SDE driven by Markov-approximate fBM (see the module docstring).
 
@@ -233,7 +263,8 @@ def latent_sde(
       dt: the Euler step (rounded down so that it divides the span); gamma_max * dt must be
         < 0.5 (the Euler scheme of the fastest OU process is unstable beyond).
       dim: d, the latent dimension. obs_dim: columns of y (default d).
-      control: u(params, t, z, ctx) -> (d,); default :func:`mlp_control` (width 64, depth 2).
+      control: u(params, t, z, ctx) -> (d,) (with ``noise_scale``: (2 d,), u then log sigma);
+        default :func:`mlp_control` (width 64, depth 2).
       likelihood: ``(function, params)`` or a function log p(y | x) of (params, t, x, y);
         default :func:`gaussian` (sd 0.1).
       context: ``context(ts, batch)``; default :func:`next_observation`.
@@ -246,6 +277,12 @@ def latent_sde(
         sd^2) a priori, with a learned Gaussian q(X(0)) and its KL in the ELBO.
       logprior: optional log p(params) of the trainable parameters (MAP for them; default flat).
       seed: the key of the default control's initial weights.
+      noise_scale: False (default): the posterior's Euler step is the prior's with its
+        Brownian increment shifted by u dt (the Girsanov family). True: the control also scales
+        it, sigma dW + u dt, with the exact KL of the Euler chains per step, (1/2) |u|^2 dt +
+        (1/2) sum(sigma^2 - 1 - 2 log sigma) (:mod:`heatbath.vi.sde.solver`): a discrete-time
+        family that can narrow the path within a step, where an observation's noise is smaller
+        than one step's prior noise (the shift alone cannot).
     """
     dim = _validate.check_int(dim, "dim", minimum=1)
     obs_dim = dim if obs_dim is None else _validate.check_int(obs_dim, "obs_dim", minimum=1)
@@ -271,6 +308,8 @@ def latent_sde(
     if unknown:
         raise ValueError(f"params has unknown entries {sorted(unknown)}: use 'drift', 'diffusion', 'control', 'likelihood'")
     _check_fn(drift, "drift")
+    if not isinstance(noise_scale, (bool, np.bool_)):
+        raise TypeError(f"noise_scale must be True or False, got {noise_scale!r}")
     if not callable(diffusion):
         s = _validate.check_real(diffusion, "diffusion", low=0.0, low_open=True)
         diffusion = lambda p, t, x, ctx: jnp.full_like(x, s)  # noqa: E731
@@ -284,7 +323,8 @@ def latent_sde(
         cdim = context.dim(obs_dim) if hasattr(context, "dim") else None
         if cdim is None:
             raise ValueError("a custom context needs a custom control (the default MLP's input size is unknown)")
-        control, cparams = mlp_control(jax.random.key(seed), dim, approx.num_k, cdim, horizon=t1 - t0)
+        control, cparams = mlp_control(jax.random.key(seed), dim, approx.num_k, cdim, horizon=t1 - t0,
+                                       noise_scale=bool(noise_scale))
         params.setdefault("control", cparams)
     _check_fn(control, "control")
     if x0 is not None and x0_prior is not None:
@@ -302,7 +342,7 @@ def latent_sde(
         if x0.shape != (dim,) or not np.all(np.isfinite(x0)):
             raise ValueError(f"x0 must be a finite vector of length dim={dim}, got {x0!r}")
     return LatentSDE(dim, obs_dim, drift, diffusion, control, likelihood, context, params, approx, (t0, t1),
-                     num_steps, x0, x0_prior, hurst_init, logprior)
+                     num_steps, x0, x0_prior, hurst_init, logprior, bool(noise_scale))
 
 
 def check_observations(sde: LatentSDE, times, values):
