@@ -378,3 +378,23 @@ def test_iwhvi_value_equals_an_independent_implementation():
     ref = np.asarray(jax.jit(jax.vmap(plain))(jax.random.split(jax.random.key(1), n)), np.float64)
     se = np.sqrt(ours.var() / n + ref.var() / n)
     assert abs(ours.mean() - ref.mean()) < 4 * se, (ours.mean(), ref.mean(), se)
+
+
+def test_numpyro_optim_adam_follows_optax_adam_and_checkpoints(tmp_path):
+    """numpyro.optim.Adam (what SVI takes) and optax.adam are the same update, up to rounding."""
+    import numpyro.optim
+
+    x, y = _regression_data(60)
+    kw = dict(data=(x, y), batch_size=20, seed=4, trace_every=10)
+    a = hb.fit(_regression_model, hb.vi.programmable(pvi.elbo(), _regression_guide, optimizer=optax.adam(0.02),
+                                                     num_steps=60), **kw)
+    m = hb.vi.programmable(pvi.elbo(), _regression_guide, optimizer=numpyro.optim.Adam(0.02), num_steps=60)
+    assert m.hyperparameters["optimizer"] == "numpyro.optim.Adam"
+    b = hb.fit(_regression_model, m, checkpoint=str(tmp_path / "ck"), **kw)
+    for k in a.params:
+        np.testing.assert_allclose(b.params[k], a.params[k], rtol=1e-4, atol=1e-5)
+    c = hb.fit(_regression_model, m, resume=str(tmp_path / "ck"), **kw)
+    for k in b.params:
+        np.testing.assert_array_equal(c.params[k], b.params[k])
+    with pytest.raises(TypeError, match="numpyro.optim optimizer"):
+        hb.vi.programmable(pvi.elbo(), _regression_guide, optimizer=object(), num_steps=5)

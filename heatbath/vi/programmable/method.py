@@ -67,8 +67,10 @@ def programmable(objective, guide, *, optimizer=None, num_steps: int, estimators
         your own program).
       guide: a NumPyro guide (its ``numpyro.param`` sites are fitted; sample sites may carry
         ``infer={"estimator": ...}``).
-      optimizer: an optax GradientTransformation (default ``optax.adam(1e-3)``), applied to the
-        negated gradient estimate.
+      optimizer: an optax GradientTransformation (default ``optax.adam(1e-3)``) or a
+        ``numpyro.optim`` optimizer (``numpyro.optim.Adam(1e-3)``, as SVI takes; its Adam is the
+        cheaper of the two per step, benchmarks/RESULTS.md), applied to the negated gradient
+        estimate.
       num_steps: optimizer steps.
       estimators: site name -> estimator (a name or an Estimator), overriding annotations.
       optimizer_name: how checkpoints describe the optimizer (default: "adam(1e-3)" for the
@@ -88,8 +90,11 @@ def programmable(objective, guide, *, optimizer=None, num_steps: int, estimators
     name_given = optimizer_name
     if optimizer is None:
         optimizer, name_given = optax.adam(1e-3), optimizer_name or "adam(1e-3)"
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
+    if _is_numpyro_optim(optimizer):
+        name_given = name_given or f"numpyro.optim.{type(optimizer).__name__}"
+    elif not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(f"optimizer must be an optax GradientTransformation or a numpyro.optim optimizer, got "
+                        f"{type(optimizer).__name__}")
     hyper = {"objective": getattr(objective, "__name__", "objective"), "guide": getattr(guide, "__name__", "guide"),
              "optimizer": _describe_optimizer(optimizer, name_given),
              "estimators": {k: repr(v) for k, v in estimators.items()}, "num_steps": num_steps}
@@ -110,7 +115,17 @@ def programmable(objective, guide, *, optimizer=None, num_steps: int, estimators
     return method
 
 
+def _is_numpyro_optim(optimizer) -> bool:
+    try:
+        from numpyro.optim import _NumPyroOptim
+    except ImportError:  # pragma: no cover - numpyro is a dependency
+        return False
+    return isinstance(optimizer, _NumPyroOptim)
+
+
 def _bound(method, program, est, optimizer):
+    numpyro_optim = _is_numpyro_optim(optimizer)
+
     def init(position, key=None):
         del key
         return State(position, optimizer.init(position), est.init_running(), jnp.zeros((), jnp.int32))
@@ -119,10 +134,14 @@ def _bound(method, program, est, optimizer):
         del oracle
         value, grads, running = est(state.position, key, batch, state.running)
         neg = jax.tree.map(jnp.negative, grads)
-        updates, opt_state = optimizer.update(neg, state.opt_state, state.position)
-        import optax
+        if numpyro_optim:  # NumPyro's optimizers (what SVI uses): state -> state, params read from it
+            opt_state = optimizer.update(neg, state.opt_state)
+            params = optimizer.get_params(opt_state)
+        else:
+            updates, opt_state = optimizer.update(neg, state.opt_state, state.position)
+            import optax
 
-        params = optax.apply_updates(state.position, updates)
+            params = optax.apply_updates(state.position, updates)
         gnorm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
         bad = ~jnp.isfinite(value) | ~_tree.all_finite(params)
         return State(params, opt_state, running, state.step + 1), Info(value, gnorm, value, bad)
