@@ -90,6 +90,7 @@ def _hessian_fn(target, rows):
 
 
 NEWTON_ITERS = 30
+NEWTON_MAX_DIM = 500  # a Newton iteration costs d Hessian-vector products: bounded at 30 * 500 per chain
 NEWTON_TOL = 0.05  # the mode search's tolerance (heatbath.drivers.mapsearch.TOL), posterior sds
 
 
@@ -97,7 +98,7 @@ def newton(target, positions, converged, key):
     """Damped Newton with the dense Hessian from the chains whose mode search did not converge.
 
     The MAP search (L-BFGS or Adam in float32) stalls on posteriors whose condition number is
-    1e6 or more (a regression on unscaled covariates); with d <= ``DENSE_MAX`` the dense Newton
+    1e6 or more (a regression on unscaled covariates); with d <= ``NEWTON_MAX_DIM`` the dense Newton
     step (solved in float64, step halved until the log density rises) converges on them in a
     few iterations (where H is not positive definite the step uses |eigenvalues|, a saddle-free
     Newton step). A chain converges when its Newton decrement sqrt(g' H^-1 g) < 0.05 sd with
@@ -108,7 +109,7 @@ def newton(target, positions, converged, key):
     flat = np.array(jax.vmap(lambda p: ravel_pytree(p)[0])(positions))
     d = flat.shape[1]
     todo = [c for c in range(num_chains) if not converged[c]]
-    if d > DENSE_MAX or not todo:
+    if d > NEWTON_MAX_DIM or not todo:
         return positions, converged, None
     rows, nrows = _rows(target, key)
     hess, unravel = _hessian_fn(target, rows)
