@@ -112,7 +112,8 @@ def sample(
       shard: ``"chains"`` splits the chains over ``devices`` (default: all), ``"data"`` splits
         the data rows (full-data gradients become sharded reductions; with federated
         batching, whole shards per device: :func:`heatbath.drivers.placement.place_data`); the
-        draws are the same as on one device.
+        draws are the same as on one device (to the last float32 bit with full-data gradients
+        or the automatic Laplace metric, whose products compile differently per device count).
       batching: which rows a step sees (:mod:`heatbath.drivers.batching`): ``"uniform"``
         (default: n rows with replacement), ``"reshuffle"`` (epochs without replacement) or a
         spec such as ``batching.federated(shards, local_steps=...)``.
