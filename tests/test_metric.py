@@ -161,3 +161,31 @@ def test_no_metric_above_the_dense_limit_or_without_a_converged_mode():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         metric.laplace(t2, {"x": jnp.zeros((2, 3))}, np.array([True, False]), jax.random.key(0))
+
+
+def test_resume_with_another_metric_is_refused_and_the_centre_is_on_the_models_scale(tmp_path):
+    t, X, y = _regression_target(1000)
+    kw = dict(batch_size=100, num_samples=30, num_chains=2, seed=3, progress_bar=False, checks="off")
+    a = hb.sample(t, hb.samplers.sgld(), checkpoint=tmp_path / "ck", **kw)
+    assert a.tuning["gradient"]["chosen"] == "control_variates"
+    # Result.centre is the MAP in theta (the run's z is not the model's scale).
+    prec = X.T.astype(np.float64) @ X / 0.25 + np.eye(3) / 25.0
+    mode = np.linalg.solve(prec, X.T.astype(np.float64) @ y / 0.25)
+    np.testing.assert_allclose(np.asarray(a.centre), mode, atol=1e-3)
+    with pytest.raises(ValueError, match="coordinates"):
+        hb.sample(t, hb.samplers.sgld(), checkpoint=tmp_path / "ck", resume=True, metric="identity", **kw)
+    # A centre given in theta is used in theta.
+    b = hb.sample(t, hb.samplers.sgld(gradient=hb.kernels.gradients.control_variates(centre=jnp.asarray(mode))),
+                  **kw)
+    np.testing.assert_allclose(np.asarray(b.centre), mode, rtol=1e-6, atol=1e-6)
+    assert "metric" in b.tuning
+
+
+def test_the_whitened_target_is_reused_for_the_same_metric():
+    t = correlated_gaussian()
+    L = np.linalg.cholesky(SIGMA)
+    _, unravel = jax.flatten_util.ravel_pytree({"x": jnp.zeros(3)})
+    aff = metric.Affine(mu=MEAN, L=L, L_inv=np.linalg.inv(L), unravel=unravel)
+    other = metric.Affine(mu=MEAN + 1.0, L=L, L_inv=np.linalg.inv(L), unravel=unravel)
+    assert metric.whiten(t, aff) is metric.whiten(t, aff)
+    assert metric.whiten(t, other) is not metric.whiten(t, aff)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["MODES", "DENSE_MAX", "FLOOR", "Affine", "laplace", "newton", "whiten"]
+__all__ = ["MODES", "DENSE_MAX", "FLOOR", "Affine", "applies", "laplace", "newton", "whiten", "centre_to_run"]
 
 MODES = ("auto", "identity")
 DENSE_MAX = 2000  # unconstrained dimensions up to which the dense Laplace metric is used
@@ -69,24 +69,45 @@ class Affine:
         return self.unravel(Li @ (flat - jnp.asarray(self.mu, flat.dtype)))
 
 
-def _hessian_fn(target, rows):
+def _unravel(target):
     example = target.example_params()
     zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
-    _, unravel = ravel_pytree(zero)
+    return ravel_pytree(zero)[1]
 
-    def u(x):
-        return -target.logdensity(unravel(x), rows)
 
-    def hess(x):
-        d = x.shape[0]
+def _hessian_fn(target, rows):
+    """``(hess(x), unravel)``: the dense Hessian of -log p on ``rows`` at a flat x. The jitted
+    function takes the rows as an argument and is kept on the target (no recompile per call)."""
 
-        def column(e):
-            return jax.jvp(jax.grad(u), (x,), (e,))[1]
+    def build():
+        unravel = _unravel(target)
 
-        eye = jnp.eye(d, dtype=x.dtype)
-        return jax.lax.map(column, eye, batch_size=min(d, 64))
+        def hess(x, rows_):
+            def u(y):
+                return -target.logdensity(unravel(y), rows_)
 
-    return jax.jit(hess), unravel
+            def column(e):
+                return jax.jvp(jax.grad(u), (x,), (e,))[1]
+
+            eye = jnp.eye(x.shape[0], dtype=x.dtype)
+            return jax.lax.map(column, eye, batch_size=min(x.shape[0], 64))
+
+        return jax.jit(hess), unravel
+
+    hess, unravel = target.memo("metric_hessian", build)
+    return (lambda x: hess(x, rows)), unravel
+
+
+def _value_and_grad_fn(target):
+    """Jitted (value, grad) of -log p on the full data at a flat x, kept on the target."""
+
+    def build():
+        unravel = _unravel(target)
+        vg = jax.jit(jax.value_and_grad(lambda x, data: -target.logdensity(unravel(x), data)))
+        return vg
+
+    vg = target.memo("metric_value_and_grad", build)
+    return lambda x: vg(x, target.data)
 
 
 NEWTON_ITERS = 30
@@ -113,7 +134,7 @@ def newton(target, positions, converged, key):
         return positions, converged, None
     rows, nrows = _rows(target, key)
     hess, unravel = _hessian_fn(target, rows)
-    value_and_grad = jax.jit(jax.value_and_grad(lambda x: -target.logdensity(unravel(x))))
+    value_and_grad = _value_and_grad_fn(target)
     converged = np.array(converged, bool)
     cost, rescued, iters = 0.0, [], {}
     for c in todo:
@@ -205,8 +226,45 @@ def laplace(target, positions, usable, key):
     return Affine(mu=mu, L=L, L_inv=L_inv, unravel=unravel), info
 
 
+def applies(sampler) -> bool:
+    """Whether the run may change coordinates: not when a setting of the sampler is given per
+    coordinate of theta (SGHMC's ``gradient_noise``, a pytree ``mass``, a preconditioner's
+    fixed diagonal), which would then be read as z's."""
+    hp = sampler.hyperparameters
+    if hp.get("gradient_noise") is not None:
+        return False
+    mass = hp.get("mass", 1.0)
+    if mass is not None and not isinstance(mass, (int, float)):
+        return False
+    return hp.get("preconditioner") is None
+
+
+def centre_to_run(sampler, affine: Affine):
+    """A sampler whose control-variate centre was given (in theta) with that centre in z."""
+    spec = sampler.gradient
+    if getattr(spec, "needs_centre", False) and getattr(spec, "centre", None) is not None:
+        return sampler.rebuild(gradient=spec.with_centre(affine.inverse(spec.centre)))
+    return sampler
+
+
 def whiten(target, affine: Affine):
-    """The target on z (theta = affine.forward(z)): same data, same constrained output."""
+    """The target on z (theta = affine.forward(z)): same data, same constrained output.
+
+    The whitened target is kept on ``target`` with a digest of (mu, L): a second run of the same
+    target with the same metric gets the same object, so its compiled loop is reused."""
+    import hashlib
+
+    digest = hashlib.sha1(np.ascontiguousarray(affine.mu).tobytes() + np.ascontiguousarray(affine.L).tobytes()
+                          ).hexdigest()
+    cache = target.__dict__.get("_heatbath_whitened")
+    if cache is not None and cache[0] == digest:
+        return cache[1]
+    out = _whiten(target, affine)
+    object.__setattr__(target, "_heatbath_whitened", (digest, out))
+    return out
+
+
+def _whiten(target, affine: Affine):
     fwd, inv = affine.forward, affine.inverse
     terms0, constrain0, init0, unconstrain0 = target.terms, target.constrain_fn, target.init_params, target.unconstrain
     prior0 = target.prior_init

@@ -195,16 +195,21 @@ def sample(
         if getattr(sampler, "check_start", None) is not None:  # e.g. a mirror map's domain (heatbath.samplers.bregman)
             sampler.check_start(target, positions)
         user_target, affine, metric_info = target, None, None
-        if auto and metric == "auto" and init_info["strategy"] == "map":
+        if auto and metric == "auto" and init_info["strategy"] == "map" and _metric.applies(sampler):
             usable = np.asarray(init_info["converged"], bool)
             positions, usable, rescue = _metric.newton(target, positions, usable, jax.random.fold_in(master, 4))
             if rescue is not None:
                 init_info["newton"] = rescue
+                init_info["converged"] = usable.tolist()
                 init_info["cost"] = init_info.get("cost", 0.0) + rescue["cost_per_chain"] * num_chains
             affine, metric_info = _metric.laplace(target, positions, usable, jax.random.fold_in(master, 5))
             if affine is not None:
                 target = _metric.whiten(target, affine)
                 positions = _metric.to_run(affine, positions)
+                sampler = _metric.centre_to_run(sampler, affine)
+        if auto and ckpt is not None:
+            # The sampler's state is in the run's coordinates: a resume must run in the same ones.
+            ckpt.settings["coordinates"] = "laplace metric" if affine is not None else "model"
         gradient_info = None
         if auto and estimator_choice.wants_choice(sampler, target, batch_size, affine):
             sampler, gradient_info, choice_cost = estimator_choice.choose(
@@ -250,6 +255,8 @@ def sample(
                      keep_unc, tuning)
     if affine is not None:  # back to the target's coordinates (the sampler's state stays in the run's)
         result.target = user_target
+        if result.centre is not None:
+            result.centre = jax.tree.map(np.asarray, affine.forward(result.centre))
         if result.unconstrained is not None:
             result.unconstrained = jax.tree.map(np.asarray, _metric.from_run(affine, result.unconstrained, lead=2))
     if not out.interrupted:
