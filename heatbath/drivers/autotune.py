@@ -49,7 +49,7 @@ from heatbath.kernels import curvature
 from heatbath.kernels import tree as _tree
 from heatbath.kernels.schedules import is_constant
 
-__all__ = ["EPS", "auto_names", "measure", "choose", "warmup", "default_num_warmup"]
+__all__ = ["EPS", "auto_names", "curvature_rows", "measure", "choose", "warmup", "default_num_warmup"]
 
 EPS = 0.2  # first-order variance inflation allowed in the worst direction
 NUM_BATCHES = 32  # minibatch gradients per point for the noise covariance
@@ -106,6 +106,17 @@ def _metric(sampler, family, m2, states):
     return None
 
 
+def curvature_rows(target, key):
+    """``(rows, count)``: the data rows curvature is measured on: all of them when N <=
+    ``CURVATURE_ROWS`` (or the target cannot be minibatched), else that many drawn without
+    replacement with ``key`` (``target.logdensity`` rescales them to N)."""
+    N = target.num_data
+    if target.minibatch_error or N <= CURVATURE_ROWS:
+        return target.data, N
+    idx = jax.random.choice(key, N, (CURVATURE_ROWS,), replace=False)
+    return jax.tree.map(lambda x: x[idx], target.data), CURVATURE_ROWS
+
+
 def measure(target, estimator, est_state, positions, key, batch_size, temperature, metric_of):
     """Per-chain curvature and gradient-noise eigenvalues at ``positions`` (leading axis chain).
 
@@ -114,13 +125,8 @@ def measure(target, estimator, est_state, positions, key, batch_size, temperatur
     gradient evaluations the measurement cost (per chain).
     """
     N = target.num_data
-    rows_m = N if target.minibatch_error else min(N, CURVATURE_ROWS)
     key_rows, key_batches, key_vec = jax.random.split(key, 3)
-    if rows_m < N:
-        idx = jax.random.choice(key_rows, N, (rows_m,), replace=False)
-        rows = jax.tree.map(lambda x: x[idx], target.data)
-    else:
-        rows = target.data
+    rows, rows_m = curvature_rows(target, key_rows)
     noisy = batch_size is not None and not target.minibatch_error
     if noisy:
         idx = jax.random.randint(key_batches, (NUM_BATCHES, batch_size), 0, N)

@@ -51,7 +51,7 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature):
     if chains.size == 0:
         return sampler, {"chosen": "naive", "reason": "no converged mode for a centre"}, 0.0
     family = autotune._family(sampler)
-    logp = jax.jit(jax.vmap(lambda p: target.logdensity(p)))(positions)
+    logp = target.memo("logdensity_of_chains", lambda: jax.jit(jax.vmap(lambda p: target.logdensity(p))))(positions)
     logp = np.asarray(logp, np.float64)
     best = int(chains[np.argmax(logp[chains])])
     centre = jax.tree.map(lambda x: x[best], positions)

@@ -38,7 +38,7 @@ from jax.flatten_util import ravel_pytree
 from heatbath.kernels.gradients import full_data_value_and_grad, minibatch_logdensity
 
 __all__ = ["TOL", "MAX_HVPS", "FULL_BATCH_WORK", "find_map", "search", "diagnose", "decrement", "verdict",
-           "unravel_of", "flat_names"]
+           "unravel_of", "flat_positions", "flat_names"]
 
 TOL = 0.05  # posterior sds (Newton decrement) below which a point counts as a mode
 MAX_HVPS = 50  # conjugate-gradient iterations (Hessian-vector products) of one check
@@ -64,7 +64,8 @@ def unravel_of(target, positions):
     return ravel_pytree(one)[1]
 
 
-def _flat_positions(positions):
+def flat_positions(positions):
+    """Positions (leading axis chain) as a (chain, d) matrix of flat vectors."""
     return jax.vmap(lambda p: ravel_pytree(p)[0])(positions)
 
 
@@ -161,7 +162,7 @@ def diagnose(target, params, *, batch_size=None, tol=TOL, max_hvps=MAX_HVPS):
     """
     positions = jax.tree.map(lambda x: jnp.asarray(x)[None], params)
     fns = _functions(target, positions, batch_size, max_hvps)
-    x = _flat_positions(positions)
+    x = flat_positions(positions)
     check = jax.device_get(fns["check"](x, target.data))
     conv, reasons = verdict(check, tol)
     out = {k: (v[0].item() if np.ndim(v[0]) == 0 else v[0]) for k, v in check.items() if k != "step"}
@@ -173,7 +174,7 @@ def diagnose(target, params, *, batch_size=None, tol=TOL, max_hvps=MAX_HVPS):
 def _functions(target, positions, batch_size, max_hvps):
     """The jitted, chain-vmapped check and Newton polish (memoised on the target)."""
     unravel = unravel_of(target, positions)
-    dim = int(_flat_positions(positions).shape[1])
+    dim = int(flat_positions(positions).shape[1])
     chunk = _chunk_rows(target, batch_size)
     iters = int(min(2 * dim + 2, max_hvps))  # CG in float32 may need more than d steps
 
@@ -306,14 +307,14 @@ def find_map(target, positions, keys, batch_size=None, max_steps=None, tol=TOL, 
       ``reason`` ("" when converged) and ``method``.
     """
     x, outcome, _ = search(target, positions, keys, batch_size, max_steps, tol, method, max_hvps)
-    x = jnp.where(jnp.asarray(outcome["usable"])[:, None], x, _flat_positions(positions))
+    x = jnp.where(jnp.asarray(outcome["usable"])[:, None], x, flat_positions(positions))
     return jax.vmap(unravel_of(target, positions))(x), outcome
 
 
 def search(target, positions, keys, batch_size=None, max_steps=None, tol=TOL, method="auto", max_hvps=MAX_HVPS):
     """:func:`find_map`'s search: (flat points reached (chain, d), outcome, trace), the trace a
     dict of (chain, step) arrays: ``lp`` (full data for L-BFGS, minibatch estimates for Adam)."""
-    n, flat0 = target.num_data, _flat_positions(positions)
+    n, flat0 = target.num_data, flat_positions(positions)
     chains, dim = flat0.shape
     if method == "auto":
         method = "lbfgs" if batch_size is None or batch_size >= n or n * dim <= FULL_BATCH_WORK else "adam"

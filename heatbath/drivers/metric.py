@@ -39,12 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from heatbath.drivers import autotune, mapsearch
+
 __all__ = ["MODES", "DENSE_MAX", "FLOOR", "Affine", "applies", "laplace", "newton", "whiten", "centre_to_run"]
 
 MODES = ("auto", "identity")
 DENSE_MAX = 2000  # unconstrained dimensions up to which the dense Laplace metric is used
 FLOOR = 1e-8  # eigenvalues of the averaged Hessian are floored at lambda_max * FLOOR
-ROWS = 4096  # data rows of the Hessian (all rows when N is smaller), as the step-size measurement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +111,13 @@ def _value_and_grad_fn(target):
     return lambda x: vg(x, target.data)
 
 
+def _abs_eig(H):
+    """Eigen-decomposition of the symmetrised H: (lambda, Q, |lambda| floored at lambda_max * FLOOR)."""
+    lam, Q = np.linalg.eigh(0.5 * (H + H.T))
+    top = max(float(np.max(np.abs(lam))), 1e-30)
+    return lam, Q, np.maximum(np.abs(lam), top * FLOOR)
+
+
 NEWTON_ITERS = 30
 NEWTON_MAX_DIM = 500  # a Newton iteration costs d Hessian-vector products: bounded at 30 * 500 per chain
 NEWTON_TOL = 0.05  # the mode search's tolerance (heatbath.drivers.mapsearch.TOL), posterior sds
@@ -127,12 +135,12 @@ def newton(target, positions, converged, key):
     their position.
     """
     num_chains = jax.tree.leaves(positions)[0].shape[0]
-    flat = np.array(jax.vmap(lambda p: ravel_pytree(p)[0])(positions))
+    flat = np.array(mapsearch.flat_positions(positions))
     d = flat.shape[1]
     todo = [c for c in range(num_chains) if not converged[c]]
     if d > NEWTON_MAX_DIM or not todo:
         return positions, converged, None
-    rows, nrows = _rows(target, key)
+    rows, nrows = autotune.curvature_rows(target, key)
     hess, unravel = _hessian_fn(target, rows)
     value_and_grad = _value_and_grad_fn(target)
     converged = np.array(converged, bool)
@@ -145,10 +153,9 @@ def newton(target, positions, converged, key):
             cost += target.num_data + 2.0 * d * nrows
             if not (np.all(np.isfinite(H)) and np.all(np.isfinite(g)) and np.isfinite(v)):
                 break
-            lam, Q = np.linalg.eigh(0.5 * (H + H.T))
+            lam, Q, lam_used = _abs_eig(H)
             # Saddle-free Newton (|lambda|, floored) away from the mode; converged only where H > 0.
-            top = max(float(np.max(np.abs(lam))), 1e-30)
-            step = Q @ ((Q.T @ g) / np.maximum(np.abs(lam), top * FLOOR))
+            step = Q @ ((Q.T @ g) / lam_used)
             dec = float(np.sqrt(max(g @ step, 0.0)))
             if lam[0] > 0.0 and dec < NEWTON_TOL:
                 converged[c] = True
@@ -173,14 +180,6 @@ def newton(target, positions, converged, key):
     return new, converged, info
 
 
-def _rows(target, key):
-    N = target.num_data
-    if target.minibatch_error or N <= ROWS:
-        return target.data, N
-    idx = jax.random.choice(key, N, (ROWS,), replace=False)
-    return jax.tree.map(lambda x: x[idx], target.data), ROWS
-
-
 def laplace(target, positions, usable, key):
     """The Laplace metric at the chains' ``positions`` (leading axis chain) whose ``usable`` flag is set.
 
@@ -188,27 +187,24 @@ def laplace(target, positions, usable, key):
     dimension exceeds ``DENSE_MAX`` or the averaged Hessian is not finite. ``info`` says which.
     """
     num_chains = jax.tree.leaves(positions)[0].shape[0]
-    flat = jax.vmap(lambda p: ravel_pytree(p)[0])(positions)
+    flat = mapsearch.flat_positions(positions)
     d = int(flat.shape[1])
     if d > DENSE_MAX:
         return None, {"kind": "identity", "reason": f"{d} dimensions > {DENSE_MAX}: no dense metric"}
     chains = [c for c in range(num_chains) if usable[c]]
     if not chains:
         return None, {"kind": "identity", "reason": "no chain's mode search converged"}
-    rows, nrows = _rows(target, key)
+    rows, nrows = autotune.curvature_rows(target, key)
     hess, unravel = _hessian_fn(target, rows)
     Hs = [np.asarray(hess(flat[c]), np.float64) for c in chains]
     Hs = [H for H in Hs if np.all(np.isfinite(H))]
     cost = 2.0 * d * nrows * len(chains)
     if not Hs:
         return None, {"kind": "identity", "reason": "the Hessian at the modes is not finite", "cost_per_chain": cost / num_chains}
-    H = np.mean(Hs, axis=0)
-    H = 0.5 * (H + H.T)
-    lam, Q = np.linalg.eigh(H)
+    lam, Q, lam_used = _abs_eig(np.mean(Hs, axis=0))
     top = float(np.max(np.abs(lam)))
     if not np.isfinite(top) or top <= 0.0:
         return None, {"kind": "identity", "reason": "the Hessian at the modes is zero", "cost_per_chain": cost / num_chains}
-    lam_used = np.maximum(np.abs(lam), top * FLOOR)
     L = Q * (1.0 / np.sqrt(lam_used))[None, :]
     L_inv = (Q * np.sqrt(lam_used)[None, :]).T
     mu = np.mean(np.asarray(flat, np.float64)[chains], axis=0)

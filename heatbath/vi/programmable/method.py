@@ -116,11 +116,9 @@ def programmable(objective, guide, *, optimizer=None, num_steps: int, estimators
 
 
 def _is_numpyro_optim(optimizer) -> bool:
-    try:
-        from numpyro.optim import _NumPyroOptim
-    except ImportError:  # pragma: no cover - numpyro is a dependency
-        return False
-    return isinstance(optimizer, _NumPyroOptim)
+    """A ``numpyro.optim`` optimizer: ``init``, ``update(g, state)``, ``get_params(state)`` over
+    jax.example_libraries' (init_fn, update_fn, get_params_fn); optax has no ``get_params``."""
+    return all(hasattr(optimizer, a) for a in ("init", "update", "get_params", "update_fn"))
 
 
 def _bound(method, program, est, optimizer):
