@@ -189,3 +189,32 @@ def test_the_whitened_target_is_reused_for_the_same_metric():
     other = metric.Affine(mu=MEAN + 1.0, L=L, L_inv=np.linalg.inv(L), unravel=unravel)
     assert metric.whiten(t, aff) is metric.whiten(t, aff)
     assert metric.whiten(t, other) is not metric.whiten(t, aff)
+
+
+def test_starts_that_overflow_fall_back_and_the_run_is_finite():
+    """Unscaled covariates (sd 10) under a log link: a uniform(-2, 2) start overflows the mode
+    search (log density -3e19, gradient not finite). Such a chain is not a usable mode: it falls
+    back to the prior median and is finished by Newton, instead of a NaN step size."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    def gamma_glm(X, y):
+        beta = numpyro.sample("beta", dist.Normal(0, 1).expand([X.shape[1]]).to_event(1))
+        shape = numpyro.sample("shape", dist.Gamma(2.0, 0.5))
+        with numpyro.plate("data", X.shape[0]):
+            numpyro.sample("y", dist.Gamma(shape, shape / jnp.exp(X @ beta)), obs=y)
+
+    rng = np.random.default_rng(7)
+    X = (rng.normal(size=(300, 3)) * np.array([1.0, 3.0, 10.0])).astype(np.float32)
+    y = rng.gamma(3.0, np.exp(X @ np.array([0.2, -0.1, 0.02])) / 3.0).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = hb.sample(gamma_glm, hb.samplers.sgld(), data=dict(X=X, y=y), num_samples=100, num_chains=4, seed=0,
+                        progress_bar=False, checks="off")
+    assert np.isfinite(res.tuning["step_size"]) and all(res.tuning["init"]["converged"])
+    assert np.all(np.isfinite(res.samples["beta"])) and not res.diverged_chains()
+
+
+def test_a_non_finite_curvature_is_a_clear_error():
+    with pytest.raises(FloatingPointError, match=r"not finite for chain\(s\) \[1\]"):
+        autotune._check_measured({"lam_hv": np.array([1.0, np.nan]), "lam_h": np.array([1.0, np.nan])}, "here")

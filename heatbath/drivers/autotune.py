@@ -217,6 +217,16 @@ def _second_moment(target, estimator, est_state, points, key, batch_size, repeat
     return jax.tree.map(lambda x: jnp.mean(x, axis=0), m2)
 
 
+def _check_measured(m: dict, where: str):
+    """A clear error where the curvature or noise measured for some chain is not finite."""
+    bad = sorted({int(i) % len(m["lam_hv"]) for k in ("lam_hv", "lam_h") for i in np.nonzero(~np.isfinite(m[k]))[0]})
+    if bad:
+        raise FloatingPointError(
+            f"automatic step size: the curvature measured {where} is not finite for chain(s) {bad} (the log density "
+            "or its gradient overflows there); give init= values in the posterior's bulk (e.g. init='median' or an "
+            "hb.optimize result), rescale the model's covariates, or give step_size=")
+
+
 def choose(family: str, m: dict, T: float, symmetric: bool = True, friction_given: Optional[float] = None):
     """The step size (and friction) from measured eigenvalues (worst chain). See the module docstring."""
     if family in ("sgld", "psgld"):
@@ -268,6 +278,7 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
     key = jax.random.fold_in(keys[0], 13)
     m0, cost0 = _measure(target, sampler, family, estimator, est_state, positions, jax.random.fold_in(key, 0),
                          batch_size, T)
+    _check_measured(m0, "at the chains' starting points")
     chosen0 = choose(family, m0, T, symmetric, friction_given)
     pilot = max(2, num_warmup // 2)
     # The second measurement is taken at POINTS positions per chain spread over the second half
@@ -316,6 +327,7 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
         cost += NUM_BATCHES * (batch_size or target.num_data) * points * nc / max(nc, 1)
     m1, cost1 = _measure(target, sampler, family, estimator, est_state, where, jax.random.fold_in(key, 1),
                          batch_size, T, states=states, repeat=points)
+    _check_measured(m1, "in the first half of the warmup")
     cost1 *= points
     cost += cost1
     chosen = choose(family, m1, T, symmetric, friction_given)

@@ -359,14 +359,16 @@ def search(target, positions, keys, batch_size=None, max_steps=None, tol=TOL, me
     cost += n * (1 + HVP_COST * np.asarray(check["cg_iters"])) * 3  # the check and up to two Newton steps
     conv, reasons = verdict(check, tol)
     x = np.asarray(x)
-    finite = np.isfinite(np.asarray(check["lp"])) & np.all(np.isfinite(x), axis=1)
+    finite = (np.isfinite(np.asarray(check["lp"])) & np.all(np.isfinite(x), axis=1)
+              & np.isfinite(np.asarray(check["grad_norm"])))
     # No mode to climb to: still rising when the budget ran out, outside the quadratic region.
     near = (np.asarray(check["decrement"]) < 1.0) & ~np.asarray(check["negative_curvature"]) & np.asarray(_solved(check))
     usable = finite & (conv | near | ~rising)
     names = flat_names(jax.tree.map(lambda a: a[0], positions))
     for i in range(chains):
         if not finite[i]:
-            reasons[i] = "the search ended at a non-finite point (no mode: the density may grow without bound)"
+            reasons[i] = ("the search ended at a non-finite point or gradient (no mode: the density may grow "
+                          "without bound; or it overflowed where it started)")
         elif not usable[i]:
             far = names[int(np.argmax(np.abs(x[i] - np.asarray(flat0[i]))))]
             reasons[i] = (f"no mode found: the log density was still rising after {int(steps[i])} steps, with "
