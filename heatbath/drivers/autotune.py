@@ -268,7 +268,8 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
     """Tune the sampler's automatic hyperparameters during the first half of the warmup.
 
     Returns ``(sampler with the chosen values, the chains' states after the first half, steps
-    done, tuning info, cost per chain in per-datum gradients, compile seconds)``.
+    done, tuning info, cost per chain in per-datum gradients, compile seconds, the measurement
+    points: positions with a leading axis (point * chain))``.
     """
     names = auto_names(sampler)
     family = _family(sampler)
@@ -352,4 +353,4 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
         "warmup_steps_tuning": pilot,
         "cost_per_chain": float(cost),
     }
-    return final, states, pilot, info, float(cost), compile_time
+    return final, states, pilot, info, float(cost), compile_time, where

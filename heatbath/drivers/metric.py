@@ -253,11 +253,14 @@ def whiten(target, affine: Affine):
     digest = hashlib.sha1(np.ascontiguousarray(affine.mu).tobytes() + np.ascontiguousarray(affine.L).tobytes()
                           ).hexdigest()
     cache = target.__dict__.get("_heatbath_whitened")
-    if cache is not None and cache[0] == digest:
-        return cache[1]
-    out = _whiten(target, affine)
-    object.__setattr__(target, "_heatbath_whitened", (digest, out))
-    return out
+    if cache is None:  # the Laplace metric and its refinements (heatbath.drivers.adapt): a few per target
+        cache = {}
+        object.__setattr__(target, "_heatbath_whitened", cache)
+    if digest not in cache:
+        while len(cache) >= 4:
+            cache.pop(next(iter(cache)))
+        cache[digest] = _whiten(target, affine)
+    return cache[digest]
 
 
 def _whiten(target, affine: Affine):

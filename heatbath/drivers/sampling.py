@@ -12,7 +12,7 @@ import numpy as np
 from heatbath.drivers import autotune
 from heatbath.drivers import centre as _centre
 from heatbath.drivers import federation, initialize, inputs, loop, selfcheck
-from heatbath.drivers import estimator_choice, metric as _metric
+from heatbath.drivers import adapt as _adapt, estimator_choice, mapsearch, metric as _metric
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.cache import IdentityCache
@@ -217,7 +217,9 @@ def sample(
                 autotune.constant_temperature(sampler))
 
         spec, centre, map_cost, map_compile = _centre.resolve(
-            target, sampler.gradient, positions, master, batch_size, ckpt if resuming else None, record=ckpt
+            target, sampler.gradient, positions, master, batch_size,
+            # a whitened run recomputes its centre: the checkpoint's may be in refined coordinates
+            ckpt if resuming and affine is None else None, record=ckpt
         )
         map_cost += init_info.get("cost", 0.0) / num_chains
         estimator = spec.build(target.terms, target.num_data)
@@ -231,14 +233,52 @@ def sample(
             tuning["gradient"] = gradient_info
             map_cost += choice_cost
         if auto:
+            untuned = sampler
             est_state = estimator_state(estimator, positions, target.data)
-            sampler, states, pilot, info, tune_cost, tune_compile = autotune.warmup(
+            sampler, states, pilot, info, tune_cost, tune_compile, points = autotune.warmup(
                 target, sampler, estimator, est_state, positions, keys, batch_size=batch_size, batching=batching,
                 num_warmup=num_warmup, progress_bar=progress_bar)
             tuning.update(info)
             num_warmup -= pilot
             map_cost += tune_cost
             map_compile += tune_compile
+            window, rounds = num_warmup, []
+            while (affine is not None and window >= _adapt.MIN_STEPS and len(rounds) < _adapt.ROUNDS
+                   and _adapt.suspect(np.asarray(mapsearch.flat_positions(points)))):
+                # An adaptation window: the metric refined from its draws, the step tuned again.
+                states, draws, alive, w_cost, w_compile = _adapt.window(
+                    target, sampler, estimator, states, positions, loop.fold_each(keys, 29 + len(rounds)),
+                    steps=window, batch_size=batch_size, batching=batching, progress_bar=progress_bar)
+                map_cost += w_cost
+                map_compile += w_compile
+                num_warmup = 0
+                m, C, adapted = _adapt.refine(draws, alive)
+                rounds.append(adapted)
+                if C is None:
+                    break
+                old = affine
+                affine = _adapt.compose(old, m, C)
+                target = _metric.whiten(user_target, affine)
+                positions = _adapt.positions_after(draws, alive, np.asarray(mapsearch.flat_positions(positions)),
+                                                   m, C, affine.unravel)
+                if centre is not None:
+                    centre = affine.inverse(old.forward(centre))
+                    spec = spec.with_centre(centre)
+                estimator = spec.build(target.terms, target.num_data)
+                est_state = estimator_state(estimator, positions, target.data)
+                tuning.setdefault("earlier_passes", []).append({k: tuning[k] for k in info if k in tuning})
+                sampler, states, _, info, tune_cost, tune_compile, points = autotune.warmup(
+                    target, untuned, estimator, est_state, positions, loop.fold_each(keys, 23 + len(rounds)),
+                    batch_size=batch_size, batching=batching, num_warmup=max(4, pilot), progress_bar=progress_bar)
+                tuning.update(info)
+                map_cost += tune_cost
+                map_compile += tune_compile
+                if ckpt is not None:
+                    ckpt.settings["coordinates"] = "adapted metric"
+            if rounds:
+                tuning["metric"]["adaptation"] = rounds
+                if any(r["adapted"] for r in rounds):
+                    tuning["metric"]["condition_number_adapted"] = float(np.linalg.cond(affine.L) ** 2)
         # The configurational-temperature check reads unconstrained draws: kept for it when small.
         keep_unc = record_unconstrained or (
             level == "full" and keep == "draws"

@@ -304,7 +304,7 @@ class HeatbathKernel(MCMCKernel):
             positions = self._initial_positions(target, keys, init_params, vectorized, num_chains)
         inputs.check_init_finite(target, positions, data)
         est_state = estimator_state(estimator, positions, data)
-        tuned, states, _, info, _, _ = autotune.warmup(
+        tuned, states, _, info, _, _, _ = autotune.warmup(
             target, self._sampler, estimator, est_state, positions, keys, batch_size=self._batch_size,
             batching=as_batching("uniform"), num_warmup=max(int(num_warmup), 4), progress_bar=False)
         self.tuning = info
