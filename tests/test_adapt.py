@@ -104,3 +104,20 @@ def test_an_adapted_run_resumes_to_the_same_draws(tmp_path):
     assert a.tuning["metric"]["adaptation"][0]["adapted"] is True
     b = hb.sample(t, hb.samplers.sgld(), checkpoint=tmp_path / "ck", resume=True, **kw)
     np.testing.assert_array_equal(a.samples["x"], b.samples["x"])
+
+
+def test_a_slow_run_after_adaptation_is_told_about_reparameterisation():
+    from types import SimpleNamespace
+
+    from heatbath.drivers import selfcheck
+
+    rng = np.random.default_rng(3)
+    walk = np.cumsum(rng.normal(size=(4, 200)), axis=1)  # R-hat >> 1.01, ESS << 100
+    result = SimpleNamespace(stats={"diverging": np.zeros((4, 200), bool)}, samples={"x": walk}, checks=None,
+                             tuning={"metric": {"adaptation": [{"adapted": True}, {"adapted": False}]}})
+    sampler = SimpleNamespace(temperature=1.0)
+    msgs = selfcheck.run_checks(result, sampler, None, None, None, "basic", jax.random.key(0))
+    assert any("refined 1 time(s)" in m and "centred" in m for m in msgs)
+    result.tuning = {"metric": {"adaptation": [{"adapted": False}]}}
+    msgs = selfcheck.run_checks(result, sampler, None, None, None, "basic", jax.random.key(0))
+    assert not any("refined" in m for m in msgs) and any("R-hat" in m for m in msgs)

@@ -199,6 +199,14 @@ def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed
         if checks.get("ess_bulk_min", np.inf) < ESS_MIN:
             msgs.append(f"bulk ESS {checks['ess_bulk_min']:.0f} < {ESS_MIN:.0f} for some coordinate: the draws are "
                         "too autocorrelated for reliable means; run more steps (num_samples or thinning)")
+        rounds = ((result.tuning or {}).get("metric") or {}).get("adaptation") or []
+        if any(r.get("adapted") for r in rounds) and (checks.get("rhat_max", 1.0) > RHAT_MAX
+                                                      or checks.get("ess_bulk_min", np.inf) < ESS_MIN):
+            msgs.append(f"the posterior's scales in the typical set differ from its mode's (the metric was refined "
+                        f"{sum(bool(r.get('adapted')) for r in rounds)} time(s) in warmup) and the chains still mix "
+                        "slowly: the curvature changes along the posterior (a funnel or a curved ridge). In a "
+                        "hierarchical model, write the groups the data identify well centred and the weakly "
+                        "identified ones non-centred (numpyro.infer.reparam.LocScaleReparam)")
     if "kinetic_energy" in result.stats and T and T > 0:
         d = _tree.size(jax.tree.map(lambda x: x[0], result.final_state.position))
         kin = _kinetic(result.stats, chains, d)
