@@ -99,7 +99,7 @@ def test_a_run_adapts_its_metric_to_a_posterior_wider_than_its_mode():
 
 def test_an_adapted_run_resumes_to_the_same_draws(tmp_path):
     t = hyperbolic_target()
-    kw = dict(num_samples=200, num_chains=2, seed=4, progress_bar=False, checks="off")
+    kw = dict(num_samples=4000, num_chains=2, seed=4, progress_bar=False, checks="off")
     a = hb.sample(t, hb.samplers.sgld(), checkpoint=tmp_path / "ck", **kw)
     assert a.tuning["metric"]["adaptation"][0]["adapted"] is True
     b = hb.sample(t, hb.samplers.sgld(), checkpoint=tmp_path / "ck", resume=True, **kw)

@@ -47,7 +47,7 @@ __all__ = ["DRAWS", "ADOPT", "MIN_STEPS", "ROUNDS", "suspect", "window", "refine
 
 DRAWS = 200  # positions recorded per chain in the window
 ADOPT = 2.5  # a direction's variance off by more than this factor: the metric is replaced
-MIN_STEPS = 50  # a shorter window adapts nothing
+MIN_STEPS = 500  # a shorter window adapts nothing (short runs: the Laplace metric as it is)
 SUSPECT = 4.0  # a pilot point variance off by more than this factor opens a window
 ROUNDS = 3  # adaptation windows at most (each one adopted is followed by a tuning pilot)
 
