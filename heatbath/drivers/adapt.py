@@ -135,17 +135,15 @@ def compose(affine: Affine, m, C) -> Affine:
     return dataclasses.replace(affine, mu=affine.mu + affine.L @ m, L=affine.L @ C, L_inv=C_inv @ affine.L_inv)
 
 
-def positions_after(draws, alive, old_positions_flat, m, C, unravel):
-    """Each chain's last finite window draw (a dead chain: its start), in z' (leading axis chain)."""
-    num_chains = draws.shape[0]
-    C_inv = np.linalg.solve(C, np.eye(C.shape[0]))
+def positions_after(draws, alive, old_positions_flat, old: Affine, new: Affine):
+    """Each chain's last finite window draw (a dead chain: its start), in the refined coordinates
+    (``new.inverse(old.forward(z))``; leading axis chain)."""
     rows = []
-    for c in range(num_chains):
-        z = old_positions_flat[c]
+    for c in range(draws.shape[0]):
+        z = np.asarray(old_positions_flat[c], np.float64)
         if alive[c]:
             finite = np.nonzero(np.all(np.isfinite(draws[c]), axis=1))[0]
             if finite.size:
                 z = draws[c, finite[-1]]
-        rows.append(C_inv @ (np.asarray(z, np.float64) - m))
-    flat = np.stack(rows)
-    return jax.vmap(unravel)(jnp.asarray(flat, old_positions_flat.dtype))
+        rows.append(new.L_inv @ (old.mu + old.L @ z - new.mu))
+    return jax.vmap(new.unravel)(jnp.asarray(np.stack(rows), old_positions_flat.dtype))

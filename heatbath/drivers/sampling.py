@@ -260,7 +260,7 @@ def sample(
                 affine = _adapt.compose(old, m, C)
                 target = _metric.whiten(user_target, affine)
                 positions = _adapt.positions_after(draws, alive, np.asarray(mapsearch.flat_positions(positions)),
-                                                   m, C, affine.unravel)
+                                                   old, affine)
                 if centre is not None:
                     centre = affine.inverse(old.forward(centre))
                     spec = spec.with_centre(centre)
