@@ -121,3 +121,19 @@ def test_a_slow_run_after_adaptation_is_told_about_reparameterisation():
     result.tuning = {"metric": {"adaptation": [{"adapted": False}]}}
     msgs = selfcheck.run_checks(result, sampler, None, None, None, "basic", jax.random.key(0))
     assert not any("refined" in m for m in msgs) and any("R-hat" in m for m in msgs)
+
+
+def test_ess_median_of_degenerate_windows_is_a_number(monkeypatch):
+    # Constant draws: ArviZ counts every draw (no error, no NaN); refine then finds S singular.
+    assert adapt._ess_median(np.zeros((3, 50, 2))) == 150.0
+    m, C, info = adapt.refine(np.zeros((3, 50, 2)), np.ones(3, bool))
+    assert C is None and "singular" in info["reason"]
+    # An ESS that is NaN in every coordinate counts one draw per chain.
+    import heatbath.diagnostics.convergence as conv
+
+    monkeypatch.setattr(conv, "ess", lambda draws: np.full(draws.shape[2:], np.nan))
+    assert adapt._ess_median(np.ones((3, 50, 2))) == 3.0
+    monkeypatch.undo()
+    rng = np.random.default_rng(0)
+    n_eff = adapt._ess_median(rng.normal(size=(4, 200, 3)))
+    assert 500 < n_eff < 1200  # 800 independent draws

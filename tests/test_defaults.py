@@ -150,6 +150,13 @@ def test_init_median_map_values_and_optimize_result(reg_data):
     # A Result's values hold deterministic sites: accepted and ignored as init.
     vals = {k: np.asarray(v)[0, -1] for k, v in res.samples.items()}
     hb.sample(regression, hb.samplers.sgld(1e-4), data=reg_data, num_samples=2, init=vals, progress_bar=False)
+    # hb.fit takes the same: the OptimizeResult, or its values with the deterministic site a2.
+    for init in (opt, dict(opt.values)):
+        assert "a2" in opt.values
+        with warnings.catch_warnings():  # one step: "did not converge", as it should
+            warnings.simplefilter("ignore")
+            q = hb.fit(regression, hb.vi.fbgvi(1e-9, 1), data=reg_data, init=init)  # h ~ 0: m stays at the start
+        np.testing.assert_allclose(q.mean["a"], opt.values["a"], rtol=1e-5)
 
 
 def test_init_errors(reg_data):

@@ -96,12 +96,13 @@ def suspect(points) -> bool:
 
 
 def _ess_median(draws):
+    """The median bulk ESS over coordinates (summed over chains); a window whose draws are constant
+    in every coordinate (ESS NaN) counts one draw per chain."""
     from heatbath.diagnostics.convergence import ess
 
-    try:
-        return float(np.median(np.asarray(ess(draws), np.float64)))
-    except Exception:  # noqa: BLE001 - a degenerate window: count the chains only
-        return float(draws.shape[0])
+    values = np.asarray(ess(draws), np.float64)
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else float(draws.shape[0])
 
 
 def refine(draws, alive):

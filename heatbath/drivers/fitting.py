@@ -12,7 +12,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from heatbath.drivers import centre as _centre
-from heatbath.drivers import inputs, loop
+from heatbath.drivers import initialize, inputs, loop
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.cache import IdentityCache
 from heatbath.drivers.checkpoint import hold
@@ -142,6 +142,8 @@ def fit(
     trace_every = min(trace_given or max(1, num_steps // 100), num_steps)
     master = seed_key(seed)
     keys = jax.random.fold_in(master, 0)[None]
+    # As in hb.sample: an OptimizeResult or a dict holding deterministic sites (a MAP's values).
+    init = initialize.given_values(target, init)
     positions = inputs.initial_positions(target, init, loop.fold_each(keys, 0), 1)
     unravel = None
     run_target = target

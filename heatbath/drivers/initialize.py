@@ -99,6 +99,14 @@ def resolve(target, init, keys, num_chains, batch_size, *, default="uniform"):
     return inputs.initial_positions(target, init, keys, num_chains), {"strategy": "values"}
 
 
+def given_values(target, init):
+    """A user's ``init`` other than a strategy name as ``inputs.initial_positions`` takes it: an
+    :class:`OptimizeResult` gives its values; a dict loses the target's deterministic sites."""
+    if isinstance(init, OptimizeResult):
+        init = init.values
+    return init if isinstance(init, str) else _strip_deterministic(target, init)
+
+
 def sampler_default(sampler, target, init, positions, strategy="uniform"):
     """The sampler's own default start (``Sampler.default_init``, e.g. the uniform draws mapped
     into a mirror map's domain) when no ``init`` was given and the uniform default was drawn."""
