@@ -96,8 +96,8 @@ def suspect(points) -> bool:
 
 
 def _ess_median(draws):
-    """The median bulk ESS over coordinates (summed over chains); a window whose draws are constant
-    in every coordinate (ESS NaN) counts one draw per chain."""
+    """The median bulk ESS over coordinates (summed over chains); where ArviZ gives no finite ESS
+    in any coordinate, one draw per chain."""
     from heatbath.diagnostics.convergence import ess
 
     values = np.asarray(ess(draws), np.float64)

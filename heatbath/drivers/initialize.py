@@ -81,10 +81,7 @@ def resolve(target, init, keys, num_chains, batch_size, *, default="uniform"):
     ``keys``: one key per chain (the chain's init key). Returns ``(positions, info)``; ``info``
     is a dict (``strategy``, and for ``"map"`` the search's per-chain outcome and cost).
     """
-    if init is None:
-        init = default
-    if isinstance(init, OptimizeResult):
-        init = init.values
+    init = default if init is None else given_values(target, init)
     if isinstance(init, str):
         if init not in STRATEGIES:
             raise ValueError(f"unknown init strategy {init!r}; use one of {list(STRATEGIES)}, a dict of values "
@@ -95,7 +92,6 @@ def resolve(target, init, keys, num_chains, batch_size, *, default="uniform"):
         if init in ("median", "sample"):
             return _prior(target, init, keys), info
         return _map(target, keys, num_chains, batch_size, info)
-    init = _strip_deterministic(target, init)
     return inputs.initial_positions(target, init, keys, num_chains), {"strategy": "values"}
 
 
