@@ -27,7 +27,7 @@ class _Compiles(logging.Handler):
             self.names.append(msg.split(" with")[0].removeprefix("Compiling "))
 
 
-def _count_chunk_compiles(fn):
+def _compiled_names(fn):
     handler, logger = _Compiles(), logging.getLogger("jax")
     level = logger.level
     logger.addHandler(handler)
@@ -38,7 +38,12 @@ def _count_chunk_compiles(fn):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    return sum(1 for n in handler.names if n == "jit(chunk)"), out
+    return handler.names, out
+
+
+def _count_chunk_compiles(fn):
+    names, out = _compiled_names(fn)
+    return sum(1 for n in names if n == "jit(chunk)"), out
 
 
 X = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
@@ -79,6 +84,24 @@ def test_second_calls_do_not_recompile_the_step():
     # Different settings do compile: another step size is another program.
     other, _ = _count_chunk_compiles(lambda: run(hb.samplers.sgld(2e-3)))
     assert other == 1
+
+
+def test_a_second_call_with_automatic_settings_compiles_only_the_centre_pass():
+    """Defaults (MAP search, Newton, estimator choice, Laplace metric, step-size pilot, end-of-run
+    check): the second call on the same target reuses every compiled program but the control
+    variates' full-data pass at the new centre (small; it closes over the centre)."""
+    target = _target()
+
+    def run():
+        return hb.sample(target, hb.samplers.sgld(), batch_size=20, num_samples=100, num_chains=2,
+                         progress_bar=False, checks="off", seed=0)
+
+    first, a = _compiled_names(run)
+    assert "jit(chunk)" in first and a.tuning["gradient"]["chosen"] == "control_variates"
+    second, b = _compiled_names(run)
+    assert set(second) <= {"jit(init)"}, second
+    np.testing.assert_array_equal(a.samples["theta"], b.samples["theta"])
+    assert b.tuning["step_size"] == a.tuning["step_size"]
 
 
 def test_fit_trace_is_bounded_by_the_state_bytes(monkeypatch):

@@ -120,9 +120,11 @@ def curvature_rows(target, key):
 def measure(target, estimator, est_state, positions, key, batch_size, temperature, metric_of):
     """Per-chain curvature and gradient-noise eigenvalues at ``positions`` (leading axis chain).
 
-    Returns a dict of (chain,) arrays: ``lam_hv`` (top eigenvalue of S^1/2 (H + V/T) S^1/2),
-    ``lam_h``, ``lam_v``, ``lam_min`` (bottom eigenvalue of S^1/2 H S^1/2), and the per-datum
-    gradient evaluations the measurement cost (per chain).
+    Returns ``(one, meta)``: ``one(p, st, k, metric_given, rows, batches)`` gives one chain's dict
+    of ``lam_hv`` (top eigenvalue of S^1/2 (H + V/T) S^1/2), ``lam_h``, ``lam_v``, ``lam_min``
+    (bottom eigenvalue of S^1/2 H S^1/2); ``meta`` holds the data rows and minibatches it reads
+    (arguments, not constants, so that one compiled measurement serves every call), their
+    counts (the per-datum gradient evaluations it costs per chain) and the chains' keys.
     """
     N = target.num_data
     key_rows, key_batches, key_vec = jax.random.split(key, 3)
@@ -135,9 +137,16 @@ def measure(target, estimator, est_state, positions, key, batch_size, temperatur
         batches = None
     num_chains = jax.tree.leaves(positions)[0].shape[0]
     vkeys = jax.random.split(key_vec, num_chains)
-    shared = estimator.shared
+    one = _measure_one(target, estimator, noisy, temperature, metric_of)
+    return one, {"rows": rows_m, "batches": NUM_BATCHES if noisy else 0, "vkeys": vkeys,
+                 "shared": estimator.shared, "row_data": rows, "batch_data": batches, "noisy": noisy}
 
-    def one(p, st, k, metric_given):
+
+def _measure_one(target, estimator, noisy, temperature, metric_of):
+    """One chain's measurement (see :func:`measure`), a function of its arguments only (besides
+    the target's and the estimator's functions and the settings given here)."""
+
+    def one(p, st, k, metric_given, rows, batches):
         def u(q):
             return -target.logdensity(q, rows)
 
@@ -173,21 +182,49 @@ def measure(target, estimator, est_state, positions, key, batch_size, temperatur
         lam_min, _ = curvature.bottom_eigenvalue(h_mv_s, lam_h, _tree.normal_like(k4, p), 30)
         return {"lam_hv": lam_hv, "lam_h": lam_h, "lam_v": lam_v, "lam_min": lam_min}
 
-    return one, {"rows": rows_m, "batches": NUM_BATCHES if noisy else 0, "vkeys": vkeys, "shared": shared}
+    return one
+
+
+# Estimators whose ``estimate`` depends only on the target's terms, num_data and the state (the
+# centre is in the state): a compiled measurement is shared by every estimator of that name.
+_STATELESS_ESTIMATORS = ("naive", "control_variates")
+
+
+def _metric_settings(sampler, family):
+    """What :func:`_metric` reads from the sampler when no states are given."""
+    hp = sampler.hyperparameters
+    if family == "psgld":
+        return ("psgld", float(hp.get("eps", 1e-5)))
+    if family == "sghmc":
+        mass = hp.get("mass", 1.0)
+        return ("sghmc", float(mass)) if isinstance(mass, (int, float)) else None
+    return (family,)
 
 
 def _measure(target, sampler, family, estimator, est_state, positions, key, batch_size, T, states=None, repeat=1):
     """``positions``: points with a leading axis ``repeat * chains`` (draw-major: point i belongs
-    to chain i % chains), the chains' ``states`` (for pSGLD's metric) and estimator states."""
-    one, meta = measure(target, estimator, est_state, positions, key, batch_size, T,
-                        lambda m2: _metric(sampler, family, m2, None))
+    to chain i % chains), the chains' ``states`` (for pSGLD's metric) and estimator states.
+
+    The compiled measurement is memoised on the target (by the estimator's kind, the metric's
+    settings and T), so the estimator choice, the pilot and the end-of-run check of one call, and
+    later calls on the same target, compile it once per shape instead of once each."""
+    metric_of = lambda m2: _metric(sampler, family, m2, None)  # noqa: E731
+    one, meta = measure(target, estimator, est_state, positions, key, batch_size, T, metric_of)
     given = None if states is None or family != "psgld" else _metric(sampler, family, None, states)
     tile = (lambda t: jax.tree.map(lambda x: jnp.concatenate([x] * repeat), t)) if repeat > 1 else (lambda t: t)
     given = None if given is None else tile(given)
     if not meta["shared"]:
         est_state = tile(est_state)
-    in_axes = (0, None if meta["shared"] else 0, 0, None if given is None else 0)
-    out = jax.jit(jax.vmap(one, in_axes=in_axes))(positions, est_state, meta["vkeys"], given)
+    in_axes = (0, None if meta["shared"] else 0, 0, None if given is None else 0, None, None)
+    settings = _metric_settings(sampler, family)
+    if estimator.name in _STATELESS_ESTIMATORS and settings is not None:
+        key_ = ("autotune-measure", estimator.name, tuple(estimator[3:6]), meta["noisy"], settings, float(T),
+                in_axes, batch_size)
+        fn = target.memo(key_, lambda: jax.jit(jax.vmap(
+            _measure_one(target, estimator, meta["noisy"], T, metric_of), in_axes=in_axes)))
+    else:
+        fn = jax.jit(jax.vmap(one, in_axes=in_axes))
+    out = fn(positions, est_state, meta["vkeys"], given, meta["row_data"], meta["batch_data"])
     out = {k: np.asarray(v, np.float64) for k, v in out.items()}
     # Per chain: 2 gradients per Hessian-vector product on `rows` rows; K minibatch gradients.
     hvps = 3 * POWER_ITERS + 30 + 1
