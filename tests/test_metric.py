@@ -1,6 +1,7 @@
 """Issue 18: the automatic Laplace metric, the dense-Newton finish of a stalled mode search, and the
 default choice between naive minibatch gradients and control variates."""
 
+import functools
 import warnings
 
 import jax
@@ -102,6 +103,7 @@ def test_newton_finishes_an_ill_conditioned_mode_from_far_away():
     np.testing.assert_array_equal(np.asarray(found[1]), np.asarray(starts[1]))  # converged chains are left alone
 
 
+@functools.lru_cache(maxsize=None)  # one target per size: its compiled programs are shared by the tests
 def _regression_target(N=2000):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(N, 3)).astype(np.float32)
@@ -191,6 +193,7 @@ def test_the_whitened_target_is_reused_for_the_same_metric():
     assert metric.whiten(t, other) is not metric.whiten(t, aff)
 
 
+@pytest.mark.slow  # 67 s on 2 cores (a NumPyro GLM, 4 chains, defaults); run with -m slow
 def test_starts_that_overflow_fall_back_and_the_run_is_finite():
     """Unscaled covariates (sd 10) under a log link: a uniform(-2, 2) start overflows the mode
     search (log density -3e19, gradient not finite). Such a chain is not a usable mode: it falls
