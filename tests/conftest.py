@@ -96,9 +96,10 @@ MOVED_TO_SLOW = {
 }
 
 
-# The longest files first: pytest-xdist's --dist loadfile hands out files in collection order,
-# so a long file collected late leaves one worker running alone at the end (about 2.5 min of
-# the 17 min measured on 2026-12-03). Longest first is the classic greedy balance; the order of
+# The longest files first: with --dist loadfile and --no-loadscope-reorder (pyproject.toml),
+# pytest-xdist hands out files in collection order. Its default reorder puts the files with the
+# most tests first, which left test_golden.py (one test, ~100 s) running alone at the end of the
+# 16 min 48 s measured on 2026-12-03. Longest first is the classic greedy balance; the order of
 # the tests within a file is unchanged, and the order of files does not affect their results.
 LONGEST_FILES_FIRST = ["test_golden.py", "test_fuzz.py", "test_metric.py", "test_cli.py", "test_gaussian_vi.py",
                        "test_run.py", "test_bridge_safety.py", "test_defaults.py", "test_sgld_reference.py",
