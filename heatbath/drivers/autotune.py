@@ -218,10 +218,10 @@ def _measure(target, sampler, family, estimator, est_state, positions, key, batc
     in_axes = (0, None if meta["shared"] else 0, 0, None if given is None else 0, None, None)
     settings = _metric_settings(sampler, family)
     if estimator.name in _STATELESS_ESTIMATORS and settings is not None:
-        key_ = ("autotune-measure", estimator.name, tuple(estimator[3:6]), meta["noisy"], settings, float(T),
-                in_axes, batch_size)
-        fn = target.memo(key_, lambda: jax.jit(jax.vmap(
-            _measure_one(target, estimator, meta["noisy"], T, metric_of), in_axes=in_axes)))
+        # Shapes (chains, batch size, rows) need no key: jit compiles once per shape.
+        key_ = ("autotune-measure", estimator.name, estimator.rows_per_estimate, estimator.rows_at_init,
+                estimator.refresh_every, meta["noisy"], settings, float(T), in_axes)
+        fn = target.memo(key_, lambda: jax.jit(jax.vmap(one, in_axes=in_axes)))
     else:
         fn = jax.jit(jax.vmap(one, in_axes=in_axes))
     out = fn(positions, est_state, meta["vkeys"], given, meta["row_data"], meta["batch_data"])
