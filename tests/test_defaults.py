@@ -287,3 +287,23 @@ def test_automatic_sgld_step_is_the_measured_bound_short():
                     checks="off", metric="identity")
     assert res.tuning["step_size"] == pytest.approx(2 * autotune.EPS / PREC.max(), rel=0.02)
     assert len(res.tuning["first_half"]["tries"]) == 1 and not res.tuning["first_half"]["tries"][0]["diverged_chains"]
+
+
+def test_configurational_temperature_on_many_rows_reads_exact_and_wide_draws():
+    """N = 10,000 rows (> autotune.CURVATURE_ROWS: the Hessian trace on 4,096 rows drawn without
+    replacement, rescaled): on exact posterior draws of a Gaussian mean T_conf is 1 within its
+    error, on draws 1.5 x too wide it is 1.5^2 = 2.25 (the gradient is on all the rows)."""
+    from heatbath.drivers import selfcheck
+
+    rng = np.random.default_rng(11)
+    N, d = 10_000, 3
+    y = rng.normal(size=(N, d)).astype(np.float32) + np.array([0.5, -1.0, 2.0], np.float32)
+    t = hb.models.from_logdensity(lambda th: -0.5 * jnp.sum(th**2) / 100.0,
+                                  lambda th, b: -0.5 * jnp.sum((b - th) ** 2), y, params=jnp.zeros(d))
+    prec = N + 0.01
+    mean = y.astype(np.float64).sum(0) / prec
+    for scale, expected in ((1.0, 1.0), (1.5, 2.25)):
+        draws = (mean + scale * rng.normal(size=(4, 400, d)) / np.sqrt(prec)).astype(np.float32)
+        out = selfcheck._configurational(t, draws, [0, 1, 2, 3], jax.random.key(0))
+        tc, se = out["configurational_temperature"], out["configurational_temperature_se"]
+        assert abs(tc - expected) < max(3 * se, 0.1 * expected), (scale, tc, se)

@@ -117,3 +117,42 @@ def test_fit_trace_is_bounded_by_the_state_bytes(monkeypatch):
     q = hb.fit(target, method, elbo_samples=0, check=False)
     assert len(q.trace["step"]) == 4, q.trace["step"]
     np.testing.assert_array_equal(q.trace["step"], [50, 100, 150, 200])
+
+
+def test_the_last_shorter_chunk_reuses_the_compiled_chunk():
+    """Chunks of 300, 300 and 100 draws: one compiled chunk (the last runs a traced count in the
+    full chunks' code; it compiled a second, smaller capacity before), the same draws as one chunk."""
+    target = _target()
+
+    def run(**kw):
+        return hb.sample(target, hb.samplers.sgld(1.5e-3), batch_size=20, num_samples=700, progress_bar=False,
+                         checks="off", seed=3, **kw)
+
+    count, chunked = _count_chunk_compiles(lambda: run(chunk_size=300))
+    assert count == 1
+    whole = run(chunk_size=700)
+    np.testing.assert_array_equal(chunked.samples["theta"], whole.samples["theta"])
+
+
+def test_the_end_of_run_bias_check_measures_only_what_it_reads():
+    """checks="full" with a given step size measures lambda_max(H + V/T) alone: the same value as
+    the full four-eigenvalue measurement (its own key split), compiled smaller."""
+    from heatbath.drivers import autotune
+
+    sampler = hb.samplers.sgld(1e-3)
+    est = hb.kernels.gradients.naive().build(_target().terms, 200)
+    positions = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3)), jnp.float32)
+    key = jax.random.key(5)
+    st = est.init(positions[0], X)
+    full, cost_full = autotune._measure(_target(), sampler, "sgld", est, st, positions, key, 20, 1.0)
+    t = _target()
+    _, (sub, cost_sub) = _compiled_names(
+        lambda: autotune._measure(t, sampler, "sgld", est, st, positions, key, 20, 1.0, need=("lam_hv",)))
+    assert set(sub) == {"lam_hv"} and set(full) == set(autotune.MEASURED)
+    np.testing.assert_allclose(sub["lam_hv"], full["lam_hv"], rtol=1e-5)
+    assert cost_sub < cost_full
+    # once the full measurement is compiled for a target, a subset reuses it
+    autotune._measure(t, sampler, "sgld", est, st, positions, key, 20, 1.0)
+    again, (sub2, _) = _compiled_names(
+        lambda: autotune._measure(t, sampler, "sgld", est, st, positions, key, 20, 1.0, need=("lam_hv",)))
+    assert "jit(one)" not in again and set(sub2) == set(autotune.MEASURED)

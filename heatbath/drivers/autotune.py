@@ -106,15 +106,43 @@ def _metric(sampler, family, m2, states):
     return None
 
 
+def _subsamples(target) -> bool:
+    return not (target.minibatch_error or target.num_data <= CURVATURE_ROWS)
+
+
+def _row_index(key, N):
+    return jax.random.choice(key, N, (CURVATURE_ROWS,), replace=False)
+
+
 def curvature_rows(target, key):
     """``(rows, count)``: the data rows curvature is measured on: all of them when N <=
     ``CURVATURE_ROWS`` (or the target cannot be minibatched), else that many drawn without
     replacement with ``key`` (``target.logdensity`` rescales them to N)."""
+    if not _subsamples(target):
+        return target.data, target.num_data
     N = target.num_data
-    if target.minibatch_error or N <= CURVATURE_ROWS:
-        return target.data, N
-    idx = jax.random.choice(key, N, (CURVATURE_ROWS,), replace=False)
-    return jax.tree.map(lambda x: x[idx], target.data), CURVATURE_ROWS
+    take = target.memo(("curvature-rows", N), lambda: jax.jit(
+        lambda k, data: jax.tree.map(lambda x: x[_row_index(k, N)], data)))
+    return take(key, target.data), CURVATURE_ROWS
+
+
+def _measurement_inputs(target, batch_size, num_chains, noisy):
+    """One compiled function ``(key, data) -> (rows, batches, chain keys)``: the random inputs of
+    :func:`measure`, drawn as before (the same bits) without a dozen eager operations, each of
+    which compiled on a first call."""
+    N, sub = target.num_data, _subsamples(target)
+
+    def draw(key, data):
+        key_rows, key_batches, key_vec = jax.random.split(key, 3)
+        rows = jax.tree.map(lambda x: x[_row_index(key_rows, N)], data) if sub else None
+        batches = None
+        if noisy:
+            idx = jax.random.randint(key_batches, (NUM_BATCHES, batch_size), 0, N)
+            batches = jax.tree.map(lambda x: x[idx], data)
+        return rows, batches, jax.random.split(key_vec, num_chains)
+
+    return target.memo(("measurement-inputs", N, batch_size if noisy else None, num_chains, noisy),
+                       lambda: jax.jit(draw))
 
 
 def measure(target, estimator, est_state, positions, key, batch_size, temperature, metric_of):
@@ -126,25 +154,26 @@ def measure(target, estimator, est_state, positions, key, batch_size, temperatur
     (arguments, not constants, so that one compiled measurement serves every call), their
     counts (the per-datum gradient evaluations it costs per chain) and the chains' keys.
     """
-    N = target.num_data
-    key_rows, key_batches, key_vec = jax.random.split(key, 3)
-    rows, rows_m = curvature_rows(target, key_rows)
     noisy = batch_size is not None and not target.minibatch_error
-    if noisy:
-        idx = jax.random.randint(key_batches, (NUM_BATCHES, batch_size), 0, N)
-        batches = jax.tree.map(lambda x: x[idx], target.data)
-    else:
-        batches = None
     num_chains = jax.tree.leaves(positions)[0].shape[0]
-    vkeys = jax.random.split(key_vec, num_chains)
+    rows, batches, vkeys = _measurement_inputs(target, batch_size, num_chains, noisy)(key, target.data)
+    if rows is None:
+        rows, rows_m = target.data, target.num_data
+    else:
+        rows_m = CURVATURE_ROWS
     one = _measure_one(target, estimator, noisy, temperature, metric_of)
     return one, {"rows": rows_m, "batches": NUM_BATCHES if noisy else 0, "vkeys": vkeys,
                  "shared": estimator.shared, "row_data": rows, "batch_data": batches, "noisy": noisy}
 
 
-def _measure_one(target, estimator, noisy, temperature, metric_of):
+MEASURED = ("lam_hv", "lam_h", "lam_v", "lam_min")
+
+
+def _measure_one(target, estimator, noisy, temperature, metric_of, need=MEASURED):
     """One chain's measurement (see :func:`measure`), a function of its arguments only (besides
-    the target's and the estimator's functions and the settings given here)."""
+    the target's and the estimator's functions and the settings given here). ``need``: the
+    eigenvalues to compute (each is a power iteration: a loop of Hessian-vector products, which
+    is most of the compile time); each one's value does not depend on which others are computed."""
 
     def one(p, st, k, metric_given, rows, batches):
         def u(q):
@@ -175,12 +204,17 @@ def _measure_one(target, estimator, noisy, temperature, metric_of):
         else:
             h_mv_s, hv_mv_s, v_mv_s = h_mv, hv_mv, v_mv
         k1, k2, k3, k4 = jax.random.split(k, 4)
-        lam_hv, _ = curvature.power_iteration(hv_mv_s, _tree.normal_like(k1, p), POWER_ITERS)
-        lam_h, _ = curvature.power_iteration(h_mv_s, _tree.normal_like(k2, p), POWER_ITERS)
-        lam_v = jnp.zeros(()) if v_mv_s is None else curvature.power_iteration(
-            v_mv_s, _tree.normal_like(k3, p), POWER_ITERS)[0]
-        lam_min, _ = curvature.bottom_eigenvalue(h_mv_s, lam_h, _tree.normal_like(k4, p), 30)
-        return {"lam_hv": lam_hv, "lam_h": lam_h, "lam_v": lam_v, "lam_min": lam_min}
+        out = {}
+        if "lam_hv" in need:
+            out["lam_hv"] = curvature.power_iteration(hv_mv_s, _tree.normal_like(k1, p), POWER_ITERS)[0]
+        if "lam_h" in need or "lam_min" in need:
+            out["lam_h"] = curvature.power_iteration(h_mv_s, _tree.normal_like(k2, p), POWER_ITERS)[0]
+        if "lam_v" in need:
+            out["lam_v"] = jnp.zeros(()) if v_mv_s is None else curvature.power_iteration(
+                v_mv_s, _tree.normal_like(k3, p), POWER_ITERS)[0]
+        if "lam_min" in need:
+            out["lam_min"] = curvature.bottom_eigenvalue(h_mv_s, out["lam_h"], _tree.normal_like(k4, p), 30)[0]
+        return out
 
     return one
 
@@ -201,15 +235,19 @@ def _metric_settings(sampler, family):
     return (family,)
 
 
-def _measure(target, sampler, family, estimator, est_state, positions, key, batch_size, T, states=None, repeat=1):
+def _measure(target, sampler, family, estimator, est_state, positions, key, batch_size, T, states=None, repeat=1,
+             need=MEASURED):
     """``positions``: points with a leading axis ``repeat * chains`` (draw-major: point i belongs
     to chain i % chains), the chains' ``states`` (for pSGLD's metric) and estimator states.
 
     The compiled measurement is memoised on the target (by the estimator's kind, the metric's
     settings and T), so the estimator choice, the pilot and the end-of-run check of one call, and
-    later calls on the same target, compile it once per shape instead of once each."""
+    later calls on the same target, compile it once per shape instead of once each. ``need``
+    (a subset of :data:`MEASURED`) compiles a smaller measurement, unless the full one is
+    already compiled for this target (the end-of-run check after an automatic step size)."""
     metric_of = lambda m2: _metric(sampler, family, m2, None)  # noqa: E731
     one, meta = measure(target, estimator, est_state, positions, key, batch_size, T, metric_of)
+    need = tuple(n for n in MEASURED if n in need)
     given = None if states is None or family != "psgld" else _metric(sampler, family, None, states)
     tile = (lambda t: jax.tree.map(lambda x: jnp.concatenate([x] * repeat), t)) if repeat > 1 else (lambda t: t)
     given = None if given is None else tile(given)
@@ -221,13 +259,20 @@ def _measure(target, sampler, family, estimator, est_state, positions, key, batc
         # Shapes (chains, batch size, rows) need no key: jit compiles once per shape.
         key_ = ("autotune-measure", estimator.name, estimator.rows_per_estimate, estimator.rows_at_init,
                 estimator.refresh_every, meta["noisy"], settings, float(T), in_axes)
-        fn = target.memo(key_, lambda: jax.jit(jax.vmap(one, in_axes=in_axes)))
+        if need != MEASURED and (key_, MEASURED) not in target.__dict__.get("_heatbath_cache", {}):
+            one = _measure_one(target, estimator, meta["noisy"], T, metric_of, need)
+        else:
+            need = MEASURED
+        fn = target.memo((key_, need), lambda: jax.jit(jax.vmap(one, in_axes=in_axes)))
     else:
+        if need != MEASURED:
+            one = _measure_one(target, estimator, meta["noisy"], T, metric_of, need)
         fn = jax.jit(jax.vmap(one, in_axes=in_axes))
     out = fn(positions, est_state, meta["vkeys"], given, meta["row_data"], meta["batch_data"])
     out = {k: np.asarray(v, np.float64) for k, v in out.items()}
     # Per chain: 2 gradients per Hessian-vector product on `rows` rows; K minibatch gradients.
-    hvps = 3 * POWER_ITERS + 30 + 1
+    loops = len({"lam_h" if n == "lam_min" else n for n in need})
+    hvps = 3 * POWER_ITERS + 30 + 1 if need == MEASURED else loops * (POWER_ITERS + 1) + 31 * ("lam_min" in need)
     cost = 2.0 * hvps * meta["rows"] + meta["batches"] * (batch_size or 0)
     return out, cost
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-__all__ = ["flag_lookahead", "finite_log_density"]
+__all__ = ["flag_lookahead", "finite_log_density", "terms_at"]
 
 
 def flag_lookahead(recorded):
@@ -25,10 +25,27 @@ def flag_lookahead(recorded):
     return info._replace(diverging=div)
 
 
+def terms_at(target):
+    """``(positions, data) -> (logprior, loglik)`` per chain (leading axis), on one row of
+    ``data`` (all of them for a target that cannot be minibatched); compiled once per target and
+    shared by the start-of-run and end-of-run checks (the row is taken inside, not by an eager
+    slice that compiles on its own)."""
+
+    def build():
+        one_row = not target.minibatch_error
+
+        def fn(positions, data):
+            rows = jax.tree.map(lambda x: x[:1], data) if one_row else data
+            return jax.vmap(target.terms, in_axes=(0, None))(positions, rows)
+
+        return jax.jit(fn)
+
+    return target.memo("terms_at", build)
+
+
 def finite_log_density(target, positions) -> np.ndarray:
     """Per chain, whether the log density at ``positions`` (leading axis chain) is finite
     (evaluated on one row, or all of them for a target that cannot be minibatched)."""
-    terms = target.memo("finite_terms", lambda: jax.jit(jax.vmap(target.terms, in_axes=(0, None))))
-    rows = target.data if target.minibatch_error else jax.tree.map(lambda x: x[:1], target.data)
-    lp, ll = terms(positions, rows)
-    return np.isfinite(np.asarray(lp + ll))
+    lp, ll = terms_at(target)(positions, target.data)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.isfinite(np.asarray(lp) + np.asarray(ll))

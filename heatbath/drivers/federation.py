@@ -223,7 +223,8 @@ def _langevin_fit(objective, logprior, K, dim, diag):
 
 def prepare(target, sampler, batching, key):
     """The sampler ``hb.sample`` runs: an FSGLD's surrogates fitted (method named) and checked
-    against the rounds' shards; a federated sampler without federated rounds refused."""
+    against the rounds' shards; a federated sampler without federated rounds refused. ``key``: a
+    PRNG key, or a function returning one (derived only when a surrogate is fitted)."""
     federated_sampler = "batch_info" in sampler.uses and sampler.name.split("-")[0] in ("dsgld", "fsgld")
     if not federated_sampler:
         return sampler
@@ -233,7 +234,7 @@ def prepare(target, sampler, batching, key):
     ids = np.asarray(batching.shards)
     K = int(batching.params["num_shards"])
     if needs_fit(sampler):
-        conducive = fit_conducive(target, ids, sampler.hyperparameters["conducive"], key=key)
+        conducive = fit_conducive(target, ids, sampler.hyperparameters["conducive"], key=key() if callable(key) else key)
         sampler = sampler.rebuild(conducive=conducive)
     q = sampler.hyperparameters.get("conducive")
     if isinstance(q, ShardGaussians):

@@ -213,16 +213,17 @@ def initial_positions(target: Target, init, keys, num_chains):
 
 def check_init_finite(target: Target, positions, data):
     """Fail early (before the long compile) if the log density is not finite at the start."""
-    terms = target.memo("init_terms", lambda: jax.jit(jax.vmap(target.terms, in_axes=(0, None))))
-    rows = data if target.minibatch_error else jax.tree.map(lambda x: x[:1], data)
-    lp, ll = terms(positions, rows)
+    from heatbath.drivers.divergence import terms_at
+
+    lp, ll = terms_at(target)(positions, data)
     for name, value in (("logprior", lp), ("loglik", ll)):
         if jnp.shape(value) != (jnp.shape(lp)[0],) or not jnp.issubdtype(jnp.result_type(value), jnp.floating):
             raise ValueError(
                 f"{name} must return a real scalar (loglik: the sum over the batch's rows), got shape "
                 f"{jnp.shape(value)[1:]} and dtype {jnp.result_type(value)}"
             )
-    bad = np.nonzero(~np.isfinite(np.asarray(lp + ll)))[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = np.nonzero(~np.isfinite(np.asarray(lp) + np.asarray(ll)))[0]
     if bad.size:
         raise ValueError(
             f"the log density is not finite at the initial position of chain(s) {bad.tolist()}; "

@@ -161,7 +161,7 @@ def sample(
         raise ValueError("swag_rank needs keep='moments'")
     inputs.check_target_for_gradients(target, batch_size)
     inputs.check_oracle_uses(target, sampler, batching)
-    sampler = federation.prepare(target, sampler, batching, jax.random.fold_in(seed_key(seed), 2**31 - 2))
+    sampler = federation.prepare(target, sampler, batching, lambda: jax.random.fold_in(seed_key(seed), 2**31 - 2))
     # Samplers that take several integrator steps per draw (SGHMC's num_steps_per_sample) get
     # them as driver-level thinning: every step draws its own minibatch.
     steps_per_draw = thinning * sampler.steps_per_draw

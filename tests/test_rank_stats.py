@@ -1,0 +1,71 @@
+"""heatbath.diagnostics.rank_stats: ArviZ's rank-normalised split R-hat and bulk ESS in NumPy.
+
+The end-of-run checks use it so that a first call does not import ArviZ; the numbers must be
+ArviZ's (compared here to float64 rounding on chains of several kinds)."""
+
+import numpy as np
+import pytest
+
+az = pytest.importorskip("arviz")
+
+from heatbath.diagnostics import rank_stats  # noqa: E402
+
+
+def _ar1(rng, chains, draws, coords, phi, shift=0.0):
+    x = np.zeros((chains, draws, coords))
+    e = rng.normal(size=(chains, draws, coords))
+    for t in range(1, draws):
+        x[:, t] = phi * x[:, t - 1] + e[:, t]
+    return x + shift * np.arange(chains)[:, None, None]
+
+
+def _cases():
+    rng = np.random.default_rng(7)
+    return {
+        "iid": rng.normal(size=(4, 1000, 5)),
+        "ar 0.95": _ar1(rng, 4, 1000, 6, 0.95),
+        "ar 0.999, odd draws": _ar1(rng, 2, 501, 3, 0.999),
+        "antithetic": _ar1(rng, 4, 100, 2, -0.7),
+        "ties": np.round(rng.normal(size=(3, 300, 4)), 1),
+        "chains apart": _ar1(rng, 4, 400, 3, 0.5, shift=2.0),
+        "few draws": rng.normal(size=(4, 7, 3)),
+        "one chain": _ar1(rng, 1, 200, 3, 0.5),
+    }
+
+
+@pytest.mark.parametrize("name", list(_cases()))
+def test_rhat_and_bulk_ess_equal_arviz(name):
+    x = _cases()[name]
+    ds = az.convert_to_dataset({"x": x})
+    with np.errstate(all="ignore"):
+        ref_r = np.asarray(az.rhat(ds)["x"], np.float64)
+        ref_e = np.asarray(az.ess(ds, method="bulk")["x"], np.float64)
+    r, e = rank_stats.rhat_and_bulk_ess(x)
+    np.testing.assert_array_equal(np.isnan(r), np.isnan(ref_r))
+    np.testing.assert_allclose(r[~np.isnan(r)], ref_r[~np.isnan(ref_r)], rtol=1e-12)
+    np.testing.assert_allclose(e, ref_e, rtol=1e-10)
+    np.testing.assert_array_equal(rank_stats.rank_rhat(x), r)
+    np.testing.assert_array_equal(rank_stats.bulk_ess(x), e)
+
+
+def test_rhat_flags_chains_apart_and_ess_sees_autocorrelation():
+    rng = np.random.default_rng(0)
+    r, e = rank_stats.rhat_and_bulk_ess(_ar1(rng, 4, 2000, 1, 0.0, shift=0.5))
+    assert r[0] > 1.1 and e[0] < 4 * 2000 / 10  # separate chains: large R-hat, low ESS
+    r, e = rank_stats.rhat_and_bulk_ess(_ar1(rng, 4, 2000, 1, 0.9))
+    # AR(1) with phi = 0.9: tau = (1 + phi) / (1 - phi) = 19, so ESS ~ 8000 / 19 = 421
+    assert r[0] < 1.03 and 300 < e[0] < 600
+
+
+def test_ranks_average_ties():
+    y = np.array([[3.0, 1.0, 3.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(rank_stats._average_ranks(y), [[4.0, 1.0, 4.0, 2.0, 4.0]])
+
+
+def test_bad_shapes_and_nonfinite_columns():
+    with pytest.raises(ValueError, match="shape"):
+        rank_stats.rank_rhat(np.zeros(5))
+    x = np.random.default_rng(1).normal(size=(2, 50, 2))
+    x[0, 3, 1] = np.nan
+    r, e = rank_stats.rhat_and_bulk_ess(x)
+    assert np.isfinite(r[0]) and np.isfinite(e[0]) and np.isnan(r[1]) and np.isnan(e[1])
