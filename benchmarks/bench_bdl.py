@@ -21,6 +21,14 @@ to the optax floor:
                   checks="off", progress_bar=False, on the from_logdensity target: SGLD with
                   Gaussian, Rademacher and uniform(8-bit) noise; SGHMC OBABO plain, fused
                   (one draw per step) and fused with Rademacher noise; pSGLD.
+  hb SGLD numpyro the same network written as a NumPyro model (``numpyro.sample`` per
+                  weight array, a ``numpyro.plate`` over the rows, ``dist.Categorical``),
+                  through ``hb.sample``'s NumPyro bridge: its paired ratio to ``hb SGLD`` is the
+                  cost of the NumPyro route; ``hb SGLD numpyro jax-data`` the same with the
+                  data already JAX arrays (no host-to-device copy or hash of NumPy arrays).
+
+``--only "hb SGLD,hb SGLD numpyro"`` times only the contenders of those names (and the optax
+floor).
 
 Writes a JSON file (``--out``) with the machine, the load and every ratio.
 """
@@ -135,6 +143,23 @@ def hand_scans(data, params, num_steps, batch, h):
     }
 
 
+def numpyro_mlp(sizes):
+    """The MLP as a user writes it in NumPyro: N(0, 1) on every weight array, a data plate."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model(X, y=None):
+        p = {}
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            p[f"W{i}"] = numpyro.sample(f"W{i}", dist.Normal(0.0, 1.0).expand([a, b]).to_event(2))
+            p[f"b{i}"] = numpyro.sample(f"b{i}", dist.Normal(0.0, 1.0).expand([b]).to_event(1))
+        logits = forward(p, X)
+        with numpyro.plate("data", X.shape[0]):
+            numpyro.sample("y", dist.Categorical(logits=logits), obs=y)
+
+    return model
+
+
 def hb_contenders(data, params, num_steps, batch, h):
     target = hb.models.from_logdensity(logprior, loglik, data, params=params)
     makers = {
@@ -153,13 +178,26 @@ def hb_contenders(data, params, num_steps, batch, h):
         return lambda: hb.sample(target, make(), batch_size=batch, num_samples=num_steps, keep="moments",
                                  checks="off", progress_bar=False, init=params, seed=0).moments["mean"]
 
-    return {name: call(make) for name, make in makers.items()}
+    out = {name: call(make) for name, make in makers.items()}
+    np_data = {"X": np.asarray(data[0]), "y": np.asarray(data[1])}
+    sizes = [params["W0"].shape[0]] + [params[f"W{i}"].shape[1] for i in range(len(params) // 2)]
+    model = numpyro_mlp(sizes)
+    jax_data = {k: jnp.asarray(v) for k, v in np_data.items()}
+
+    def numpyro_call(d):
+        return lambda: hb.sample(model, hb.samplers.sgld(h), data=d, batch_size=batch, num_samples=num_steps,
+                                 keep="moments", checks="off", progress_bar=False, init=params,
+                                 seed=0).moments["mean"]
+
+    out["hb SGLD numpyro"] = numpyro_call(np_data)
+    out["hb SGLD numpyro jax-data"] = numpyro_call(jax_data)
+    return out
 
 
 SMOKE_CONTENDERS = ("optax", "hb SGHMC fused rademacher")
 
 
-def run(config, num_steps, repeats, out_path=None, verbose=True):
+def run(config, num_steps, repeats, out_path=None, verbose=True, only=None):
     data, params = make_problem(config["sizes"], config["rows"])
     h = 1e-6 if config is FULL else 1e-4
     key = jax.random.key(0)
@@ -168,6 +206,8 @@ def run(config, num_steps, repeats, out_path=None, verbose=True):
     contenders.update(hb_contenders(data, params, num_steps, config["batch"], h))
     if config is SMOKE:  # one of each kind, at the least compile time
         contenders = {k: contenders[k] for k in SMOKE_CONTENDERS}
+    if only:
+        contenders = {k: v for k, v in contenders.items() if k == "optax" or k in only}
     t0 = time.perf_counter()
     timings = interleaved(contenders, repeats=repeats, warmup=1, verbose=verbose)
     rows, ratios = [], {}
@@ -178,7 +218,7 @@ def run(config, num_steps, repeats, out_path=None, verbose=True):
         rows.append([name, f"{med:.2f}x", f"{q25:.2f}-{q75:.2f}", f"{1e3 * t.best / num_steps:.2f}"])
     pairs = [("hb SGLD", "hand SGLD"), ("hb SGLD rademacher", "hand SGLD signs"), ("hb SGHMC obabo fused", "hb SGLD"),
              ("hb SGHMC obabo", "hb SGLD"), ("hb SGHMC fused rademacher", "hb SGLD rademacher"),
-             ("optax (A/A)", "optax")]
+             ("optax (A/A)", "optax"), ("hb SGLD numpyro", "hb SGLD")]
     extra = {f"{a} / {b}": paired_ratio(timings, a, b)[0] for a, b in pairs if a in timings and b in timings}
     result = {"machine": machine_info(), "weights": num_weights(params), "rows": config["rows"],
               "batch": config["batch"], "steps_per_call": num_steps, "repeats": repeats, "ratios": ratios,
@@ -201,10 +241,12 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--smoke", action="store_true", help="a tiny MLP and 5 steps: checks that everything runs")
     ap.add_argument("--out", default=None, help="write the results to this JSON file")
+    ap.add_argument("--only", default=None, help="comma-separated contender names to time (and optax)")
     args = ap.parse_args(argv)
+    only = args.only.split(",") if args.only else None
     if args.smoke:
         return run(SMOKE, 5, 1, args.out, verbose=False)
-    return run(FULL, args.steps, args.repeats, args.out)
+    return run(FULL, args.steps, args.repeats, args.out, only=only)
 
 
 if __name__ == "__main__":
