@@ -146,3 +146,34 @@ def test_user_init_on_the_constrained_scale():
                   init={"sigma": 0.5}, num_samples=1, progress_bar=False)
     # After one tiny step sigma is still ~0.5 (given), w came from the default init.
     assert r.samples["sigma"][0, 0] == pytest.approx(0.5, rel=1e-2)
+
+
+def test_init_values_are_unconstrained_without_running_the_model_again():
+    """init= on a NumPyro model: a compiled run maps the values (the likelihood dead code); a
+    second call runs the model's Python zero times (it ran the whole model eagerly on all the
+    rows at every call before), with the same draws; a value outside its support is refused."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    calls = {"n": 0}
+
+    def model(X, y=None):
+        calls["n"] += 1
+        w = numpyro.sample("w", dist.Normal(0, 1).expand([3]).to_event(1))
+        s = numpyro.sample("s", dist.HalfNormal(1.0))
+        with numpyro.plate("data", X.shape[0]):
+            numpyro.sample("y", dist.Normal(X @ w, s), obs=y)
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 3)).astype(np.float32)
+    y = (X @ np.array([1.0, -1.0, 0.5]) + 0.3 * rng.normal(size=500)).astype(np.float32)
+    kw = dict(data={"X": X, "y": y}, batch_size=50, num_samples=50, init={"w": np.zeros(3), "s": 1.0},
+              progress_bar=False, checks="off")
+    a = hb.sample(model, hb.samplers.sgld(1e-4), **kw)
+    calls["n"] = 0
+    b = hb.sample(model, hb.samplers.sgld(1e-4), **kw)
+    assert calls["n"] == 0
+    np.testing.assert_array_equal(a.samples["w"], b.samples["w"])
+    np.testing.assert_allclose(a.samples["s"][0, 0], 1.0, atol=0.05)
+    with pytest.raises(ValueError, match="outside its support"):
+        hb.sample(model, hb.samplers.sgld(1e-4), **{**kw, "init": {"w": np.zeros(3), "s": -1.0}})
