@@ -1740,7 +1740,7 @@ FIXED = [
                                              num_samples=2), ValueError, r"init leaf 'a' of shape \(3,\)"),
     ("numpyro-empty-data", lambda: hb.sample(m_plate, hb.samplers.sgld(1e-3), data={"x": _D[:0], "y": _D[:0]},
                                              num_samples=2), ValueError, r"\['x', 'y'\] have no rows"),
-    ("numpyro-init-outside-support", _positive, ValueError, r"init could not be mapped.*invalid scale"),
+    ("numpyro-init-outside-support", _positive, ValueError, r"init for site 's' is outside its support"),
     ("num-samples-int32", lambda: hb.sample(_tiny(), hb.samplers.sgld(1e-3), num_samples=2**31), ValueError,
      r"num_samples must be <= 2147483647"),
     ("num-chains-huge", lambda: hb.sample(_tiny(), hb.samplers.sgld(1e-3), num_samples=2, num_chains=2**70),
