@@ -177,3 +177,29 @@ def test_init_values_are_unconstrained_without_running_the_model_again():
     np.testing.assert_allclose(a.samples["s"][0, 0], 1.0, atol=0.05)
     with pytest.raises(ValueError, match="outside its support"):
         hb.sample(model, hb.samplers.sgld(1e-4), **{**kw, "init": {"w": np.zeros(3), "s": -1.0}})
+
+
+def test_init_values_on_a_model_that_needs_concrete_data_fall_back_to_the_eager_run():
+    """A model whose Python reads data values (np.max of a group index) cannot be traced with the
+    data as arguments: the target's unconstrain falls back to the eager run, with the right values;
+    a value outside its support is refused."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model(g, y=None):
+        groups = int(np.max(np.asarray(g))) + 1
+        a = numpyro.sample("a", dist.Normal(0, 1).expand([groups]).to_event(1))
+        s = numpyro.sample("s", dist.HalfNormal(1.0))
+        with numpyro.plate("data", g.shape[0]):
+            numpyro.sample("y", dist.Normal(a[g], s), obs=y)
+
+    rng = np.random.default_rng(1)
+    g = rng.integers(0, 4, size=300)
+    y = (np.arange(4)[g] + 0.5 * rng.normal(size=300)).astype(np.float32)
+    t = hb.models.from_numpyro(model, g, y)
+    for _ in range(2):  # the second call goes straight to the eager run
+        u = t.unconstrain({"a": np.arange(4.0), "s": 0.5})
+        np.testing.assert_allclose(u["a"], np.arange(4.0))
+        np.testing.assert_allclose(u["s"], np.log(0.5), rtol=1e-6)
+    with pytest.raises(ValueError, match="invalid scale|site 's' is outside its support"):
+        t.unconstrain({"a": np.zeros(4), "s": -1.0})  # eagerly the model's own check fires first

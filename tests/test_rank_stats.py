@@ -69,3 +69,14 @@ def test_bad_shapes_and_nonfinite_columns():
     x[0, 3, 1] = np.nan
     r, e = rank_stats.rhat_and_bulk_ess(x)
     assert np.isfinite(r[0]) and np.isfinite(e[0]) and np.isnan(r[1]) and np.isnan(e[1])
+
+
+def test_blocks_of_coordinates_give_the_same_numbers(monkeypatch):
+    """Coordinates are processed in blocks (bounded memory): blocks of 3 columns give exactly
+    the numbers of one block."""
+    x = _cases()["ar 0.95"]
+    whole = rank_stats.rhat_and_bulk_ess(x)
+    monkeypatch.setattr(rank_stats, "BLOCK_BYTES", 8 * x.shape[0] * x.shape[1] * 3)
+    blocked = rank_stats.rhat_and_bulk_ess(x)
+    np.testing.assert_array_equal(whole[0], blocked[0])
+    np.testing.assert_array_equal(whole[1], blocked[1])

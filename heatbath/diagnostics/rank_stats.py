@@ -126,21 +126,31 @@ def bulk_ess(draws) -> np.ndarray:
     return rhat_and_bulk_ess(draws, rhat=False)[1]
 
 
+BLOCK_BYTES = 1 << 26  # draws of one block of coordinates (the work arrays are a few times this)
+
+
 def rhat_and_bulk_ess(draws, rhat: bool = True, ess: bool = True):
-    """``(rank_rhat(draws), bulk_ess(draws))``, sharing the rank normalisation of the split draws."""
+    """``(rank_rhat(draws), bulk_ess(draws))``, sharing the rank normalisation of the split draws.
+
+    Coordinates are processed in blocks of about :data:`BLOCK_BYTES` of draws, so the peak
+    memory stays a small multiple of that whatever the number of draws and coordinates."""
     x = _check(draws)
     c, n, k = x.shape
     r_out, e_out = np.full(k, np.nan), np.full(k, np.nan)
     ok = np.all(np.isfinite(x), axis=(0, 1))
     if n < 4 or not ok.any():
         return r_out, e_out
-    s = _split(x[:, :, ok])
-    z = _z_scale(s)
-    if rhat and c >= 2:
-        folded = np.abs(s - np.median(s.reshape(-1, s.shape[2]), axis=0))
-        r_out[ok] = np.maximum(_rhat_raw(z), _rhat_raw(_z_scale(folded)))
-    if ess:
-        e_out[ok] = _bulk_ess_z(z)
+    cols = np.nonzero(ok)[0]
+    block = max(1, BLOCK_BYTES // (8 * c * n))
+    for start in range(0, len(cols), block):
+        idx = cols[start:start + block]
+        s = _split(x[:, :, idx])
+        z = _z_scale(s)
+        if rhat and c >= 2:
+            folded = np.abs(s - np.median(s.reshape(-1, s.shape[2]), axis=0))
+            r_out[idx] = np.maximum(_rhat_raw(z), _rhat_raw(_z_scale(folded)))
+        if ess:
+            e_out[idx] = _bulk_ess_z(z)
     return r_out, e_out
 
 

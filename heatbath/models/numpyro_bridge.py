@@ -335,15 +335,26 @@ def _from_numpyro(model, model_args, model_kwargs) -> Target:
             # Compiled with the data as arguments, the model's likelihood is dead code: only the
             # prior's sites run (eagerly the whole model ran on all the data at every call: 1.4 s
             # at 670k weights). A model that needs concrete data values to run falls back to eager.
-            try:
-                if not compiled_unconstrain:
-                    compiled_unconstrain.append(jax.jit(unconstrain_values))
-                out, inside = compiled_unconstrain[0](values, arrays)
-            except Exception:  # noqa: BLE001 - the eager run below raises the model's own error
-                out, inside = unconstrain_values(values, arrays)
-        for name in values:
-            if not bool(inside[name]):
-                raise ValueError(f"init for site {name!r} is outside its support ({latent[name]['fn'].support})")
+            if not compiled_unconstrain:
+                compiled_unconstrain.append(jax.jit(unconstrain_values))
+            result = None
+            if compiled_unconstrain[0] is not None:
+                try:
+                    result = compiled_unconstrain[0](values, arrays)
+                except Exception:  # noqa: BLE001 - the eager run below raises the model's own error
+                    result = unconstrain_values(values, arrays)
+                    compiled_unconstrain[0] = None  # it runs eagerly but not traced: eager from now on
+            out, inside = result if result is not None else unconstrain_values(values, arrays)
+        bad = [name for name in values if not bool(inside[name])]
+        if bad:
+            support = latent[bad[0]]["fn"].support
+            try:  # the support at the given values (it may depend on other sites), on this error path only
+                with TRACE_LOCK:
+                    fn, args, kwargs = call_args({})
+                    support = _prior_trace(fn, args, kwargs, values=values)[bad[0]]["fn"].support
+            except Exception:  # noqa: BLE001 - keep the prior trace's support
+                pass
+            raise ValueError(f"init for site {bad[0]!r} is outside its support ({support})")
         return out
 
     def prior_init(key, how):
