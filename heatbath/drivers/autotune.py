@@ -259,7 +259,7 @@ def _measure(target, sampler, family, estimator, est_state, positions, key, batc
         # Shapes (chains, batch size, rows) need no key: jit compiles once per shape.
         key_ = ("autotune-measure", estimator.name, estimator.rows_per_estimate, estimator.rows_at_init,
                 estimator.refresh_every, meta["noisy"], settings, float(T), in_axes)
-        if need != MEASURED and (key_, MEASURED) not in target.__dict__.get("_heatbath_cache", {}):
+        if need != MEASURED and not target.has_memo((key_, MEASURED)):
             one = _measure_one(target, estimator, meta["noisy"], T, metric_of, need)
         else:
             need = MEASURED

@@ -99,6 +99,10 @@ class Target:
             cache[name] = build()
         return cache[name]
 
+    def has_memo(self, name) -> bool:
+        """Whether :meth:`memo` has already built ``name`` on this Target."""
+        return name in self.__dict__.get("_heatbath_cache", {})
+
     def flat(self, unravel: Callable) -> "Target":
         """The same target on a flat parameter vector x (params = ``unravel(x)``), e.g. for a
         method whose state holds a d x d covariance; the pytree is raveled once, outside any loop."""
