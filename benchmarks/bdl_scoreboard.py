@@ -1,6 +1,7 @@
 """The Bayesian deep learning scoreboard: every method on one Bayesian MLP, scored on held-out
 data against a NUTS reference predictive (Izmailov et al. 2021's agreement and total variation,
-plus accuracy, NLL, Brier and ECE).
+plus accuracy, NLL, Brier and ECE; for regression the 2-Wasserstein distance to the reference's
+predictive, RMSE, NLL and the calibration error of central intervals).
 
 Data (``--data``): scikit-learn's bundled breast cancer set (569 rows, 30 features, 2 classes;
 the default) or digits (1797 rows, 8x8 images as 64 features, 10 classes), standardised with the
@@ -9,6 +10,18 @@ split ``--n-train`` train / the rest test with a fixed permutation. Model: the M
 of ``heatbath.models.network`` (D features, H = ``--hidden``, K classes) with N(0, 1/fan_in)
 priors on weights, N(0, 1) on biases, a categorical likelihood; ``--prior-sd S`` puts N(0, S^2)
 on every weight and bias instead (Izmailov et al. 2021 use S^2 = 1/5, ``--prior-sd 0.447``).
+
+Regression (``--data diabetes``: 442 rows, 10 features, a real target; default 300 train / 142
+test, H = 16): the targets are standardised with the training rows' mean and sd too (every number
+is in those units), the MLP D-H-1 has a Normal likelihood with a learned noise sd sigma
+(a ``noise_sd`` site, HalfNormal(1) prior). Each method's predictive at x is scored as the
+Gaussian with its mean and variance: mean E f(x; theta), variance Var f(x; theta) + E sigma^2
+over the method's draws (Laplace: the linearised f ~ N(f*, J Sigma J') and E sigma^2 under q;
+the MAP: N(f*, sigma*^2)). Default step sizes are smaller than for classification (``STEPS``;
+the classification ones diverged), mean-field VI starts from covariance 0.01 I. Columns: W2/sd (mean over test points of the 2-Wasserstein distance
+to the NUTS predictive, in units of its sd), RMSE, NLL, the 90% interval's coverage and the
+calibration error (mean |coverage - nominal| of central intervals at 0.1, ..., 0.9). The
+Laplace rows use the exact Hessian there (the GGN of ``hb.vi.laplace`` takes a fixed sigma).
 
 Reference: NumPyro NUTS (``--nuts-chains`` chains of ``--nuts-warmup`` + ``--nuts-samples``).
 Its own Monte Carlo error is reported two ways: the agreement and TV between the predictives
@@ -23,14 +36,16 @@ linearised probit predictive), mean-field Gaussian VI (FB-GVI, diagonal covarian
 ensemble (4 chains of SGD: SGLD at T = 0 from prior draws) and the MAP (Adam, ``hb.optimize``).
 The table counts each method's measured gradient evaluations (``grad_evals`` of its result,
 MAP searches and curvature excluded where noted). ``--paired`` adds each method's NLL and ECE
-minus the MAP's on the same test points, with the paired standard error over test points (NLL)
-and a bootstrap standard error over test points (ECE, 1000 resamples).
+(regression: calibration error) minus the MAP's on the same test points, with the paired
+standard error over test points (NLL) and a bootstrap standard error over test points (ECE,
+1000 resamples).
 
     python benchmarks/bdl_scoreboard.py                   # the README table (a few minutes, 2 cores)
     python benchmarks/bdl_scoreboard.py --figure bdl.png  # and reliability diagrams
     python benchmarks/bdl_scoreboard.py --n-train 100 --hidden 16   # fewer rows, a wider network
     python benchmarks/bdl_scoreboard.py --data digits --n-train 500 --hidden 16   # 10 classes
     python benchmarks/bdl_scoreboard.py --prior-sd 0.447 --paired   # Izmailov et al.'s prior; vs the MAP
+    python benchmarks/bdl_scoreboard.py --data diabetes --paired   # regression, 10-16-1
 """
 
 from __future__ import annotations
@@ -52,12 +67,18 @@ BATCH = 50
 CHAINS = 4
 
 
-DATASETS = {"breast_cancer": "breast cancer", "digits": "digits"}  # --data -> the name printed
+DATASETS = {"breast_cancer": "breast cancer", "digits": "digits", "diabetes": "diabetes"}  # --data -> printed
+REGRESSION = ("diabetes",)
+DEFAULTS = {"breast_cancer": (400, 8), "digits": (400, 8), "diabetes": (300, 16)}  # (--n-train, --hidden)
+# step sizes when not given: a Normal likelihood at sigma ~ 0.7 is ~10x as curved as a logistic one
+STEPS = {"classification": dict(h_sgld=2e-4, h_sghmc=1e-2, h_csgld=1e-3, h_swag=2e-4),
+         "regression": dict(h_sgld=5e-5, h_sghmc=3e-3, h_csgld=1e-4, h_swag=5e-5)}
 
 
 def load(data="breast_cancer", seed=0, n_train=400):
     """(X_train, y_train, X_test, y_test): a fixed permutation, the first n_train rows for
-    training, features standardised with the training rows' mean and sd (sd 1 where it is 0)."""
+    training, features standardised with the training rows' mean and sd (sd 1 where it is 0);
+    regression targets (float32) standardised with the training rows' mean and sd too."""
     import sklearn.datasets
 
     if data not in DATASETS:
@@ -70,12 +91,17 @@ def load(data="breast_cancer", seed=0, n_train=400):
     mu, sd = X[:n_train].mean(0), X[:n_train].std(0)
     sd = np.where(sd > 0, sd, 1.0)  # columns constant on the training rows (digits' blank pixels)
     X = ((X - mu) / sd).astype(np.float32)
-    return X[:n_train], y[:n_train].astype(np.int32), X[n_train:], y[n_train:].astype(np.int32)
+    if data in REGRESSION:
+        y = ((y - y[:n_train].mean()) / y[:n_train].std()).astype(np.float32)
+    else:
+        y = y.astype(np.int32)
+    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
 
 
-def make_net(d_in, hidden, classes=2, prior_sd=None):
+def make_net(d_in, hidden, classes=2, prior_sd=None, regression=False):
     """The MLP; prior N(0, prior_sd^2) on every weight and bias, or by default N(0, 1/fan_in) on
-    weights and N(0, 1) on biases."""
+    weights and N(0, 1) on biases. ``regression``: one output, a Normal likelihood with a learned
+    noise sd (HalfNormal(1) prior; ``classes`` is ignored)."""
     params = {"l1": {"w": jnp.zeros((hidden, d_in)), "b": jnp.zeros(hidden)},
               "l2": {"w": jnp.zeros((classes, hidden)), "b": jnp.zeros(classes)}}
 
@@ -85,7 +111,41 @@ def make_net(d_in, hidden, classes=2, prior_sd=None):
     def scale(path, leaf):
         return 1.0 / np.sqrt(leaf.shape[-1]) if leaf.ndim == 2 else 1.0
 
-    return network_model(apply, params, prior_scale=scale if prior_sd is None else prior_sd)
+    prior_scale = scale if prior_sd is None else prior_sd
+    if regression:
+        import numpyro.distributions as dist
+
+        params["l2"] = {"w": jnp.zeros((1, hidden)), "b": jnp.zeros(1)}
+        return network_model(apply, params, prior_scale=prior_scale, likelihood="normal",
+                             noise_scale=dist.HalfNormal(1.0))
+    return network_model(apply, params, prior_scale=prior_scale)
+
+
+def gaussian_predictive(source, bn, X, **kw):
+    """(mean, var) of a regression predictive: E f(x) and Var f(x) + E sigma^2 over the draws of
+    ``source`` (a Result, an approximation with ``num_draws=``, or a dict of draws)."""
+    def f_and_noise(draw, x):
+        f = bn.predict(draw, x)[:, 0]
+        return jnp.stack([f, jnp.broadcast_to(bn.noise_sd(draw) ** 2, f.shape)], axis=1)
+
+    mo = predictive_moments(source, f_and_noise, X, probabilities=False, **kw)
+    return mo.mean[:, 0], mo.var[:, 0] + mo.mean[:, 1]
+
+
+def laplace_regression(q, bn, X, num_draws=400):
+    """(mean, var) of the linearised Laplace predictive: f ~ N(f*, J Sigma J') at the MAP theta*
+    (J the Jacobian of f in the approximation's coordinates), plus E sigma^2 under q."""
+    theta, idx = jnp.asarray(q.mean_flat), jnp.asarray(q.index)
+
+    def f_sub(z):
+        return bn.logits(q.unravel(theta.at[idx].set(z)), X)[:, 0]
+
+    z0 = theta[idx]
+    J = np.asarray(jax.jit(jax.jacfwd(f_sub))(z0), np.float64)  # (n, m)
+    S = np.diag(q.variance_sub) if q.structure == "diag" else q.cov_sub
+    var_f = np.einsum("nm,ml,nl->n", J, S, J)
+    noise_var = np.mean(np.asarray(q.sample(1, num_draws)[bn.noise_site], np.float64) ** 2)
+    return np.asarray(f_sub(z0), np.float64), var_f + noise_var
 
 
 def paired_vs(p, p_ref, y, num_bins=10, num_boot=1000, seed=0):
@@ -101,6 +161,19 @@ def paired_vs(p, p_ref, y, num_bins=10, num_boot=1000, seed=0):
     return dn.mean(), dn.std(ddof=1) / np.sqrt(len(y)), ece_diff, np.std(de, ddof=1)
 
 
+def paired_vs_regression(pred, pred_ref, y, num_boot=1000, seed=0):
+    """(NLL difference, its paired SE, calibration error difference, its bootstrap SE) of the
+    Gaussian predictive pred = (mean, var) minus pred_ref on the same test points y."""
+    dn = M.gaussian_nll(*pred, y, pointwise=True) - M.gaussian_nll(*pred_ref, y, pointwise=True)
+    boot = np.random.default_rng(seed).integers(0, len(y), (num_boot, len(y)))
+
+    def ce(p, i=slice(None)):
+        return M.regression_calibration_error(p[0][i], p[1][i], y[i])
+
+    de = [ce(pred, i) - ce(pred_ref, i) for i in boot]
+    return dn.mean(), dn.std(ddof=1) / np.sqrt(len(y)), ce(pred) - ce(pred_ref), np.std(de, ddof=1)
+
+
 def nuts_reference(bn, Xtr, ytr, Xte, args):
     from numpyro.infer import MCMC, NUTS
 
@@ -112,17 +185,29 @@ def nuts_reference(bn, Xtr, ytr, Xte, args):
     s = mcmc.get_samples(group_by_chain=True)
     steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"]).sum()
     per_draw = jax.jit(jax.vmap(jax.vmap(lambda d: bn.predict(d, Xte))))
-    p = np.asarray(per_draw({k: s[k] for k in bn.sites}), np.float64)  # (chain, draw, n, K)
-    ref = p.mean((0, 1))
+    sites = bn.sites + ((bn.noise_site,) if bn.noise_site else ())
+    p = np.asarray(per_draw({k: s[k] for k in sites}), np.float64)  # (chain, draw, n, K)
     half = args.nuts_chains // 2
-    pa, pb = p[:half].mean((0, 1)), p[half:].mean((0, 1))
     import arviz as az
 
     mcse = np.asarray(az.mcse(az.convert_to_dataset({"p": p}))["p"])  # (n, K): every point and class
     info = {"wall_s": wall, "leapfrog_per_chain": steps / args.nuts_chains,
-            "grad_evals_total": float(steps) * len(ytr),  # sampling phase only (warmup not counted)
-            "halves_agreement": M.agreement(pa, pb), "halves_tv": M.total_variation(pa, pb),
-            "mcse_mean": float(mcse.mean()), "mcse_max": float(mcse.max())}
+            "grad_evals_total": float(steps) * len(ytr)}  # sampling phase only (warmup not counted)
+    if bn.noise_site:  # regression: Gaussian predictives (mean, var), MCSE of E f(x) in reference sds
+        f, s2 = p[..., 0], np.asarray(s[bn.noise_site], np.float64)[..., None] ** 2
+
+        def moments(c):
+            return f[c].mean((0, 1)), f[c].var((0, 1)) + s2[c].mean()
+
+        ref = moments(slice(None))
+        info.update(halves_w2=M.gaussian_w2(*moments(slice(None, half)), *moments(slice(half, None))),
+                    mcse_mean=float((mcse[:, 0] / np.sqrt(ref[1])).mean()),
+                    mcse_max=float((mcse[:, 0] / np.sqrt(ref[1])).max()))
+        return ref, info
+    ref = p.mean((0, 1))
+    pa, pb = p[:half].mean((0, 1)), p[half:].mean((0, 1))
+    info.update(halves_agreement=M.agreement(pa, pb), halves_tv=M.total_variation(pa, pb),
+                mcse_mean=float(mcse.mean()), mcse_max=float(mcse.max()))
     return ref, info
 
 
@@ -133,8 +218,12 @@ def run_methods(bn, Xtr, ytr, Xte, args):
     S = total_steps // CHAINS  # per chain
     thin = max(1, S // 2 // 100)  # ~100 kept draws per chain from the second half
     out = {}
+    regression = bn.noise_site is not None
+    sites = bn.sites + ((bn.noise_site,) if regression else ())
 
-    def pm(source, **kw):
+    def pm(source, **kw):  # class probabilities, or (mean, var) of a regression predictive
+        if regression:
+            return gaussian_predictive(source, bn, Xte, **kw)
         return predictive_moments(source, bn.predict, Xte, **kw).mean
 
     common = dict(data=data, batch_size=BATCH, num_chains=CHAINS, seed=args.seed, progress_bar=False,
@@ -158,14 +247,14 @@ def run_methods(bn, Xtr, ytr, Xte, args):
                            temperature=schedules.cyclical_temperature(1.0, S, args.cycles))
     r = hb.sample(bn.model, cyc, num_warmup=0, num_samples=S // thin, thinning=thin, **common)
     mask = hb.optim.sampling_phase(r)
-    draws = {k: np.asarray(r.samples[k])[mask] for k in bn.sites}
+    draws = {k: np.asarray(r.samples[k])[mask] for k in sites}
     out["cyclical SGLD"] = (pm(draws), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
 
     # SWAG: SGD iterates (SGLD at T = 0), moments and the last 20 deviations of the thinned draws
     t0 = time.perf_counter()
     r = hb.sample(bn.model, hb.samplers.sgld(args.h_swag, temperature=0.0), num_warmup=S // 2,
                   num_samples=(S - S // 2) // thin, thinning=thin, keep="moments", swag_rank=20, **common)
-    q = hb.vi.swag(r, sites=bn.sites)
+    q = hb.vi.swag(r, sites=sites)
     out["SWAG"] = (pm(q, num_draws=400, seed=1), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
 
     # deep ensemble: 4 SGD chains (T = 0) from prior draws; each member's last state
@@ -178,42 +267,94 @@ def run_methods(bn, Xtr, ytr, Xte, args):
     t0 = time.perf_counter()
     opt = hb.optimize(bn.model, data=data, batch_size=BATCH, num_steps=total_steps, seed=args.seed)
     p_map = np.asarray(bn.predict(opt.values, Xte), np.float64)
+    if regression:
+        p_map = (p_map[:, 0], np.full(len(p_map), float(opt.values[bn.noise_site]) ** 2))
     out["MAP"] = (p_map, opt.grad_evals / N, time.perf_counter() - t0)
 
-    # Laplace at the MAP (Adam through hb.fit), GGN, linearised probit predictive
+    # Laplace at the MAP (Adam through hb.fit), linearised predictive: classification GGN and
+    # probit; regression the exact Hessian (sigma is a site; the GGN takes a fixed sigma)
+    curvature = dict(curvature="hessian") if regression else dict(curvature="ggn", network=bn)
     for name, kw in [("Laplace last-layer full", dict(structure="full", subset=("l2.b", "l2.w"))),
                      ("Laplace diag", dict(structure="diag"))]:
         t0 = time.perf_counter()
-        q = hb.fit(bn.model, hb.vi.laplace(args.h_map, total_steps, curvature="ggn", network=bn, **kw),
+        q = hb.fit(bn.model, hb.vi.laplace(args.h_map, total_steps, **curvature, **kw),
                    data=data, batch_size=BATCH, seed=args.seed, progress_bar=False)
-        out[name] = (q.linearised_predictive(Xte), q.grad_evals / N, time.perf_counter() - t0)
+        pred = laplace_regression(q, bn, Xte) if regression else q.linearised_predictive(Xte)
+        out[name] = (pred, q.grad_evals / N, time.perf_counter() - t0)
 
     # mean-field Gaussian VI (FB-GVI with a diagonal covariance), automatic step size
     t0 = time.perf_counter()
-    vi = hb.vi.fbgvi(None, total_steps, covariance="diag")  # antithetic pairs: 2 gradients per step
+    # antithetic pairs: 2 gradients per step; regression starts narrow (sd 0.1: a unit-sd start
+    # in log sigma reaches sigma ~ 0.1, gradients ~ 100x as large, and diverged)
+    vi = hb.vi.fbgvi(None, total_steps, covariance="diag", init_cov=1e-2 if regression else None)
     vi = vi.rebuild(num_steps=max(1, int(total_steps / vi.grads_per_step)))
     q = hb.fit(bn.model, vi, data=data, batch_size=BATCH, seed=args.seed, progress_bar=False)
     out["mean-field VI"] = (pm(q, num_draws=400, seed=1), q.grad_evals / N, time.perf_counter() - t0)
     return out
 
 
+def report_regression(args, rows, info, Xtr, ytr, yte, d, prior):
+    """The regression table (and the paired table, the calibration curves) of main()."""
+    ref = rows["NUTS (reference)"][0]
+    print(f"\nBayesian MLP {Xtr.shape[1]}-{args.hidden}-1 (d = {d} weights + the noise sd, prior {prior}, "
+          f"noise sd ~ HalfNormal(1)), {DATASETS[args.data]} (standardised target): {len(ytr)} train / "
+          f"{len(yte)} test; budget {args.epochs} passes per method, batch {BATCH}; seed {args.seed}")
+    print(f"NUTS reference: {args.nuts_chains} chains x ({args.nuts_warmup} + {args.nuts_samples}), "
+          f"{info['leapfrog_per_chain']:.0f} leapfrog steps per chain, {info['wall_s']:.0f} s. "
+          f"Its MC error: W2/sd between halves {info['halves_w2']:.4f}; MCSE of E f(x) over test points, "
+          f"in predictive sds, mean {info['mcse_mean']:.4f}, max {info['mcse_max']:.4f}\n")
+    print("| method | W2/sd to ref | RMSE | NLL | 90% coverage | calibration error | data passes | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (pred, passes, wall) in rows.items():
+        s = M.regression_scores(*pred, yte, reference=ref)
+        print(f"| {name} | {s['w2']:.4f} | {s['rmse']:.4f} | {s['nll']:.4f} | {s['coverage_90']:.3f} | "
+              f"{s['calibration_error']:.4f} | {passes:.0f} | {wall:.0f} |")
+    if args.paired:
+        print("\nAgainst the MAP on the same test points (negative: better than the MAP; NLL: paired SE over "
+              "test points; calibration error: bootstrap SE over test points, 1000 resamples):\n")
+        print("| method | NLL - MAP | SE | calibration error - MAP | SE |")
+        print("|---|---|---|---|---|")
+        for name, (pred, _, _) in rows.items():
+            if name != "MAP":
+                dn, sn, de, se = paired_vs_regression(pred, rows["MAP"][0], yte)
+                print(f"| {name} | {dn:+.4f} | {sn:.4f} | {de:+.4f} | {se:.4f} |")
+    if args.figure:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for name, (pred, _, _) in rows.items():
+            err, levels, cov = M.regression_calibration_error(*pred, yte, curve=True)
+            ax.plot(levels, cov, "o-", ms=3, lw=1, label=f"{name} ({err:.3f})")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set_xlabel("nominal level of the central interval")
+        ax.set_ylabel("fraction of test targets inside")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(args.figure, dpi=100)
+        print(f"\ncalibration curves: {args.figure}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", choices=sorted(DATASETS), default="breast_cancer",
-                    help="scikit-learn's bundled classification data set")
-    ap.add_argument("--hidden", type=int, default=8)
-    ap.add_argument("--n-train", type=int, default=400, help="training rows (the rest are the test set)")
+                    help="scikit-learn's bundled data set (diabetes: regression)")
+    ap.add_argument("--hidden", type=int, default=None, help="hidden units (default 8; diabetes 16)")
+    ap.add_argument("--n-train", type=int, default=None,
+                    help="training rows, the rest are the test set (default 400; diabetes 300)")
     ap.add_argument("--epochs", type=int, default=2000, help="gradient budget per method, in passes over the data")
     ap.add_argument("--nuts-warmup", type=int, default=500)
     ap.add_argument("--nuts-samples", type=int, default=500)
     ap.add_argument("--nuts-chains", type=int, default=4)
-    ap.add_argument("--h-sgld", type=float, default=2e-4)
-    ap.add_argument("--h-sghmc", type=float, default=1e-2)
+    ap.add_argument("--h-sgld", type=float, default=None, help="default 2e-4 (diabetes: see STEPS)")
+    ap.add_argument("--h-sghmc", type=float, default=None, help="default 1e-2 (diabetes: see STEPS)")
     ap.add_argument("--friction", type=float, default=10.0)
-    ap.add_argument("--h-csgld", type=float, default=1e-3)
+    ap.add_argument("--h-csgld", type=float, default=None, help="default 1e-3 (diabetes: see STEPS)")
     ap.add_argument("--cycles", type=int, default=4)
     ap.add_argument("--cold", type=float, default=0.1, help="temperature of the cold-posterior SGHMC row")
-    ap.add_argument("--h-swag", type=float, default=2e-4)
+    ap.add_argument("--h-swag", type=float, default=None, help="default 2e-4 (diabetes: see STEPS)")
     ap.add_argument("--h-map", type=float, default=1e-2)
     ap.add_argument("--prior-sd", type=float, default=None,
                     help="N(0, S^2) on every weight and bias (default: N(0, 1/fan_in) weights, N(0, 1) biases)")
@@ -222,16 +363,24 @@ def main(argv=None):
                     help="also print each method's NLL and ECE minus the MAP's, with paired / bootstrap SEs")
     ap.add_argument("--figure", default=None, help="write reliability diagrams to this file")
     args = ap.parse_args(argv)
+    n_train, hidden = DEFAULTS[args.data]
+    args.n_train = n_train if args.n_train is None else args.n_train
+    args.hidden = hidden if args.hidden is None else args.hidden
+    for k, v in STEPS["regression" if args.data in REGRESSION else "classification"].items():
+        setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
 
+    regression = args.data in REGRESSION
     Xtr, ytr, Xte, yte = load(args.data, n_train=args.n_train)
-    K = int(max(ytr.max(), yte.max())) + 1
-    bn = make_net(Xtr.shape[1], args.hidden, K, args.prior_sd)
+    K = 1 if regression else int(max(ytr.max(), yte.max())) + 1
+    bn = make_net(Xtr.shape[1], args.hidden, K, args.prior_sd, regression=regression)
     d = sum(int(np.prod(v.shape)) for v in bn.init.values())
     ref, info = nuts_reference(bn, Xtr, ytr, Xte, args)
     rows = {"NUTS (reference)": (ref, info["grad_evals_total"] / len(ytr), info["wall_s"])}
     rows.update(run_methods(bn, Xtr, ytr, Xte, args))
 
     prior = "N(0, 1/fan_in) weights, N(0, 1) biases" if args.prior_sd is None else f"N(0, {args.prior_sd:g}^2)"
+    if regression:
+        return report_regression(args, rows, info, Xtr, ytr, yte, d, prior)
     print(f"\nBayesian MLP {Xtr.shape[1]}-{args.hidden}-{K} (d = {d} weights, prior {prior}), "
           f"{DATASETS[args.data]}: {len(ytr)} train / {len(yte)} test; "
           f"budget {args.epochs} passes per method, batch {BATCH}; seed {args.seed}")

@@ -88,3 +88,78 @@ def test_bad_reference_and_bins():
         m.agreement(P, REF[:3])
     with pytest.raises(ValueError, match="num_bins"):
         m.ece(P, Y, num_bins=0)
+
+
+# --- regression ------------------------------------------------------------------------------
+
+MU = np.array([0.0, 1.0, 2.0, 3.0])
+VAR = np.array([1.0, 4.0, 1.0, 0.25])
+T = np.array([0.5, -1.0, 2.0, 4.0])  # standardised errors |y - m| / sd: 0.5, 1, 0, 2
+
+
+def test_rmse_and_gaussian_nll_by_hand():
+    assert m.rmse(MU, T) == pytest.approx(math.sqrt((0.25 + 4 + 0 + 1) / 4), rel=1e-14)
+    terms = [0.5 * math.log(2 * math.pi) + 0.125, 0.5 * math.log(8 * math.pi) + 0.5,
+             0.5 * math.log(2 * math.pi), 0.5 * math.log(0.5 * math.pi) + 2.0]
+    assert m.gaussian_nll(MU, VAR, T) == pytest.approx(sum(terms) / 4, rel=1e-14)
+    np.testing.assert_allclose(m.gaussian_nll(MU, VAR, T, pointwise=True), terms, rtol=1e-14)
+
+
+def test_coverage_and_calibration_error_by_hand():
+    # central half-widths z_a: 0.126 0.253 0.385 0.524 0.674 0.842 1.036 1.282 1.645 (a = 0.1..0.9)
+    assert m.interval_coverage(MU, VAR, T, 0.9) == 0.75  # 2 sd is outside
+    assert m.interval_coverage(MU, VAR, T, 0.5) == 0.5  # 0 and 0.5 sd inside
+    # coverages .25 .25 .25 .5 .5 .5 .75 .75 .75: |diffs| .15 .05 .05 .1 0 .1 .05 .05 .15
+    err, levels, cov = m.regression_calibration_error(MU, VAR, T, curve=True)
+    assert err == pytest.approx(0.7 / 9, abs=1e-14)
+    np.testing.assert_allclose(levels, np.arange(1, 10) / 10)
+    np.testing.assert_allclose(cov, [0.25] * 3 + [0.5] * 3 + [0.75] * 3)
+    assert m.regression_calibration_error(MU, VAR, T, levels=[0.5]) == 0.0
+    # a calibrated Gaussian predictive vs one whose sd is half the truth
+    y = np.random.default_rng(0).normal(size=100_000)
+    zero, one = np.zeros_like(y), np.ones_like(y)
+    assert m.regression_calibration_error(zero, one, y) < 0.005
+    assert m.interval_coverage(zero, 0.25 * one, y, 0.9) == pytest.approx(0.589, abs=0.005)
+
+
+def test_gaussian_w2_by_hand():
+    ref_mean, ref_var = np.array([0.0, 0.0, 2.0, 3.0]), np.array([1.0, 1.0, 4.0, 1.0])
+    # per point: 0; sqrt(1^2 + (2-1)^2) / 1; |1 - 2| / 2; |0.5 - 1| / 1
+    assert m.gaussian_w2(MU, VAR, ref_mean, ref_var) == pytest.approx((math.sqrt(2) + 0.5 + 0.5) / 4, rel=1e-14)
+    assert m.gaussian_w2(MU, VAR, ref_mean, ref_var, scaled=False) == pytest.approx((math.sqrt(2) + 1.5) / 4,
+                                                                                    rel=1e-14)
+    assert m.gaussian_w2(MU, VAR, MU, VAR) == 0.0
+    s = m.regression_scores(MU, VAR, T, reference=(ref_mean, ref_var))
+    assert s["coverage_90"] == 0.75 and s["calibration_error"] == pytest.approx(0.7 / 9)
+    assert s["w2"] == pytest.approx((math.sqrt(2) + 1) / 4) and s["rmse"] == pytest.approx(m.rmse(MU, T))
+
+
+@pytest.mark.parametrize(
+    "mean, var, y, match",
+    [
+        (MU[:, None], VAR, T, "var has shape"),
+        (MU, VAR, T[:3], "y has shape"),
+        (MU, -VAR, T, "var must be > 0"),
+        (MU, VAR * 0, T, "var must be > 0"),
+        (MU, VAR, np.where(T > 3, np.nan, T), "non-finite"),
+        (np.where(MU > 2, np.inf, MU), VAR, T, "non-finite"),
+        (MU > 1, VAR, T, "real numbers"),
+        (np.float64(1.0), 1.0, 1.0, "non-empty"),
+    ],
+)
+def test_regression_bad_input(mean, var, y, match):
+    with pytest.raises(ValueError, match=match):
+        m.gaussian_nll(mean, var, y)
+
+
+def test_regression_bad_levels_and_reference():
+    with pytest.raises(ValueError, match="levels"):
+        m.regression_calibration_error(MU, VAR, T, levels=[0.5, 1.0])
+    with pytest.raises(ValueError, match="levels"):
+        m.interval_coverage(MU, VAR, T, level=0.0)
+    with pytest.raises(ValueError, match="reference var must be > 0"):
+        m.gaussian_w2(MU, VAR, MU, -VAR)
+    with pytest.raises(ValueError, match="same shape"):
+        m.gaussian_w2(MU, VAR, MU[:3], VAR[:3])
+    with pytest.raises(ValueError, match="y has shape"):
+        m.rmse(MU, T[:, None])

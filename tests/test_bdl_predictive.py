@@ -194,3 +194,33 @@ def test_predictive_memory_flat_in_draws(tmp_path):
     print("peak RSS MiB:", out)
     assert out[("chunked", 10000)] - out[("chunked", 100)] < 20
     assert out[("all", 1000)] - out[("all", 100)] > 50
+
+
+def test_normal_likelihood_learned_noise_scale():
+    import numpyro.distributions as dist
+
+    YR = X[:, 0] - 0.5 * X[:, 1]
+    params = {"l1": PARAMS["l1"], "l2": {"w": jnp.zeros((1, 4)), "b": jnp.zeros(1)}}
+    bn = network_model(mlp, params, prior_scale=0.5, likelihood="normal", noise_scale=dist.HalfNormal(2.0))
+    assert bn.noise_site == "noise_sd" and "noise_sd" not in bn.sites
+    draw = {n: jnp.asarray(RNG.normal(size=bn.init[n].shape), jnp.float32) for n in bn.sites}
+    draw["noise_sd"] = jnp.asarray(0.3, jnp.float32)
+    f = np.asarray(bn.predict(draw, X), np.float64)[:, 0]
+    expect = (_normal_lp(YR - f, 0.3) + sum(_normal_lp(draw[n], 0.5) for n in bn.sites)
+              + float(np.log(2) - 0.5 * np.log(2 * np.pi) - np.log(2.0) - 0.5 * (0.3 / 2.0) ** 2))  # HalfNormal(2)
+    lp = jax.jit(lambda d: log_density(bn.model, (X,), {"y": YR}, d)[0])(draw)
+    assert float(lp) == pytest.approx(expect, rel=1e-5)
+    assert float(bn.noise_sd(draw)) == pytest.approx(0.3)
+    # a fixed noise scale: no site, the number itself
+    fixed = network_model(mlp, params, likelihood="normal", noise_scale=0.3)
+    assert fixed.noise_site is None and float(fixed.noise_sd(draw)) == pytest.approx(0.3)
+    lp_fixed = jax.jit(lambda d: log_density(fixed.model, (X,), {"y": YR}, d)[0])(draw)
+    assert float(lp_fixed) == pytest.approx(_normal_lp(YR - f, 0.3) + sum(_normal_lp(draw[n], 1.0) for n in bn.sites),
+                                            rel=1e-5)
+    assert network_model(mlp, PARAMS).noise_sd is None
+    with pytest.raises(ValueError, match="positive numbers"):
+        network_model(mlp, params, likelihood="normal", noise_scale=dist.Normal(0.0, 1.0))
+    with pytest.raises(ValueError, match="likelihood='normal'"):
+        network_model(mlp, PARAMS, noise_scale=dist.HalfNormal(1.0))
+    with pytest.raises(ValueError, match="noise_scale must be"):
+        network_model(mlp, params, likelihood="normal", noise_scale=-1.0)

@@ -23,6 +23,27 @@ the host (numpy).
 - :func:`scores`: all of them in one dict.
 
 Ties in argmax go to the lowest class index (numpy's argmax), for accuracy and agreement alike.
+
+Regression: a Gaussian predictive N(m_i, v_i) per test point, given by its ``mean`` and ``var``
+(arrays of one shape, e.g. (n,)) against real targets ``y`` of that shape. For a Bayesian network
+with a Normal likelihood, m_i = E_s f(x_i; theta_s) and v_i = Var_s f(x_i; theta_s) +
+E_s sigma_s^2 over the draws s (the spread of the network outputs plus the mean noise variance:
+the mean and variance of the predictive mixture, which is then scored as the Gaussian with those
+two moments).
+
+- :func:`rmse`: sqrt(mean_i (m_i - y_i)^2).
+- :func:`gaussian_nll`: mean_i [log(2 pi v_i) / 2 + (y_i - m_i)^2 / (2 v_i)], in nats.
+- :func:`interval_coverage`: the fraction of y_i inside the central interval
+  m_i +- z_{(1+a)/2} sqrt(v_i) of nominal level a (z the standard normal quantile).
+- :func:`regression_calibration_error`: mean_a |coverage(a) - a| over the levels a = 0.1, ...,
+  0.9 (central intervals; Kuleshov, Fenner & Ermon 2018 compare the same curve of empirical
+  against nominal probability).
+- :func:`gaussian_w2`: mean_i W2(N(m_i, v_i), N(r_i, w_i)) / sqrt(w_i) against a reference
+  predictive N(r_i, w_i), where W2 = sqrt((m_i - r_i)^2 + (sqrt(v_i) - sqrt(w_i))^2) (the
+  2-Wasserstein distance of two univariate Gaussians): in units of the reference's sd.
+- :func:`regression_scores`: all of them in one dict.
+
+Shapes that differ, variances <= 0, and NaN or infinite values are ValueErrors.
 """
 
 from __future__ import annotations
@@ -42,6 +63,12 @@ __all__ = [
     "total_variation",
     "scores",
     "check_probs",
+    "rmse",
+    "gaussian_nll",
+    "interval_coverage",
+    "regression_calibration_error",
+    "gaussian_w2",
+    "regression_scores",
 ]
 
 _TINY = np.finfo(np.float64).tiny
@@ -218,4 +245,102 @@ def scores(probs, labels, reference=None, num_bins: int = 15) -> dict:
     if reference is not None:
         out["agreement"] = agreement(probs, reference)
         out["tv"] = total_variation(probs, reference)
+    return out
+
+
+# --- regression: Gaussian predictives N(mean, var) --------------------------------------------
+
+LEVELS = tuple(np.round(np.arange(1, 10) / 10, 1))  # nominal levels of the calibration error
+
+
+def _real(x, name: str, shape=None) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if a.ndim == 0 or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty array (one value per test point), got shape {a.shape}")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}, the mean has {shape}: they must have the same shape")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} holds non-finite values ({int(np.sum(~np.isfinite(a)))} of them)")
+    return a
+
+
+def _gaussian(mean, var, name: str = ""):
+    m = _real(mean, f"{name}mean")
+    v = _real(var, f"{name}var", m.shape)
+    if np.any(v <= 0):
+        raise ValueError(f"{name}var must be > 0 (a predictive variance), got {int(np.sum(v <= 0))} values <= 0 "
+                         f"(min {v.min():.3g}); pass variances, not log variances or sds")
+    return m.ravel(), v.ravel()
+
+
+def rmse(mean, y) -> float:
+    """Root mean squared error of the predictive mean: sqrt(mean_i (m_i - y_i)^2)."""
+    m = _real(mean, "mean")
+    t = _real(y, "y", m.shape)
+    return float(np.sqrt(np.mean((m - t) ** 2)))
+
+
+def gaussian_nll(mean, var, y, *, pointwise: bool = False):
+    """Mean negative log density of y under N(m_i, v_i): mean_i [log(2 pi v_i) / 2 +
+    (y_i - m_i)^2 / (2 v_i)], in nats (``pointwise=True``: the (n,) terms, for paired tests)."""
+    m, v = _gaussian(mean, var)
+    t = _real(y, "y", np.shape(mean)).ravel()
+    terms = 0.5 * np.log(2 * np.pi * v) + 0.5 * (t - m) ** 2 / v
+    return terms if pointwise else float(terms.mean())
+
+
+def _coverages(m, v, t, levels) -> np.ndarray:
+    from scipy.special import ndtri
+
+    lv = np.asarray(levels, np.float64).ravel()
+    if lv.size == 0 or not np.all(np.isfinite(lv)) or np.any(lv <= 0) or np.any(lv >= 1):
+        raise ValueError(f"levels must lie strictly between 0 and 1, got {levels!r}")
+    z = ndtri(0.5 + lv / 2)  # half-widths in sds of the central intervals
+    inside = np.abs(t - m)[None, :] <= z[:, None] * np.sqrt(v)[None, :]
+    return inside.mean(axis=1)
+
+
+def interval_coverage(mean, var, y, level: float = 0.9) -> float:
+    """Fraction of y_i in the central interval m_i +- z_{(1+level)/2} sqrt(v_i) (endpoints count
+    as inside); ``level`` in (0, 1). A calibrated predictive covers a fraction ``level``."""
+    m, v = _gaussian(mean, var)
+    t = _real(y, "y", np.shape(mean)).ravel()
+    return float(_coverages(m, v, t, [level])[0])
+
+
+def regression_calibration_error(mean, var, y, levels=LEVELS, *, curve: bool = False):
+    """mean_a |coverage(a) - a| over the nominal levels a (default 0.1, 0.2, ..., 0.9) of
+    central intervals; 0 for perfect calibration. ``curve=True``: (error, levels, coverages)."""
+    m, v = _gaussian(mean, var)
+    t = _real(y, "y", np.shape(mean)).ravel()
+    cov = _coverages(m, v, t, levels)
+    lv = np.asarray(levels, np.float64).ravel()
+    err = float(np.mean(np.abs(cov - lv)))
+    return (err, lv, cov) if curve else err
+
+
+def gaussian_w2(mean, var, ref_mean, ref_var, *, scaled: bool = True) -> float:
+    """Mean over points of the 2-Wasserstein distance between N(m_i, v_i) and the reference
+    N(r_i, w_i), sqrt((m_i - r_i)^2 + (sqrt(v_i) - sqrt(w_i))^2), divided by the reference sd
+    sqrt(w_i) when ``scaled`` (default): 0 for the reference itself, |m - r| / sd_ref for a
+    shifted predictive of the right width."""
+    m, v = _gaussian(mean, var)
+    r, w = _gaussian(ref_mean, ref_var, "reference ")
+    if np.shape(mean) != np.shape(ref_mean):
+        raise ValueError(f"mean {np.shape(mean)} and reference mean {np.shape(ref_mean)} must have the same shape")
+    d = np.sqrt((m - r) ** 2 + (np.sqrt(v) - np.sqrt(w)) ** 2)
+    return float(np.mean(d / np.sqrt(w) if scaled else d))
+
+
+def regression_scores(mean, var, y, reference=None, levels=LEVELS) -> dict:
+    """rmse, nll, coverage_90 (interval_coverage at 0.9), calibration_error (and w2, the
+    scaled :func:`gaussian_w2`, against ``reference`` = (ref_mean, ref_var) when given)."""
+    out = {"rmse": rmse(mean, y), "nll": gaussian_nll(mean, var, y),
+           "coverage_90": interval_coverage(mean, var, y, 0.9),
+           "calibration_error": regression_calibration_error(mean, var, y, levels)}
+    if reference is not None:
+        out["w2"] = gaussian_w2(mean, var, *reference)
     return out

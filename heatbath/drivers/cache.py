@@ -167,7 +167,7 @@ def sampler_key(sampler):
     Identity (pinning the sampler) for a sampler built otherwise."""
     settings = getattr(sampler.step, "_heatbath_settings", None)
     if settings is not None:
-        out = settings_key((settings, sampler.gradient, sampler.uses, sampler.steps_per_draw))
+        out = settings_key((settings, sampler.gradient, sampler.uses, sampler.steps_per_draw, sampler.checks_state))
         if out is not None:
             return ("sampler", out[0]), out[1]
     return ("sampler-id", id(sampler)), (sampler,)

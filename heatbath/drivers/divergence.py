@@ -44,8 +44,20 @@ def terms_at(target):
 
 
 def finite_log_density(target, positions) -> np.ndarray:
-    """Per chain, whether the log density at ``positions`` (leading axis chain) is finite
-    (evaluated on one row, or all of them for a target that cannot be minibatched)."""
+    """Per chain, whether the positions (leading axis chain) and the log density there are
+    finite (evaluated on one row, or all of them for a target that cannot be minibatched)."""
     lp, ll = terms_at(target)(positions, target.data)
     with np.errstate(over="ignore", invalid="ignore"):
-        return np.isfinite(np.asarray(lp) + np.asarray(ll))
+        ok = np.isfinite(np.asarray(lp) + np.asarray(ll))
+    # And the positions themselves: a sampler whose step checks finiteness through its gradient
+    # (``Sampler.checks_state``) leaves an overflow of a finite update to the next step's check.
+    for leaf in jax.tree.leaves(_host(positions)):
+        if np.issubdtype(leaf.dtype, np.inexact):
+            ok &= np.isfinite(leaf.reshape(leaf.shape[0], -1)).all(axis=1)
+    return ok
+
+
+def _host(tree):
+    from heatbath.drivers.placement import to_host
+
+    return jax.tree.map(np.asarray, to_host(tree))

@@ -94,8 +94,9 @@ def make_step(sampler, estimator: Estimator, batcher, target, on_divergence: str
     ``on_divergence="restart"`` the step is rejected (the chain goes back to its last state
     with a finite log density and goes on with fresh randomness), with ``"stop"`` the chain
     freezes there for good, with ``"flag"`` it is only flagged. The guard is ``(alive, prev)``
-    for stop and restart (``prev``: the state before the current one, the fallback when the
-    current state's log density turns out non-finite; one extra copy of the state per chain)
+    for stop and restart (``prev``: the last state whose log density was found finite before the
+    current one, the fallback when the current state's log density turns out non-finite; one
+    extra copy of the state per chain)
     and ``alive`` alone for ``"flag"``. Rejected or frozen steps are flagged ``diverging``.
     """
     terms, num_data, nonsmooth = target.terms, target.num_data, target.nonsmooth
@@ -124,14 +125,20 @@ def make_step(sampler, estimator: Estimator, batcher, target, on_divergence: str
                 info = info._replace(diverging=jnp.logical_or(info.diverging, jnp.logical_not(lp_ok)))
         else:
             alive, prev = guard
-            ok = jnp.logical_and(_tree.all_finite(new_state), lp_ok)
+            # The sampler's own check when it covers the whole state (``checks_state``), else a
+            # finiteness pass over the new state.
+            finite = (jnp.logical_not(info.diverging) if getattr(sampler, "checks_state", False)
+                      else _tree.all_finite(new_state))
+            ok = jnp.logical_and(finite, lp_ok)
             if on_divergence == "stop":
                 ok = jnp.logical_and(ok, alive)
                 alive = ok
             # The last state with a finite log density: the current one, or (when its log density
-            # is non-finite) the one before it.
+            # is non-finite) the one before it. It is also the fallback of the next step (two
+            # selects over the state per step, not three: the fallback is always a state whose log
+            # density was finite).
             base = jax.tree.map(lambda a, b: jnp.where(lp_ok, a, b), state, prev)
-            prev = jax.tree.map(lambda a, b: jnp.where(ok, a, b), state, prev)
+            prev = base
             new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, base)
             info = info._replace(diverging=jnp.logical_or(info.diverging, jnp.logical_not(ok)))
             guard = (alive, prev)
@@ -204,8 +211,20 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
         ``while_loop`` writing into buffers of ``num_draws`` rows (the rows past ``count`` are
         zeros); one compiled chunk then serves every run length up to ``num_draws``."""
 
+        def fold(acc, c, apply):
+            values = vrecord(c[0].position, data) if record is not None else ()
+            return _moments.moments_update(acc, values, swag_rank, apply=apply)
+
         def body(c_acc, i):
             c, acc = c_acc
+            if keep and moments:
+                # Draw i - 1 (the state coming in) is folded here, and the chunk's last draw after
+                # the loop: the moments then read the loop's carried state, not the step's output.
+                # Fed the step's output (with the guard's select decided before the update, see
+                # Sampler.checks_state), XLA fused the whole update, the Gaussian noise's erf_inv
+                # polynomial included, into each moment's fusion and computed it again there
+                # (three fusions per parameter array computed it).
+                acc = fold(acc, c, i > 0)
             c, info, ok = draw(c, shared_est, data, offset + i * thinning)
             info = (info, ok)
             if progress is not None and progress.enabled:
@@ -217,14 +236,20 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
                 jax.lax.cond((i + 1) % every == 0, do_tick, lambda: None)
             if not keep:
                 return (c, acc), None
-            values = vrecord(c[0].position, data) if record is not None else ()
             if moments:
-                acc = _moments.moments_update(acc, values, swag_rank)
                 return (c, acc), ((), info)
+            values = vrecord(c[0].position, data) if record is not None else ()
             return (c, acc), (values, info)
 
+        def last(out, n):
+            (c, acc), rest = out
+            if keep and moments:
+                acc = fold(acc, c, n > 0)
+            return (c, acc), rest
+
         if count is None:
-            return jax.lax.scan(body, (carry, acc), jnp.arange(num_draws, dtype=jnp.int32))
+            return last(jax.lax.scan(body, (carry, acc), jnp.arange(num_draws, dtype=jnp.int32)),
+                        jnp.int32(num_draws))
         shapes = jax.eval_shape(lambda ca: body(ca, jnp.int32(0))[1], (carry, acc))
         buffers = jax.tree.map(lambda x: jnp.zeros((num_draws,) + x.shape, x.dtype), shapes)
 
@@ -236,7 +261,7 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
 
         c_acc, bufs, _ = jax.lax.while_loop(lambda st: st[2] < count, loop_body,
                                             ((carry, acc), buffers, jnp.int32(0)))
-        return c_acc, bufs
+        return last((c_acc, bufs), count)
 
     return chunk
 

@@ -8,6 +8,7 @@ NumPyro model ``model(X, y=None)`` that every heatbath method runs (``hb.sample`
 
     theta_l ~ N(0, sigma_l^2 I)            one sample site per array leaf l of the parameters
     y_i | x_i, theta ~ Categorical(softmax(f(x_i; theta)))       (or Bernoulli, or Normal)
+    y_i | x_i, theta, sigma ~ N(f(x_i; theta), sigma^2)     (Normal: sigma fixed, or a site)
 
 inside one data plate over the rows of X (so minibatches work). Layer-wise prior scales
 sigma_l: one number for all leaves, a pytree with the parameters' structure holding one number
@@ -20,7 +21,14 @@ every heatbath sampler and ``hb.fit`` method has it) targets p(theta | D)^(1/T);
 The returned :class:`BayesianNetwork` holds ``model``, ``sites`` (the site names, one per leaf,
 from the leaves' key paths), ``params(draw)`` (a draw's dict -> the parameter pytree),
 ``predict(draw, X)`` (class probabilities, or the mean for a Gaussian likelihood, of one draw;
-what :func:`heatbath.diagnostics.predictive_moments` maps over draws) and ``logits``.
+what :func:`heatbath.diagnostics.predictive_moments` maps over draws) and ``logits``; for a
+Normal likelihood ``noise_sd(draw)`` (sigma of one draw) and ``noise_site``.
+
+Normal likelihood: ``noise_scale`` is sigma, a fixed positive number (default 1), or a NumPyro
+distribution over positive numbers (e.g. ``dist.HalfNormal(1.0)``), the prior of a learned noise
+scale: a sample site ``"noise_sd"`` outside the data plate (``noise_site``; not in ``sites``,
+which are the weights). Samplers and optimizers move it in the unconstrained space (log sigma)
+like any constrained NumPyro site.
 
 ``predict_at=X_test`` adds a deterministic site ``"probs"`` of the test predictions to the
 model, so ``hb.sample(..., keep="moments")`` accumulates the predictive mean and variance inside
@@ -39,6 +47,7 @@ import numpy as np
 __all__ = ["network_model", "BayesianNetwork", "LIKELIHOODS"]
 
 LIKELIHOODS = ("categorical", "bernoulli", "normal")
+NOISE_SITE = "noise_sd"
 
 
 class BayesianNetwork(NamedTuple):
@@ -49,6 +58,8 @@ class BayesianNetwork(NamedTuple):
     logits: Callable
     init: dict
     likelihood: str
+    noise_sd: Optional[Callable] = None  # draw -> sigma (Normal likelihood only)
+    noise_site: Optional[str] = None  # "noise_sd" when sigma is learned
 
 
 def _site_name(path) -> str:
@@ -102,13 +113,39 @@ def _scales(prior_scale, params, paths_leaves, treedef):
     return out
 
 
+def _noise_prior(noise_scale, likelihood, names):
+    """None for a fixed noise scale (checked finite and > 0 for a Normal likelihood), or the
+    prior distribution of a learned one."""
+    import numpyro.distributions as dist
+
+    if isinstance(noise_scale, dist.Distribution):
+        if likelihood != "normal":
+            raise ValueError(f"a noise scale prior needs likelihood='normal', got {likelihood!r}")
+        if noise_scale.batch_shape or noise_scale.event_shape:
+            raise ValueError("the noise scale prior must be a scalar distribution, got batch shape "
+                             f"{noise_scale.batch_shape}, event shape {noise_scale.event_shape}")
+        support = noise_scale.support
+        if bool(support(jnp.asarray(-1.0))) or not bool(support(jnp.asarray(1.0))):
+            raise ValueError(f"the noise scale prior must be a distribution over positive numbers (e.g. "
+                             f"dist.HalfNormal(1.0)), got support {support}")
+        if NOISE_SITE in names:
+            raise ValueError(f"a parameter leaf is named {NOISE_SITE!r}, the learned noise scale's site")
+        return noise_scale
+    if likelihood == "normal":
+        s = np.asarray(noise_scale, np.float64) if np.ndim(noise_scale) == 0 else np.asarray(np.nan)
+        if not np.isfinite(s) or s <= 0:
+            raise ValueError("noise_scale must be a finite number > 0 or a distribution over positive numbers "
+                             f"(a learned noise scale), got {noise_scale!r}")
+    return None
+
+
 def network_model(
     network,
     params: Any = None,
     *,
     prior_scale=1.0,
     likelihood: str = "categorical",
-    noise_scale: float = 1.0,
+    noise_scale=1.0,
     predict_at=None,
 ) -> BayesianNetwork:
     """A NumPyro model with N(0, sigma_l^2) priors on every weight of a network (see module doc).
@@ -121,11 +158,14 @@ def network_model(
       prior_scale: a number, a pytree like ``params`` with one number per leaf, or
         ``(path, leaf) -> scale``.
       likelihood: ``"categorical"``, ``"bernoulli"`` or ``"normal"`` (with ``noise_scale``).
+      noise_scale: for ``"normal"``: sigma, a positive number, or a NumPyro distribution over
+        positive numbers: the prior of a learned sigma, sample site ``"noise_sd"``.
       predict_at: test inputs; adds a deterministic site ``"probs"`` of the predictions there.
 
     Errors (before anything runs): integer or boolean leaves in the parameters (a
     gradient-based method cannot move them: make them static, e.g. with ``equinox.partition``),
-    a ``prior_scale`` that does not match the parameters' structure, an unknown likelihood.
+    a ``prior_scale`` that does not match the parameters' structure, an unknown likelihood, a
+    noise scale that is not a positive number or a distribution over positive numbers.
     """
     import numpyro
     import numpyro.distributions as dist
@@ -146,6 +186,7 @@ def network_model(
     if len(set(names)) != len(names):
         names = [f"{n}_{i}" for i, n in enumerate(names)]
     scales = _scales(prior_scale, params, paths_leaves, treedef)
+    noise_prior = _noise_prior(noise_scale, likelihood, names)
     shapes = [tuple(np.shape(l)) for _, l in paths_leaves]
     dtypes = [l.dtype for _, l in paths_leaves]
 
@@ -173,6 +214,7 @@ def network_model(
         for n, s, shape, dt in zip(names, scales, shapes, dtypes):
             d = dist.Normal(jnp.zeros(shape, dt), jnp.asarray(s, dt) * jnp.ones(shape, dt))
             draw[n] = numpyro.sample(n, d.to_event(len(shape)) if shape else d)
+        sigma = noise_scale if noise_prior is None else numpyro.sample(NOISE_SITE, noise_prior)
         if predict_at is not None:
             numpyro.deterministic("probs", predict(draw, predict_at))
         out = logits_fn(draw, X)
@@ -182,7 +224,12 @@ def network_model(
             elif likelihood == "bernoulli":
                 numpyro.sample("y", dist.Bernoulli(logits=jnp.reshape(out, (X.shape[0],))), obs=y)
             else:
-                numpyro.sample("y", dist.Normal(jnp.reshape(out, (X.shape[0],)), noise_scale), obs=y)
+                numpyro.sample("y", dist.Normal(jnp.reshape(out, (X.shape[0],)), sigma), obs=y)
+
+    def noise_sd(draw):
+        return draw[NOISE_SITE] if noise_prior is not None else jnp.asarray(noise_scale)
 
     init = {n: jnp.asarray(l) for n, (_, l) in zip(names, paths_leaves)}
-    return BayesianNetwork(model, tuple(names), to_params, predict, logits_fn, init, likelihood)
+    return BayesianNetwork(model, tuple(names), to_params, predict, logits_fn, init, likelihood,
+                           noise_sd if likelihood == "normal" else None,
+                           NOISE_SITE if noise_prior is not None else None)

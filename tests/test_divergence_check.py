@@ -1,0 +1,86 @@
+"""The per-step divergence check: exact finiteness without a boolean pass over the state, SGLD's
+check through its gradient (``Sampler.checks_state``), and the end-of-run check of positions."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import heatbath as hb
+from heatbath.drivers import cache, divergence
+from heatbath.kernels import tree
+
+
+def test_all_finite_is_exact():
+    big = jnp.full((1000,), 3e38, jnp.float32)  # finite, but its sum overflows
+    assert bool(tree.all_finite({"a": big, "b": -big}))
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        x = jnp.zeros((7, 3)).at[4, 1].set(bad)
+        assert not bool(tree.all_finite({"a": jnp.ones(2), "b": x}))
+    both = jnp.array([jnp.inf, -jnp.inf, 1.0])  # +inf and -inf together: still caught
+    assert not bool(tree.all_finite(both))
+    assert bool(tree.all_finite({"n": jnp.arange(3), "flag": jnp.array([True]), "h": jnp.float16(6e4) * jnp.ones(40)}))
+    assert not bool(tree.all_finite(jnp.array([1.0, jnp.nan], jnp.bfloat16)))
+    assert bool(tree.all_finite({}))
+
+
+def gaussian(d=2):
+    return hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p**2), lambda p, b: 0.0 * jnp.sum(b),
+                                     jnp.zeros((4,)), params=jnp.zeros(d))
+
+
+def test_sgld_flags_an_update_that_overflows_with_a_finite_gradient():
+    # g = -theta = -2 is finite, h g = -6e38 is not: the gradient's sum of squares alone would
+    # miss it, h * |g| does not.
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        r = hb.sample(gaussian(), hb.samplers.sgld(3e38), num_samples=5, num_chains=1, init=2 * jnp.ones(2),
+                      on_divergence="stop", progress_bar=False, checks="off")
+    assert r.stats["diverging"][0].all()
+    np.testing.assert_array_equal(r.samples["theta"][0], np.full((5, 2), 2.0))
+
+
+def support_target():
+    # log theta_0: NaN log density and gradient for theta_0 < 0, reached by a large step.
+    return hb.models.from_logdensity(lambda p: jnp.log(p[0]) - 0.5 * jnp.sum(p**2) + 2.0 * p[0],
+                                     lambda p, b: 0.0 * jnp.sum(b), jnp.zeros((4,)), params=jnp.ones(2))
+
+
+@pytest.mark.parametrize("mode", ["stop", "restart", "flag"])
+@pytest.mark.parametrize("make", [lambda: gaussian(), support_target], ids=["overflow", "nan"])
+def test_the_sampler_check_gives_the_full_pass_answers(mode, make):
+    """SGLD's gradient-based check against the finiteness pass over the new state it replaces
+    (the same sampler with ``checks_state=False``): the same draws and the same flags, on a
+    chain whose state leaves the support (NaN) and on one that blows up (h = 2.5 on N(0, I) is
+    unstable; the sampler check stops it a few steps earlier, when |g|^2 overflows, so there
+    only the draws before either check fires and the flags from then on are compared)."""
+    h = 2.5 if make is not support_target else 0.9
+    kw = dict(num_samples=120, num_chains=3, seed=5, init=jnp.ones((3, 2)), on_divergence=mode, progress_bar=False,
+              checks="off")
+    fast = hb.samplers.sgld(h)
+    slow = fast._replace(checks_state=False)
+    assert fast.checks_state and cache.sampler_key(fast)[0] != cache.sampler_key(slow)[0]
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        a = hb.sample(make(), fast, **kw)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        b = hb.sample(make(), slow, **kw)
+    da, db = a.stats["diverging"], b.stats["diverging"]
+    assert da.any() and db.any()
+    first_a, first_b = np.argmax(da, axis=1), np.argmax(db, axis=1)
+    if make is support_target:
+        np.testing.assert_array_equal(da, db)
+        np.testing.assert_array_equal(a.samples["theta"], b.samples["theta"])
+    else:
+        assert (first_a <= first_b).all() and (first_b - first_a <= 3).all()
+        for c in range(3):
+            np.testing.assert_array_equal(a.samples["theta"][c, : first_a[c]], b.samples["theta"][c, : first_a[c]])
+            if mode != "flag":
+                assert da[c, first_a[c]:].all() and db[c, first_b[c]:].all()
+    if mode != "flag":
+        assert np.isfinite(a.samples["theta"]).all()
+
+
+def test_end_of_run_check_sees_a_non_finite_position_with_a_finite_log_density():
+    # The log density reads only theta_0: theta_1 = inf leaves it finite.
+    t = hb.models.from_logdensity(lambda p: -0.5 * p[0] ** 2, lambda p, b: 0.0 * jnp.sum(b), jnp.zeros((4,)),
+                                  params=jnp.zeros(2))
+    pos = jnp.array([[0.5, 1.0], [0.5, jnp.inf], [jnp.nan, 0.0]])
+    np.testing.assert_array_equal(divergence.finite_log_density(t, pos), [True, False, False])
