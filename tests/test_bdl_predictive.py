@@ -224,3 +224,11 @@ def test_normal_likelihood_learned_noise_scale():
         network_model(mlp, PARAMS, noise_scale=dist.HalfNormal(1.0))
     with pytest.raises(ValueError, match="noise_scale must be"):
         network_model(mlp, params, likelihood="normal", noise_scale=-1.0)
+    with pytest.raises(ValueError, match="noise_scale must be"):
+        network_model(mlp, params, likelihood="normal", noise_scale=np.array([0.3, 0.0]))
+    with pytest.raises(ValueError, match="positive numbers"):  # support reaching below 0
+        network_model(mlp, params, likelihood="normal", noise_scale=dist.Uniform(-0.5, 2.0))
+    # A positive support that excludes 1, and a fixed sd per row, are fine.
+    assert network_model(mlp, params, likelihood="normal", noise_scale=dist.Uniform(0.01, 0.5)).noise_site
+    per_row = network_model(mlp, params, likelihood="normal", noise_scale=np.full(len(X), 0.3))
+    assert per_row.noise_site is None

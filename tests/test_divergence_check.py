@@ -50,8 +50,9 @@ def test_the_sampler_check_gives_the_full_pass_answers(mode, make):
     """SGLD's gradient-based check against the finiteness pass over the new state it replaces
     (the same sampler with ``checks_state=False``): the same draws and the same flags, on a
     chain whose state leaves the support (NaN) and on one that blows up (h = 2.5 on N(0, I) is
-    unstable; the sampler check stops it a few steps earlier, when |g|^2 overflows, so there
-    only the draws before either check fires and the flags from then on are compared)."""
+    unstable; the sampler check stops it earlier, when |g|^2 overflows or the update's size
+    passes ``UPDATE_BOUND``, so there only the draws before either check fires and the flags
+    from then on are compared)."""
     h = 2.5 if make is not support_target else 0.9
     kw = dict(num_samples=120, num_chains=3, seed=5, init=jnp.ones((3, 2)), on_divergence=mode, progress_bar=False,
               checks="off")
@@ -69,7 +70,7 @@ def test_the_sampler_check_gives_the_full_pass_answers(mode, make):
         np.testing.assert_array_equal(da, db)
         np.testing.assert_array_equal(a.samples["theta"], b.samples["theta"])
     else:
-        assert (first_a <= first_b).all() and (first_b - first_a <= 3).all()
+        assert (first_a <= first_b).all()
         for c in range(3):
             np.testing.assert_array_equal(a.samples["theta"][c, : first_a[c]], b.samples["theta"][c, : first_a[c]])
             if mode != "flag":
@@ -84,3 +85,39 @@ def test_end_of_run_check_sees_a_non_finite_position_with_a_finite_log_density()
                                   params=jnp.zeros(2))
     pos = jnp.array([[0.5, 1.0], [0.5, jnp.inf], [jnp.nan, 0.0]])
     np.testing.assert_array_equal(divergence.finite_log_density(t, pos), [True, False, False])
+
+
+@pytest.mark.parametrize("mode", ["stop", "restart"])
+def test_sgld_flags_a_noise_scale_gone_nan(mode):
+    # A temperature schedule that turns negative at step 3: sqrt(2 h T) is NaN while the
+    # gradient is finite. No NaN may enter the draws or the moments.
+    s = hb.samplers.sgld(0.1, temperature=lambda k: 1.0 - k / 3.0)
+    kw = dict(num_samples=8, num_chains=1, init=jnp.ones(2), on_divergence=mode, progress_bar=False, checks="off",
+              seed=2)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        r = hb.sample(gaussian(), s, **kw)
+    assert np.isfinite(r.samples["theta"]).all() and r.stats["diverging"][0, 3:].all()
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        m = hb.sample(gaussian(), s, keep="moments", **kw)
+    assert np.isfinite(m.moments["mean"]["theta"]).all()
+
+
+def test_moments_never_read_the_state_before_the_first_draw():
+    """The moments fold each draw at the next step; the state before the first draw (the init,
+    or the warmup's last state) is skipped exactly, even where its recorded values are not
+    finite: here a deterministic site 1 / theta at theta = 0."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model():
+        th = numpyro.sample("th", dist.Normal(0.0, 1.0))
+        numpyro.deterministic("inv", 1.0 / th)
+
+    kw = dict(num_samples=50, num_warmup=0, num_chains=1, init={"th": 0.0}, progress_bar=False, checks="off", seed=1)
+    d = hb.sample(model, hb.samplers.sgld(0.05), **kw)
+    m = hb.sample(model, hb.samplers.sgld(0.05), keep="moments", **kw)
+    for site in ("th", "inv"):
+        x = np.asarray(d.samples[site][0], np.float64)
+        got = np.asarray(m.moments["mean"][site]).ravel()
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, x.mean(), rtol=1e-4, atol=1e-5)

@@ -5,6 +5,7 @@ the last draw is checked on the host."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["flag_lookahead", "finite_log_density", "terms_at"]
@@ -52,7 +53,7 @@ def finite_log_density(target, positions) -> np.ndarray:
     # And the positions themselves: a sampler whose step checks finiteness through its gradient
     # (``Sampler.checks_state``) leaves an overflow of a finite update to the next step's check.
     for leaf in jax.tree.leaves(_host(positions)):
-        if np.issubdtype(leaf.dtype, np.inexact):
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):  # bfloat16 too (NumPy's issubdtype says no)
             ok &= np.isfinite(leaf.reshape(leaf.shape[0], -1)).all(axis=1)
     return ok
 

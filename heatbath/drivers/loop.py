@@ -212,8 +212,14 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
         zeros); one compiled chunk then serves every run length up to ``num_draws``."""
 
         def fold(acc, c, apply):
-            values = vrecord(c[0].position, data) if record is not None else ()
-            return _moments.moments_update(acc, values, swag_rank, apply=apply)
+            # A lax.cond on an unbatched scalar: the state before a chunk's first draw (the init,
+            # the warmup's last state, or a draw already folded) is skipped exactly, even where
+            # its recorded values are NaN (a select or a 0 weight would let NaN in).
+            def do(acc):
+                values = vrecord(c[0].position, data) if record is not None else ()
+                return _moments.moments_update(acc, values, swag_rank)
+
+            return jax.lax.cond(apply, do, lambda acc: acc, acc)
 
         def body(c_acc, i):
             c, acc = c_acc

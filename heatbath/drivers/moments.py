@@ -25,27 +25,17 @@ def moments_init(example, num_chains: int, swag_rank: int):
             "ring_count": jnp.zeros((), jnp.int32)}
 
 
-def moments_update(acc, values, swag_rank: int, apply=None):
-    """Fold one draw's ``values`` into the running moments; ``apply`` (a traced bool, optional):
-    fold only when it is true. A skipped fold scales the deviation by 0 (mean and M2 unchanged
-    for finite values) rather than selecting between old and new accumulators, which XLA
-    compiled into more passes over them; for ``apply`` true the arithmetic is the same bits."""
-    step = jnp.ones((), jnp.int32) if apply is None else apply.astype(jnp.int32)
-    count = acc["count"] + step
-    c = jnp.maximum(count, 1).astype(jnp.result_type(float))
-    if apply is None:
-        delta = jax.tree.map(lambda x, m: x - m, values, acc["mean"])
-    else:
-        a = apply.astype(jnp.result_type(float))
-        delta = jax.tree.map(lambda x, m: (x - m) * a.astype(jnp.result_type(x, m)), values, acc["mean"])
+def moments_update(acc, values, swag_rank: int):
+    count = acc["count"] + 1
+    c = count.astype(jnp.result_type(float))
+    delta = jax.tree.map(lambda x, m: x - m, values, acc["mean"])
     mean = jax.tree.map(lambda m, d: m + d / c, acc["mean"], delta)
     m2 = jax.tree.map(lambda q, x, d, mn: q + d * (x - mn), acc["m2"], values, delta, mean)
     ring = acc["ring"]
     if swag_rank:
         slot = acc["ring_count"] % swag_rank
-        put = (lambda x, r: x) if apply is None else (lambda x, r: jnp.where(apply, x, r))
-        ring = jax.tree.map(lambda r, x: r.at[:, slot].set(put(x, r[:, slot])), ring, values)
-    return {"count": count, "mean": mean, "m2": m2, "ring": ring, "ring_count": acc["ring_count"] + step}
+        ring = jax.tree.map(lambda r, x: r.at[:, slot].set(x), ring, values)
+    return {"count": count, "mean": mean, "m2": m2, "ring": ring, "ring_count": acc["ring_count"] + 1}
 
 
 class Collector:

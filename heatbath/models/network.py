@@ -125,16 +125,20 @@ def _noise_prior(noise_scale, likelihood, names):
             raise ValueError("the noise scale prior must be a scalar distribution, got batch shape "
                              f"{noise_scale.batch_shape}, event shape {noise_scale.event_shape}")
         support = noise_scale.support
-        if bool(support(jnp.asarray(-1.0))) or not bool(support(jnp.asarray(1.0))):
-            raise ValueError(f"the noise scale prior must be a distribution over positive numbers (e.g. "
-                             f"dist.HalfNormal(1.0)), got support {support}")
+        lower = getattr(support, "lower_bound", None)
+        if support.is_discrete or lower is None or not np.all(np.asarray(lower) >= 0):
+            raise ValueError(f"the noise scale prior must be a continuous distribution over positive numbers "
+                             f"(e.g. dist.HalfNormal(1.0)), got support {support}")
         if NOISE_SITE in names:
             raise ValueError(f"a parameter leaf is named {NOISE_SITE!r}, the learned noise scale's site")
         return noise_scale
     if likelihood == "normal":
-        s = np.asarray(noise_scale, np.float64) if np.ndim(noise_scale) == 0 else np.asarray(np.nan)
-        if not np.isfinite(s) or s <= 0:
-            raise ValueError("noise_scale must be a finite number > 0 or a distribution over positive numbers "
+        try:
+            s = np.asarray(noise_scale, np.float64)
+        except (TypeError, ValueError):
+            s = np.asarray(np.nan)
+        if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
+            raise ValueError("noise_scale must be finite and > 0 (a number or an array) or a distribution over positive numbers "
                              f"(a learned noise scale), got {noise_scale!r}")
     return None
 

@@ -72,6 +72,25 @@ def _noise_scale(h, T):
     return jnp.sqrt(2.0 * h * T)
 
 
+# Bound on the size of one update's terms below which SGLD's finiteness check trusts the sum
+# not to overflow float32 (3.4e38): far above any sane step, far below overflow.
+UPDATE_BOUND = 1e30
+
+
+def _update_finite(h, sq, c):
+    """Whether x + h g + c xi is finite, from scalars only (no pass over the new state).
+
+    x is finite (the driver's guard keeps it so) and xi is (every noise source draws finite
+    values of a few units at most), so the new position is finite when g is (sum g^2 finite),
+    h g is (h |g| <= h sqrt(sum g^2)) and c is (a schedule gone negative makes sqrt(2 h T) NaN),
+    and the sum cannot overflow: h sqrt(sum g^2) + c below UPDATE_BOUND. A state beyond that
+    is flagged (conservatively: such a step has left any posterior's scale). What remains is
+    x itself within UPDATE_BOUND of float32's maximum, which the next step's log-density
+    check and the end-of-run check of the positions catch."""
+    size = h * jnp.sqrt(sq) + c
+    return jnp.logical_and(jnp.isfinite(sq), size < UPDATE_BOUND)
+
+
 def build_kernel(step_size, temperature, noise=None):
     """The SGLD transition for validated schedules ``step_size`` and ``temperature``; xi comes
     from the noise source ``noise`` (:mod:`heatbath.kernels.noise`, default Brownian)."""
@@ -89,15 +108,7 @@ def build_kernel(step_size, temperature, noise=None):
             xi = source.draw(key, state.position)
             new = jax.tree.map(lambda p, gl, n: p + h * gl + c * n, state.position, g, xi)
         sq = tree.sq_norm(g)
-        # The new position x + h g + c xi is finite when x is (the driver's guard keeps it so),
-        # c xi is (every noise source draws finite values) and h g is: sum g^2 finite and
-        # h |g| <= h sqrt(sum g^2) finite. So the gradient's sum of squares, needed for
-        # grad_norm anyway, decides it, and the update, the guard's select and the running
-        # moments fuse into one pass over the parameters (no second pass over the new state).
-        # What it leaves out: a sum overflowing past 3.4e38 with every term finite, which the
-        # next step's log-density and gradient check (and the end-of-run check) catches.
-        finite = jnp.logical_and(jnp.isfinite(sq), jnp.isfinite(h * jnp.sqrt(sq)))
-        info = Info(h, T, jnp.sqrt(sq), lp, jnp.logical_not(finite))
+        info = Info(h, T, jnp.sqrt(sq), lp, jnp.logical_not(_update_finite(h, sq, 0.0 if noiseless else c)))
         return SGLDState(new, state.step + 1), info
 
     return step
