@@ -1,5 +1,5 @@
-"""The per-step divergence check: exact finiteness without a boolean pass over the state, SGLD's
-check through its gradient (``Sampler.checks_state``), and the end-of-run check of positions."""
+"""The per-step divergence check: exact finiteness of a state, SGLD's check through its
+gradient (``Sampler.checks_state``), and the end-of-run check of positions."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -83,19 +83,13 @@ def size(x: PyTree) -> int:
 
 
 def all_finite(x: PyTree) -> jax.Array:
-    """True when every entry of every leaf is finite.
-
-    Computed as ``sum(leaf * 0) == 0`` per floating leaf: 0 * x is 0 for a finite x and NaN for
-    an infinite or NaN one, so the sum is exactly 0 or NaN (it cannot overflow). XLA on a CPU
-    reduces this float sum faster than ``all(isfinite(leaf))``'s boolean reduction (about 25%
-    at 670k entries, measured); integer and boolean leaves are always finite."""
-    checks = [jnp.sum(leaf * jnp.zeros((), jnp.result_type(leaf))) == 0
-              for leaf in jax.tree.leaves(x) if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
-    if not checks:
+    """True when every entry of every leaf is finite."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(x)]
+    if not leaves:
         return jnp.asarray(True)
-    out = checks[0]
-    for c in checks[1:]:
-        out = jnp.logical_and(out, c)
+    out = leaves[0]
+    for leaf in leaves[1:]:
+        out = jnp.logical_and(out, leaf)
     return out
 
 
