@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from heatbath.drivers.placement import to_host
+
 __all__ = ["flag_lookahead", "finite_log_density", "terms_at"]
 
 
@@ -52,13 +54,9 @@ def finite_log_density(target, positions) -> np.ndarray:
         ok = np.isfinite(np.asarray(lp) + np.asarray(ll))
     # And the positions themselves: a sampler whose step checks finiteness through its gradient
     # (``Sampler.checks_state``) leaves an overflow of a finite update to the next step's check.
-    for leaf in jax.tree.leaves(_host(positions)):
+    for leaf in jax.tree.leaves(to_host(positions)):
+        leaf = np.asarray(leaf)
         if jnp.issubdtype(leaf.dtype, jnp.inexact):  # bfloat16 too (NumPy's issubdtype says no)
             ok &= np.isfinite(leaf.reshape(leaf.shape[0], -1)).all(axis=1)
     return ok
 
-
-def _host(tree):
-    from heatbath.drivers.placement import to_host
-
-    return jax.tree.map(np.asarray, to_host(tree))

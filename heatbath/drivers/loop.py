@@ -223,7 +223,7 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
 
         def body(c_acc, i):
             c, acc = c_acc
-            if keep and moments:
+            if moments:
                 # Draw i - 1 (the state coming in) is folded here, and the chunk's last draw after
                 # the loop: the moments then read the loop's carried state, not the step's output.
                 # Fed the step's output (with the guard's select decided before the update, see
@@ -249,7 +249,7 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
 
         def last(out, n):
             (c, acc), rest = out
-            if keep and moments:
+            if moments:
                 acc = fold(acc, c, n > 0)
             return (c, acc), rest
 
