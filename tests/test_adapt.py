@@ -137,3 +137,60 @@ def test_ess_median_of_degenerate_windows_is_a_number(monkeypatch):
     rng = np.random.default_rng(0)
     n_eff = adapt._ess_median(rng.normal(size=(4, 200, 3)))
     assert 500 < n_eff < 1200  # 800 independent draws
+
+
+def _hyperbolic_with_data(N=1000):
+    """The hyperbolic target with a third coordinate informed by N rows: U_i = w_i (y3 - b_i)^2 / (2N),
+    b_i of sd 32 and w_i uniform on (0, 2), so that minibatches of 100 add a gradient noise of
+    about 10x the curvature, while control variates leave (N^2 / n) var(w / N) |y3 - centre|^2:
+    nothing near their centre, much far from it. Returns the target and y3's exact mean and variance."""
+    R = jnp.asarray(_R, jnp.float32)
+    s = jnp.asarray(S, jnp.float32)
+    rng = np.random.default_rng(2)
+    b, w = 32.0 * rng.normal(size=N), rng.uniform(0.0, 2.0, size=N)
+
+    def logprior(p):
+        y = (R.T @ p["x"]) / s
+        return -A * jnp.sum(jnp.sqrt(1.0 + y[:2] ** 2 / B ** 2))
+
+    def loglik(p, batch):
+        y3 = (R.T @ p["x"])[2] / s[2]
+        return -0.5 * jnp.sum(batch[:, 1] * (y3 - batch[:, 0]) ** 2) / N
+
+    data = np.c_[b, w].astype(np.float32)
+    target = hb.models.from_logdensity(logprior, loglik, data, params={"x": jnp.zeros(3)})
+    return target, float((w * b).sum() / w.sum()), float(N / w.sum())
+
+
+def test_the_estimator_is_chosen_again_where_the_chains_are():
+    from heatbath.drivers import estimator_choice
+
+    # The decision itself: centred at the draws' mean, control variates win by far; centred 30 sd
+    # away from where the chains are, the naive estimator is kept.
+    t, bbar, var3 = _hyperbolic_with_data()
+    sampler = hb.samplers.sgld()
+    draws = {"x": jnp.asarray(np.random.default_rng(5).normal(size=(4, 3)), jnp.float32)}
+    x3 = jnp.asarray(_R[:, 2] * S[2] * bbar, jnp.float32)  # the posterior mean of y3, in x
+    near, info, cost = estimator_choice.choose(t, sampler, {"x": draws["x"] + x3}, np.ones(4, bool),
+                                               jax.random.key(0), 100, 1.0, centre={"x": x3})
+    assert info["chosen"] == "control_variates" and info["ratio"] > 5 and cost > 0
+    assert info["centre_chain"] == "warmup draws' mean" and len(info["lam_hv_naive"]) == 4
+    far_centre = {"x": x3 + jnp.asarray(_R[:, 2] * S[2] * 300.0, jnp.float32)}
+    far, info_far, _ = estimator_choice.choose(t, sampler, {"x": draws["x"] + x3}, np.array([True, False, True, True]),
+                                               jax.random.key(0), 100, 1.0, centre=far_centre)
+    assert info_far["chosen"] == "naive" and len(info_far["lam_hv_naive"]) == 3  # the dead chain is not measured
+
+    # Wired into the run: the window refines the metric, then the choice is made again with the
+    # centre at the window draws' mean, and the earlier choice is kept in the report.
+    res = hb.sample(t, hb.samplers.sgld(), batch_size=100, num_samples=4000, num_chains=2, seed=0,
+                    progress_bar=False, checks="off")
+    assert res.tuning["metric"]["adaptation"][0]["adapted"] is True
+    g = res.tuning["gradient"]
+    assert g["centre_chain"] == "warmup draws' mean" and g["chosen"] == "control_variates"
+    assert len(g["earlier"]) == sum(r["adapted"] for r in res.tuning["metric"]["adaptation"])
+    assert g["earlier"][0]["centre_chain"] in (0, 1)
+    assert res.sampler_name == "sgld-control_variates"
+    # The draws: y3 ~ N(weighted mean of b, N / sum w) exactly (its likelihood is Gaussian; the
+    # hyperbolic coordinates are checked in the test above, with more draws).
+    y = (np.asarray(res.samples["x"], np.float64).reshape(-1, 3) @ _R) / S
+    assert abs(y[:, 2].mean() - bbar) < 0.25 * np.sqrt(var3) and 0.8 < y[:, 2].var() / var3 < 1.25

@@ -7,6 +7,7 @@ import warnings
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from heatbath.drivers import autotune
@@ -264,6 +265,18 @@ def sample(
                 if centre is not None:
                     centre = affine.inverse(old.forward(centre))
                     spec = spec.with_centre(centre)
+                if gradient_info is not None:
+                    # The estimator chosen again where the chains now are: control variates
+                    # centred at the window draws' mean (z' = 0), measured at the chains' positions.
+                    untuned, gradient_info, choice_cost = estimator_choice.choose(
+                        target, untuned, positions, alive, jax.random.fold_in(master, 40 + len(rounds)), batch_size,
+                        autotune.constant_temperature(untuned),
+                        centre=jax.tree.map(lambda x: jnp.zeros_like(x[0]), positions))
+                    gradient_info["earlier"] = tuning["gradient"].pop("earlier", []) + [tuning["gradient"]]
+                    tuning["gradient"] = gradient_info
+                    map_cost += choice_cost
+                    spec = untuned.gradient
+                    centre = spec.centre if getattr(spec, "needs_centre", False) else None
                 estimator = spec.build(target.terms, target.num_data)
                 est_state = estimator_state(estimator, positions, target.data)
                 tuning.setdefault("earlier_passes", []).append({k: tuning[k] for k in info if k in tuning})
