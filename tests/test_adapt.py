@@ -141,13 +141,13 @@ def test_ess_median_of_degenerate_windows_is_a_number(monkeypatch):
 
 def _hyperbolic_with_data(N=1000):
     """The hyperbolic target with a third coordinate informed by N rows: U_i = w_i (y3 - b_i)^2 / (2N),
-    b_i of sd 32 and w_i uniform on (0, 2), so that minibatches of 100 add a gradient noise of
-    about 10x the curvature, while control variates leave (N^2 / n) var(w / N) |y3 - centre|^2:
+    b_i of sd 100 and w_i uniform on (0, 2), so that minibatches of 100 add a gradient noise of
+    about 130x the curvature, while control variates leave (N^2 / n) var(w / N) |y3 - centre|^2:
     nothing near their centre, much far from it. Returns the target and y3's exact mean and variance."""
     R = jnp.asarray(_R, jnp.float32)
     s = jnp.asarray(S, jnp.float32)
     rng = np.random.default_rng(2)
-    b, w = 32.0 * rng.normal(size=N), rng.uniform(0.0, 2.0, size=N)
+    b, w = 100.0 * rng.normal(size=N), rng.uniform(0.0, 2.0, size=N)
 
     def logprior(p):
         y = (R.T @ p["x"]) / s
@@ -165,7 +165,7 @@ def _hyperbolic_with_data(N=1000):
 def test_the_estimator_is_chosen_again_where_the_chains_are():
     from heatbath.drivers import estimator_choice
 
-    # The decision itself: centred at the draws' mean, control variates win by far; centred 30 sd
+    # The decision itself: centred at the draws' mean, control variates win by far; centred 600 sd
     # away from where the chains are, the naive estimator is kept.
     t, bbar, var3 = _hyperbolic_with_data()
     sampler = hb.samplers.sgld()
@@ -175,7 +175,7 @@ def test_the_estimator_is_chosen_again_where_the_chains_are():
                                                jax.random.key(0), 100, 1.0, centre={"x": x3})
     assert info["chosen"] == "control_variates" and info["ratio"] > 5 and cost > 0
     assert info["centre_chain"] == "warmup draws' mean" and len(info["lam_hv_naive"]) == 4
-    far_centre = {"x": x3 + jnp.asarray(_R[:, 2] * S[2] * 300.0, jnp.float32)}
+    far_centre = {"x": x3 + jnp.asarray(_R[:, 2] * S[2] * 600.0, jnp.float32)}
     far, info_far, _ = estimator_choice.choose(t, sampler, {"x": draws["x"] + x3}, np.array([True, False, True, True]),
                                                jax.random.key(0), 100, 1.0, centre=far_centre)
     assert info_far["chosen"] == "naive" and len(info_far["lam_hv_naive"]) == 3  # the dead chain is not measured

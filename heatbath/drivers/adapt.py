@@ -43,7 +43,8 @@ from heatbath.drivers import loop
 from heatbath.drivers.keys import fold_each
 from heatbath.drivers.metric import Affine
 
-__all__ = ["DRAWS", "ADOPT", "MIN_STEPS", "ROUNDS", "suspect", "window", "refine", "compose", "positions_after"]
+__all__ = ["DRAWS", "ADOPT", "MIN_STEPS", "ROUNDS", "suspect", "window", "refine", "compose", "positions_after",
+           "last_draws"]
 
 DRAWS = 200  # positions recorded per chain in the window
 ADOPT = 2.5  # a direction's variance off by more than this factor: the metric is replaced
@@ -148,3 +149,16 @@ def positions_after(draws, alive, old_positions_flat, old: Affine, new: Affine):
                 z = draws[c, finite[-1]]
         rows.append(new.L_inv @ (old.mu + old.L @ z - new.mu))
     return jax.vmap(new.unravel)(jnp.asarray(np.stack(rows), old_positions_flat.dtype))
+
+
+def last_draws(draws, alive, old: Affine, new: Affine, k: int = 8, dtype=jnp.float32):
+    """The last ``k`` finite window draws of each live chain, in the refined coordinates (leading
+    axis point, draw-major); None when there are none. Where the estimator choice is made again
+    (:mod:`heatbath.drivers.estimator_choice`)."""
+    rows = []
+    for c in np.nonzero(np.asarray(alive, bool))[0]:
+        finite = np.nonzero(np.all(np.isfinite(draws[c]), axis=1))[0][-k:]
+        rows += [new.L_inv @ (old.mu + old.L @ draws[c, i] - new.mu) for i in finite]
+    if not rows:
+        return None
+    return jax.vmap(new.unravel)(jnp.asarray(np.stack(rows), dtype))

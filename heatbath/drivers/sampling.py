@@ -265,13 +265,18 @@ def sample(
                 if centre is not None:
                     centre = affine.inverse(old.forward(centre))
                     spec = spec.with_centre(centre)
-                if gradient_info is not None:
+                last = _adapt.last_draws(draws, alive, old, affine, dtype=mapsearch.flat_positions(positions).dtype)
+                if gradient_info is not None and last is not None:
                     # The estimator chosen again where the chains now are: control variates
-                    # centred at the window draws' mean (z' = 0), measured at the chains' positions.
+                    # centred at the window draws' mean (z' = 0), measured at the live chains' last
+                    # 8 window draws.
+                    num_points = jax.tree.leaves(last)[0].shape[0]
                     untuned, gradient_info, choice_cost = estimator_choice.choose(
-                        target, untuned, positions, alive, jax.random.fold_in(master, 40 + len(rounds)), batch_size,
-                        autotune.constant_temperature(untuned),
+                        target, untuned, last, np.ones(num_points, bool), jax.random.fold_in(master, 40 + len(rounds)),
+                        batch_size, autotune.constant_temperature(untuned),
                         centre=jax.tree.map(lambda x: jnp.zeros_like(x[0]), positions))
+                    choice_cost *= num_points / num_chains  # choose() charged its points as chains
+                    gradient_info["measured_at"] = f"{num_points} window draws (the last 8 of each live chain)"
                     gradient_info["earlier"] = tuning["gradient"].pop("earlier", []) + [tuning["gradient"]]
                     tuning["gradient"] = gradient_info
                     map_cost += choice_cost
