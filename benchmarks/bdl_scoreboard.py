@@ -46,6 +46,11 @@ standard error over test points (NLL) and a bootstrap standard error over test p
     python benchmarks/bdl_scoreboard.py --data digits --n-train 500 --hidden 16   # 10 classes
     python benchmarks/bdl_scoreboard.py --prior-sd 0.447 --paired   # Izmailov et al.'s prior; vs the MAP
     python benchmarks/bdl_scoreboard.py --data diabetes --paired   # regression, 10-16-1
+    python benchmarks/bdl_scoreboard.py --data diabetes --seeds 0,1,2,3,4 --jobs 2   # 5 splits, pooled
+
+``--seed`` sets the train/test split and the methods' keys; ``--seeds`` runs several and pools
+each method's paired differences against the MAP over them (independent splits: SE = sd over
+seeds / sqrt(number of seeds)).
 """
 
 from __future__ import annotations
@@ -309,6 +314,7 @@ def report_regression(args, rows, info, Xtr, ytr, yte, d, prior):
         s = M.regression_scores(*pred, yte, reference=ref)
         print(f"| {name} | {s['w2']:.4f} | {s['rmse']:.4f} | {s['nll']:.4f} | {s['coverage_90']:.3f} | "
               f"{s['calibration_error']:.4f} | {passes:.0f} | {wall:.0f} |")
+    diffs = {}
     if args.paired:
         print("\nAgainst the MAP on the same test points (negative: better than the MAP; NLL: paired SE over "
               "test points; calibration error: bootstrap SE over test points, 1000 resamples):\n")
@@ -317,6 +323,7 @@ def report_regression(args, rows, info, Xtr, ytr, yte, d, prior):
         for name, (pred, _, _) in rows.items():
             if name != "MAP":
                 dn, sn, de, se = paired_vs_regression(pred, rows["MAP"][0], yte)
+                diffs[name] = (float(dn), float(de))
                 print(f"| {name} | {dn:+.4f} | {sn:.4f} | {de:+.4f} | {se:.4f} |")
     if args.figure:
         import matplotlib
@@ -335,6 +342,7 @@ def report_regression(args, rows, info, Xtr, ytr, yte, d, prior):
         fig.tight_layout()
         fig.savefig(args.figure, dpi=100)
         print(f"\ncalibration curves: {args.figure}")
+    return diffs
 
 
 def main(argv=None):
@@ -358,11 +366,17 @@ def main(argv=None):
     ap.add_argument("--h-map", type=float, default=1e-2)
     ap.add_argument("--prior-sd", type=float, default=None,
                     help="N(0, S^2) on every weight and bias (default: N(0, 1/fan_in) weights, N(0, 1) biases)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the train/test split and the methods' keys")
+    ap.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                    help="run each seed (split) in turn and pool the paired differences against the MAP over them "
+                         "(implies --paired)")
+    ap.add_argument("--jobs", type=int, default=1, help="with --seeds: seeds run side by side in this many processes")
     ap.add_argument("--paired", action="store_true",
                     help="also print each method's NLL and ECE minus the MAP's, with paired / bootstrap SEs")
     ap.add_argument("--figure", default=None, help="write reliability diagrams to this file")
     args = ap.parse_args(argv)
+    if args.seeds:
+        return pooled(args, argv)
     n_train, hidden = DEFAULTS[args.data]
     args.n_train = n_train if args.n_train is None else args.n_train
     args.hidden = hidden if args.hidden is None else args.hidden
@@ -370,7 +384,7 @@ def main(argv=None):
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
 
     regression = args.data in REGRESSION
-    Xtr, ytr, Xte, yte = load(args.data, n_train=args.n_train)
+    Xtr, ytr, Xte, yte = load(args.data, seed=args.seed, n_train=args.n_train)
     K = 1 if regression else int(max(ytr.max(), yte.max())) + 1
     bn = make_net(Xtr.shape[1], args.hidden, K, args.prior_sd, regression=regression)
     d = sum(int(np.prod(v.shape)) for v in bn.init.values())
@@ -395,6 +409,7 @@ def main(argv=None):
         s = M.scores(p, yte, reference=ref, num_bins=10)
         print(f"| {name} | {s['agreement']:.3f} | {s['tv']:.4f} | {s['accuracy']:.3f} | {s['nll']:.4f} | "
               f"{s['brier']:.4f} | {s['ece']:.4f} | {passes:.0f} | {wall:.0f} |")
+    diffs = {}
     if args.paired:
         print("\nAgainst the MAP on the same test points (negative: better than the MAP; NLL: paired SE over "
               "test points; ECE: bootstrap SE over test points, 1000 resamples):\n")
@@ -404,6 +419,7 @@ def main(argv=None):
         for name, (p, _, _) in rows.items():
             if name != "MAP":
                 dn, sn, de, se = paired_vs(np.asarray(p, np.float64), p_map, yte)
+                diffs[name] = (float(dn), float(de))
                 print(f"| {name} | {dn:+.4f} | {sn:.4f} | {de:+.4f} | {se:.4f} |")
     if args.figure:
         import matplotlib
@@ -418,6 +434,65 @@ def main(argv=None):
         fig.tight_layout()
         fig.savefig(args.figure, dpi=100)
         print(f"\nreliability diagrams: {args.figure}")
+    return diffs
+
+
+def _one_seed(argv):
+    """One seed's run in a worker: (its printed tables, its paired differences against the MAP)."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        diffs = main(argv)
+    return out.getvalue(), diffs
+
+
+def pooled(args, argv):
+    """``--seeds``: every seed's tables, then each method's paired differences against the MAP
+    pooled over the seeds (each seed is its own split: the differences are independent, so
+    their SE is the sd over seeds / sqrt(seeds)). Returns the per-seed differences."""
+    import concurrent.futures
+    import multiprocessing
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    keep, skip = [], False
+    for a in argv:  # drop --seeds/--jobs/--seed/--figure (and their values): each worker gets one --seed
+        if skip:
+            skip = False
+            continue
+        name = a.split("=")[0]
+        if name in ("--seeds", "--jobs", "--seed", "--figure"):
+            skip = "=" not in a
+            continue
+        keep.append(a)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f"--seeds must list distinct integers, got {args.seeds!r}")
+    jobs = [keep + ["--seed", str(sd), "--paired"] for sd in seeds]
+    if args.jobs > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+            results = list(pool.map(_one_seed, jobs))
+    else:
+        results = [_one_seed(j) for j in jobs]
+    per_seed = {}
+    for sd, (text, diffs) in zip(seeds, results):
+        print(f"\n## seed {sd}\n{text}")
+        for name, d in diffs.items():
+            per_seed.setdefault(name, []).append(d)
+    cal = "calibration error" if args.data in REGRESSION else "ECE"
+    print(f"\nPooled over {len(seeds)} seeds (splits) {seeds}: mean difference against the MAP, its SE over seeds "
+          f"(sd / sqrt({len(seeds)})), and the seeds where the method is better (negative)\n")
+    print(f"| method | NLL - MAP | SE | better | {cal} - MAP | SE | better |")
+    print("|---|---|---|---|---|---|---|")
+    for name, ds in per_seed.items():
+        d = np.asarray(ds, np.float64)
+        se = d.std(0, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.full(2, np.nan)
+        print(f"| {name} | {d[:, 0].mean():+.4f} | {se[0]:.4f} | {int((d[:, 0] < 0).sum())}/{len(d)} | "
+              f"{d[:, 1].mean():+.4f} | {se[1]:.4f} | {int((d[:, 1] < 0).sum())}/{len(d)} |")
+    return per_seed
 
 
 if __name__ == "__main__":
