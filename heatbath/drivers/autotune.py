@@ -45,16 +45,15 @@ import numpy as np
 
 from heatbath.drivers import loop
 from heatbath.drivers.keys import fold_each
-from heatbath.kernels import curvature
-from heatbath.kernels import tree as _tree
+from heatbath.drivers.measurement import (  # noqa: F401 - re-exported: callers read them here
+    CURVATURE_ROWS, MEASURED, NUM_BATCHES, POWER_ITERS, _family, _measure, _metric, _metric_settings,
+    _second_moment, curvature_rows, measure,
+)
 from heatbath.kernels.schedules import is_constant
 
 __all__ = ["EPS", "auto_names", "curvature_rows", "measure", "choose", "warmup", "default_num_warmup"]
 
 EPS = 0.2  # first-order variance inflation allowed in the worst direction
-NUM_BATCHES = 32  # minibatch gradients per point for the noise covariance
-CURVATURE_ROWS = 4096  # data rows of the Hessian-vector products (all rows when N is smaller)
-POWER_ITERS = 20
 RETRIES = 3
 POINTS = 8  # measurement points per chain in the second half of the tuning warmup
 
@@ -74,229 +73,10 @@ def default_num_warmup(steps: int) -> int:
     return max(200, steps // 4)
 
 
-def _family(sampler) -> str:
-    base = sampler.name.split("-")[0]
-    if base not in ("sgld", "psgld", "sghmc"):
-        raise ValueError(f"automatic settings exist for sgld, psgld and sghmc, not {sampler.name}")
-    return base
-
-
 def _symmetric(sampler) -> bool:
     word = sampler.hyperparameters.get("integrator", "obabo")
     word = {"obabo": "OBABO", "baoab": "BAOAB", "aboba": "ABOBA"}.get(word, word)
     return isinstance(word, str) and word.upper() == word.upper()[::-1] and "E" not in word.upper()
-
-
-def _metric(sampler, family, m2, states):
-    """The diagonal metric S of the measurement (pytree like the position, leading axis chain) or None."""
-    if family == "psgld":
-        hp = sampler.hyperparameters
-        if states is not None:
-            from heatbath.kernels import preconditioners as _pre
-
-            pre = hp.get("preconditioner") or _pre.rmsprop(hp.get("decay") or 0.99, hp.get("eps", 1e-5))
-            return jax.vmap(pre.diagonal)(states.preconditioner)
-        eps = hp.get("eps", 1e-5)
-        return jax.tree.map(lambda v: 1.0 / (eps + jnp.sqrt(v)), m2)
-    if family == "sghmc":
-        mass = sampler.hyperparameters.get("mass", 1.0)
-        if not isinstance(mass, (int, float)):
-            raise ValueError("automatic friction needs a scalar mass; give friction= with a pytree mass")
-        return None if mass == 1.0 else jax.tree.map(lambda v: jnp.full_like(v, 1.0 / mass), m2)
-    return None
-
-
-def _subsamples(target) -> bool:
-    return not (target.minibatch_error or target.num_data <= CURVATURE_ROWS)
-
-
-def _row_index(key, N):
-    return jax.random.choice(key, N, (CURVATURE_ROWS,), replace=False)
-
-
-def curvature_rows(target, key):
-    """``(rows, count)``: the data rows curvature is measured on: all of them when N <=
-    ``CURVATURE_ROWS`` (or the target cannot be minibatched), else that many drawn without
-    replacement with ``key`` (``target.logdensity`` rescales them to N)."""
-    if not _subsamples(target):
-        return target.data, target.num_data
-    N = target.num_data
-    take = target.memo(("curvature-rows", N), lambda: jax.jit(
-        lambda k, data: jax.tree.map(lambda x: x[_row_index(k, N)], data)))
-    return take(key, target.data), CURVATURE_ROWS
-
-
-def _measurement_inputs(target, batch_size, num_chains, noisy):
-    """One compiled function ``(key, data) -> (rows, batches, chain keys)``: the random inputs of
-    :func:`measure`, drawn as before (the same bits) without a dozen eager operations, each of
-    which compiled on a first call."""
-    N, sub = target.num_data, _subsamples(target)
-
-    def draw(key, data):
-        key_rows, key_batches, key_vec = jax.random.split(key, 3)
-        rows = jax.tree.map(lambda x: x[_row_index(key_rows, N)], data) if sub else None
-        batches = None
-        if noisy:
-            idx = jax.random.randint(key_batches, (NUM_BATCHES, batch_size), 0, N)
-            batches = jax.tree.map(lambda x: x[idx], data)
-        return rows, batches, jax.random.split(key_vec, num_chains)
-
-    return target.memo(("measurement-inputs", N, batch_size if noisy else None, num_chains, noisy),
-                       lambda: jax.jit(draw))
-
-
-def measure(target, estimator, est_state, positions, key, batch_size, temperature, metric_of):
-    """Per-chain curvature and gradient-noise eigenvalues at ``positions`` (leading axis chain).
-
-    Returns ``(one, meta)``: ``one(p, st, k, metric_given, rows, batches)`` gives one chain's dict
-    of ``lam_hv`` (top eigenvalue of S^1/2 (H + V/T) S^1/2), ``lam_h``, ``lam_v``, ``lam_min``
-    (bottom eigenvalue of S^1/2 H S^1/2); ``meta`` holds the data rows and minibatches it reads
-    (arguments, not constants, so that one compiled measurement serves every call), their
-    counts (the per-datum gradient evaluations it costs per chain) and the chains' keys.
-    """
-    noisy = batch_size is not None and not target.minibatch_error
-    num_chains = jax.tree.leaves(positions)[0].shape[0]
-    rows, batches, vkeys = _measurement_inputs(target, batch_size, num_chains, noisy)(key, target.data)
-    if rows is None:
-        rows, rows_m = target.data, target.num_data
-    else:
-        rows_m = CURVATURE_ROWS
-    one = _measure_one(target, estimator, noisy, temperature, metric_of)
-    return one, {"rows": rows_m, "batches": NUM_BATCHES if noisy else 0, "vkeys": vkeys,
-                 "shared": estimator.shared, "row_data": rows, "batch_data": batches, "noisy": noisy}
-
-
-MEASURED = ("lam_hv", "lam_h", "lam_v", "lam_min")
-
-
-def _measure_one(target, estimator, noisy, temperature, metric_of, need=MEASURED):
-    """One chain's measurement (see :func:`measure`), a function of its arguments only (besides
-    the target's and the estimator's functions and the settings given here). ``need``: the
-    eigenvalues to compute (each is a power iteration: a loop of Hessian-vector products, which
-    is most of the compile time); each one's value does not depend on which others are computed."""
-
-    def one(p, st, k, metric_given, rows, batches):
-        def u(q):
-            return -target.logdensity(q, rows)
-
-        if noisy:
-            grads = jax.vmap(lambda b: estimator.estimate(st, p, b)[1])(batches)
-            m2 = jax.tree.map(lambda g: jnp.mean(g * g, axis=0), grads)
-            v_mv = curvature.noise_matvec(grads)
-        else:
-            g = jax.grad(lambda q: target.logdensity(q, rows))(p)
-            m2 = jax.tree.map(lambda x: x * x, g)
-            v_mv = None
-        metric = metric_of(m2) if metric_given is None else metric_given
-
-        def h_mv(v):
-            return curvature.hvp(u, p, v)
-
-        def hv_mv(v):
-            out = h_mv(v)
-            if v_mv is not None:
-                out = jax.tree.map(lambda a, b: a + b / temperature, out, v_mv(v))
-            return out
-
-        if metric is not None:
-            h_mv_s, hv_mv_s = curvature.scaled(h_mv, metric), curvature.scaled(hv_mv, metric)
-            v_mv_s = None if v_mv is None else curvature.scaled(v_mv, metric)
-        else:
-            h_mv_s, hv_mv_s, v_mv_s = h_mv, hv_mv, v_mv
-        k1, k2, k3, k4 = jax.random.split(k, 4)
-        out = {}
-        if "lam_hv" in need:
-            out["lam_hv"] = curvature.power_iteration(hv_mv_s, _tree.normal_like(k1, p), POWER_ITERS)[0]
-        if "lam_h" in need or "lam_min" in need:
-            out["lam_h"] = curvature.power_iteration(h_mv_s, _tree.normal_like(k2, p), POWER_ITERS)[0]
-        if "lam_v" in need:
-            out["lam_v"] = jnp.zeros(()) if v_mv_s is None else curvature.power_iteration(
-                v_mv_s, _tree.normal_like(k3, p), POWER_ITERS)[0]
-        if "lam_min" in need:
-            out["lam_min"] = curvature.bottom_eigenvalue(h_mv_s, out["lam_h"], _tree.normal_like(k4, p), 30)[0]
-        return out
-
-    return one
-
-
-# Estimators whose ``estimate`` depends only on the target's terms, num_data and the state (the
-# centre is in the state): a compiled measurement is shared by every estimator of that name.
-_STATELESS_ESTIMATORS = ("naive", "control_variates")
-
-
-def _metric_settings(sampler, family):
-    """What :func:`_metric` reads from the sampler when no states are given."""
-    hp = sampler.hyperparameters
-    if family == "psgld":
-        return ("psgld", float(hp.get("eps", 1e-5)))
-    if family == "sghmc":
-        mass = hp.get("mass", 1.0)
-        return ("sghmc", float(mass)) if isinstance(mass, (int, float)) else None
-    return (family,)
-
-
-def _measure(target, sampler, family, estimator, est_state, positions, key, batch_size, T, states=None, repeat=1,
-             need=MEASURED):
-    """``positions``: points with a leading axis ``repeat * chains`` (draw-major: point i belongs
-    to chain i % chains), the chains' ``states`` (for pSGLD's metric) and estimator states.
-
-    The compiled measurement is memoised on the target (by the estimator's kind, the metric's
-    settings and T), so the estimator choice, the pilot and the end-of-run check of one call, and
-    later calls on the same target, compile it once per shape instead of once each. ``need``
-    (a subset of :data:`MEASURED`) compiles a smaller measurement, unless the full one is
-    already compiled for this target (the end-of-run check after an automatic step size)."""
-    metric_of = lambda m2: _metric(sampler, family, m2, None)  # noqa: E731
-    one, meta = measure(target, estimator, est_state, positions, key, batch_size, T, metric_of)
-    need = tuple(n for n in MEASURED if n in need)
-    given = None if states is None or family != "psgld" else _metric(sampler, family, None, states)
-    tile = (lambda t: jax.tree.map(lambda x: jnp.concatenate([x] * repeat), t)) if repeat > 1 else (lambda t: t)
-    given = None if given is None else tile(given)
-    if not meta["shared"]:
-        est_state = tile(est_state)
-    in_axes = (0, None if meta["shared"] else 0, 0, None if given is None else 0, None, None)
-    settings = _metric_settings(sampler, family)
-    if estimator.name in _STATELESS_ESTIMATORS and settings is not None:
-        # Shapes (chains, batch size, rows) need no key: jit compiles once per shape.
-        key_ = ("autotune-measure", estimator.name, estimator.rows_per_estimate, estimator.rows_at_init,
-                estimator.refresh_every, meta["noisy"], settings, float(T), in_axes)
-        if need != MEASURED and not target.has_memo((key_, MEASURED)):
-            one = _measure_one(target, estimator, meta["noisy"], T, metric_of, need)
-        else:
-            need = MEASURED
-        fn = target.memo((key_, need), lambda: jax.jit(jax.vmap(one, in_axes=in_axes)))
-    else:
-        if need != MEASURED:
-            one = _measure_one(target, estimator, meta["noisy"], T, metric_of, need)
-        fn = jax.jit(jax.vmap(one, in_axes=in_axes))
-    out = fn(positions, est_state, meta["vkeys"], given, meta["row_data"], meta["batch_data"])
-    out = {k: np.asarray(v, np.float64) for k, v in out.items()}
-    # Per chain: 2 gradients per Hessian-vector product on `rows` rows; K minibatch gradients.
-    loops = len({"lam_h" if n == "lam_min" else n for n in need})
-    hvps = 3 * POWER_ITERS + 30 + 1 if need == MEASURED else loops * (POWER_ITERS + 1) + 31 * ("lam_min" in need)
-    cost = 2.0 * hvps * meta["rows"] + meta["batches"] * (batch_size or 0)
-    return out, cost
-
-
-def _second_moment(target, estimator, est_state, points, key, batch_size, repeat):
-    """E[g^2] of the run's gradient estimate, averaged over ``points`` (leading axis repeat * chains):
-    the value an RMSprop average of the chain's gradients settles at in the typical set."""
-    N = target.num_data
-    noisy = batch_size is not None and not target.minibatch_error
-    if noisy:
-        idx = jax.random.randint(key, (NUM_BATCHES, batch_size), 0, N)
-        batches = jax.tree.map(lambda x: x[idx], target.data)
-    if not estimator.shared and repeat > 1:
-        est_state = jax.tree.map(lambda x: jnp.concatenate([x] * repeat), est_state)
-
-    def one(p, st):
-        if noisy:
-            grads = jax.vmap(lambda b: estimator.estimate(st, p, b)[1])(batches)
-            return jax.tree.map(lambda g: jnp.mean(g * g, axis=0), grads)
-        g = jax.grad(lambda q: target.logdensity(q))(p)
-        return jax.tree.map(lambda x: x * x, g)
-
-    m2 = jax.jit(jax.vmap(one, in_axes=(0, None if estimator.shared else 0)))(points, est_state)
-    return jax.tree.map(lambda x: jnp.mean(x, axis=0), m2)
 
 
 def _check_measured(m: dict, where: str):
