@@ -1,0 +1,209 @@
+"""One compiled step of one chain (:func:`make_step`) and one compiled chunk of all chains (:func:`make_chunk`).
+
+The pieces :func:`heatbath.drivers.loop.run` compiles and runs chunk after chunk (see its module
+docstring for the carry): the step (batcher, oracle, the sampler's step, the divergence guard)
+and the chunk (the chains under ``vmap`` in a ``lax.scan``, thinning in an inner scan, the
+recorded draws or their running moments, the progress callback).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from heatbath.drivers import moments as _moments
+from heatbath.drivers.progress import Progress, tick
+from heatbath.kernels import tree as _tree
+from heatbath.kernels.gradients import Estimator, Oracle
+
+__all__ = ["make_step", "make_chunk"]
+
+
+def make_step(sampler, estimator: Estimator, batcher, target, on_divergence: str = "flag"):
+    """One transition of one chain: the batcher's rows, the oracle, the sampler's step.
+
+    The carry is (sampler state, estimator state, key, guard, batcher state). A divergence is a
+    non-finite new state or a non-finite log density (``info.lp``, evaluated at the step's
+    start: a likelihood that is NaN where its gradient is finite, e.g. the log of a negative
+    number, leaves the state finite). It is caught here, inside the scan: with
+    ``on_divergence="restart"`` the step is rejected (the chain goes back to its last state
+    with a finite log density and goes on with fresh randomness), with ``"stop"`` the chain
+    freezes there for good, with ``"flag"`` it is only flagged. The guard is ``(alive, prev)``
+    for stop and restart (``prev``: the last state whose log density was found finite before the
+    current one, the fallback when the current state's log density turns out non-finite; one
+    extra copy of the state per chain)
+    and ``alive`` alone for ``"flag"``. Rejected or frozen steps are flagged ``diverging``.
+    """
+    terms, num_data, nonsmooth = target.terms, target.num_data, target.nonsmooth
+
+    def one_step(carry, shared_est, data, step):
+        state, est_state, key, guard, batch_state = carry
+        key, key_batch, key_step = jax.random.split(key, 3)
+        if estimator.shared:
+            current = shared_est
+        else:
+            # `step` is the driver's global step count, passed unbatched so that under the chain
+            # vmap the refresh stays a lax.cond (a batched predicate would turn it into a select
+            # that computes the full-data gradient at every step). It is required for that reason.
+            current = estimator.refresh(est_state, state.position, data, step)
+        batch, batch_info, batch_state = batcher.next(batch_state, key_batch, data, step)
+
+        def estimate(position, b):
+            return estimator.estimate(current, position, b)
+
+        oracle = Oracle(estimate, terms, num_data, nonsmooth, batch_info)
+        new_state, info = sampler.step(key_step, state, batch, oracle)
+        lp = getattr(info, "lp", None)
+        lp_ok = jnp.all(jnp.isfinite(lp)) if lp is not None else jnp.asarray(True)
+        if on_divergence == "flag":
+            if lp is not None:
+                info = info._replace(diverging=jnp.logical_or(info.diverging, jnp.logical_not(lp_ok)))
+        else:
+            alive, prev = guard
+            # The sampler's own check when it covers the whole state (``checks_state``), else a
+            # finiteness pass over the new state.
+            finite = (jnp.logical_not(info.diverging) if getattr(sampler, "checks_state", False)
+                      else _tree.all_finite(new_state))
+            ok = jnp.logical_and(finite, lp_ok)
+            if on_divergence == "stop":
+                ok = jnp.logical_and(ok, alive)
+                alive = ok
+            # The last state with a finite log density: the current one, or (when its log density
+            # is non-finite) the one before it. It is also the fallback of the next step (two
+            # selects over the state per step, not three: the fallback is always a state whose log
+            # density was finite).
+            base = jax.tree.map(lambda a, b: jnp.where(lp_ok, a, b), state, prev)
+            prev = base
+            new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, base)
+            info = info._replace(diverging=jnp.logical_or(info.diverging, jnp.logical_not(ok)))
+            guard = (alive, prev)
+        return (new_state, est_state if estimator.shared else current, key, guard, batch_state), info
+
+    return one_step
+
+
+def _single(fn):
+    """One chain: run the unbatched function and add the chain axis back. A vmap over an axis
+    of size 1 still batches every op (dot_general with a batch dimension, ...), which measured
+    3-12% slower than the bare loop."""
+
+    def wrapped(c, *rest):
+        out = fn(jax.tree.map(lambda x: x[0], c), *rest)
+        return jax.tree.map(lambda x: jnp.asarray(x)[None], out)
+
+    return wrapped
+
+
+def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Optional[Progress],
+               keep: bool = True, moments: bool = False, swag_rank: int = 0):
+    """A function running ``num_draws * thinning`` steps of all chains, recording every ``thinning``-th.
+
+    ``record(position, data)`` maps one chain's position to what is kept (the constrained
+    draw, deterministic sites included); None records only the infos. ``keep=False`` (warmup)
+    returns nothing per draw. ``moments=True`` folds the recorded values into running moments
+    (in the accumulator) instead of returning them.
+    """
+    batched_step = jax.vmap(one_step, in_axes=(0, None, None, None))
+    batched_record = None if record is None else jax.vmap(record, in_axes=(0, None))
+
+    def vstep(c, *rest):
+        if jax.tree.leaves(c[2])[0].shape[0] == 1:
+            return _single(one_step)(c, *rest)
+        return batched_step(c, *rest)
+
+    def vrecord(position, data):
+        if jax.tree.leaves(position)[0].shape[0] == 1:
+            return _single(record)(position, data)
+        return batched_record(position, data)
+
+    def start_ok(lp, like):
+        """Whether the log density at the draw's first step (of the previous draw's state) is finite."""
+        if lp is None:
+            return jnp.ones(jnp.shape(like), bool)
+        return jnp.isfinite(lp)
+
+    def draw(carry, shared_est, data, first_step):
+        if thinning == 1:
+            carry, info = vstep(carry, shared_est, data, first_step)
+            return carry, info, start_ok(getattr(info, "lp", None), carry[3][0] if isinstance(carry[3], tuple)
+                                         else carry[3])
+
+        def inner(c, k):
+            return vstep(c, shared_est, data, first_step + k)
+
+        carry, infos = jax.lax.scan(inner, carry, jnp.arange(thinning, dtype=jnp.int32))
+        info = jax.tree.map(lambda x: x[-1], infos)
+        if hasattr(info, "diverging"):
+            info = info._replace(diverging=jnp.any(infos.diverging, axis=0))
+        lp = getattr(infos, "lp", None)
+        alive = carry[3][0] if isinstance(carry[3], tuple) else carry[3]
+        return carry, info, start_ok(None if lp is None else lp[0], alive)
+
+    def chunk(carry, acc, shared_est, data, offset, count=None):
+        """``offset``: the global step count at the start of the chunk (a traced scalar).
+
+        ``count`` (a traced scalar <= ``num_draws``): run only the first ``count`` draws, in a
+        ``while_loop`` writing into buffers of ``num_draws`` rows (the rows past ``count`` are
+        zeros); one compiled chunk then serves every run length up to ``num_draws``."""
+
+        def fold(acc, c, apply):
+            # A lax.cond on an unbatched scalar: the state before a chunk's first draw (the init,
+            # the warmup's last state, or a draw already folded) is skipped exactly, even where
+            # its recorded values are NaN (a select or a 0 weight would let NaN in).
+            def do(acc):
+                values = vrecord(c[0].position, data) if record is not None else ()
+                return _moments.moments_update(acc, values, swag_rank)
+
+            return jax.lax.cond(apply, do, lambda acc: acc, acc)
+
+        def body(c_acc, i):
+            c, acc = c_acc
+            if moments:
+                # Draw i - 1 (the state coming in) is folded here, and the chunk's last draw after
+                # the loop: the moments then read the loop's carried state, not the step's output.
+                # Fed the step's output (with the guard's select decided before the update, see
+                # Sampler.checks_state), XLA fused the whole update, the Gaussian noise's erf_inv
+                # polynomial included, into each moment's fusion and computed it again there
+                # (three fusions per parameter array computed it).
+                acc = fold(acc, c, i > 0)
+            c, info, ok = draw(c, shared_est, data, offset + i * thinning)
+            info = (info, ok)
+            if progress is not None and progress.enabled:
+                every = max(1, progress.every // thinning)  # draws between ticks
+
+                def do_tick():
+                    jax.debug.callback(tick, every * thinning)
+
+                jax.lax.cond((i + 1) % every == 0, do_tick, lambda: None)
+            if not keep:
+                return (c, acc), None
+            if moments:
+                return (c, acc), ((), info)
+            values = vrecord(c[0].position, data) if record is not None else ()
+            return (c, acc), (values, info)
+
+        def last(out, n):
+            (c, acc), rest = out
+            if moments:
+                acc = fold(acc, c, n > 0)
+            return (c, acc), rest
+
+        if count is None:
+            return last(jax.lax.scan(body, (carry, acc), jnp.arange(num_draws, dtype=jnp.int32)),
+                        jnp.int32(num_draws))
+        shapes = jax.eval_shape(lambda ca: body(ca, jnp.int32(0))[1], (carry, acc))
+        buffers = jax.tree.map(lambda x: jnp.zeros((num_draws,) + x.shape, x.dtype), shapes)
+
+        def loop_body(state):
+            c_acc, bufs, i = state
+            c_acc, out = body(c_acc, i)
+            bufs = jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, i, 0), bufs, out)
+            return c_acc, bufs, i + 1
+
+        c_acc, bufs, _ = jax.lax.while_loop(lambda st: st[2] < count, loop_body,
+                                            ((carry, acc), buffers, jnp.int32(0)))
+        return last((c_acc, bufs), count)
+
+    return chunk
