@@ -115,9 +115,13 @@ def test_a_slow_run_after_adaptation_is_told_about_reparameterisation():
     walk = np.cumsum(rng.normal(size=(4, 200)), axis=1)  # R-hat >> 1.01, ESS << 100
     result = SimpleNamespace(stats={"diverging": np.zeros((4, 200), bool)}, samples={"x": walk}, checks=None,
                              tuning={"metric": {"adaptation": [{"adapted": True}, {"adapted": False}]}})
-    sampler = SimpleNamespace(temperature=1.0)
+    sampler = SimpleNamespace(temperature=1.0, name="sgld")
     msgs = selfcheck.run_checks(result, sampler, None, None, None, "basic", jax.random.key(0))
-    assert any("refined 1 time(s)" in m and "centred" in m for m in msgs)
+    assert any("refined 1 time(s)" in m and "centred" in m and "SGHMC on full batches" in m for m in msgs)
+    # SGHMC already on full batches is not told to use them.
+    msgs = selfcheck.run_checks(result, SimpleNamespace(temperature=1.0, name="sghmc-obabo"), None, None, None,
+                                "basic", jax.random.key(0))
+    assert any("refined 1 time(s)" in m for m in msgs) and not any("full batches" in m for m in msgs)
     result.tuning = {"metric": {"adaptation": [{"adapted": False}]}}
     msgs = selfcheck.run_checks(result, sampler, None, None, None, "basic", jax.random.key(0))
     assert not any("refined" in m for m in msgs) and any("R-hat" in m for m in msgs)
@@ -182,7 +186,7 @@ def test_the_estimator_is_chosen_again_where_the_chains_are():
 
     # Wired into the run: the window refines the metric, then the choice is made again with the
     # centre at the window draws' mean, and the earlier choice is kept in the report.
-    res = hb.sample(t, hb.samplers.sgld(), batch_size=100, num_samples=4000, num_chains=2, seed=0,
+    res = hb.sample(t, hb.samplers.sgld(), batch_size=100, num_samples=1000, num_warmup=1200, num_chains=2, seed=0,
                     progress_bar=False, checks="off")
     assert res.tuning["metric"]["adaptation"][0]["adapted"] is True
     g = res.tuning["gradient"]

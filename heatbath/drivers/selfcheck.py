@@ -221,7 +221,11 @@ def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed
                         f"{sum(bool(r.get('adapted')) for r in rounds)} time(s) in warmup) and the chains still mix "
                         "slowly: the curvature changes along the posterior (a funnel or a curved ridge). In a "
                         "hierarchical model, write the groups the data identify well centred and the weakly "
-                        "identified ones non-centred (numpyro.infer.reparam.LocScaleReparam)")
+                        "identified ones non-centred (numpyro.infer.reparam.LocScaleReparam)"
+                        + ("" if getattr(sampler, "name", "").startswith("sghmc") and batch_size is None else
+                           "; or run SGHMC on full batches (batch_size=None) or larger minibatches: with a quiet "
+                           "gradient its friction stays low and its momentum crosses such a ridge (README, "
+                           "'Refine the metric where the chains are')"))
     if "kinetic_energy" in result.stats and T and T > 0:
         d = _tree.size(jax.tree.map(lambda x: x[0], result.final_state.position))
         kin = _kinetic(result.stats, chains, d)
