@@ -265,8 +265,9 @@ def sample(
                 if centre is not None:
                     centre = affine.inverse(old.forward(centre))
                     spec = spec.with_centre(centre)
-                last = _adapt.last_draws(draws, alive, old, affine, dtype=mapsearch.flat_positions(positions).dtype)
-                if gradient_info is not None and last is not None:
+                last = None if gradient_info is None else _adapt.last_draws(
+                    draws, alive, old, affine, dtype=jax.tree.leaves(positions)[0].dtype)
+                if last is not None:
                     # The estimator chosen again where the chains now are: control variates
                     # centred at the window draws' mean (z' = 0), measured at the live chains' last
                     # 8 window draws.
@@ -276,7 +277,7 @@ def sample(
                         batch_size, autotune.constant_temperature(untuned),
                         centre=jax.tree.map(lambda x: jnp.zeros_like(x[0]), positions))
                     choice_cost *= num_points / num_chains  # choose() charged its points as chains
-                    gradient_info["measured_at"] = f"{num_points} window draws (the last 8 of each live chain)"
+                    gradient_info["measured_at"] = f"{num_points} window draws (up to the last 8 of each live chain)"
                     gradient_info["earlier"] = tuning["gradient"].pop("earlier", []) + [tuning["gradient"]]
                     tuning["gradient"] = gradient_info
                     map_cost += choice_cost
