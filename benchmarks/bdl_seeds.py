@@ -20,8 +20,11 @@ def _one_seed(argv):
     from bdl_scoreboard import main
 
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        diffs = main(argv)
+    try:
+        with contextlib.redirect_stdout(out):
+            diffs = main(argv)
+    except Exception as err:  # noqa: BLE001 - one seed's failure is reported, the others are kept
+        return out.getvalue() + f"\nthis seed FAILED: {type(err).__name__}: {err}\n", {}
     return out.getvalue(), diffs
 
 
@@ -54,7 +57,7 @@ def pooled(args, argv):
             results = list(pool.map(_one_seed, jobs))
     else:
         results = [_one_seed(j) for j in jobs]
-    per_seed = {}
+    per_seed, failed = {}, [sd for sd, (_, diffs) in zip(seeds, results) if not diffs]
     for sd, (text, diffs) in zip(seeds, results):
         print(f"\n## seed {sd}\n{text}")
         for name, d in diffs.items():
@@ -62,8 +65,11 @@ def pooled(args, argv):
     from bdl_scoreboard import REGRESSION
 
     cal = "calibration error" if args.data in REGRESSION else "ECE"
-    print(f"\nPooled over {len(seeds)} seeds (splits) {seeds}: mean difference against the MAP, its SE over seeds "
-          f"(sd / sqrt({len(seeds)})), and the seeds where the method is better (negative)\n")
+    ok = [sd for sd in seeds if sd not in failed]
+    print(f"\nPooled over {len(ok)} seeds (splits) {ok}: mean difference against the MAP, its SE over seeds "
+          f"(sd / sqrt({len(ok)})), and the seeds where the method is better (negative)\n")
+    if failed:
+        print(f"Seeds that failed (their tables above say why; not pooled): {failed}\n")
     print(f"| method | NLL - MAP | SE | better | {cal} - MAP | SE | better |")
     print("|---|---|---|---|---|---|---|")
     for name, ds in per_seed.items():
