@@ -184,8 +184,12 @@ def test_the_estimator_is_chosen_again_where_the_chains_are():
                                                jax.random.key(0), 100, 1.0, centre=far_centre)
     assert info_far["chosen"] == "naive" and len(info_far["lam_hv_naive"]) == 3  # the dead chain is not measured
 
+
+@pytest.mark.slow  # about a minute on 2 cores: windows, pilots and two estimators compiled
+def test_the_estimator_choice_is_made_again_in_a_run():
     # Wired into the run: the window refines the metric, then the choice is made again with the
     # centre at the window draws' mean, and the earlier choice is kept in the report.
+    t, bbar, var3 = _hyperbolic_with_data()
     res = hb.sample(t, hb.samplers.sgld(), batch_size=100, num_samples=1000, num_warmup=1200, num_chains=2, seed=0,
                     progress_bar=False, checks="off")
     assert res.tuning["metric"]["adaptation"][0]["adapted"] is True
