@@ -147,8 +147,13 @@ def positions_after(draws, alive, old_positions_flat, old: Affine, new: Affine):
             finite = np.nonzero(np.all(np.isfinite(draws[c]), axis=1))[0]
             if finite.size:
                 z = draws[c, finite[-1]]
-        rows.append(new.L_inv @ (old.mu + old.L @ z - new.mu))
+        rows.append(_to_refined(z, old, new))
     return jax.vmap(new.unravel)(jnp.asarray(np.stack(rows), old_positions_flat.dtype))
+
+
+def _to_refined(z, old: Affine, new: Affine):
+    """A point z of the old coordinates in the refined ones: ``new.inverse(old.forward(z))``."""
+    return new.L_inv @ (old.mu + old.L @ z - new.mu)
 
 
 def last_draws(draws, alive, old: Affine, new: Affine, k: int = 8, dtype=jnp.float32):
@@ -158,7 +163,7 @@ def last_draws(draws, alive, old: Affine, new: Affine, k: int = 8, dtype=jnp.flo
     rows = []
     for c in np.nonzero(np.asarray(alive, bool))[0]:
         finite = np.nonzero(np.all(np.isfinite(draws[c]), axis=1))[0][-k:]
-        rows += [new.L_inv @ (old.mu + old.L @ draws[c, i] - new.mu) for i in finite]
+        rows += [_to_refined(draws[c, i], old, new) for i in finite]
     if not rows:
         return None
     return jax.vmap(new.unravel)(jnp.asarray(np.stack(rows), dtype))

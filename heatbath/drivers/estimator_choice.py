@@ -31,12 +31,15 @@ earlier choices are kept in ``Result.tuning["gradient"]["earlier"]``.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from heatbath.drivers import adapt
 
 from heatbath.kernels import gradients as _gradients
 from heatbath.kernels import tree as _tree
 
-__all__ = ["COST_RATIO", "MARGIN", "wants_choice", "choose"]
+__all__ = ["COST_RATIO", "MARGIN", "wants_choice", "choose", "choose_again"]
 
 COST_RATIO = 2.0  # minibatch gradients per step: control variates / naive
 MARGIN = 1.25
@@ -106,3 +109,24 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
         sampler = sampler.rebuild(gradient=naive)
     return sampler, info, cost
 
+
+
+def choose_again(target, sampler, draws, alive, old, new, positions, key, batch_size):
+    """The choice made again after an adopted metric window (:mod:`heatbath.drivers.adapt`):
+    control variates centred at the window draws' mean (z' = 0 in the refined coordinates ``new``),
+    measured at up to the last 8 window draws of each live chain. ``draws``: the window's flat
+    draws (chain, K, d) in the ``old`` coordinates; ``positions``: the chains' positions in the
+    new ones. Returns ``(sampler, info, cost per chain)`` as :func:`choose`, or None when no
+    live chain has a finite draw."""
+    from heatbath.drivers import autotune
+
+    last = adapt.last_draws(draws, alive, old, new, dtype=jax.tree.leaves(positions)[0].dtype)
+    if last is None:
+        return None
+    num_points = jax.tree.leaves(last)[0].shape[0]
+    num_chains = jax.tree.leaves(positions)[0].shape[0]
+    sampler, info, cost = choose(target, sampler, last, np.ones(num_points, bool), key, batch_size,
+                                 autotune.constant_temperature(sampler),
+                                 centre=jax.tree.map(lambda x: jnp.zeros_like(x[0]), positions))
+    info["measured_at"] = f"{num_points} window draws (up to the last 8 of each live chain)"
+    return sampler, info, cost * num_points / num_chains  # choose() charged its points as chains

@@ -7,7 +7,6 @@ import warnings
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from heatbath.drivers import autotune
@@ -265,24 +264,18 @@ def sample(
                 if centre is not None:
                     centre = affine.inverse(old.forward(centre))
                     spec = spec.with_centre(centre)
-                last = None if gradient_info is None else _adapt.last_draws(
-                    draws, alive, old, affine, dtype=jax.tree.leaves(positions)[0].dtype)
-                if last is not None:
-                    # The estimator chosen again where the chains now are: control variates
-                    # centred at the window draws' mean (z' = 0), measured at the live chains' last
-                    # 8 window draws.
-                    num_points = jax.tree.leaves(last)[0].shape[0]
-                    untuned, gradient_info, choice_cost = estimator_choice.choose(
-                        target, untuned, last, np.ones(num_points, bool), jax.random.fold_in(master, 40 + len(rounds)),
-                        batch_size, autotune.constant_temperature(untuned),
-                        centre=jax.tree.map(lambda x: jnp.zeros_like(x[0]), positions))
-                    choice_cost *= num_points / num_chains  # choose() charged its points as chains
-                    gradient_info["measured_at"] = f"{num_points} window draws (up to the last 8 of each live chain)"
-                    gradient_info["earlier"] = tuning["gradient"].pop("earlier", []) + [tuning["gradient"]]
-                    tuning["gradient"] = gradient_info
-                    map_cost += choice_cost
-                    spec = untuned.gradient
-                    centre = spec.centre if getattr(spec, "needs_centre", False) else None
+                if gradient_info is not None:
+                    # The estimator chosen again where the chains now are (estimator_choice.choose_again).
+                    again = estimator_choice.choose_again(
+                        target, untuned, draws, alive, old, affine, positions,
+                        jax.random.fold_in(master, 40 + len(rounds)), batch_size)
+                    if again is not None:
+                        untuned, gradient_info, choice_cost = again
+                        gradient_info["earlier"] = tuning["gradient"].pop("earlier", []) + [tuning["gradient"]]
+                        tuning["gradient"] = gradient_info
+                        map_cost += choice_cost
+                        spec = untuned.gradient
+                        centre = spec.centre if getattr(spec, "needs_centre", False) else None
                 estimator = spec.build(target.terms, target.num_data)
                 est_state = estimator_state(estimator, positions, target.data)
                 tuning.setdefault("earlier_passes", []).append({k: tuning[k] for k in info if k in tuning})
