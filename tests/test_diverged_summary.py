@@ -108,6 +108,54 @@ def test_moments_runs_have_no_draws_to_export():
             call()
 
 
+def _moments_result(draws, diverging, mode="stop", rank=3):
+    """A keep="moments" Result whose moments are those of ``draws`` (chain, draw, ...)."""
+    n = draws.shape[1]
+    mom = {"count": n, "mean": {"x": draws.mean(1)}, "var": {"x": draws.var(1, ddof=1)},
+           "deviations": {"x": draws[:, -rank:] - draws.mean(1)[:, None]}}
+    return Result(samples={}, stats={"diverging": diverging}, final_state=None, grad_evals=1.0, num_data=1,
+                  wall_time=0.0, compile_time=0.0, sampler_name="sgld", moments=mom, on_divergence=mode)
+
+
+def test_moments_of_diverged_chains_are_left_out():
+    rng = np.random.default_rng(3)
+    draws = rng.normal(size=(4, 500, 2)) * [1.0, 2.0] + np.arange(4)[:, None, None]
+    draws[2] = 1e30  # chain 2 ran away (frozen at a huge finite state)
+    div = np.zeros((4, 500), bool)
+    div[2, 0:] = True
+    r = _moments_result(draws, div)
+    with pytest.warns(RuntimeWarning, match=r"chains \[2\] \(1 of 4\) diverged.*left out of the moments") as rec:
+        pooled = r.get_moments()
+    assert rec[0].filename == __file__
+    kept = draws[[0, 1, 3]].reshape(-1, 2)
+    # pooled over the kept chains = the moments of all their draws together
+    np.testing.assert_allclose(pooled["mean"]["x"], kept.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(pooled["var"]["x"], kept.var(0, ddof=1), rtol=1e-12)
+    assert pooled["count"] == 1500 and "deviations" not in pooled
+    with pytest.warns(RuntimeWarning):
+        by_chain = r.get_moments(group_by_chain=True)
+    np.testing.assert_array_equal(by_chain["deviations"]["x"], r.moments["deviations"]["x"][[0, 1, 3]])
+    # SWAG leaves the chain out too (its mixture would otherwise put a third of its draws at 1e30)
+    with pytest.warns(RuntimeWarning, match=r"chains \[2\].*left out of the moments") as rec:
+        q = hb.vi.swag(r)
+    assert rec[0].filename == __file__ and q.num_chains == 3
+    assert np.abs(q.sample(0, 1000)["x"]).max() < 50
+    with pytest.warns(RuntimeWarning, match="include_diverged=True"):
+        assert hb.vi.swag(r, include_diverged=True).num_chains == 4
+    # every chain diverged: refused; a kept chain with non-finite moments: a ValueError naming it
+    with pytest.raises(ValueError, match="all 4 chains diverged"):
+        _moments_result(draws, np.ones((4, 500), bool)).get_moments()
+    nan = draws.copy()
+    nan[1, 10] = np.nan
+    with pytest.raises(ValueError, match=r"mean of 'x' is not finite in chain\(s\) \[1\]"):
+        hb.vi.swag(_moments_result(nan, np.zeros((4, 500), bool)))
+    # a restarted chain is kept when its moments are finite, left out when they are not
+    assert _moments_result(draws[[0, 1]], div[[2, 0]], mode="restart").excluded_chains() == []
+    assert _moments_result(nan[[1, 0]], div[[2, 0]], mode="restart").excluded_chains() == [0]
+    with pytest.raises(ValueError, match="keep='moments'"):
+        _result([None, None]).get_moments()
+
+
 # -- the CLI table ------------------------------------------------------------------------------
 
 

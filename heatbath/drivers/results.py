@@ -104,7 +104,10 @@ class Result:
         bad = np.asarray(self.stats["diverging"]).any(axis=1)
         if self.on_divergence == "restart":
             finite = np.ones(bad.shape, bool)
-            for v in self.samples.values():
+            per_chain = list(self.samples.values())
+            if not self.samples and self.moments:  # a keep="moments" run: its per-chain moments
+                per_chain = [v for part in ("mean", "var", "deviations") for v in self.moments.get(part, {}).values()]
+            for v in per_chain:
                 v = np.asarray(v)
                 if np.issubdtype(v.dtype, np.inexact):
                     finite &= np.isfinite(v).reshape(v.shape[0], -1).all(axis=1)
@@ -115,13 +118,16 @@ class Result:
         if not self.samples:
             raise ValueError(
                 "this run kept no draws (keep='moments'): there are no draws to summarise, predict from or "
-                "compute log-likelihoods of; use Result.moments, or rerun with keep='draws'"
+                "compute log-likelihoods of; use Result.get_moments(), or rerun with keep='draws'"
             )
 
     def _kept_chains(self, include_diverged: bool, what: str, stacklevel: int = 3) -> list:
         """The chains that enter ``what``: all but :meth:`excluded_chains`, with a RuntimeWarning
         naming those left out; a ValueError when every chain diverged (unless ``include_diverged``)."""
         self._need_draws()
+        return self._choose_chains(include_diverged, what, stacklevel + 1)
+
+    def _choose_chains(self, include_diverged: bool, what: str, stacklevel: int) -> list:
         num, bad = self.num_chains, self.excluded_chains()
         if not bad:
             restarted = self.diverged_chains() if self.on_divergence == "restart" else []
@@ -166,6 +172,36 @@ class Result:
         if group_by_chain:
             return {k: np.asarray(v) for k, v in samples.items()}
         return {k: np.reshape(np.asarray(v), (-1,) + np.shape(v)[2:]) for k, v in samples.items()}
+
+    def get_moments(self, group_by_chain: bool = False, include_diverged: bool = False, *,
+                    _stacklevel: int = 3) -> dict:
+        """The running moments of a ``keep="moments"`` run, diverged chains left out as in
+        :meth:`get_samples` (a RuntimeWarning naming them; a ValueError when every chain
+        diverged, unless ``include_diverged=True``).
+
+        ``group_by_chain=True``: ``{"count", "mean", "var"[, "deviations"]}`` as in
+        :attr:`moments`, name -> (chain, ...), the kept chains only. ``False``: the moments of
+        all kept draws pooled over the kept chains, in float64: ``mean`` = the mean of the chain
+        means, ``var`` = (sum_c [(n - 1) var_c + n (mean_c - mean)^2]) / (C n - 1), ``count`` = C n
+        (no deviations: they are per chain). A ValueError for a run that kept draws.
+        """
+        if not self.moments:
+            raise ValueError("this run kept no running moments: they are made by hb.sample(..., keep='moments'); "
+                             "for kept draws use get_samples")
+        kept = self._choose_chains(include_diverged, "moments", _stacklevel)
+        parts = [p for p in ("mean", "var", "deviations") if p in self.moments]
+        by_chain = {"count": int(self.moments["count"]),
+                    **{p: self._chains(self.moments[p], kept) for p in parts}}
+        if group_by_chain:
+            return by_chain
+        n, c = by_chain["count"], len(kept)
+        mean, var = {}, {}
+        for name, m in by_chain["mean"].items():
+            m = np.asarray(m, np.float64)
+            mean[name] = m.mean(axis=0)
+            spread = (n - 1) * np.asarray(by_chain["var"][name], np.float64) + n * (m - mean[name]) ** 2
+            var[name] = spread.sum(axis=0) / max(c * n - 1, 1)
+        return {"count": c * n, "mean": mean, "var": var}
 
     def log_likelihood(self, include_diverged: bool = False, *, chunk_size: Optional[int] = None,
                        _kept=None) -> dict:

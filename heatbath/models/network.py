@@ -32,7 +32,9 @@ like any constrained NumPyro site.
 
 ``predict_at=X_test`` adds a deterministic site ``"probs"`` of the test predictions to the
 model, so ``hb.sample(..., keep="moments")`` accumulates the predictive mean and variance inside
-the scan as the draws are made (``Result.moments["mean"]["probs"]``), keeping no draw at all.
+the scan as the draws are made (``Result.moments["mean"]["probs"]`` per chain, or
+``Result.get_moments()["mean"]["probs"]`` pooled over the chains that did not diverge), keeping
+no draw at all.
 """
 
 from __future__ import annotations

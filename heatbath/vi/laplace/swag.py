@@ -59,13 +59,19 @@ class SWAG:
         return out
 
 
-def swag(result, sites=None) -> SWAG:
+def swag(result, sites=None, *, include_diverged: bool = False) -> SWAG:
     """The SWAG approximation of a ``hb.sample(..., keep="moments", swag_rank=K)`` result
     (K >= 2). ``sites``: which recorded sites (default: all with deviations, the deterministic
-    sites of the model included; pass the network's sites to leave e.g. predictions out)."""
+    sites of the model included; pass the network's sites to leave e.g. predictions out).
+
+    Diverged chains are left out with a RuntimeWarning, as ``Result.get_moments`` does (a
+    ValueError when every chain diverged, unless ``include_diverged=True``); a kept chain whose
+    moments are not finite is a ValueError naming it, never a NaN approximation."""
     m = getattr(result, "moments", None)
     if not m or "deviations" not in m:
         raise ValueError("swag needs a result of hb.sample(..., keep='moments', swag_rank=K) with K >= 2")
+    if hasattr(result, "get_moments"):  # a Result: its diverged chains left out
+        m = result.get_moments(group_by_chain=True, include_diverged=include_diverged, _stacklevel=4)
     names = tuple(sites) if sites is not None else tuple(m["deviations"])
     missing = [n for n in names if n not in m["deviations"]]
     if missing:
@@ -73,5 +79,12 @@ def swag(result, sites=None) -> SWAG:
     k = int(np.shape(m["deviations"][names[0]])[1])
     if k < 2:
         raise ValueError(f"SWAG needs swag_rank >= 2 deviations, the result has {k}")
+    for n in names:
+        for part in ("mean", "var", "deviations"):
+            v = np.asarray(m[part][n])
+            bad = np.nonzero(~np.isfinite(v).reshape(v.shape[0], -1).all(axis=1))[0]
+            if bad.size:
+                raise ValueError(f"the {part} of {n!r} is not finite in chain(s) {bad.tolist()} of the ones kept: "
+                                 "the SGD iterates left the region of finite values (lower the step size)")
     return SWAG({n: np.asarray(m["mean"][n]) for n in names}, {n: np.asarray(m["var"][n]) for n in names},
                 {n: np.asarray(m["deviations"][n]) for n in names}, names)
