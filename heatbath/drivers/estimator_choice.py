@@ -26,9 +26,22 @@ hierarchical model whose mode sits far from the typical set this is what makes c
 variates pay: on the random-intercept model of ``benchmarks/defaults_models.py`` the ratio is
 0.71 with the centre at the mode (naive kept) and 4.1 with the centre at the draws' mean. The
 earlier choices are kept in ``Result.tuning["gradient"]["earlier"]``.
+
+SGHMC with an automatic friction also weighs full batches (on at most ``FULL_MAX_ROWS`` rows).
+The step-size criterion above does not see SGHMC's gain from a quiet gradient: the friction
+must dominate the minibatch noise v (C >= h v / (2 EPS T), :mod:`heatbath.drivers.autotune`), so
+with heavy noise SGHMC is overdamped and mixes per gradient like SGLD, while with the exact
+gradient the friction is the critical damping 2 omega_min of the softest direction. The choice
+compares the data rows read per unit of relaxation time of that direction (:func:`mixing_cost`)
+of the minibatch choice and of full batches, and takes full batches when they read at least
+``FULL_MARGIN`` times fewer rows; it replaces the ``batch_size`` given, with a UserWarning.
+Measured on the random-intercept and panel models of ``benchmarks/defaults_models.py`` (1,000
+and 2,000 rows, batch N / 10), where the noise eigenvalue is about 10x the curvature's.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -39,10 +52,12 @@ from heatbath.drivers import adapt
 from heatbath.kernels import gradients as _gradients
 from heatbath.kernels import tree as _tree
 
-__all__ = ["COST_RATIO", "MARGIN", "wants_choice", "choose", "choose_again"]
+__all__ = ["COST_RATIO", "MARGIN", "FULL_MARGIN", "wants_choice", "choose", "choose_again", "mixing_cost"]
 
 COST_RATIO = 2.0  # minibatch gradients per step: control variates / naive
 MARGIN = 1.25
+FULL_MARGIN = 2.0  # full batches replace the user's minibatches only for a clear gain
+FULL_MAX_ROWS = 100_000  # full-batch gradients of more rows are not weighed (memory, time per step)
 
 
 def wants_choice(sampler, target, batch_size, affine) -> bool:
@@ -85,12 +100,13 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
 
     naive = _gradients.naive()
     cv = _gradients.control_variates(centre=centre)
-    lam, cost = {}, 0.0
+    lam, ms, cost = {}, {}, 0.0
     for name, spec, k in (("naive", naive, k_naive), ("control_variates", cv, k_cv)):
         est = spec.build(target.terms, target.num_data)
         state = jax.jit(est.init)(centre, target.data) if name == "control_variates" else ()
         m, c = autotune._measure(target, sampler, family, est, state, points, k, batch_size, temperature)
         lam[name] = np.asarray(m["lam_hv"], np.float64)
+        ms[name] = m
         cost += c * measured / num_chains
     cost += target.num_data / num_chains  # the control variates' full-data gradient at the centre
     ratio = float(np.max(lam["naive"]) / np.max(lam["control_variates"]))
@@ -103,11 +119,66 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
         "rule": f"control variates when lambda_max(H + V/T) naive / control variates > {COST_RATIO * MARGIN:g}",
         "centre_chain": where,
     }
+    if full_batch_candidate(sampler, family, target, batch_size):
+        costs = {name: mixing_cost(ms[name], temperature, autotune._symmetric(sampler), rows)
+                 for name, rows in (("naive", batch_size), ("control_variates", 2 * batch_size))}
+        costs["full_batch"] = mixing_cost(ms["naive"], temperature, autotune._symmetric(sampler),
+                                          target.num_data, noise=False)
+        gain = costs[chosen] / costs["full_batch"]
+        info.update(mixing_cost_rows=costs, full_batch_gain=gain,
+                    full_batch_rule=f"full batches when the minibatch choice's data rows per unit of mixing time "
+                                    f"/ the full batch's > {FULL_MARGIN:g}")
+        if gain > FULL_MARGIN:
+            chosen = info["chosen"] = "full_batch"
+            info["batch_size"] = None
     if chosen == "control_variates":
         sampler = sampler.rebuild(gradient=cv)
     else:
         sampler = sampler.rebuild(gradient=naive)
     return sampler, info, cost
+
+
+def run_batch_size(info: dict, minibatch):
+    """The batch size the run uses after a choice: None when full batches were chosen (with a
+    UserWarning, since it replaces the ``batch_size`` given), else the given minibatch size."""
+    if info.get("chosen") != "full_batch":
+        return minibatch
+    warnings.warn(
+        f"sghmc: full-batch gradients instead of minibatches of {minibatch}: with the automatic friction they "
+        f"mix {info['full_batch_gain']:.1f}x faster per data row read here (the minibatch noise would need a "
+        "friction that makes SGHMC overdamped; Result.tuning['gradient']). To keep minibatches give "
+        "friction= or gradient=\"naive\"", UserWarning, stacklevel=3)
+    return None
+
+
+def full_batch_candidate(sampler, family, target, batch_size) -> bool:
+    """Whether full batches are weighed against minibatches: SGHMC with an automatic friction
+    (its gain from a quiet gradient is a lower friction) on at most ``FULL_MAX_ROWS`` rows."""
+    return (family == "sghmc" and "friction" in tuple(getattr(sampler, "auto", ()) or ())
+            and batch_size is not None and target.num_data <= FULL_MAX_ROWS)
+
+
+def mixing_cost(m: dict, temperature: float, symmetric: bool, rows_per_step: float, noise: bool = True) -> float:
+    """SGHMC's data rows per unit of relaxation time of its softest direction.
+
+    With the step h and friction C of :func:`heatbath.drivers.autotune.choose` (unit mass) and
+    omega^2 = lambda_min (floored as there), the slowest mode of the damped oscillator decays at
+    the rate C/2 when C <= 2 omega and C/2 - sqrt(C^2/4 - omega^2) = omega^2 / (C/2 + sqrt(...))
+    beyond (about omega^2 / C: overdamped). The cost is rows_per_step / (h rate). With the
+    minibatch noise v the friction is at least h v / (2 EPS T): overdamped, the rate falls as
+    1/v. ``noise=False``: the exact (full-batch) gradient, v = 0.
+    """
+    from heatbath.drivers import autotune
+
+    if not noise:
+        m = dict(m, lam_v=np.zeros_like(np.asarray(m["lam_v"])))
+    chosen = autotune.choose("sghmc", m, temperature, symmetric)
+    h, friction = chosen["step_size"], chosen["friction"]
+    lam_h = float(np.max(m["lam_h"]))
+    omega2 = float(np.clip(np.min(m["lam_min"]), lam_h * 1e-2, lam_h))
+    half = friction / 2.0
+    rate = half if half * half <= omega2 else omega2 / (half + np.sqrt(half * half - omega2))
+    return float(rows_per_step / (h * rate))
 
 
 

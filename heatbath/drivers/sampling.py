@@ -210,11 +210,12 @@ def sample(
         if auto and ckpt is not None:
             # The sampler's state is in the run's coordinates: a resume must run in the same ones.
             ckpt.settings["coordinates"] = "laplace metric" if affine is not None else "model"
-        gradient_info = None
+        gradient_info, minibatch = None, batch_size  # batch_size: the run's (None once full batches are chosen)
         if auto and estimator_choice.wants_choice(sampler, target, batch_size, affine):
             sampler, gradient_info, choice_cost = estimator_choice.choose(
                 target, sampler, positions, usable, jax.random.fold_in(master, 6), batch_size,
                 autotune.constant_temperature(sampler))
+            batch_size = estimator_choice.run_batch_size(gradient_info, minibatch)
 
         spec, centre, map_cost, map_compile = _centre.resolve(
             target, sampler.gradient, positions, master, batch_size,
@@ -268,9 +269,10 @@ def sample(
                     # The estimator chosen again where the chains now are (estimator_choice.choose_again).
                     again = estimator_choice.choose_again(
                         target, untuned, draws, alive, old, affine, positions,
-                        jax.random.fold_in(master, 40 + len(rounds)), batch_size)
+                        jax.random.fold_in(master, 40 + len(rounds)), minibatch)
                     if again is not None:
                         untuned, gradient_info, choice_cost = again
+                        batch_size = estimator_choice.run_batch_size(gradient_info, minibatch)
                         gradient_info["earlier"] = tuning["gradient"].pop("earlier", []) + [tuning["gradient"]]
                         tuning["gradient"] = gradient_info
                         map_cost += choice_cost
