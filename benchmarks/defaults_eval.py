@@ -121,6 +121,7 @@ def run_one(name, sampler_name, num_samples):
                    diverged_at_0=bool(np.asarray(res.stats["diverging"])[:, 0].any()),
                    step_size=(res.tuning or {}).get("step_size"), friction=(res.tuning or {}).get("friction"),
                    estimator=((res.tuning or {}).get("gradient") or {}).get("chosen", "naive"),
+                   full_batch_gain=((res.tuning or {}).get("gradient") or {}).get("full_batch_gain"),
                    metric_condition=((res.tuning or {}).get("metric") or {}).get("condition_number"),
                    ess=(res.checks or {}).get("ess_bulk_min"), rhat=(res.checks or {}).get("rhat_max"),
                    tconf=(res.checks or {}).get("configurational_temperature"),

@@ -231,21 +231,32 @@ def test_sghmc_chooses_full_batches_when_minibatch_noise_overdamps_it(monkeypatc
     points = {"x": jnp.asarray(np.random.default_rng(5).normal(size=(4, 3)), jnp.float32) + x3}
     far = {"x": x3 + jnp.asarray(_R[:, 2] * S[2] * 600.0, jnp.float32)}
 
-    def choose(sampler):
-        return estimator_choice.choose(t, sampler, points, np.ones(4, bool), jax.random.key(0), 100, 1.0, centre=far)
+    def choose(sampler, allowed=True):
+        return estimator_choice.choose(t, sampler, points, np.ones(4, bool), jax.random.key(0), 100, 1.0, centre=far,
+                                       full_batch=allowed)
 
     sampler, info, _ = choose(hb.samplers.sghmc())
     assert info["chosen"] == "full_batch" and info["batch_size"] is None
-    assert info["full_batch_gain"] > 10 and set(info["mixing_cost_rows"]) == {"naive", "control_variates", "full_batch"}
+    costs = info["mixing_cost_rows"]
+    assert set(costs) == {"naive", "control_variates", "full_batch"}
+    assert info["full_batch_gain"] == min(costs["naive"], costs["control_variates"]) / costs["full_batch"] > 10
     assert sampler.name == "sghmc-obabo" and "control_variates" not in sampler.name  # naive: exact on all rows
-    with pytest.warns(UserWarning, match=r"full-batch gradients instead of minibatches of 100.*friction="):
-        assert estimator_choice.run_batch_size(info, 100) is None
-    # Not weighed: a friction given, SGLD, more rows than FULL_MAX_ROWS.
-    for s in (hb.samplers.sghmc(friction=5.0), hb.samplers.sgld()):
-        assert choose(s)[1]["chosen"] == "naive" and "full_batch_gain" not in choose(s)[1]
+    assert estimator_choice.run_batch_size(info, 100) is None
+    with pytest.warns(UserWarning, match=r"full-batch gradients instead of minibatches of 100.*all 1000 rows.*10x"):
+        estimator_choice.announce(info, 100, 1000, stacklevel=1)
+    # Not weighed: a friction or a step size given, SGLD, full batches not allowed (e.g. federated
+    # batching), more rows than FULL_MAX_ROWS.
+    for s, allowed in ((hb.samplers.sghmc(friction=5.0), True), (hb.samplers.sghmc(0.1), True),
+                       (hb.samplers.sgld(), True), (hb.samplers.sghmc(), False)):
+        info_s = choose(s, allowed)[1]
+        assert info_s["chosen"] == "naive" and "full_batch_gain" not in info_s
     monkeypatch.setattr(estimator_choice, "FULL_MAX_ROWS", 999)
     assert choose(hb.samplers.sghmc())[1]["chosen"] == "naive"
     assert estimator_choice.run_batch_size({"chosen": "naive"}, 100) == 100
+    # A curvature that is not finite and positive leaves the minibatch choice standing.
+    for bad in (np.nan, 0.0):
+        m = {"lam_hv": [1.0], "lam_h": [bad], "lam_v": [9.0], "lam_min": [1.0]}
+        assert not estimator_choice.full_batch_candidate(hb.samplers.sghmc(), "sghmc", t, 100, m)
 
 
 def test_an_sghmc_run_on_full_batches_is_right_and_says_so(monkeypatch):
@@ -265,11 +276,12 @@ def test_an_sghmc_run_on_full_batches_is_right_and_says_so(monkeypatch):
     with pytest.warns(UserWarning, match="full-batch gradients instead of minibatches of 100") as rec:
         res = hb.sample(t, hb.samplers.sghmc(), batch_size=100, num_samples=2000, num_chains=2, seed=0,
                         progress_bar=False, checks="off")
-    assert rec[0].filename == __file__
+    ours = [w for w in rec if "full-batch gradients" in str(w.message)]
+    assert len(ours) == 1 and ours[0].filename == __file__  # once, at the caller's line
     g = res.tuning["gradient"]
     assert g["chosen"] == "full_batch" and g["batch_size"] is None and res.sampler_name == "sghmc-obabo"
-    warmup = res.tuning.get("num_warmup", 0)
-    assert res.grad_evals >= (res.num_draws + warmup) * N  # one full-data gradient per OBABO step
+    # one full-data gradient per OBABO step: 2000 draws + the default warmup of max(200, 2000 / 4)
+    assert res.grad_evals >= (res.num_draws + 500) * N
     x = np.asarray(res.samples["x"], np.float64).reshape(-1, 2)
     z = (x.mean(0) - (w * b).sum(0) / prec) * np.sqrt(prec)
     assert np.all(np.abs(z) < 0.2)

@@ -149,6 +149,12 @@ def test_moments_of_diverged_chains_are_left_out():
     nan[1, 10] = np.nan
     with pytest.raises(ValueError, match=r"mean of 'x' is not finite in chain\(s\) \[1\]"):
         hb.vi.swag(_moments_result(nan, np.zeros((4, 500), bool)))
+    # the chain is named by its index in the run, also when an earlier chain was left out
+    nan2 = draws.copy()
+    nan2[3, 10] = np.nan
+    with pytest.warns(RuntimeWarning, match=r"chains \[2\]"):
+        with pytest.raises(ValueError, match=r"not finite in chain\(s\) \[3\]"):
+            hb.vi.swag(_moments_result(nan2, div))
     # a restarted chain is kept when its moments are finite, left out when they are not
     assert _moments_result(draws[[0, 1]], div[[2, 0]], mode="restart").excluded_chains() == []
     assert _moments_result(nan[[1, 0]], div[[2, 0]], mode="restart").excluded_chains() == [0]

@@ -42,6 +42,7 @@ and 2,000 rows, batch N / 10), where the noise eigenvalue is about 10x the curva
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,7 @@ __all__ = ["COST_RATIO", "MARGIN", "FULL_MARGIN", "wants_choice", "choose", "cho
 
 COST_RATIO = 2.0  # minibatch gradients per step: control variates / naive
 MARGIN = 1.25
-FULL_MARGIN = 2.0  # full batches replace the user's minibatches only for a clear gain
+FULL_MARGIN = 4.0  # full batches replace the user's minibatches only for a clear gain (module docstring)
 FULL_MAX_ROWS = 100_000  # full-batch gradients of more rows are not weighed (memory, time per step)
 
 
@@ -66,7 +67,8 @@ def wants_choice(sampler, target, batch_size, affine) -> bool:
             and batch_size < target.num_data and not target.minibatch_error and affine is not None)
 
 
-def choose(target, sampler, positions, usable, key, batch_size, temperature, *, centre=None):
+def choose(target, sampler, positions, usable, key, batch_size, temperature, *, centre=None,
+           full_batch: bool = False):
     """``(sampler with the chosen estimator, info, cost per chain in per-datum gradients)``.
 
     ``positions``: the chains' starts in the run's coordinates (leading axis chain), ``usable``:
@@ -75,6 +77,9 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
     ``centre``: given (a point in the run's coordinates, e.g. warmup draws' mean), the control
     variates are centred there and measured at ``positions`` of the ``usable`` chains as they are
     (draws from the typical set, not modes: no spread added).
+
+    ``full_batch``: whether full batches may be weighed (the driver says so for uniform or
+    reshuffled batching; see :func:`full_batch_candidate` for the rest).
     """
     from heatbath.drivers import autotune
 
@@ -119,15 +124,15 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
         "rule": f"control variates when lambda_max(H + V/T) naive / control variates > {COST_RATIO * MARGIN:g}",
         "centre_chain": where,
     }
-    if full_batch_candidate(sampler, family, target, batch_size):
+    if full_batch and full_batch_candidate(sampler, family, target, batch_size, ms["naive"]):
         costs = {name: mixing_cost(ms[name], temperature, autotune._symmetric(sampler), rows)
                  for name, rows in (("naive", batch_size), ("control_variates", 2 * batch_size))}
         costs["full_batch"] = mixing_cost(ms["naive"], temperature, autotune._symmetric(sampler),
                                           target.num_data, noise=False)
-        gain = costs[chosen] / costs["full_batch"]
+        gain = min(costs["naive"], costs["control_variates"]) / costs["full_batch"]
         info.update(mixing_cost_rows=costs, full_batch_gain=gain,
-                    full_batch_rule=f"full batches when the minibatch choice's data rows per unit of mixing time "
-                                    f"/ the full batch's > {FULL_MARGIN:g}")
+                    full_batch_rule=f"full batches when the cheaper minibatch estimator's data rows per unit of "
+                                    f"mixing time / the full batch's > {FULL_MARGIN:g}")
         if gain > FULL_MARGIN:
             chosen = info["chosen"] = "full_batch"
             info["batch_size"] = None
@@ -139,23 +144,37 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
 
 
 def run_batch_size(info: dict, minibatch):
-    """The batch size the run uses after a choice: None when full batches were chosen (with a
-    UserWarning, since it replaces the ``batch_size`` given), else the given minibatch size."""
-    if info.get("chosen") != "full_batch":
-        return minibatch
+    """The batch size the run uses after a choice: None when full batches were chosen, else the
+    given minibatch size."""
+    return None if info.get("chosen") == "full_batch" else minibatch
+
+
+def announce(info: Optional[dict], minibatch, num_data: int, stacklevel: int):
+    """The UserWarning of a run that replaced the ``batch_size`` given by full batches (once per
+    run, from the final choice)."""
+    if not info or info.get("chosen") != "full_batch":
+        return
     warnings.warn(
         f"sghmc: full-batch gradients instead of minibatches of {minibatch}: with the automatic friction they "
-        f"mix {info['full_batch_gain']:.1f}x faster per data row read here (the minibatch noise would need a "
-        "friction that makes SGHMC overdamped; Result.tuning['gradient']). To keep minibatches give "
-        "friction= or gradient=\"naive\"", UserWarning, stacklevel=3)
-    return None
+        f"mix {info['full_batch_gain']:.1f}x faster per data row read (the minibatch noise would need a friction "
+        f"that makes SGHMC overdamped; Result.tuning['gradient']). Each step reads all {num_data} rows, about "
+        f"{num_data / minibatch:.0f}x a minibatch step, so fewer num_samples give the same mixing. To keep "
+        "minibatches give friction= or gradient=\"naive\"", UserWarning, stacklevel=stacklevel + 1)
 
 
-def full_batch_candidate(sampler, family, target, batch_size) -> bool:
-    """Whether full batches are weighed against minibatches: SGHMC with an automatic friction
-    (its gain from a quiet gradient is a lower friction) on at most ``FULL_MAX_ROWS`` rows."""
-    return (family == "sghmc" and "friction" in tuple(getattr(sampler, "auto", ()) or ())
-            and batch_size is not None and target.num_data <= FULL_MAX_ROWS)
+def full_batch_candidate(sampler, family, target, batch_size, measured=None) -> bool:
+    """Whether full batches are weighed against minibatches: SGHMC with an automatic step size
+    and friction (its gain from a quiet gradient is a lower friction; the cost model assumes
+    the step :mod:`heatbath.drivers.autotune` would set) on at most ``FULL_MAX_ROWS`` rows, with
+    a finite positive curvature ``measured`` (else the minibatch choice stands)."""
+    auto = tuple(getattr(sampler, "auto", ()) or ())
+    if not (family == "sghmc" and "friction" in auto and "step_size" in auto
+            and batch_size is not None and target.num_data <= FULL_MAX_ROWS):
+        return False
+    if measured is None:
+        return True
+    lam = np.asarray([np.max(measured["lam_h"]), np.max(measured["lam_v"]), np.min(measured["lam_min"])], np.float64)
+    return bool(np.all(np.isfinite(lam)) and lam[0] > 0.0)
 
 
 def mixing_cost(m: dict, temperature: float, symmetric: bool, rows_per_step: float, noise: bool = True) -> float:
@@ -182,7 +201,7 @@ def mixing_cost(m: dict, temperature: float, symmetric: bool, rows_per_step: flo
 
 
 
-def choose_again(target, sampler, draws, alive, old, new, positions, key, batch_size):
+def choose_again(target, sampler, draws, alive, old, new, positions, key, batch_size, *, full_batch=False):
     """The choice made again after an adopted metric window (:mod:`heatbath.drivers.adapt`):
     control variates centred at the window draws' mean (z' = 0 in the refined coordinates ``new``),
     measured at up to the last 8 window draws of each live chain. ``draws``: the window's flat
@@ -198,6 +217,6 @@ def choose_again(target, sampler, draws, alive, old, new, positions, key, batch_
     num_chains = jax.tree.leaves(positions)[0].shape[0]
     sampler, info, cost = choose(target, sampler, last, np.ones(num_points, bool), key, batch_size,
                                  autotune.constant_temperature(sampler),
-                                 centre=jax.tree.map(lambda x: jnp.zeros_like(x[0]), positions))
+                                 centre=jax.tree.map(lambda x: jnp.zeros_like(x[0]), positions), full_batch=full_batch)
     info["measured_at"] = f"{num_points} window draws (up to the last 8 of each live chain)"
     return sampler, info, cost * num_points / num_chains  # choose() charged its points as chains

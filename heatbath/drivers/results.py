@@ -180,7 +180,7 @@ class Result:
         diverged, unless ``include_diverged=True``).
 
         ``group_by_chain=True``: ``{"count", "mean", "var"[, "deviations"]}`` as in
-        :attr:`moments`, name -> (chain, ...), the kept chains only. ``False``: the moments of
+        :attr:`moments`, name -> (chain, ...), the kept chains only (``"chains"``: their indices). ``False``: the moments of
         all kept draws pooled over the kept chains, in float64: ``mean`` = the mean of the chain
         means, ``var`` = (sum_c [(n - 1) var_c + n (mean_c - mean)^2]) / (C n - 1), ``count`` = C n
         (no deviations: they are per chain). A ValueError for a run that kept draws.
@@ -190,7 +190,7 @@ class Result:
                              "for kept draws use get_samples")
         kept = self._choose_chains(include_diverged, "moments", _stacklevel)
         parts = [p for p in ("mean", "var", "deviations") if p in self.moments]
-        by_chain = {"count": int(self.moments["count"]),
+        by_chain = {"count": int(self.moments["count"]), "chains": list(kept),
                     **{p: self._chains(self.moments[p], kept) for p in parts}}
         if group_by_chain:
             return by_chain
@@ -201,7 +201,7 @@ class Result:
             mean[name] = m.mean(axis=0)
             spread = (n - 1) * np.asarray(by_chain["var"][name], np.float64) + n * (m - mean[name]) ** 2
             var[name] = spread.sum(axis=0) / max(c * n - 1, 1)
-        return {"count": c * n, "mean": mean, "var": var}
+        return {"count": c * n, "chains": list(kept), "mean": mean, "var": var}
 
     def log_likelihood(self, include_diverged: bool = False, *, chunk_size: Optional[int] = None,
                        _kept=None) -> dict:

@@ -211,10 +211,11 @@ def sample(
             # The sampler's state is in the run's coordinates: a resume must run in the same ones.
             ckpt.settings["coordinates"] = "laplace metric" if affine is not None else "model"
         gradient_info, minibatch = None, batch_size  # batch_size: the run's (None once full batches are chosen)
+        full_ok = batching.name in ("uniform", "reshuffle")  # full batches would drop e.g. federated rounds
         if auto and estimator_choice.wants_choice(sampler, target, batch_size, affine):
             sampler, gradient_info, choice_cost = estimator_choice.choose(
                 target, sampler, positions, usable, jax.random.fold_in(master, 6), batch_size,
-                autotune.constant_temperature(sampler))
+                autotune.constant_temperature(sampler), full_batch=full_ok)
             batch_size = estimator_choice.run_batch_size(gradient_info, minibatch)
 
         spec, centre, map_cost, map_compile = _centre.resolve(
@@ -269,7 +270,7 @@ def sample(
                     # The estimator chosen again where the chains now are (estimator_choice.choose_again).
                     again = estimator_choice.choose_again(
                         target, untuned, draws, alive, old, affine, positions,
-                        jax.random.fold_in(master, 40 + len(rounds)), minibatch)
+                        jax.random.fold_in(master, 40 + len(rounds)), minibatch, full_batch=full_ok)
                     if again is not None:
                         untuned, gradient_info, choice_cost = again
                         batch_size = estimator_choice.run_batch_size(gradient_info, minibatch)
@@ -293,6 +294,10 @@ def sample(
                 tuning["metric"]["adaptation"] = rounds
                 if any(r["adapted"] for r in rounds):
                     tuning["metric"]["condition_number_adapted"] = float(np.linalg.cond(affine.L) ** 2)
+        estimator_choice.announce(gradient_info, minibatch, target.num_data, stacklevel=2)
+        if ckpt is not None and gradient_info is not None:
+            # A resume must read the same rows per step: the choice is part of the run's settings.
+            ckpt.settings["run_batch_size"] = batch_size
         # The configurational-temperature check reads unconstrained draws: kept for it when small.
         keep_unc = record_unconstrained or (
             level == "full" and keep == "draws"

@@ -79,12 +79,15 @@ def swag(result, sites=None, *, include_diverged: bool = False) -> SWAG:
     k = int(np.shape(m["deviations"][names[0]])[1])
     if k < 2:
         raise ValueError(f"SWAG needs swag_rank >= 2 deviations, the result has {k}")
+    run_chains = m.get("chains")  # the kept chains' indices in the run
     for n in names:
         for part in ("mean", "var", "deviations"):
             v = np.asarray(m[part][n])
-            bad = np.nonzero(~np.isfinite(v).reshape(v.shape[0], -1).all(axis=1))[0]
-            if bad.size:
-                raise ValueError(f"the {part} of {n!r} is not finite in chain(s) {bad.tolist()} of the ones kept: "
-                                 "the SGD iterates left the region of finite values (lower the step size)")
+            bad = np.nonzero(~np.isfinite(v).reshape(v.shape[0], -1).all(axis=1))[0].tolist()
+            if bad:
+                bad = [run_chains[i] for i in bad] if run_chains is not None else bad
+                raise ValueError(f"the {part} of {n!r} is not finite in chain(s) {bad}: its iterates left the "
+                                 "region of finite values (lower the step size); a chain with non-finite moments "
+                                 "cannot enter SWAG, even with include_diverged=True")
     return SWAG({n: np.asarray(m["mean"][n]) for n in names}, {n: np.asarray(m["var"][n]) for n in names},
                 {n: np.asarray(m["deviations"][n]) for n in names}, names)
