@@ -89,6 +89,14 @@ def _check_measured(m: dict, where: str):
             "hb.optimize result), rescale the model's covariates, or give step_size=")
 
 
+def softest_curvature(m: dict) -> float:
+    """lambda_min for SGHMC's friction: away from a mode H need not be positive definite
+    (funnels), so the softest direction's scale is floored at lambda_max / 100 (the friction is
+    then at least 0.2 omega_max)."""
+    lam_h = float(np.max(m["lam_h"]))
+    return float(np.clip(np.min(m["lam_min"]), lam_h * 1e-2, lam_h))
+
+
 def choose(family: str, m: dict, T: float, symmetric: bool = True, friction_given: Optional[float] = None):
     """The step size (and friction) from measured eigenvalues (worst chain). See the module docstring."""
     if family in ("sgld", "psgld"):
@@ -96,9 +104,7 @@ def choose(family: str, m: dict, T: float, symmetric: bool = True, friction_give
         return {"step_size": 2.0 * EPS / lam}
     lam_h = float(np.max(m["lam_h"]))
     lam_v = float(np.max(m["lam_v"]))
-    # Away from a mode H need not be positive definite (funnels): the softest direction's scale
-    # is floored at lambda_max / 100, so that the friction is at least 0.2 omega_max.
-    lam_min = float(np.clip(np.min(m["lam_min"]), lam_h * 1e-2, lam_h))
+    lam_min = softest_curvature(m)
     h = math.sqrt(4.0 * EPS / lam_h) * (1.0 if symmetric else 0.5)
     if friction_given is not None:
         return {"step_size": h}

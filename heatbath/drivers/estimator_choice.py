@@ -130,10 +130,10 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
         "centre_chain": where,
     }
     if full_batch and full_batch_candidate(sampler, family, target, batch_size, ms["naive"]):
-        costs = {name: mixing_cost(ms[name], temperature, autotune._symmetric(sampler), rows)
+        symmetric = autotune._symmetric(sampler)
+        costs = {name: mixing_cost(ms[name], temperature, symmetric, rows)
                  for name, rows in (("naive", batch_size), ("control_variates", 2 * batch_size))}
-        costs["full_batch"] = mixing_cost(ms["naive"], temperature, autotune._symmetric(sampler),
-                                          target.num_data, noise=False)
+        costs["full_batch"] = mixing_cost(ms["naive"], temperature, symmetric, target.num_data, noise=False)
         gain = min(costs["naive"], costs["control_variates"]) / costs["full_batch"]
         info.update(mixing_cost_rows=costs, full_batch_gain=gain,
                     full_batch_rule=f"full batches when the cheaper minibatch estimator's data rows per unit of "
@@ -167,7 +167,7 @@ def announce(info: Optional[dict], minibatch, num_data: int, stacklevel: int):
         "minibatches give friction= or gradient=\"naive\"", UserWarning, stacklevel=stacklevel + 1)
 
 
-def full_batch_candidate(sampler, family, target, batch_size, measured=None) -> bool:
+def full_batch_candidate(sampler, family, target, batch_size, measured) -> bool:
     """Whether full batches are weighed against minibatches: SGHMC with an automatic step size
     and friction (its gain from a quiet gradient is a lower friction; the cost model assumes
     the step :mod:`heatbath.drivers.autotune` would set) on at most ``FULL_MAX_ROWS`` rows, with
@@ -176,8 +176,6 @@ def full_batch_candidate(sampler, family, target, batch_size, measured=None) -> 
     if not (family == "sghmc" and "friction" in auto and "step_size" in auto
             and batch_size is not None and target.num_data <= FULL_MAX_ROWS):
         return False
-    if measured is None:
-        return True
     lam = np.asarray([np.max(measured["lam_h"]), np.max(measured["lam_v"]), np.min(measured["lam_min"])], np.float64)
     return bool(np.all(np.isfinite(lam)) and lam[0] > 0.0)
 
@@ -198,12 +196,10 @@ def mixing_cost(m: dict, temperature: float, symmetric: bool, rows_per_step: flo
         m = dict(m, lam_v=np.zeros_like(np.asarray(m["lam_v"])))
     chosen = autotune.choose("sghmc", m, temperature, symmetric)
     h, friction = chosen["step_size"], chosen["friction"]
-    lam_h = float(np.max(m["lam_h"]))
-    omega2 = float(np.clip(np.min(m["lam_min"]), lam_h * 1e-2, lam_h))
+    omega2 = autotune.softest_curvature(m)
     half = friction / 2.0
     rate = half if half * half <= omega2 else omega2 / (half + np.sqrt(half * half - omega2))
     return float(rows_per_step / (h * rate))
-
 
 
 def choose_again(target, sampler, draws, alive, old, new, positions, key, batch_size, *, full_batch=False):
