@@ -259,6 +259,7 @@ def test_sghmc_chooses_full_batches_when_minibatch_noise_overdamps_it(monkeypatc
         assert not estimator_choice.full_batch_candidate(hb.samplers.sghmc(), "sghmc", t, 100, m)
 
 
+@pytest.mark.slow  # a whole run (about 20 s on 2 cores); the decision itself is tested above
 def test_an_sghmc_run_on_full_batches_is_right_and_says_so(monkeypatch):
     # The wiring: when the choice takes full batches, the run uses them (every step reads all N
     # rows), says so, and samples right. Forced by a zero margin on a Gaussian target with an
