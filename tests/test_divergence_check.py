@@ -44,19 +44,30 @@ def support_target():
                                      lambda p, b: 0.0 * jnp.sum(b), jnp.zeros((4,)), params=jnp.ones(2))
 
 
+SAMPLERS = {
+    "sgld": lambda h: hb.samplers.sgld(h),
+    "sghmc-obabo": lambda h: hb.samplers.sghmc(h, 1.0),  # FSAL: the cache's gradient and log density
+    "sghmc-euler": lambda h: hb.samplers.sghmc(h, 0.3, integrator="euler"),  # h C <= 1
+    "sghmc-baoab-fused": lambda h: hb.samplers.sghmc(h, 1.0, integrator="baoab", fuse_noise=True),
+}
+
+
 @pytest.mark.parametrize("mode", ["stop", "restart", "flag"])
 @pytest.mark.parametrize("make", [lambda: gaussian(), support_target], ids=["overflow", "nan"])
-def test_the_sampler_check_gives_the_full_pass_answers(mode, make):
-    """SGLD's gradient-based check against the finiteness pass over the new state it replaces
+@pytest.mark.parametrize("kind", [k if k in ("sgld", "sghmc-obabo") else pytest.param(k, marks=pytest.mark.slow)
+                                  for k in SAMPLERS])
+def test_the_sampler_check_gives_the_full_pass_answers(mode, make, kind):
+    """The sampler's own check against the finiteness pass over the new state it replaces
     (the same sampler with ``checks_state=False``): the same draws and the same flags, on a
     chain whose state leaves the support (NaN) and on one that blows up (h = 2.5 on N(0, I) is
-    unstable; the sampler check stops it earlier, when |g|^2 overflows or the update's size
-    passes ``UPDATE_BOUND``, so there only the draws before either check fires and the flags
-    from then on are compared)."""
+    unstable; the sampler check stops it earlier, when |g|^2 overflows or SGLD's update passes
+    ``UPDATE_BOUND`` or SGHMC's r^2 overflows, so there only the draws before either check
+    fires and the flags from then on are compared). SGLD reads its gradient's sum of squares;
+    SGHMC one pass over the position, the kinetic energy and the gradient's sum of squares."""
     h = 2.5 if make is not support_target else 0.9
     kw = dict(num_samples=120, num_chains=3, seed=5, init=jnp.ones((3, 2)), on_divergence=mode, progress_bar=False,
               checks="off")
-    fast = hb.samplers.sgld(h)
+    fast = SAMPLERS[kind](h)
     slow = fast._replace(checks_state=False)
     assert fast.checks_state and cache.sampler_key(fast)[0] != cache.sampler_key(slow)[0]
     with pytest.warns(RuntimeWarning, match="diverged"):

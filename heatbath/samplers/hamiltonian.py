@@ -224,8 +224,16 @@ def build_kernel(split: _integrators.Splitting, step_size, friction, temperature
         new_pos, new_mom, cache, lp, g = integrate(
             key_int, position, momentum, cache, batch, grad_fn, h, C_tree, M, inv_M, T_noise, next_params=next_params
         )
-        diverging = jnp.logical_not(jnp.logical_and(tree.all_finite(new_pos), tree.all_finite(new_mom)))
-        info = SGHMCInfo(h, T, tree.norm(g), lp, diverging, _integrators.kinetic_energy(new_mom, inv_M))
+        # The whole new state checked with one pass (the position) and two sums computed anyway: the
+        # kinetic energy (finite iff every momentum entry is, up to an overflow of r^2, flagged
+        # too) and the gradient's sum of squares (an FSAL cache's gradient is g; its log density
+        # is a scalar). So the driver's guard needs no pass of its own (``checks_state``).
+        kinetic = _integrators.kinetic_energy(new_mom, inv_M)
+        sq = tree.sq_norm(g)
+        ok = jnp.logical_and(jnp.logical_and(tree.all_finite(new_pos), jnp.isfinite(kinetic)), jnp.isfinite(sq))
+        if split.fsal:
+            ok = jnp.logical_and(ok, jnp.isfinite(cache.lp))
+        info = SGHMCInfo(h, T, jnp.sqrt(sq), lp, jnp.logical_not(ok), kinetic)
         return SGHMCState(new_pos, new_mom, state.step + 1, cache if split.fsal else ()), info
 
     return step
@@ -354,5 +362,5 @@ def sghmc(
         sghmc, hyper, base_name="sghmc" if split.name == "euler" else f"sghmc-{split.name}", init=init,
         step=build_kernel(split, h, C, T, M, V, k, resample_momentum, _noise.as_noise(noise), fuse_noise),
         gradient=spec, temperature=T, grads_per_step=float(split.grads_per_step), steps_per_draw=k,
-        gradient_at_position=split.gradient_at_start, auto=auto,
+        gradient_at_position=split.gradient_at_start, auto=auto, checks_state=True,
     )
