@@ -52,10 +52,16 @@ SAMPLERS = {
 }
 
 
-@pytest.mark.parametrize("mode", ["stop", "restart", "flag"])
+def _default_suite(kind, mode):
+    # SGLD in every mode and SGHMC OBABO with restarts in the default suite; the rest with -m slow.
+    return kind == "sgld" or (kind == "sghmc-obabo" and mode == "restart")
+
+
 @pytest.mark.parametrize("make", [lambda: gaussian(), support_target], ids=["overflow", "nan"])
-@pytest.mark.parametrize("kind", [k if k in ("sgld", "sghmc-obabo") else pytest.param(k, marks=pytest.mark.slow)
-                                  for k in SAMPLERS])
+@pytest.mark.parametrize("kind, mode", [
+    pytest.param(k, m, id=f"{k}-{m}", marks=() if _default_suite(k, m) else pytest.mark.slow)
+    for k in SAMPLERS for m in ("stop", "restart", "flag")
+])
 def test_the_sampler_check_gives_the_full_pass_answers(mode, make, kind):
     """The sampler's own check against the finiteness pass over the new state it replaces
     (the same sampler with ``checks_state=False``): the same draws and the same flags, on a

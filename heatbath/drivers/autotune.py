@@ -49,7 +49,7 @@ from heatbath.drivers.measurement import (  # noqa: F401 - re-exported: callers 
     CURVATURE_ROWS, MEASURED, NUM_BATCHES, POWER_ITERS, _family, _measure, _metric, _metric_settings,
     _second_moment, curvature_rows, measure,
 )
-from heatbath.kernels.schedules import is_constant
+from heatbath.kernels.schedules import Tuned, is_constant
 
 __all__ = ["EPS", "auto_names", "curvature_rows", "measure", "choose", "warmup", "default_num_warmup"]
 
@@ -95,6 +95,12 @@ def softest_curvature(m: dict) -> float:
     then at least 0.2 omega_max)."""
     lam_h = float(np.max(m["lam_h"]))
     return float(np.clip(np.min(m["lam_min"]), lam_h * 1e-2, lam_h))
+
+
+def _as_tuned(values: dict) -> dict:
+    """The chosen step size and friction as :class:`~heatbath.kernels.schedules.Tuned` values: the
+    compiled loop takes them as arguments, so another seed's (or other data's) choice reuses it."""
+    return {k: Tuned(v, k) if k in ("step_size", "friction") else v for k, v in values.items()}
 
 
 def choose(family: str, m: dict, T: float, symmetric: bool = True, friction_given: Optional[float] = None):
@@ -160,7 +166,7 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
     for attempt in range(RETRIES + 1):
         values = dict(chosen0)
         values["step_size"] = chosen0["step_size"] * step_scale
-        tuned = sampler.rebuild(**{k: v for k, v in values.items() if k in names})
+        tuned = sampler.rebuild(**_as_tuned({k: v for k, v in values.items() if k in names}))
         cfg = loop.LoopConfig(
             batching=batching, batch_size=batch_size, num_draws=points, thinning=spacing, num_warmup=lead,
             desc=f"{sampler.name} warmup 1/2 (tuning)", record=_positions, progress_bar=progress_bar,
@@ -209,7 +215,7 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
         changes["decay"] = max(0.99, 1.0 - chosen["step_size"] / 10.0)
         chosen["decay"] = changes["decay"]
         names = names + ("decay",)
-    final = sampler.rebuild(**changes)
+    final = sampler.rebuild(**_as_tuned(changes))
     info = {
         "auto": list(names),
         **{k: float(v) for k, v in chosen.items() if k in names},

@@ -21,7 +21,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-__all__ = ["IdentityCache", "array_digest", "fingerprint", "settings_key", "sampler_key", "target_key", "clear_caches"]
+__all__ = ["IdentityCache", "array_digest", "fingerprint", "settings_key", "sampler_key", "target_key", "function_key",
+           "clear_caches"]
 
 _ALL: list = []
 
@@ -116,6 +117,10 @@ def _key(value, pins: list, depth: int = 0):
     anything else."""
     if depth > 12:
         raise _Unkeyable
+    from heatbath.kernels.schedules import Tuned
+
+    if isinstance(value, Tuned):  # an argument of the compiled loop, not a constant of it
+        return ("tuned", value.name)
     if value is None or isinstance(value, (bool, numbers.Number, str, bytes)):
         return (type(value).__name__, value)
     if isinstance(value, jax.core.Tracer):
@@ -147,7 +152,11 @@ def _key(value, pins: list, depth: int = 0):
             not type(value).__module__.startswith("heatbath."):
         pins.append(value)
         return ("id", id(value))
-    return (type(value), _key(vars(value), pins, depth + 1))
+    # Fields the compiled loop receives as arguments (``_cache_ignores``: a control-variate
+    # centre arrives in the estimator's state) do not enter the key.
+    ignores = getattr(type(value), "_cache_ignores", ())
+    fields = {k: v for k, v in vars(value).items() if k not in ignores}
+    return (type(value), _key(fields, pins, depth + 1))
 
 
 def settings_key(value):
@@ -173,14 +182,27 @@ def sampler_key(sampler):
     return ("sampler-id", id(sampler)), (sampler,)
 
 
+def function_key(fn):
+    """(key, pin) of a function a compiled loop calls: its identity, or for a function that
+    stands for another one with values the loop takes as arguments (``fn._heatbath_base =
+    (tag, base)``: a whitened target's, whose metric is an argument, see
+    :mod:`heatbath.drivers.metric`) the tag and the base function's key."""
+    base = getattr(fn, "_heatbath_base", None)
+    if base is None:
+        return id(fn), fn
+    tag, inner = base
+    key, pin = function_key(inner)
+    return (tag, key), pin
+
+
 def target_key(target):
     """(key, pins) of a target by what a compiled loop reads from it (its functions, by identity,
     and ``num_data``), not by its data, which the loop takes as an argument: ``data=`` on a
     Target, which builds a new Target around the same functions, finds the loop compiled for
-    the first one."""
-    fields = (target.terms, target.constrain_fn, target.nonsmooth)
-    return (("target", type(target), tuple(id(f) for f in fields), target.num_data, target.minibatch_error,
-             target.discrete_error), fields)
+    the first one; a whitened target (:func:`function_key`) finds the loop compiled for another
+    metric of the same target."""
+    keys, pins = zip(*(function_key(f) for f in (target.terms, target.constrain_fn, target.nonsmooth)))
+    return (("target", type(target), keys, target.num_data, target.minibatch_error, target.discrete_error), pins)
 
 
 def clear_caches():

@@ -28,11 +28,12 @@ from heatbath.drivers import plan
 from heatbath.drivers.cost import grad_evals_per_chain, num_refreshes  # noqa: F401 - re-exported
 from heatbath.drivers.keys import chain_keys, fold_each  # noqa: F401 - re-exported
 from heatbath.drivers.divergence import finite_log_density, flag_lookahead
-from heatbath.drivers.cache import IdentityCache, sampler_key, target_key
+from heatbath.drivers.cache import IdentityCache, function_key, sampler_key, target_key
 from heatbath.drivers.placement import place, place_data, shardings, to_host
 from heatbath.drivers.progress import Progress
 from heatbath.drivers.step import make_chunk, make_step  # noqa: F401 - re-exported (callers and tests read them here)
 from heatbath.kernels.gradients import Estimator
+from heatbath.kernels import schedules as _schedules
 
 __all__ = ["LoopConfig", "RunOut", "make_step", "make_chunk", "run", "fold_each", "chain_keys", "finite_log_density",
            "grad_evals_per_chain", "num_refreshes", "DIVERGENCE_MODES", "KEEP_MODES", "COMPILED"]
@@ -105,6 +106,25 @@ def _signature(tree):
         (jnp.shape(x), str(jnp.result_type(x)), getattr(x, "sharding", None) if isinstance(x, jax.Array) else None)
         for x in leaves
     )
+
+
+def _metric_args(target) -> dict:
+    from heatbath.drivers.metric import tuned_metric  # metric sits above the loop
+
+    return tuned_metric(target)
+
+
+def _with_tuned(chunk):
+    """The chunk with the sampler's :class:`~heatbath.kernels.schedules.Tuned` values as its last
+    argument: traced with them, the compiled code reads them from there (another value: the
+    same compiled code)."""
+
+    def chunk_with(carry, acc, shared_est, data, offset, count, tuned):
+        with _schedules.tuned_values(tuned):
+            return chunk(carry, acc, shared_est, data, offset, count)
+
+    chunk_with.__name__ = "chunk"  # the name jax.log_compiles reports
+    return chunk_with
 
 
 def _draw_like(record, length, thinning, one_step, carry, shared_est, acc, data, moments, swag_rank):
@@ -232,6 +252,15 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     # Keyed on the sampler's settings and the target's functions, not on the objects: a new
     # sampler with the same settings, or data= on a Target, reuses the compiled chunks.
     (skey, spins), (tkey, tpins) = sampler_key(sampler), target_key(target)
+    # The driver's chosen step size and friction and a whitened target's metric: arguments of the
+    # compiled chunk (the key names them, with their shapes, not their values).
+    tuned = {**_schedules.tuned_in(sampler.hyperparameters), **_metric_args(target)}
+    if places is not None:
+        tuned = jax.device_put(tuned, places[2])
+    else:
+        tuned = {k: v if isinstance(v, float) else jnp.asarray(v) for k, v in tuned.items()}
+    rkey, rpin = function_key(record) if record is not None else (None, None)
+    signature = signature + (_signature(tuned),)
 
     def get(length, steps, keep_, progress, widen=True):
         if keep_ and chunk_size and widen:
@@ -241,18 +270,18 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
             length = max(length, min(chunk_size, cfg.num_draws))
         length = capacity(length, max(1, CHUNK_BYTES // max(per_draw, 1)), keep_)
         every = progress.every if progress is not None and progress.enabled else None
-        key = (skey, tkey, id(record), id(spec), cfg.batch_size, cfg.on_divergence, length, steps,
+        key = (skey, tkey, rkey, id(spec), cfg.batch_size, cfg.on_divergence, length, steps,
                keep_, moments, cfg.swag_rank, every, signature)
 
         def build():
             nonlocal compile_time
-            fn = make_chunk(one_step, length, steps, record, progress, keep_, moments, cfg.swag_rank)
+            fn = _with_tuned(make_chunk(one_step, length, steps, record, progress, keep_, moments, cfg.swag_rank))
             t0 = time.perf_counter()
-            compiled = jax.jit(fn).lower(carry, acc, shared_est, data, jnp.int32(0), jnp.int32(0)).compile()
+            compiled = jax.jit(fn).lower(carry, acc, shared_est, data, jnp.int32(0), jnp.int32(0), tuned).compile()
             compile_time += time.perf_counter() - t0
             return compiled
 
-        return COMPILED.get(key, spins + tpins + (record, spec), build)
+        return COMPILED.get(key, spins + tpins + (rpin, spec), build)
 
     done_steps = sum(n * t for n, t, _ in segments[:start])
     pending = []
@@ -267,7 +296,8 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
             # the copy of a large buffer does not enter the timing that sizes the others.
             chunk_fn = get(length, steps, is_draws, progress, widen=not (calibrate and j == 0))
             t0 = time.perf_counter()
-            (carry, acc), out = chunk_fn(carry, acc, shared_est, data, jnp.int32(done_steps), jnp.int32(length))
+            (carry, acc), out = chunk_fn(carry, acc, shared_est, data, jnp.int32(done_steps), jnp.int32(length),
+                                         tuned)
             done_steps += length * steps
             if is_draws:
                 values, info = jax.tree.map(lambda x: x if x.shape[0] == length else np.array(x[:length]),

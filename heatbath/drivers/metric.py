@@ -40,12 +40,14 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from heatbath.drivers import autotune, mapsearch
+from heatbath.kernels import schedules as _schedules
 
 __all__ = ["MODES", "DENSE_MAX", "FLOOR", "Affine", "applies", "laplace", "newton", "whiten", "centre_to_run"]
 
 MODES = ("auto", "identity")
 DENSE_MAX = 2000  # unconstrained dimensions up to which the dense Laplace metric is used
 FLOOR = 1e-8  # eigenvalues of the averaged Hessian are floored at lambda_max * FLOOR
+TUNED_MU, TUNED_L = "metric_mu", "metric_L"  # the names of mu and L among the compiled loop's arguments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,15 +266,40 @@ def whiten(target, affine: Affine):
 
 
 def _whiten(target, affine: Affine):
-    fwd, inv = affine.forward, affine.inverse
+    inv = affine.inverse
     terms0, constrain0, init0, unconstrain0 = target.terms, target.constrain_fn, target.init_params, target.unconstrain
     prior0 = target.prior_init
+
+    def fwd(z):
+        # Traced in the compiled loop, mu and L are its arguments (``TUNED_MU``/``TUNED_L``, given by
+        # the loop from ``tuned_metric``): every whitened target of one target then shares the
+        # compiled loop (drivers.cache keys these functions by the target they whiten). Elsewhere
+        # they are this affine's constants.
+        values = _schedules.current_tuned()
+        if values is None:
+            return affine.forward(z)
+        if TUNED_MU not in values:  # keyed as whitened, but the loop did not pass the metric: refuse
+            raise RuntimeError("a whitened target traced in a compiled loop without its metric among the "
+                               "loop's arguments (heatbath.drivers.metric.tuned_metric)")
+        flat, _ = ravel_pytree(z)
+        mu, L = values[TUNED_MU], values[TUNED_L]
+        return affine.unravel(jnp.asarray(mu, flat.dtype) + jnp.asarray(L, flat.dtype) @ flat)
 
     def terms(z, batch):
         return terms0(fwd(z), batch)
 
     def constrain_fn(z, data):
         return constrain0(fwd(z), data)
+
+    if getattr(terms0, "_heatbath_base", (None,))[0] == "whitened":
+        # Both layers would read the same mu and L from the loop's arguments.
+        raise ValueError("whiten a target once: compose the affine maps (heatbath.drivers.adapt.compose)")
+    # The metric travels with the functions (a copy of the target, e.g. with other data, keeps
+    # them and so its metric), which the compile cache keys by the target they whiten.
+    metric = {TUNED_MU: np.asarray(affine.mu), TUNED_L: np.asarray(affine.L)}
+    for fn, base in ((terms, terms0), (constrain_fn, constrain0)):
+        fn._heatbath_base = ("whitened", base)
+        fn._heatbath_tuned = metric
 
     def init_params(key):
         return inv(init0(key))
@@ -283,6 +310,11 @@ def _whiten(target, affine: Affine):
     prior_init = None if prior0 is None else (lambda key, how: inv(prior0(key, how)))
     return dataclasses.replace(target, terms=terms, constrain_fn=constrain_fn, init_params=init_params,
                                unconstrain=unconstrain, prior_init=prior_init)
+
+
+def tuned_metric(target) -> dict:
+    """The metric's mu and L of a whitened target, as arguments of the compiled loop ({} otherwise)."""
+    return dict(getattr(target.terms, "_heatbath_tuned", {}))
 
 
 def to_run(affine: Optional[Affine], positions):

@@ -38,6 +38,8 @@ def _record(target, unconstrained: bool):
         def record(position, data):
             return {"values": constrain_fn(position, data), "position": position}
 
+        if getattr(constrain_fn, "_heatbath_base", None) is not None:  # keyed like its constrain function
+            record._heatbath_base = ("unconstrained", constrain_fn)
         return record
 
     # Keyed on the constrain function (a Target with new data= keeps it): the same record, so

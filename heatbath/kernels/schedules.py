@@ -22,6 +22,8 @@ so a schedule costs one scalar expression per step.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
 from typing import Callable, Union
@@ -92,7 +94,70 @@ def constant(value: float) -> Schedule:
 
 def is_constant(schedule: Schedule):
     """Return the value of a constant schedule, or None when it varies with the step."""
-    return schedule.value if isinstance(schedule, _Constant) else None
+    return schedule.value if isinstance(schedule, (_Constant, _TunedSchedule)) else None
+
+
+# ----------------------------------------------------------------------------------------
+# Values chosen by the driver, given to the compiled loop as arguments
+# ----------------------------------------------------------------------------------------
+_TUNED: contextvars.ContextVar = contextvars.ContextVar("heatbath_tuned_values", default=None)
+
+
+class Tuned(float):
+    """A constant the driver chose (``hb.sample``'s automatic step size or friction): a float for
+    every reader, whose schedule reads its value from the compiled loop's arguments while the loop
+    is traced (:func:`tuned_values`) and is the constant otherwise. The drivers' compile cache
+    keys it by its name alone (:mod:`heatbath.drivers.cache`), so a run whose tuning chose another
+    value (another seed, other data) reuses the compiled loop instead of compiling it again."""
+
+    def __new__(cls, value, name: str):
+        obj = super().__new__(cls, value)
+        obj.name = name
+        return obj
+
+    def __reduce__(self):
+        return (Tuned, (float(self), self.name))
+
+
+class _TunedSchedule:
+    """The schedule of a :class:`Tuned` value (see there)."""
+
+    def __init__(self, name: str, value: float):
+        self.name, self.value = name, float(value)
+
+    def __call__(self, step):
+        del step
+        values = current_tuned()
+        if values is None:
+            return jnp.asarray(self.value)
+        if self.name not in values:  # keyed by name, so it must not be compiled in as a constant
+            raise RuntimeError(f"the tuned value {self.name!r} is traced in a compiled loop that does not take it "
+                               "as an argument (heatbath.kernels.schedules.tuned_in)")
+        return values[self.name]
+
+    def __repr__(self) -> str:
+        return f"constant({self.value!r})"
+
+
+@contextlib.contextmanager
+def tuned_values(values: dict):
+    """While tracing the compiled loop: the :class:`Tuned` schedules named in ``values`` return
+    those (traced) values instead of their constants."""
+    token = _TUNED.set(dict(values))
+    try:
+        yield
+    finally:
+        _TUNED.reset(token)
+
+
+def current_tuned():
+    """The values given by :func:`tuned_values` while the compiled loop is traced (None outside)."""
+    return _TUNED.get()
+
+
+def tuned_in(hyperparameters: dict) -> dict:
+    """``{name: value}`` of the :class:`Tuned` values among a sampler's hyperparameters."""
+    return {v.name: float(v) for _, v in sorted(hyperparameters.items()) if isinstance(v, Tuned)}
 
 
 def polynomial_decay(a: float, b: float = 1.0, gamma: float = 0.55) -> Schedule:
@@ -216,6 +281,9 @@ def as_schedule(value: ScheduleLike, name: str, *, positive: bool = True) -> Sch
     any compilation, and traced once with an abstract step (a ``TypeError`` when they
     branch on the step in Python, which would fail only inside the compiled loop).
     """
+    if isinstance(value, Tuned):
+        checked = as_schedule(float(value), name, positive=positive)  # the same errors as a number
+        return _TunedSchedule(value.name, checked.value)
     if isinstance(value, (numbers.Real, np.ndarray, jnp.ndarray)) and not callable(value):
         if np.ndim(value) != 0:
             raise ValueError(f"{name} must be a scalar or a schedule, got an array of shape {np.shape(value)}")
