@@ -138,3 +138,17 @@ def test_moments_never_read_the_state_before_the_first_draw():
         got = np.asarray(m.moments["mean"][site]).ravel()
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, x.mean(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_chain_that_does_not_move_is_named_and_its_draws_called_unusable():
+    """A start where every step is below the coordinates' float32 rounding (at 1e8, steps of
+    about 1e-6): R-hat and ESS leave constant coordinates out, the frozen check names them."""
+    t = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum((p - 1e8) ** 2), lambda p, b: 0.0 * jnp.sum(b),
+                                  jnp.zeros((4,)), params=jnp.zeros(2))
+    kw = dict(num_samples=50, num_chains=2, progress_bar=False, seed=0, checks="full")  # keeps the unconstrained draws
+    init = jnp.stack([jnp.full(2, 1e8), jnp.array([1e8, 1e8 + 8.0])])
+    with pytest.warns(RuntimeWarning, match=r"chain\(s\) \[0, 1\] did not move: 2 of 2 .*step size \(1e-12\)"):
+        r = hb.sample(t, hb.samplers.sgld(1e-12), init=init, **kw)
+    assert r.checks["frozen_coordinates"] == {0: 2, 1: 2}
+    ok = hb.sample(gaussian(), hb.samplers.sgld(0.1), init=jnp.zeros((2, 2)), **kw)  # moving chains: no report
+    assert "frozen_coordinates" not in ok.checks

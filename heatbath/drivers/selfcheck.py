@@ -91,6 +91,26 @@ def _rhat_ess(samples: dict, chains) -> dict:
     return out
 
 
+def _frozen(unconstrained, chains) -> dict:
+    """Coordinates of the unconstrained draws that never changed in a chain (every draw equal).
+
+    With T > 0 every step adds noise to every coordinate, so a coordinate that never moves is
+    one whose steps are all below its floating-point rounding: a chain stuck at the edge of the
+    support (a scale at 0, where an unconstrained coordinate runs off to -infinity) with a tiny
+    step size. R-hat leaves such coordinates out (zero variance), so they need their own check."""
+    if unconstrained is None:
+        return {}
+    x = _flat_draws(dict(enumerate(jax.tree.leaves(unconstrained))), chains)
+    if x.size == 0 or x.shape[1] < 2:
+        return {}
+    stuck = np.all(x == x[:, :1, :], axis=1)  # (chain, coordinate)
+    per_chain = stuck.sum(axis=1)
+    if not per_chain.any():
+        return {}
+    return {"frozen_coordinates": {int(chains[i]): int(n) for i, n in enumerate(per_chain) if n},
+            "frozen_of": int(x.shape[2])}
+
+
 def _batch_ratio(a: np.ndarray, b: np.ndarray, batches: int = 8):
     ratio = float(np.mean(a) / np.mean(b))
     n = len(a) // batches
@@ -226,6 +246,19 @@ def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed
                            "; or run SGHMC on full batches (batch_size=None) or larger minibatches: with a quiet "
                            "gradient its friction stays low and its momentum crosses such a ridge (README, "
                            "'Refine the metric where the chains are')"))
+    if T and T > 0 and result.target.nonsmooth is None:  # (a proximal step may hold a coordinate at 0 exactly)
+        frozen = _frozen(result.unconstrained, chains)
+        checks.update(frozen)
+        if frozen:
+            stuck = frozen["frozen_coordinates"]
+            h = (result.tuning or {}).get("step_size", (getattr(sampler, "hyperparameters", {}) or {}).get("step_size"))
+            msgs.append(
+                f"chain(s) {sorted(stuck)} did not move: {max(stuck.values())} of {frozen['frozen_of']} unconstrained "
+                f"coordinates kept one value over every draw, so their draws are unusable (R-hat and ESS leave them "
+                f"out). Likely cause: a start at the edge of the support (e.g. a scale at 0, where a failed mode "
+                f"search ends: see Result.tuning['init'])"
+                + (f" with a step size ({float(h):.3g}) too small to leave it" if isinstance(h, (int, float)) else "")
+                + "; give init= values inside the support (init='median' or a dict), or a step_size")
     if "kinetic_energy" in result.stats and T and T > 0:
         d = _tree.size(jax.tree.map(lambda x: x[0], result.final_state.position))
         kin = _kinetic(result.stats, chains, d)
