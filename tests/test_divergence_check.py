@@ -152,3 +152,12 @@ def test_a_chain_that_does_not_move_is_named_and_its_draws_called_unusable():
     assert r.checks["frozen_coordinates"] == {0: 2, 1: 2}
     ok = hb.sample(gaussian(), hb.samplers.sgld(0.1), init=jnp.zeros((2, 2)), **kw)  # moving chains: no report
     assert "frozen_coordinates" not in ok.checks
+
+
+def test_a_severe_r_hat_says_the_draws_are_not_usable():
+    kw = dict(num_samples=50, num_chains=2, progress_bar=False, seed=0, checks="basic")
+    with pytest.warns(RuntimeWarning, match="R-hat .* do not use them as they are"):
+        hb.sample(gaussian(), hb.samplers.sgld(1e-6), init=jnp.array([[-5.0, -5.0], [5.0, 5.0]]), **kw)
+    with pytest.warns(RuntimeWarning, match="R-hat") as record:  # mildly unmixed: the usual advice only
+        hb.sample(gaussian(), hb.samplers.sgld(0.3), init=jnp.array([[-1.0, -1.0], [1.0, 1.0]]), **{**kw, "num_samples": 100})
+    assert not any("do not use them" in str(w.message) for w in record)

@@ -46,6 +46,7 @@ __all__ = ["LEVELS", "default_level", "run_checks"]
 
 LEVELS = ("full", "basic", "off")
 RHAT_MAX = 1.01
+RHAT_UNUSABLE = 1.5  # beyond it the warning says the draws are not usable as they are
 ESS_MIN = 100.0
 TCONF_TOL = 0.2
 TKIN_TOL = 0.25
@@ -229,8 +230,10 @@ def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed
         checks.update(_rhat_ess(result.samples, chains))
         if checks.get("rhat_max", 1.0) > RHAT_MAX:
             what = "the two halves of the chain disagree" if len(chains) == 1 else "the chains disagree"
+            severe = (" At this level the draws do not represent the posterior: do not use them as they are."
+                      if checks["rhat_max"] > RHAT_UNUSABLE else "")
             msgs.append(f"R-hat {checks['rhat_max']:.3f} > {RHAT_MAX}: {what} (different modes, or not mixed yet); "
-                        "run longer, and compare the chains' means (Result.samples) for separate modes")
+                        "run longer, and compare the chains' means (Result.samples) for separate modes" + severe)
         if checks.get("ess_bulk_min", np.inf) < ESS_MIN:
             msgs.append(f"bulk ESS {checks['ess_bulk_min']:.0f} < {ESS_MIN:.0f} for some coordinate: the draws are "
                         "too autocorrelated for reliable means; run more steps (num_samples or thinning)")
