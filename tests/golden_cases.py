@@ -543,12 +543,7 @@ SEP = "::"
 def environment() -> dict:
     import jaxlib
 
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
+    cpu = _cpuinfo().get("model name", "")
     return {
         "versions": {
             "jax": jax.__version__,
@@ -693,13 +688,24 @@ def compare(want: np.ndarray, got: np.ndarray, rtol) -> str | None:
 NO_RECORDING = 3  # exit code: no recording for this CPU model
 
 
-def isa() -> str:
-    """The widest x86 vector extension of this CPU (``avx512``, ``avx2``, ...), from /proc/cpuinfo."""
+def _cpuinfo() -> dict:
+    """The first processor's fields in /proc/cpuinfo ({} where there is none)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            for line in f:
+                if not line.strip():
+                    break  # the end of the first processor's block
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        return "unknown-isa"
+        pass
+    return fields
+
+
+def isa() -> str:
+    """The widest x86 vector extension of this CPU (``avx512``, ``avx2``, ...), from /proc/cpuinfo."""
+    flags = _cpuinfo().get("flags", "").split()
     for name in ("avx512f", "avx2", "avx", "sse4_2"):
         if name in flags:
             return name.replace("avx512f", "avx512")
@@ -711,17 +717,7 @@ def microarchitecture() -> str:
     cover several micro-architectures whose XLA code differs in the last bits (an "AMD EPYC"
     with AVX-512, family 25 model 17, differs from the machine golden_f32.npz was recorded on
     in the FB-GVI fits)."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key = line.split(":", 1)[0].strip()
-                if key in ("cpu family", "model") and key not in fields:
-                    fields[key] = line.split(":", 1)[1].strip()
-                if len(fields) == 2:
-                    break
-    except OSError:
-        pass
+    fields = _cpuinfo()
     return f"f{fields.get('cpu family', '?')}-m{fields.get('model', '?')}"
 
 

@@ -21,6 +21,8 @@ from typing import Callable
 import jax
 import numpy as np
 
+from heatbath.kernels.schedules import Tuned
+
 __all__ = ["IdentityCache", "array_digest", "fingerprint", "settings_key", "sampler_key", "target_key", "function_key",
            "clear_caches"]
 
@@ -117,8 +119,6 @@ def _key(value, pins: list, depth: int = 0):
     anything else."""
     if depth > 12:
         raise _Unkeyable
-    from heatbath.kernels.schedules import Tuned
-
     if isinstance(value, Tuned):  # an argument of the compiled loop, not a constant of it
         return ("tuned", value.name)
     if value is None or isinstance(value, (bool, numbers.Number, str, bytes)):
@@ -152,9 +152,9 @@ def _key(value, pins: list, depth: int = 0):
             not type(value).__module__.startswith("heatbath."):
         pins.append(value)
         return ("id", id(value))
-    # Fields the compiled loop receives as arguments (``_cache_ignores``: a control-variate
+    # Fields the compiled loop receives as arguments (``cache_ignores``: a control-variate
     # centre arrives in the estimator's state) do not enter the key.
-    ignores = getattr(type(value), "_cache_ignores", ())
+    ignores = getattr(type(value), "cache_ignores", ())
     fields = {k: v for k, v in vars(value).items() if k not in ignores}
     return (type(value), _key(fields, pins, depth + 1))
 

@@ -256,7 +256,7 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     # compiled chunk (the key names them, with their shapes, not their values).
     tuned = {**_schedules.tuned_in(sampler.hyperparameters), **_metric_args(target)}
     if places is not None:
-        tuned = jax.device_put(tuned, places[2])
+        tuned = jax.device_put(tuned, replicated)
     else:
         tuned = {k: v if isinstance(v, float) else jnp.asarray(v) for k, v in tuned.items()}
     rkey, rpin = function_key(record) if record is not None else (None, None)

@@ -59,11 +59,12 @@ class Affine:
     L_inv: np.ndarray  # (d, d)
     unravel: object
 
-    def forward(self, z):
-        """theta of one z (a pytree like the target's parameters)."""
+    def forward(self, z, mu=None, L=None):
+        """theta of one z (a pytree like the target's parameters); ``mu`` and ``L`` in place of
+        this map's own (traced arguments of the compiled loop, see ``_whiten``)."""
         flat, _ = ravel_pytree(z)
-        L = jnp.asarray(self.L, flat.dtype)
-        return self.unravel(jnp.asarray(self.mu, flat.dtype) + L @ flat)
+        mu, L = (self.mu, self.L) if mu is None else (mu, L)
+        return self.unravel(jnp.asarray(mu, flat.dtype) + jnp.asarray(L, flat.dtype) @ flat)
 
     def inverse(self, theta):
         """z of one theta."""
@@ -269,6 +270,9 @@ def _whiten(target, affine: Affine):
     inv = affine.inverse
     terms0, constrain0, init0, unconstrain0 = target.terms, target.constrain_fn, target.init_params, target.unconstrain
     prior0 = target.prior_init
+    if getattr(terms0, "_heatbath_base", (None,))[0] == "whitened":
+        # Both layers would read the same mu and L from the loop's arguments.
+        raise ValueError("whiten a target once: compose the affine maps (heatbath.drivers.adapt.compose)")
 
     def fwd(z):
         # Traced in the compiled loop, mu and L are its arguments (``TUNED_MU``/``TUNED_L``, given by
@@ -281,9 +285,7 @@ def _whiten(target, affine: Affine):
         if TUNED_MU not in values:  # keyed as whitened, but the loop did not pass the metric: refuse
             raise RuntimeError("a whitened target traced in a compiled loop without its metric among the "
                                "loop's arguments (heatbath.drivers.metric.tuned_metric)")
-        flat, _ = ravel_pytree(z)
-        mu, L = values[TUNED_MU], values[TUNED_L]
-        return affine.unravel(jnp.asarray(mu, flat.dtype) + jnp.asarray(L, flat.dtype) @ flat)
+        return affine.forward(z, values[TUNED_MU], values[TUNED_L])
 
     def terms(z, batch):
         return terms0(fwd(z), batch)
@@ -291,9 +293,6 @@ def _whiten(target, affine: Affine):
     def constrain_fn(z, data):
         return constrain0(fwd(z), data)
 
-    if getattr(terms0, "_heatbath_base", (None,))[0] == "whitened":
-        # Both layers would read the same mu and L from the loop's arguments.
-        raise ValueError("whiten a target once: compose the affine maps (heatbath.drivers.adapt.compose)")
     # The metric travels with the functions (a copy of the target, e.g. with other data, keeps
     # them and so its metric), which the compile cache keys by the target they whiten.
     metric = {TUNED_MU: np.asarray(affine.mu), TUNED_L: np.asarray(affine.L)}

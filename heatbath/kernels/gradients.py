@@ -250,7 +250,7 @@ class _ControlVariates:
     name = "control_variates"
     # The compiled loop reads the centre from the estimator's state (CentredState, made by
     # ``init`` outside it), never as a constant: the drivers' compile cache leaves it out of the key.
-    _cache_ignores = ("centre",)
+    cache_ignores = ("centre",)
 
     def __init__(self, centre=None, map_steps: int = 2000, chunk_rows: Optional[int] = None):
         self.centre = centre

@@ -94,7 +94,7 @@ def constant(value: float) -> Schedule:
 
 def is_constant(schedule: Schedule):
     """Return the value of a constant schedule, or None when it varies with the step."""
-    return schedule.value if isinstance(schedule, (_Constant, _TunedSchedule)) else None
+    return schedule.value if isinstance(schedule, _Constant) else None
 
 
 # ----------------------------------------------------------------------------------------
@@ -119,24 +119,21 @@ class Tuned(float):
         return (Tuned, (float(self), self.name))
 
 
-class _TunedSchedule:
-    """The schedule of a :class:`Tuned` value (see there)."""
+class _TunedSchedule(_Constant):
+    """The schedule of a :class:`Tuned` value (see there): a constant for every static reader."""
 
     def __init__(self, name: str, value: float):
-        self.name, self.value = name, float(value)
+        super().__init__(value)
+        self.name = name
 
     def __call__(self, step):
-        del step
         values = current_tuned()
         if values is None:
-            return jnp.asarray(self.value)
+            return super().__call__(step)
         if self.name not in values:  # keyed by name, so it must not be compiled in as a constant
             raise RuntimeError(f"the tuned value {self.name!r} is traced in a compiled loop that does not take it "
                                "as an argument (heatbath.kernels.schedules.tuned_in)")
         return values[self.name]
-
-    def __repr__(self) -> str:
-        return f"constant({self.value!r})"
 
 
 @contextlib.contextmanager
