@@ -130,13 +130,16 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="gpu_results.json")
     ap.add_argument("--sections", default="bdl,logistic,fbgvi", help="comma-separated subset to run")
+    ap.add_argument("--bdl-steps", type=int, default=1000,
+                    help="steps per timed call of the 670k-weight MLP (a GPU step takes well under a millisecond, "
+                         "so 200 steps would time mostly the call's fixed cost)")
     args = ap.parse_args(argv)
     wanted = args.sections.split(",")
     repeats = 1 if args.smoke else args.repeats
     t0 = time.perf_counter()
     results = {"machine": machine_info(), "smoke": args.smoke, "sections": {}}
     config = bench_bdl.SMOKE if args.smoke else bench_bdl.FULL
-    steps = 5 if args.smoke else 200
+    steps = 5 if args.smoke else args.bdl_steps
     for name, fn in [("bdl", lambda: bench_bdl.run(config, steps, repeats, verbose=not args.smoke)),
                      ("logistic", lambda: logistic_section(args.smoke, repeats)),
                      ("fbgvi", lambda: fbgvi_section(args.smoke, repeats))]:

@@ -31,7 +31,7 @@ from heatbath.drivers.divergence import finite_log_density, flag_lookahead
 from heatbath.drivers.cache import IdentityCache, function_key, sampler_key, target_key
 from heatbath.drivers.placement import place, place_data, shardings, to_host
 from heatbath.drivers.progress import Progress
-from heatbath.drivers.step import make_chunk, make_step  # noqa: F401 - re-exported (callers and tests read them here)
+from heatbath.drivers.step import block_for, make_chunk, make_step  # noqa: F401 - re-exported (callers and tests read them here)
 from heatbath.kernels.gradients import Estimator
 from heatbath.kernels import schedules as _schedules
 
@@ -106,6 +106,14 @@ def _signature(tree):
         (jnp.shape(x), str(jnp.result_type(x)), getattr(x, "sharding", None) if isinstance(x, jax.Array) else None)
         for x in leaves
     )
+
+
+def _platform(tree) -> str:
+    """The platform the chains run on: their first array's device (the default backend for host arrays)."""
+    leaf = jax.tree.leaves(tree)[0]
+    if isinstance(leaf, jax.Array):
+        return next(iter(leaf.devices())).platform
+    return jax.default_backend()
 
 
 def _metric_args(target) -> dict:
@@ -261,6 +269,8 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
         tuned = {k: v if isinstance(v, float) else jnp.asarray(v) for k, v in tuned.items()}
     rkey, rpin = function_key(record) if record is not None else (None, None)
     signature = signature + (_signature(tuned),)
+    # Blocks of draws with a static trip count on an accelerator (make_chunk's block).
+    block = block_for(_platform(positions))
 
     def get(length, steps, keep_, progress, widen=True):
         if keep_ and chunk_size and widen:
@@ -271,11 +281,12 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
         length = capacity(length, max(1, CHUNK_BYTES // max(per_draw, 1)), keep_)
         every = progress.every if progress is not None and progress.enabled else None
         key = (skey, tkey, rkey, id(spec), cfg.batch_size, cfg.on_divergence, length, steps,
-               keep_, moments, cfg.swag_rank, every, signature)
+               keep_, moments, cfg.swag_rank, every, block, signature)
 
         def build():
             nonlocal compile_time
-            fn = _with_tuned(make_chunk(one_step, length, steps, record, progress, keep_, moments, cfg.swag_rank))
+            fn = _with_tuned(make_chunk(one_step, length, steps, record, progress, keep_, moments, cfg.swag_rank,
+                                        block))
             t0 = time.perf_counter()
             compiled = jax.jit(fn).lower(carry, acc, shared_est, data, jnp.int32(0), jnp.int32(0), tuned).compile()
             compile_time += time.perf_counter() - t0
