@@ -319,7 +319,11 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
                     pending.append((j, (values, info)))
                 del out
                 if moments:
-                    host, acc = _moments.merge_moments(host, acc)
+                    # The last chunk of a run without a checkpoint: nothing reads the device's
+                    # accumulator again (a checkpoint saves it; a calibrated run's first chunk is
+                    # followed by the others).
+                    final = ckpt is None and j + 1 == len(segments) and not (calibrate and j == 0)
+                    host, acc = _moments.merge_moments(host, acc, reset=not final)
             if calibrate and j == 0:
                 jax.block_until_ready(carry)
                 chunk_size, warmup_chunk = plan.sized_by_time(cfg, first, time.perf_counter() - t0, mem_chunk)

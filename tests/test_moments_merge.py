@@ -1,0 +1,63 @@
+"""keep="moments": the host's float64 merge of the chunks' moments equals the moments of the kept draws.
+
+The first chunk's moments are taken as they are and the last chunk's device accumulator is not
+reset (``moments.merge_moments``); one chunk, several chunks and a checkpointed run must all give
+the mean and variance of the draws a ``keep="all"`` run with the same seed records.
+"""
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+import heatbath as hb
+from heatbath.drivers import moments as _moments
+
+
+def _target():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (rng.uniform(size=200) < 0.5).astype(np.float32)
+
+    def logprior(w):
+        return -0.5 * jnp.sum(w**2)
+
+    def loglik(w, b):
+        z = b[0] @ w
+        return jnp.sum(b[1] * z - jax.nn.softplus(z))
+
+    return hb.models.from_logdensity(logprior, loglik, (X, y), params=jnp.zeros(4))
+
+
+KW = dict(batch_size=20, init=jnp.zeros(4), seed=5, num_samples=30, num_chains=2, progress_bar=False, checks="off")
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7, 10])
+def test_merged_moments_equal_the_draws_moments(chunk_size, tmp_path):
+    t = _target()
+    draws = np.asarray(hb.sample(t, hb.samplers.sgld(1e-2), **KW).samples["theta"], np.float64)
+    extra = {} if chunk_size is None else {"chunk_size": chunk_size}
+    m = hb.sample(t, hb.samplers.sgld(1e-2), keep="moments", **KW, **extra).moments
+    assert int(m["count"]) == 30
+    np.testing.assert_allclose(np.asarray(m["mean"]["theta"]), draws.mean(axis=1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(m["var"]["theta"]), draws.var(axis=1, ddof=1), rtol=1e-4, atol=1e-9)
+    if chunk_size:  # with a checkpoint every chunk's accumulator is reset and saved: the same moments
+        c = hb.sample(t, hb.samplers.sgld(1e-2), keep="moments", checkpoint=str(tmp_path / "c"), **KW, **extra).moments
+        for k in ("mean", "var"):
+            np.testing.assert_array_equal(np.asarray(c[k]["theta"]), np.asarray(m[k]["theta"]))
+
+
+def test_the_first_merge_is_the_chunk_itself_and_the_last_leaves_the_device_accumulator():
+    acc = {"count": jnp.asarray(3), "mean": {"a": jnp.asarray([1.0, 2.0], jnp.float32)},
+           "m2": {"a": jnp.asarray([0.5, 0.25], jnp.float32)}, "ring": ()}
+    host = _moments.host_moments(acc)
+    h1, kept = _moments.merge_moments(host, acc, reset=False)
+    assert kept is acc
+    np.testing.assert_array_equal(h1["mean"]["a"], [1.0, 2.0])
+    np.testing.assert_array_equal(h1["m2"]["a"], [0.5, 0.25])
+    h2, zeroed = _moments.merge_moments(h1, acc)  # a second chunk with the same moments: Chan's merge
+    assert int(zeroed["count"]) == 0 and not np.any(np.asarray(zeroed["mean"]["a"]))
+    np.testing.assert_allclose(h2["mean"]["a"], [1.0, 2.0])
+    np.testing.assert_allclose(h2["m2"]["a"], [1.0, 0.5])
+    assert int(h2["count"]) == 6
