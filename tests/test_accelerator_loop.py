@@ -59,16 +59,32 @@ def test_blocked_loop_records_the_same_draws_and_infos(monkeypatch, kw):
     for name in a.stats:  # step size, temperature, gradient norm, log density, diverging
         np.testing.assert_array_equal(np.asarray(a.stats[name]), np.asarray(b.stats[name]), err_msg=name)
     # Different compiled chunks (the block is in the cache key), not one reused.
-    assert not np.shares_memory(np.asarray(a.samples["theta"]), np.asarray(b.samples["theta"]))
+    assert a.compile_time > 0 and b.compile_time > 0
 
 
-def test_blocked_loop_keeps_the_same_moments_with_a_select(monkeypatch):
-    kw = dict(num_samples=70, num_chains=2, keep="moments")
+@pytest.mark.parametrize("swag_rank", [0, 3])
+def test_blocked_loop_keeps_the_same_moments_with_a_select(monkeypatch, swag_rank):
+    kw = dict(num_samples=70, num_chains=2, num_warmup=11, keep="moments", swag_rank=swag_rank)
     a = _run(monkeypatch, 0, hb.samplers.sghmc(0.03, 2.0), **kw)
     b = _run(monkeypatch, 8, hb.samplers.sghmc(0.03, 2.0), **kw)
     for name in ("mean", "var"):
         np.testing.assert_array_equal(np.asarray(a.moments[name]["theta"]), np.asarray(b.moments[name]["theta"]))
-    assert int(np.asarray(b.moments["count"])) == 70
+    if swag_rank:  # the SWAG deviations (the ring of the last draws, selected at its written slot)
+        np.testing.assert_array_equal(a.moments["deviations"]["theta"], b.moments["deviations"]["theta"])
+        assert a.moments["deviations"]["theta"].shape == (2, swag_rank, 3)
+    assert int(np.asarray(b.moments["count"])) == 70  # the warmup's states are not draws
+
+
+def test_blocked_loop_progress_bar_never_passes_the_steps_done(monkeypatch):
+    """Ticks once per block and not for the leftover draws, whose per-draw count would restart at
+    the chunk's start and count the blocks' steps again: the ticks never add up to more than the
+    run's steps (180 warmup + 70 draws: 22 + 8 blocks of 8 steps tick, 240 of 250)."""
+    ticks = []
+    orig = step.tick
+    monkeypatch.setattr(step, "tick", lambda n: (ticks.append(int(n)), orig(n))[1])
+    _run(monkeypatch, 8, hb.samplers.sgld(1e-3), num_samples=70, num_warmup=180, progress_bar=True)
+    jax.effects_barrier()
+    assert sum(ticks) == 240, ticks
 
 
 def test_blocked_chunk_runs_a_traced_count(monkeypatch):

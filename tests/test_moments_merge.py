@@ -30,14 +30,17 @@ def _target():
     return hb.models.from_logdensity(logprior, loglik, (X, y), params=jnp.zeros(4))
 
 
-KW = dict(batch_size=20, init=jnp.zeros(4), seed=5, num_samples=30, num_chains=2, progress_bar=False, checks="off")
+KW = dict(batch_size=20, init=jnp.full(4, 3.0), seed=5, num_samples=30, num_chains=2, progress_bar=False,
+          checks="off")
 
 
-@pytest.mark.parametrize("chunk_size", [None, 7, 10])
-def test_merged_moments_equal_the_draws_moments(chunk_size, tmp_path):
+@pytest.mark.parametrize("chunk_size,warmup", [(None, 0), (7, 0), (10, 0), (None, 9), (7, 13)])
+def test_merged_moments_equal_the_draws_moments(chunk_size, warmup, tmp_path):
+    """With a warmup too: its states are not draws. (Before 2026-12-04 a warmup chunk folded its
+    states into the moments: count num_samples + num_warmup, the mean pulled towards the start.)"""
     t = _target()
-    draws = np.asarray(hb.sample(t, hb.samplers.sgld(1e-2), **KW).samples["theta"], np.float64)
-    extra = {} if chunk_size is None else {"chunk_size": chunk_size}
+    extra = {"num_warmup": warmup} if chunk_size is None else {"chunk_size": chunk_size, "num_warmup": warmup}
+    draws = np.asarray(hb.sample(t, hb.samplers.sgld(1e-2), **KW, **extra).samples["theta"], np.float64)
     m = hb.sample(t, hb.samplers.sgld(1e-2), keep="moments", **KW, **extra).moments
     assert int(m["count"]) == 30
     np.testing.assert_allclose(np.asarray(m["mean"]["theta"]), draws.mean(axis=1), rtol=1e-5, atol=1e-7)

@@ -180,13 +180,24 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
 
             if block:
                 # On an accelerator a lax.cond's predicate goes to the host at every step; a select
-                # is exact as well (it takes the old accumulator elementwise, NaN or not).
-                return jax.tree.map(lambda new, old: jnp.where(apply, new, old), do(acc), acc)
+                # is exact as well (it takes the old accumulator elementwise, NaN or not). The
+                # SWAG ring is selected at its one written slot, not over all its columns.
+                new = do(acc)
+                out = {k: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new[k], acc[k]) for k in new
+                       if k != "ring"}
+                if swag_rank:
+                    slot = acc["ring_count"] % swag_rank
+                    out["ring"] = jax.tree.map(
+                        lambda n, o: o.at[:, slot].set(jnp.where(apply, n[:, slot], o[:, slot])), new["ring"],
+                        acc["ring"])
+                else:
+                    out["ring"] = new["ring"]
+                return out
             return jax.lax.cond(apply, do, lambda acc: acc, acc)
 
         def body(c_acc, i, ticks=True):
             c, acc = c_acc
-            if moments:
+            if moments and keep:  # (a warmup chunk keeps nothing: its states are not draws)
                 # Draw i - 1 (the state coming in) is folded here, and the chunk's last draw after
                 # the loop: the moments then read the loop's carried state, not the step's output.
                 # Fed the step's output (with the guard's select decided before the update, see
@@ -212,7 +223,7 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
 
         def last(out, n):
             (c, acc), rest = out
-            if moments:
+            if moments and keep:
                 acc = fold(acc, c, n > 0)
             return (c, acc), rest
 
@@ -227,7 +238,9 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
 
         def loop_body(state):
             c_acc, bufs, i = state
-            c_acc, out = body(c_acc, i)
+            # After the blocks, the leftover draws do not tick (their count would restart at the
+            # chunk's start and count the blocks' steps again): loop.run sets the bar after the chunk.
+            c_acc, out = body(c_acc, i, ticks=size <= 1)
             bufs = jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, i, 0), bufs, pack(out))
             return c_acc, bufs, i + 1
 
