@@ -187,6 +187,12 @@ def test_another_seed_reuses_the_compiled_chunks_sghmc():
     _another_seed_reuses_the_chunks(lambda: hb.samplers.sghmc(), metric="identity")
 
 
+@pytest.mark.slow
+def test_another_seed_reuses_the_compiled_chunks_psgld():
+    """pSGLD's automatic RMSprop window (decay) as well."""
+    _another_seed_reuses_the_chunks(lambda: hb.samplers.psgld(), metric="identity")
+
+
 def test_fit_trace_is_bounded_by_the_state_bytes(monkeypatch):
     """hb.fit's default trace keeps at most TRACE_BYTES of recorded states: with room for 4
     states of FB-GVI (d = 3) a 200-step fit records 4 trace points (every 50 steps), not 100."""
@@ -239,3 +245,28 @@ def test_the_end_of_run_bias_check_measures_only_what_it_reads():
     again, (sub2, _) = _compiled_names(
         lambda: autotune._measure(t, sampler, "sgld", est, st, positions, key, 20, 1.0, need=("lam_hv",)))
     assert "jit(one)" not in again and set(sub2) == set(autotune.MEASURED)
+
+
+def test_a_tuned_psgld_window_is_an_argument_of_the_compiled_chunk():
+    """pSGLD's RMSprop decay as hb.sample chooses it (a Tuned value): another window reuses the
+    compiled chunk and gives the draws of a chunk compiled for it; with the divergence correction
+    (whose start step the decay sets) it is a constant again."""
+    from heatbath.kernels.schedules import Tuned
+
+    target = _target()
+
+    def run(h, a, **kw):
+        s = hb.samplers.psgld(Tuned(h, "step_size"), decay=Tuned(a, "decay"), **kw)
+        return hb.sample(target, s, batch_size=20, num_samples=50, num_chains=2, progress_bar=False,
+                         checks="off", seed=0, init=jnp.zeros(3))
+
+    run(0.01, 0.995)
+    n, b = _count_chunk_compiles(lambda: run(0.01, 0.9))
+    assert n == 0
+    hb.clear_caches()
+    fresh = run(0.01, 0.9)
+    np.testing.assert_array_equal(b.samples["theta"], fresh.samples["theta"])
+    # Not the 0.995 window's draws: the decay is read, not compiled in.
+    assert not np.array_equal(b.samples["theta"], run(0.01, 0.995).samples["theta"])
+    assert not isinstance(hb.samplers.psgld(0.01, decay=Tuned(0.9, "decay"), correction=True)
+                          .hyperparameters["decay"], Tuned)

@@ -212,8 +212,11 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
     if family == "psgld" and sampler.hyperparameters.get("decay") is None and sampler.hyperparameters.get(
             "preconditioner") is None:
         # The RMSprop window follows the step: 10 / h steps (G must not track the position).
-        changes["decay"] = max(0.99, 1.0 - chosen["step_size"] / 10.0)
-        chosen["decay"] = changes["decay"]
+        decay = max(0.99, 1.0 - chosen["step_size"] / 10.0)
+        chosen["decay"] = decay
+        # An argument of the compiled loop (another seed's window reuses it), except with the
+        # divergence correction, whose start step ceil(1 / (1 - decay)) is compiled in.
+        changes["decay"] = decay if sampler.hyperparameters.get("correction") else Tuned(decay, "decay")
         names = names + ("decay",)
     final = sampler.rebuild(**_as_tuned(changes))
     info = {

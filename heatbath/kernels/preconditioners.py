@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from heatbath.kernels import validate as _validate
 from heatbath.kernels import tree
+from heatbath.kernels.schedules import Tuned, tuned_value
 
 PyTree = Any
 
@@ -139,6 +140,8 @@ def _second_moment(*, decay, eps, shift, form, debias, initial_scale, name) -> P
     (0 where nu^ + shift = 0: there G is 1 / eps, locally constant).
     """
     root_shift = eps if form == "rms_in" else shift
+    window_decay = float(decay)
+    tuned = decay
 
     def init(position):
         nu = jax.tree.map(lambda p: jnp.full_like(p, initial_scale), position)
@@ -148,11 +151,12 @@ def _second_moment(*, decay, eps, shift, form, debias, initial_scale, name) -> P
         # optax.tree.update_moment_per_elem_norm's arithmetic, (1 - decay) * g**2 + decay * v, so
         # T = 0 is optax to the last bit (g * g is g**2 exactly, and XLA fuses it: integer_pow
         # became a separate pass over the parameters).
+        decay = tuned_value(tuned)
         nu = jax.tree.map(lambda g, v: (1 - decay) * (g * g) + decay * v, grad, state.square_avg)
         return SecondMomentState(nu, state.count + 1)
 
     def nu_hat(state):
-        return bias_correction(state.square_avg, decay, state.count) if debias else state.square_avg
+        return bias_correction(state.square_avg, tuned_value(tuned), state.count) if debias else state.square_avg
 
     # RMSprop multiplies by its scaling G (optax.scale_by_rms: s * g), so G v is its arithmetic
     # and ``apply`` is None (the kernel then computes G once, for the drift and the noise);
@@ -181,6 +185,7 @@ def _second_moment(*, decay, eps, shift, form, debias, initial_scale, name) -> P
         return jax.tree.map(scaling, nu_hat(state))
 
     def correction(state, grad, hess_diag):
+        decay = tuned_value(tuned)
         if debias:
             c = (1 - decay) / (1 - decay**state.count)
         else:
@@ -194,7 +199,7 @@ def _second_moment(*, decay, eps, shift, form, debias, initial_scale, name) -> P
 
         return jax.tree.map(leaf, nu_hat(state), grad, hess_diag)
 
-    window = int(math.ceil(round(1.0 / (1.0 - decay), 9)))  # (1 / (1 - 0.9) is 10.000000000000002)
+    window = int(math.ceil(round(1.0 / (1.0 - window_decay), 9)))  # (1 / (1 - 0.9) is 10.000000000000002)
     return Preconditioner(init, update, diagonal, correction, name, apply, window)
 
 
@@ -222,7 +227,10 @@ def rmsprop(
     is why the paper drops it; the samplers offer it as an option (``correction=True``) with
     H_ii estimated by Hutchinson's z * (H z), from step ``window = ceil(1 / (1 - decay))``.
     """
-    decay = _validate.check_unit(decay, "decay")
+    # A Tuned decay (the window hb.sample chose for pSGLD) stays one: the compiled loop reads it
+    # as an argument (schedules.tuned_value), so another choice reuses the compiled code.
+    checked = _validate.check_unit(decay, "decay")
+    decay = Tuned(checked, decay.name) if isinstance(decay, Tuned) else checked
     eps = _validate.check_real(eps, "eps", low=0.0, low_open=True)
     eps_in_sqrt = _validate.check_bool(eps_in_sqrt, "eps_in_sqrt")
     bias_correction = _validate.check_bool(bias_correction, "bias_correction")

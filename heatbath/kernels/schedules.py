@@ -127,13 +127,9 @@ class _TunedSchedule(_Constant):
         self.name = name
 
     def __call__(self, step):
-        values = current_tuned()
-        if values is None:
+        if current_tuned() is None:
             return super().__call__(step)
-        if self.name not in values:  # keyed by name, so it must not be compiled in as a constant
-            raise RuntimeError(f"the tuned value {self.name!r} is traced in a compiled loop that does not take it "
-                               "as an argument (heatbath.kernels.schedules.tuned_in)")
-        return values[self.name]
+        return tuned_value(Tuned(self.value, self.name))
 
 
 @contextlib.contextmanager
@@ -150,6 +146,20 @@ def tuned_values(values: dict):
 def current_tuned():
     """The values given by :func:`tuned_values` while the compiled loop is traced (None outside)."""
     return _TUNED.get()
+
+
+def tuned_value(value):
+    """``value`` as the compiled loop reads it: a :class:`Tuned` value's traced argument while the
+    loop is traced (:func:`tuned_values`), its float otherwise; any other value as it is."""
+    if not isinstance(value, Tuned):
+        return value
+    values = current_tuned()
+    if values is None:
+        return float(value)
+    if value.name not in values:  # keyed by name, so it must not be compiled in as a constant
+        raise RuntimeError(f"the tuned value {value.name!r} is traced in a compiled loop that does not take it "
+                           "as an argument (heatbath.kernels.schedules.tuned_in)")
+    return values[value.name]
 
 
 def tuned_in(hyperparameters: dict) -> dict:

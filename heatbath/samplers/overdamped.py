@@ -299,6 +299,9 @@ def psgld(
     auto_decay = decay is None
     if decay is None:
         decay = 0.99
+    if correction and isinstance(decay, _schedules.Tuned):
+        # The correction starts at step ceil(1 / (1 - decay)), compiled in: keyed by value, not by name.
+        decay = float(decay)
     pre = _precond.rmsprop(decay, eps) if preconditioner is None else preconditioner
     spec = check_gradient_spec(default_estimator() if gradient is None else gradient)
     hyper = dict(step_size=step_size, temperature=temperature, decay=None if auto_decay else decay, eps=eps,
