@@ -176,7 +176,8 @@ def sampler_key(sampler):
     Identity (pinning the sampler) for a sampler built otherwise."""
     settings = getattr(sampler.step, "_heatbath_settings", None)
     if settings is not None:
-        out = settings_key((settings, sampler.gradient, sampler.uses, sampler.steps_per_draw, sampler.checks_state))
+        out = settings_key((settings, sampler.gradient, sampler.uses, sampler.steps_per_draw, sampler.checks_state,
+                            sampler.checks_start_lp))
         if out is not None:
             return ("sampler", out[0]), out[1]
     return ("sampler-id", id(sampler)), (sampler,)

@@ -182,7 +182,9 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
         est_states = jax.vmap(estimator.init, in_axes=(0, None))(positions, data)
     batch_states = jax.vmap(batcher.init)(fold_each(keys, 4))
     alive = jnp.ones((num_chains,), bool)
-    guard = alive if cfg.on_divergence == "flag" else (alive, states)
+    # The fallback state of stop / restart: none when the sampler checked the log density each
+    # state starts with (Sampler.checks_start_lp; make_step).
+    guard = alive if cfg.on_divergence == "flag" else (alive, () if sampler.checks_start_lp else states)
     carry = (states, est_states, run_keys, guard, batch_states)
     # What `record` returns for one draw (constrained values and deterministic sites, which may
     # be much larger than the position): the moments' shapes and the bytes kept per draw.

@@ -34,7 +34,9 @@ def make_step(sampler, estimator: Estimator, batcher, target, on_divergence: str
     for stop and restart (``prev``: the last state whose log density was found finite before the
     current one, the fallback when the current state's log density turns out non-finite; one
     extra copy of the state per chain)
-    and ``alive`` alone for ``"flag"``. Rejected or frozen steps are flagged ``diverging``.
+    and ``alive`` alone for ``"flag"``; ``prev`` is ``()`` for a sampler that checked each state's
+    log density when it made it (``Sampler.checks_start_lp``, SGHMC's FSAL splittings), whose
+    states are their own fallbacks. Rejected or frozen steps are flagged ``diverging``.
     """
     terms, num_data, nonsmooth = target.terms, target.num_data, target.nonsmooth
 
@@ -74,8 +76,14 @@ def make_step(sampler, estimator: Estimator, batcher, target, on_divergence: str
             # is non-finite) the one before it. It is also the fallback of the next step (two
             # selects over the state per step, not three: the fallback is always a state whose log
             # density was finite).
-            base = jax.tree.map(lambda a, b: jnp.where(lp_ok, a, b), state, prev)
-            prev = base
+            if getattr(sampler, "checks_start_lp", False):
+                # The state's log density was checked when it was made (an FSAL cache): the
+                # state is its own fallback, and lp_ok is False only where prev would be the
+                # state itself (the initial state). The same draws without the copy.
+                base = state
+            else:
+                base = jax.tree.map(lambda a, b: jnp.where(lp_ok, a, b), state, prev)
+                prev = base
             new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, base)
             info = info._replace(diverging=jnp.logical_or(info.diverging, jnp.logical_not(ok)))
             guard = (alive, prev)

@@ -79,6 +79,11 @@ class Sampler(NamedTuple):
     # finite: the driver's divergence guard then reads it instead of a finiteness pass over the
     # whole state (a pass over the parameters per step: about 0.3 ms at 670k weights on a CPU).
     checks_state: bool = False
+    # True when the log density at a step's start (``Info.lp``) is the one the previous step
+    # computed at its end and checked in its ``Info.diverging`` (an FSAL cache): a state the
+    # guard accepted always has a finite one, so the guard keeps no fallback copy of the state
+    # (``make_step``'s ``prev``: one copy and one select over the state per step fewer).
+    checks_start_lp: bool = False
 
 
 class Info(NamedTuple):

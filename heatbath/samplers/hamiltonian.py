@@ -363,4 +363,5 @@ def sghmc(
         step=build_kernel(split, h, C, T, M, V, k, resample_momentum, _noise.as_noise(noise), fuse_noise),
         gradient=spec, temperature=T, grads_per_step=float(split.grads_per_step), steps_per_draw=k,
         gradient_at_position=split.gradient_at_start, auto=auto, checks_state=True,
+        checks_start_lp=bool(split.fsal),
     )
