@@ -14,22 +14,12 @@ import jax
 import jax.numpy as jnp
 
 import heatbath as hb
+from small_targets import logistic
 from heatbath.drivers import loop, step
 
 
 def _target():
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(300, 3)).astype(np.float32)
-    y = (rng.uniform(size=300) < 0.5).astype(np.float32)
-
-    def logprior(w):
-        return -0.5 * jnp.sum(w**2)
-
-    def loglik(w, b):
-        z = b[0] @ w
-        return jnp.sum(b[1] * z - jax.nn.softplus(z))
-
-    return hb.models.from_logdensity(logprior, loglik, (X, y), params=jnp.zeros(3))
+    return logistic(300, 3, 0)
 
 
 def _run(monkeypatch, block, sampler, **kw):

@@ -8,26 +8,15 @@ the mean and variance of the draws a ``keep="all"`` run with the same seed recor
 import numpy as np
 import pytest
 
-import jax
 import jax.numpy as jnp
 
 import heatbath as hb
+from small_targets import logistic
 from heatbath.drivers import moments as _moments
 
 
 def _target():
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(200, 4)).astype(np.float32)
-    y = (rng.uniform(size=200) < 0.5).astype(np.float32)
-
-    def logprior(w):
-        return -0.5 * jnp.sum(w**2)
-
-    def loglik(w, b):
-        z = b[0] @ w
-        return jnp.sum(b[1] * z - jax.nn.softplus(z))
-
-    return hb.models.from_logdensity(logprior, loglik, (X, y), params=jnp.zeros(4))
+    return logistic(200, 4, 1)
 
 
 KW = dict(batch_size=20, init=jnp.full(4, 3.0), seed=5, num_samples=30, num_chains=2, progress_bar=False,
