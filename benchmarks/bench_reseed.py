@@ -7,7 +7,7 @@ fresh process; reported: the number of XLA compilations of the sampling loop's c
 everything, and the wall time of each call. ``--code DIR`` runs the same against another
 checkout (e.g. a ``git worktree`` of an earlier commit) for a before/after table.
 
-    python benchmarks/bench_reseed.py [--code DIR] [--smoke]
+    python benchmarks/bench_reseed.py [--code DIR] [--smoke] [--models logistic,mlp] [--samplers sgld,sghmc,psgld]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ else:  # an MLP of 10-50-2 weights (above 2,000 dimensions: the identity metric)
         hdn = jnp.tanh(b[0] @ p["W0"] + p["b0"]); logits = hdn @ p["W1"] + p["b1"]
         return jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(b[1].shape[0]), b[1]])
     t = hb.models.from_logdensity(lambda p: -0.5 * sum(jnp.sum(v ** 2) for v in jax.tree.leaves(p)), loglik, (X, y), params=params)
-make = {"sgld": hb.samplers.sgld, "sghmc": hb.samplers.sghmc}[kind]
+make = {"sgld": hb.samplers.sgld, "sghmc": hb.samplers.sghmc, "psgld": hb.samplers.psgld}[kind]
 out = []
 for seed in (0, 1, 2):
     c = Count(); lg = logging.getLogger("jax"); lg.addHandler(c); lg.setLevel(logging.DEBUG)
@@ -83,12 +83,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--code", default=None, help="also run against this checkout (before/after)")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--models", default="logistic,mlp")
+    ap.add_argument("--samplers", default="sgld,sghmc", help="any of sgld, sghmc, psgld")
     args = ap.parse_args(argv)
     codes = [("this", os.path.dirname(HERE))] + ([("other", os.path.abspath(args.code))] if args.code else [])
     print("| code | model (dims) | sampler | seed 0: s (chunk compiles) | seed 1 | seed 2 |")
     print("|---|---|---|---|---|---|")
-    for model in ("logistic", "mlp"):
-        for kind in ("sgld", "sghmc"):
+    for model in args.models.split(","):
+        for kind in args.samplers.split(","):
             for label, path in codes:
                 r = run_child(path, model, kind, args.smoke)
                 cells = [f"{x['seconds']:.2f} ({x['chunk_compiles']}/{x['compiles']})" for x in r["runs"]]
