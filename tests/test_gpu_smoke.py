@@ -39,3 +39,25 @@ def test_gpu_benchmark_smoke_all_sections(tmp_path):
     assert set(res["sections"]["logistic"]["ratios_to_floor"]) == {"floor", "blackjax sgld", "hb SGLD"}
     assert res["sections"]["fbgvi"]["seconds_per_step_min"] > 0
     assert "backend" in res["machine"]
+
+
+def test_gpu_run_script_parses():
+    """benchmarks/gpu.sh (the one GPU command) is valid bash."""
+    import subprocess
+
+    script = os.path.join(os.path.dirname(HERE), "benchmarks", "gpu.sh")
+    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_gpu_profile_smoke(tmp_path):
+    """benchmarks/gpu_profile.py --smoke: both models timed, a trace read back per model."""
+    import gpu_profile
+
+    res = gpu_profile.main(["--smoke", "--out", str(tmp_path)])
+    for model in ("logistic", "mlp"):
+        assert all(math.isfinite(v) and v > 0 for v in res[model]["min_ms_per_step"].values())
+        trace = res[model]["trace"]
+        assert "error" not in trace, trace
+        assert trace["modules"]["jit_chunk"]["kernels_per_step"] > 0
+    assert json.loads((tmp_path / "profile.json").read_text())["mlp"]["steps"] == 10
