@@ -106,3 +106,15 @@ def test_as_schedule_accepts_good_input():
 def test_schedule_constructors_reject_bad_input(build, match):
     with pytest.raises((ValueError, TypeError), match=match):
         build()
+
+
+def test_a_tuned_schedule_keeps_its_name_through_as_schedule():
+    """A schedule built from a Tuned value, passed through as_schedule again, stays tuned (the
+    compiled loop reads it as an argument) with the same value and the same checks."""
+    from heatbath.kernels import schedules as S
+
+    s = S.as_schedule(S.Tuned(0.01, "step_size"), "step_size")
+    again = S.as_schedule(s, "step_size")
+    assert isinstance(again, S._TunedSchedule) and again.name == "step_size" and again.value == 0.01
+    with pytest.raises(ValueError, match="friction must be > 0"):
+        S.as_schedule(S.as_schedule(S.Tuned(0.0, "friction"), "friction", positive=False), "friction")

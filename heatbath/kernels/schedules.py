@@ -304,6 +304,8 @@ def as_schedule(value: ScheduleLike, name: str, *, positive: bool = True) -> Sch
         return constant(v)
     if not callable(value):
         raise TypeError(f"{name} must be a number or a schedule (a function of the step count), got {type(value).__name__}")
+    if isinstance(value, _TunedSchedule):  # a tuned schedule again: it keeps its name (a chunk argument)
+        return as_schedule(Tuned(value.value, value.name), name, positive=positive)
     if isinstance(value, _Constant):
         return as_schedule(value.value, name, positive=positive)
     for step in (0, 1):
