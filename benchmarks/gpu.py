@@ -40,15 +40,13 @@ from common import interleaved, machine_info, paired_ratio  # noqa: E402
 import heatbath as hb  # noqa: E402
 
 
-def logistic_section(smoke: bool, repeats: int):
-    import blackjax
-
-    N, d, n, steps = (500, 5, 50, 5) if smoke else (50_000, 50, 500, 2000)
+def logistic_problem(smoke: bool):
+    """The d = 50 logistic regression (N = 50,000, batch 500; tiny with ``smoke``):
+    ``(X, y, N, d, n, logprior, loglik)`` (also benchmarks/gpu_profile.py's)."""
+    N, d, n = (500, 5, 50) if smoke else (50_000, 50, 500)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(N, d)).astype(np.float32)
     y = (rng.uniform(size=N) < 1 / (1 + np.exp(-X @ rng.normal(size=d) / math.sqrt(d)))).astype(np.float32)
-    Xj, yj = jnp.asarray(X), jnp.asarray(y)
-    h = 1e-4
 
     def logprior(w):
         return -0.5 * jnp.sum(w**2)
@@ -56,6 +54,17 @@ def logistic_section(smoke: bool, repeats: int):
     def loglik(w, batch):
         z = batch[0] @ w
         return jnp.sum(batch[1] * z - jax.nn.softplus(z))
+
+    return X, y, N, d, n, logprior, loglik
+
+
+def logistic_section(smoke: bool, repeats: int):
+    import blackjax
+
+    X, y, N, d, n, logprior, loglik = logistic_problem(smoke)
+    steps = 5 if smoke else 2000
+    Xj, yj = jnp.asarray(X), jnp.asarray(y)
+    h = 1e-4
 
     def logpost(w, idx):
         return logprior(w) + (N / n) * loglik(w, (Xj[idx], yj[idx]))

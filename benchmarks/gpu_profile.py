@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import tarfile
 import time
 
 import numpy as np
@@ -34,16 +33,9 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleaved, machine_info  # noqa: E402
+from gpu import logistic_problem  # noqa: E402
 
 import heatbath as hb  # noqa: E402
-
-
-def problem(smoke):
-    N, d, n = (500, 5, 50) if smoke else (50_000, 50, 500)
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(N, d)).astype(np.float32)
-    y = (rng.uniform(size=N) < 1 / (1 + np.exp(-X @ rng.normal(size=d) / math.sqrt(d)))).astype(np.float32)
-    return X, y, N, d, n
 
 
 def trace_summary(trace_dir, steps):
@@ -79,17 +71,10 @@ def trace_summary(trace_dir, steps):
 
 
 def logistic(args, result):
-    X, y, N, d, n = problem(args.smoke)
+    X, y, N, d, n, logprior, loglik = logistic_problem(args.smoke)
     steps = 20 if args.smoke else 2000
     h = 1e-4
     Xj, yj = jnp.asarray(X), jnp.asarray(y)
-
-    def logprior(w):
-        return -0.5 * jnp.sum(w**2)
-
-    def loglik(w, batch):
-        z = batch[0] @ w
-        return jnp.sum(batch[1] * z - jax.nn.softplus(z))
 
     grad = jax.grad(lambda w, idx: logprior(w) + (N / n) * loglik(w, (Xj[idx], yj[idx])))
 

@@ -122,24 +122,34 @@ def _another_seed_reuses_the_chunks(make, **kw):
     assert b.tuning["step_size"] == fresh.tuning["step_size"]
 
 
+TUNED_TARGET = _target()
+
+
+def _tuned_run(sampler, target=TUNED_TARGET):
+    return hb.sample(target, sampler, batch_size=20, num_samples=50, num_chains=2, progress_bar=False,
+                     checks="off", seed=0, init=jnp.zeros(3))
+
+
+def _reused_equals_fresh(make, first, second):
+    """Run make(*first), then make(*second): the second compiles no chunk and its draws equal
+    those of a chunk compiled for it (after clearing the caches). Returns the reused run."""
+    _tuned_run(make(*first))
+    n, reused = _count_chunk_compiles(lambda: _tuned_run(make(*second)))
+    assert n == 0
+    hb.clear_caches()
+    np.testing.assert_array_equal(reused.samples["theta"], _tuned_run(make(*second)).samples["theta"])
+    return reused
+
+
 def test_tuned_values_are_arguments_of_the_compiled_chunk():
     """A step size and friction the driver chose (schedules.Tuned) are arguments of the compiled
     chunk: other values reuse it, and give the draws of a chunk compiled for them."""
     from heatbath.kernels.schedules import Tuned
 
-    target = _target()
+    def make(h, C):
+        return hb.samplers.sghmc(Tuned(h, "step_size"), Tuned(C, "friction"))
 
-    def run(h, C):
-        s = hb.samplers.sghmc(Tuned(h, "step_size"), Tuned(C, "friction"))
-        return hb.sample(target, s, batch_size=20, num_samples=50, num_chains=2, progress_bar=False,
-                         checks="off", seed=0, init=jnp.zeros(3))
-
-    run(0.01, 2.0)
-    n, b = _count_chunk_compiles(lambda: run(0.02, 3.0))
-    assert n == 0
-    hb.clear_caches()
-    fresh = run(0.02, 3.0)
-    np.testing.assert_array_equal(b.samples["theta"], fresh.samples["theta"])
+    b = _reused_equals_fresh(make, (0.01, 2.0), (0.02, 3.0))
     np.testing.assert_array_equal(b.stats["step_size"], np.full_like(b.stats["step_size"], np.float32(0.02)))
 
 
@@ -253,20 +263,11 @@ def test_a_tuned_psgld_window_is_an_argument_of_the_compiled_chunk():
     (whose start step the decay sets) it is a constant again."""
     from heatbath.kernels.schedules import Tuned
 
-    target = _target()
+    def make(h, a):
+        return hb.samplers.psgld(Tuned(h, "step_size"), decay=Tuned(a, "decay"))
 
-    def run(h, a, **kw):
-        s = hb.samplers.psgld(Tuned(h, "step_size"), decay=Tuned(a, "decay"), **kw)
-        return hb.sample(target, s, batch_size=20, num_samples=50, num_chains=2, progress_bar=False,
-                         checks="off", seed=0, init=jnp.zeros(3))
-
-    run(0.01, 0.995)
-    n, b = _count_chunk_compiles(lambda: run(0.01, 0.9))
-    assert n == 0
-    hb.clear_caches()
-    fresh = run(0.01, 0.9)
-    np.testing.assert_array_equal(b.samples["theta"], fresh.samples["theta"])
+    b = _reused_equals_fresh(make, (0.01, 0.995), (0.01, 0.9))
     # Not the 0.995 window's draws: the decay is read, not compiled in.
-    assert not np.array_equal(b.samples["theta"], run(0.01, 0.995).samples["theta"])
+    assert not np.array_equal(b.samples["theta"], _tuned_run(make(0.01, 0.995)).samples["theta"])
     assert not isinstance(hb.samplers.psgld(0.01, decay=Tuned(0.9, "decay"), correction=True)
                           .hyperparameters["decay"], Tuned)

@@ -140,8 +140,6 @@ def _second_moment(*, decay, eps, shift, form, debias, initial_scale, name) -> P
     (0 where nu^ + shift = 0: there G is 1 / eps, locally constant).
     """
     root_shift = eps if form == "rms_in" else shift
-    window_decay = float(decay)
-    tuned = decay
 
     def init(position):
         nu = jax.tree.map(lambda p: jnp.full_like(p, initial_scale), position)
@@ -151,12 +149,12 @@ def _second_moment(*, decay, eps, shift, form, debias, initial_scale, name) -> P
         # optax.tree.update_moment_per_elem_norm's arithmetic, (1 - decay) * g**2 + decay * v, so
         # T = 0 is optax to the last bit (g * g is g**2 exactly, and XLA fuses it: integer_pow
         # became a separate pass over the parameters).
-        decay = tuned_value(tuned)
-        nu = jax.tree.map(lambda g, v: (1 - decay) * (g * g) + decay * v, grad, state.square_avg)
+        a = tuned_value(decay)
+        nu = jax.tree.map(lambda g, v: (1 - a) * (g * g) + a * v, grad, state.square_avg)
         return SecondMomentState(nu, state.count + 1)
 
     def nu_hat(state):
-        return bias_correction(state.square_avg, tuned_value(tuned), state.count) if debias else state.square_avg
+        return bias_correction(state.square_avg, tuned_value(decay), state.count) if debias else state.square_avg
 
     # RMSprop multiplies by its scaling G (optax.scale_by_rms: s * g), so G v is its arithmetic
     # and ``apply`` is None (the kernel then computes G once, for the drift and the noise);
@@ -185,11 +183,11 @@ def _second_moment(*, decay, eps, shift, form, debias, initial_scale, name) -> P
         return jax.tree.map(scaling, nu_hat(state))
 
     def correction(state, grad, hess_diag):
-        decay = tuned_value(tuned)
+        a = tuned_value(decay)
         if debias:
-            c = (1 - decay) / (1 - decay**state.count)
+            c = (1 - a) / (1 - a**state.count)
         else:
-            c = jnp.asarray(1 - decay)
+            c = jnp.asarray(1 - a)
 
         def leaf(v, g, hd):
             root = jnp.sqrt(v + root_shift)
@@ -199,7 +197,7 @@ def _second_moment(*, decay, eps, shift, form, debias, initial_scale, name) -> P
 
         return jax.tree.map(leaf, nu_hat(state), grad, hess_diag)
 
-    window = int(math.ceil(round(1.0 / (1.0 - window_decay), 9)))  # (1 / (1 - 0.9) is 10.000000000000002)
+    window = int(math.ceil(round(1.0 / (1.0 - float(decay)), 9)))  # (1 / (1 - 0.9) is 10.000000000000002)
     return Preconditioner(init, update, diagonal, correction, name, apply, window)
 
 

@@ -129,7 +129,7 @@ class _TunedSchedule(_Constant):
     def __call__(self, step):
         if current_tuned() is None:
             return super().__call__(step)
-        return tuned_value(Tuned(self.value, self.name))
+        return _traced(self.name)
 
 
 @contextlib.contextmanager
@@ -153,13 +153,16 @@ def tuned_value(value):
     loop is traced (:func:`tuned_values`), its float otherwise; any other value as it is."""
     if not isinstance(value, Tuned):
         return value
+    return float(value) if current_tuned() is None else _traced(value.name)
+
+
+def _traced(name: str):
+    """The traced argument named ``name`` of the compiled loop being traced."""
     values = current_tuned()
-    if values is None:
-        return float(value)
-    if value.name not in values:  # keyed by name, so it must not be compiled in as a constant
-        raise RuntimeError(f"the tuned value {value.name!r} is traced in a compiled loop that does not take it "
+    if name not in values:  # keyed by name, so it must not be compiled in as a constant
+        raise RuntimeError(f"the tuned value {name!r} is traced in a compiled loop that does not take it "
                            "as an argument (heatbath.kernels.schedules.tuned_in)")
-    return values[value.name]
+    return values[name]
 
 
 def tuned_in(hyperparameters: dict) -> dict:
