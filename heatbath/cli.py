@@ -5,8 +5,8 @@
     heatbath references           the bundled reference posteriors
     heatbath sample NAME ...      one sampler on one reference posterior, compared to it
 
-``heatbath COMMAND --help`` describes every option of a command. Step sizes: see the README
-section "Choosing a step size" (there is no automatic choice yet).
+``heatbath COMMAND --help`` describes every option of a command. Step sizes: without one,
+``heatbath sample`` chooses it in warmup (README, "Choosing a step size").
 """
 
 from __future__ import annotations

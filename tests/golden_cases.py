@@ -133,7 +133,7 @@ def gaussian_target():
     )
 
 
-SAMPLE = dict(data=DATA, batch_size=BATCH, num_samples=30, num_chains=2, seed=1, **COMMON)
+SAMPLE = dict(data=DATA, batch_size=BATCH, num_samples=30, num_warmup=0, num_chains=2, seed=1, **COMMON)
 
 # ----------------------------------------------------------------------------------------
 # Flattening what a user sees into name -> array
@@ -303,7 +303,7 @@ def sgld_cv_auto_centre():
 def sgld_svrg():
     """SVRG (centre refreshed every 7 steps), from_logdensity target."""
     s = hb.samplers.sgld(2e-3, gradient=hb.kernels.gradients.svrg(7))
-    return result_arrays(hb.sample(target(), s, batch_size=BATCH, num_samples=30, num_chains=2, seed=1, **COMMON))
+    return result_arrays(hb.sample(target(), s, batch_size=BATCH, num_samples=30, num_warmup=0, num_chains=2, seed=1, **COMMON))
 
 
 def _sghmc(sampler, **kw):
@@ -346,7 +346,7 @@ def sgnht_logdensity_single_chain_thinned_chunked_init():
     """SGNHT on a from_logdensity target; one chain (no chain vmap), thinning, 3 chunks, a user
     init, a JAX key as seed."""
     s = hb.samplers.sgnht(0.01, 1.0)
-    res = hb.sample(target(), s, batch_size=BATCH, num_samples=12, thinning=3, chunk_size=4, num_chains=1,
+    res = hb.sample(target(), s, batch_size=BATCH, num_samples=12, num_warmup=0, thinning=3, chunk_size=4, num_chains=1,
                     seed=jax.random.key(7), init={"w": np.array([0.5, -0.5, 0.1, 0.0]), "b": 0.2}, **COMMON)
     return result_arrays(res)
 
@@ -356,7 +356,7 @@ def adam_langevin_moments_swag():
     """hb.samplers.langevin(optax.adam(...)) (Adam-Langevin) with keep="moments", SWAG
     deviations, thinning, two chunks."""
     res = hb.sample(model, hb.samplers.langevin(optax.adam(1e-3)), data=DATA, batch_size=BATCH, num_samples=20,
-                    thinning=2, chunk_size=10, num_chains=2, seed=3, keep="moments", swag_rank=3, **COMMON)
+                    thinning=2, num_warmup=0, chunk_size=10, num_chains=2, seed=3, keep="moments", swag_rank=3, **COMMON)
     return result_arrays(res)
 
 
@@ -488,7 +488,7 @@ def shard_chains():
     """8 chains over the 8 devices."""
     _need_devices()
     return result_arrays(hb.sample(model, hb.samplers.sgld(1e-3), data=DATA, batch_size=BATCH, num_samples=20,
-                                   num_chains=8, seed=21, shard="chains", **COMMON))
+                                   num_warmup=0, num_chains=8, seed=21, shard="chains", **COMMON))
 
 
 @case
@@ -498,7 +498,7 @@ def shard_data_svrg():
     _need_devices()
     s = hb.samplers.sgld(2e-3, gradient=hb.kernels.gradients.svrg(5))
     return result_arrays(hb.sample(target(), s, batch_size=BATCH, num_samples=20, num_chains=2, seed=22,
-                                   shard="data", **COMMON))
+                                   shard="data", num_warmup=0, **COMMON))
 
 
 def _mcmc_arrays(mcmc) -> dict:
@@ -529,7 +529,7 @@ def divergence_stop_restart():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             res = hb.sample(gaussian_target(), hb.samplers.sgld(2.5), num_samples=40, num_chains=2, seed=28,
-                            init=jnp.ones(2), on_divergence=mode, **COMMON)
+                            init=jnp.ones(2), on_divergence=mode, num_warmup=0, **COMMON)
         out.update(result_arrays(res, mode + "/"))
     return out
 

@@ -130,7 +130,7 @@ def test_cyclical_sgld_follows_the_exact_moment_recursion():
                                        jnp.zeros((1, 1)), params=jnp.zeros(()))
     sampler = cyclical(hb.samplers.sgld(1.0), h0, K, M, exploration=0.75, temperature=1.0)
     assert sampler.name == "csgld"
-    res = hb.sample(target, sampler, num_samples=K, num_chains=1000, seed=3, progress_bar=False, init=jnp.zeros(()))
+    res = hb.sample(target, sampler, num_samples=K, num_chains=1000, seed=3, progress_bar=False, init=jnp.zeros(()), num_warmup=0)
     x = np.asarray(res.samples["theta"])  # (chain, draw), draw i taken after step i (k = i)
     h = np.array([float(S.cyclical(h0, K, M)(k)) for k in range(K)])
     T = np.array([float(S.cyclical_temperature(1.0, K, M, 0.75)(k)) for k in range(K)])

@@ -161,7 +161,7 @@ def test_one_noisy_step_of_each_sampler_matches_its_equation():
     h, lam, beta = 1e-2, 5e-2, 0.7
     samplers = {"myula": hb.samplers.myula(h, lam), "bmula": hb.samplers.bmula(h, lam, prox=mirror.hypentropy(beta)),
                 "bmumla": hb.samplers.bmumla(h, lam, mirror=mirror.hypentropy(beta))}
-    out = {k: np.asarray(hb.sample(t, s, num_samples=1, init=w0, seed=3, progress_bar=False, checks="off")
+    out = {k: np.asarray(hb.sample(t, s, num_samples=1, init=w0, seed=3, progress_bar=False, checks="off", num_warmup=0)
                          .samples["theta"][0, 0], np.float64) for k, s in samplers.items()}
     w = w0[0].astype(np.float64)
     g = -grad_f(w)

@@ -143,7 +143,7 @@ def test_local_latents_run_full_batch_but_refuse_minibatches():
 def test_user_init_on_the_constrained_scale():
     X, y = regression_data(N=50)
     r = hb.sample(linreg, hb.samplers.sgld(1e-6, temperature=0.0), data={"X": X, "y": y},
-                  init={"sigma": 0.5}, num_samples=1, progress_bar=False)
+                  init={"sigma": 0.5}, num_samples=1, progress_bar=False, num_warmup=0)
     # After one tiny step sigma is still ~0.5 (given), w came from the default init.
     assert r.samples["sigma"][0, 0] == pytest.approx(0.5, rel=1e-2)
 
@@ -169,14 +169,14 @@ def test_init_values_are_unconstrained_without_running_the_model_again():
     y = (X @ np.array([1.0, -1.0, 0.5]) + 0.3 * rng.normal(size=500)).astype(np.float32)
     kw = dict(data={"X": X, "y": y}, batch_size=50, num_samples=50, init={"w": np.zeros(3), "s": 1.0},
               progress_bar=False, checks="off")
-    a = hb.sample(model, hb.samplers.sgld(1e-4), **kw)
+    a = hb.sample(model, hb.samplers.sgld(1e-4), **kw, num_warmup=0)
     calls["n"] = 0
-    b = hb.sample(model, hb.samplers.sgld(1e-4), **kw)
+    b = hb.sample(model, hb.samplers.sgld(1e-4), **kw, num_warmup=0)
     assert calls["n"] == 0
     np.testing.assert_array_equal(a.samples["w"], b.samples["w"])
     np.testing.assert_allclose(a.samples["s"][0, 0], 1.0, atol=0.05)
     with pytest.raises(ValueError, match="outside its support"):
-        hb.sample(model, hb.samplers.sgld(1e-4), **{**kw, "init": {"w": np.zeros(3), "s": -1.0}})
+        hb.sample(model, hb.samplers.sgld(1e-4), **{**kw, "init": {"w": np.zeros(3), "s": -1.0}}, num_warmup=0)
 
 
 def test_init_values_on_a_model_that_needs_concrete_data_fall_back_to_the_eager_run():

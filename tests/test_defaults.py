@@ -302,8 +302,10 @@ def test_configurational_temperature_on_many_rows_reads_exact_and_wide_draws():
                                   lambda th, b: -0.5 * jnp.sum((b - th) ** 2), y, params=jnp.zeros(d))
     prec = N + 0.01
     mean = y.astype(np.float64).sum(0) / prec
-    for scale, expected in ((1.0, 1.0), (1.5, 2.25)):
+    # 1.1: what the automatic step size allows (variance 1.2 in the worst direction): no warning.
+    for scale, expected, alarm in ((1.0, 1.0, False), (1.1, 1.21, False), (1.5, 2.25, True)):
         draws = (mean + scale * rng.normal(size=(4, 400, d)) / np.sqrt(prec)).astype(np.float32)
         out = selfcheck._configurational(t, draws, [0, 1, 2, 3], jax.random.key(0))
         tc, se = out["configurational_temperature"], out["configurational_temperature_se"]
         assert abs(tc - expected) < max(3 * se, 0.1 * expected), (scale, tc, se)
+        assert selfcheck.tconf_alarm(tc, se, 1.0) is alarm, (scale, tc, se)

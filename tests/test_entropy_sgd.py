@@ -136,8 +136,8 @@ def test_averaged_is_the_running_mean_of_the_same_iterates():
     mean of the plain run's iterates after ``start`` taken every ``every`` steps."""
     target = _target(lambda x: -0.5 * jnp.sum((x - 1.0) ** 2), shape=(3,))
     kw = dict(num_samples=60, num_chains=2, seed=3, progress_bar=False, init=jnp.zeros(3))
-    plain = hb.sample(target, hb.samplers.sgld(0.1), **kw).samples["theta"]
-    avg = hb.sample(target, averaged(hb.samplers.sgld(0.1), start=10, every=3), **kw).samples["theta"]
+    plain = hb.sample(target, hb.samplers.sgld(0.1), **kw, num_warmup=0).samples["theta"]
+    avg = hb.sample(target, averaged(hb.samplers.sgld(0.1), start=10, every=3), **kw, num_warmup=0).samples["theta"]
     steps = np.arange(1, 61)  # draw i is taken after step i + 1
     for i, k in enumerate(steps):
         taken = [j for j in range(len(steps)) if steps[j] > 10 and (steps[j] - 10) % 3 == 0 and steps[j] <= k]

@@ -62,7 +62,7 @@ def test_second_calls_do_not_recompile_the_step():
     target = _target()
 
     def run(sampler=None, tgt=target, **kw):
-        kw = {"num_samples": 100, **kw}
+        kw = {"num_samples": 100, "num_warmup": 0, **kw}
         return hb.sample(tgt, sampler or hb.samplers.sgld(1e-3), batch_size=20, progress_bar=False, checks="off",
                          seed=0, **kw)
 
@@ -225,7 +225,7 @@ def test_the_last_shorter_chunk_reuses_the_compiled_chunk():
 
     def run(**kw):
         return hb.sample(target, hb.samplers.sgld(1.5e-3), batch_size=20, num_samples=700, progress_bar=False,
-                         checks="off", seed=3, **kw)
+                         checks="off", seed=3, **kw, num_warmup=0)
 
     count, chunked = _count_chunk_compiles(lambda: run(chunk_size=300))
     assert count == 1

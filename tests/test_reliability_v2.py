@@ -167,8 +167,8 @@ print("start", flush=True)
 t0 = time.perf_counter()
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
-    r = hb.sample(t, hb.samplers.sgld(1e-2), num_samples=200_000_000, num_chains=2, seed=3, progress_bar=False,
-                  checkpoint=ckpt)
+    r = hb.sample(t, hb.samplers.sgld(1e-2), num_samples=200_000_000, num_warmup=0, num_chains=2, seed=3,
+                  progress_bar=False, checkpoint=ckpt)
 np.save(sys.argv[2] if len(sys.argv) > 2 else "/dev/null", r.samples["theta"])
 print(json.dumps({"draws": int(r.samples["theta"].shape[1]), "seconds": time.perf_counter() - t0,
                   "warning": [str(x.message) for x in w if "interrupted" in str(x.message)]}), flush=True)
@@ -201,11 +201,26 @@ def test_ctrl_c_stops_within_about_a_chunk_and_returns_the_draws(tmp_path):
     assert info["draws"] > 1000 and info["warning"], info
     # The draws are the run's first draws: equal to a run asked for exactly that many.
     same = hb.sample(_quadratic(), hb.samplers.sgld(1e-2), num_samples=info["draws"], num_chains=2, seed=3,
-                     progress_bar=False)
+                     progress_bar=False, num_warmup=0)
     np.testing.assert_array_equal(draws, same.samples["theta"])
 
 
 @pytest.mark.slow
+def test_ctrl_c_in_the_default_warmup_says_that_no_draws_were_made(monkeypatch):
+    """A given step size now has a warmup by default: Ctrl-C there ends the call with a clear
+    KeyboardInterrupt (it crashed on assembling zero draws' statistics)."""
+    from heatbath.drivers import plan
+
+    class Requested(plan.Interrupt):  # as if Ctrl-C came during the first chunk
+        def __enter__(self):
+            self.requested = True
+            return self
+
+    monkeypatch.setattr(plan, "Interrupt", Requested)
+    with pytest.raises(KeyboardInterrupt, match="during the warmup, after 500 of 500 steps"):
+        hb.sample(_quadratic(), hb.samplers.sgld(1e-2), num_samples=2000, num_chains=2, seed=3, progress_bar=False)
+
+
 def test_ctrl_c_with_a_checkpoint_commits_and_the_run_resumes(tmp_path):
     path = str(tmp_path / "c")
     info, draws, _ = _interrupted_run(tmp_path, path)

@@ -45,12 +45,12 @@ def test_same_seed_same_draws_and_chains_do_not_depend_on_num_chains():
 
 def test_thinning_warmup_and_chunks_keep_the_same_chain():
     s = hb.samplers.sgld(1e-3)
-    full = hb.sample(logistic, s, num_samples=60, num_chains=2, seed=1, **KW)
-    thin = hb.sample(logistic, s, num_samples=20, thinning=3, num_chains=2, seed=1, **KW)
+    full = hb.sample(logistic, s, num_samples=60, num_chains=2, seed=1, **KW, num_warmup=0)
+    thin = hb.sample(logistic, s, num_samples=20, thinning=3, num_chains=2, seed=1, **KW, num_warmup=0)
     np.testing.assert_allclose(thin.samples["w"], full.samples["w"][:, 2::3], rtol=1e-5, atol=1e-6)
     warm = hb.sample(logistic, s, num_samples=40, num_warmup=20, num_chains=2, seed=1, **KW)
     np.testing.assert_allclose(warm.samples["w"], full.samples["w"][:, 20:], rtol=1e-5, atol=1e-6)
-    chunked = hb.sample(logistic, s, num_samples=60, num_chains=2, seed=1, chunk_size=7, **KW)
+    chunked = hb.sample(logistic, s, num_samples=60, num_chains=2, seed=1, chunk_size=7, **KW, num_warmup=0)
     np.testing.assert_allclose(chunked.samples["w"], full.samples["w"], rtol=1e-5, atol=1e-6)
     assert chunked.stats["lp"].shape == (2, 60)
     # Thinned diverging flags cover every step since the previous draw; step sizes are recorded.

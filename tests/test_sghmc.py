@@ -56,7 +56,7 @@ def test_driver_with_minibatch_noise_matches_lyapunov(integrator, corrected):
     h = 0.2
     sampler = hb.samplers.sghmc(h, 1.0, integrator, gradient_noise=NOISE_VAR if corrected else None)
     res = hb.sample(_noisy_gaussian_target(), sampler, batch_size=BATCH, num_samples=1700, num_chains=150, seed=1,
-                    progress_bar=False)
+                    progress_bar=False, num_warmup=0)
     t_o = 1.0 - h * NOISE_VAR / 2.0
     want = stationary_variances(integrator, h, NOISE_VAR, t_o if corrected else 1.0)
     got_t, se_t = _se((res.samples["theta"][:, 200:] ** 2).mean(axis=1))
@@ -210,7 +210,7 @@ def test_rebuild_and_schedules():
     assert s.name == "sghmc-baoab" and hb.samplers.sghmc(0.1, 1.0, "euler").name == "sghmc"
     decay = schedules.polynomial_decay(0.1, 1.0, 0.5)
     res = hb.sample(_noisy_gaussian_target(), hb.samplers.sghmc(decay, 1.0), batch_size=BATCH, num_samples=20,
-                    num_chains=2, progress_bar=False)
+                    num_chains=2, progress_bar=False, num_warmup=0)
     np.testing.assert_allclose(res.stats["step_size"][0], 0.1 * (1.0 + np.arange(20)) ** -0.5, rtol=1e-6)
 
 
@@ -414,7 +414,7 @@ def test_heavy_ball_parameters_bad_input():
 # NumPyro kernel
 # ----------------------------------------------------------------------------------------
 def test_numpyro_sghmc_kernel_matches_hb_sample():
-    """The NumPyro alias runs the same transition as hb.sample: chain 0 of hb.sample(seed=s)
+    """The NumPyro alias runs the same transition as hb.sample: chain 0 of hb.sample(seed=s, num_warmup=0)
     equals MCMC.run(fold_in(key(s), 0)) draw for draw."""
     import numpyro
     import numpyro.distributions as dist
@@ -432,7 +432,7 @@ def test_numpyro_sghmc_kernel_matches_hb_sample():
         mcmc = MCMC(kernel, num_warmup=0, num_samples=200, num_chains=1, progress_bar=False)
     mcmc.run(jax.random.fold_in(jax.random.key(3), 0), y=y)
     res = hb.sample(model, hb.samplers.sghmc(1e-2, 5.0, "baoab"), data={"y": y}, batch_size=50, num_samples=200,
-                    num_chains=1, seed=3, progress_bar=False)
+                    num_chains=1, seed=3, progress_bar=False, num_warmup=0)
     np.testing.assert_allclose(mcmc.get_samples()["mu"], res.samples["mu"][0], rtol=1e-5, atol=1e-6)
 
 
@@ -493,8 +493,8 @@ def test_averaged_keeps_the_inner_samplers_steps_per_draw():
     inner = hb.samplers.sghmc(0.1, 1.0, "euler", num_steps_per_sample=3)
     wrapped = hb.optim.averaged(inner)
     assert inner.steps_per_draw == wrapped.steps_per_draw == 3
-    a = hb.sample(t, inner, num_samples=20, progress_bar=False)
-    b = hb.sample(t, wrapped, num_samples=20, progress_bar=False)
+    a = hb.sample(t, inner, num_samples=20, progress_bar=False, num_warmup=0)
+    b = hb.sample(t, wrapped, num_samples=20, progress_bar=False, num_warmup=0)
     assert int(a.final_state.step[0]) == int(b.final_state.inner.step[0]) == 60
     with pytest.raises(ValueError, match="steps_per_draw"):
-        hb.sample(t, inner._replace(steps_per_draw=0), num_samples=2, progress_bar=False)
+        hb.sample(t, inner._replace(steps_per_draw=0), num_samples=2, progress_bar=False, num_warmup=0)

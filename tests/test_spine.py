@@ -165,7 +165,7 @@ def test_oracle_prox_reaches_the_step_exactly():
     x0 = np.array([[0.3, -2.0, 5.0], [1.0, 0.01, -0.2]], np.float32)
     h, lam = 0.1, 0.05
     res = hb.sample(target, toy_myula(h, lam, temperature=0.0), num_samples=1, num_chains=2, init=x0,
-                    progress_bar=False)
+                    progress_bar=False, num_warmup=0)
     soft = np.sign(x0) * np.maximum(np.abs(x0) - lam * np.asarray(a), 0)
     expected = x0 - (h / lam) * (x0 - soft)
     np.testing.assert_allclose(res.samples["theta"][:, 0], expected, rtol=1e-6)

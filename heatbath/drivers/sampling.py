@@ -19,6 +19,7 @@ from heatbath.drivers.cache import IdentityCache
 from heatbath.drivers.placement import shardings, spans_processes
 from heatbath.drivers.results import Result
 from heatbath.drivers.settings import open_checkpoint
+from heatbath.kernels.schedules import is_constant
 from heatbath.kernels.validate import check_bool, check_choice, check_count, seed_key
 from heatbath.samplers.base import Sampler
 
@@ -83,8 +84,9 @@ def sample(
         new data for a Target.
       batch_size: minibatch size n; None for full-batch gradients.
       num_samples: draws kept per chain; ``num_warmup`` steps are run and discarded first
-        (default: none when every hyperparameter is given; with an automatic step size a
-        quarter of the sampling steps, at least 200, the first half of which tunes it);
+        (default: a quarter of the sampling steps, at least 200, at a constant temperature
+        T > 0; none at T = 0 or on a temperature schedule; with an automatic step size the
+        first half of them tunes it; ``num_warmup=0`` keeps every step from the start);
         ``thinning``: steps per kept draw.
       num_chains: independent chains (run under vmap).
       seed: an integer (or a JAX key). Chain i's draws depend only on (seed, i).
@@ -168,7 +170,13 @@ def sample(
     # them as driver-level thinning: every step draws its own minibatch.
     steps_per_draw = thinning * sampler.steps_per_draw
     if num_warmup is None:
-        num_warmup = autotune.default_num_warmup(num_samples * steps_per_draw) if auto else 0
+        # Also with every setting given, at a constant T > 0: the chains start away from the typical
+        # set (uniform(-2, 2) unconstrained, by default), and their way there is not a posterior
+        # draw. Not at T = 0 or on a temperature schedule (an optimizer or annealing: the path
+        # from the start is the point).
+        T = is_constant(sampler.temperature)
+        num_warmup = (autotune.default_num_warmup(num_samples * steps_per_draw)
+                      if auto or (T is not None and T > 0) else 0)
     num_warmup = check_count(num_warmup, "num_warmup", 0)
     if auto and num_warmup < 2:
         raise ValueError(f"an automatic {' and '.join(auto)} is chosen during warmup: num_warmup must be >= 2 "
@@ -312,6 +320,9 @@ def sample(
             resume=resuming, extra_state=centre, states=states,
         )
         out = loop.run(target, sampler, estimator, positions, keys, cfg)
+        if out.interrupted and out.steps_done <= num_warmup:
+            raise KeyboardInterrupt(f"interrupted during the warmup, after {out.steps_done} of {num_warmup} steps "
+                                    "(no draws were made)")
     result = _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start,
                      keep_unc, tuning)
     if affine is not None:  # back to the target's coordinates (the sampler's state stays in the run's)
