@@ -176,7 +176,7 @@ def hb_contenders(data, params, num_steps, batch, h):
     def call(make):
         # A new sampler object every call, as the README's inline pattern does.
         return lambda: hb.sample(target, make(), batch_size=batch, num_samples=num_steps, keep="moments",
-                                 checks="off", progress_bar=False, init=params, seed=0).moments["mean"]
+                                 checks="off", progress_bar=False, init=params, seed=0, num_warmup=0).moments["mean"]
 
     out = {name: call(make) for name, make in makers.items()}
     np_data = {"X": np.asarray(data[0]), "y": np.asarray(data[1])}
@@ -187,7 +187,7 @@ def hb_contenders(data, params, num_steps, batch, h):
     def numpyro_call(d):
         return lambda: hb.sample(model, hb.samplers.sgld(h), data=d, batch_size=batch, num_samples=num_steps,
                                  keep="moments", checks="off", progress_bar=False, init=params,
-                                 seed=0).moments["mean"]
+                                 seed=0, num_warmup=0).moments["mean"]
 
     out["hb SGLD numpyro"] = numpyro_call(np_data)
     out["hb SGLD numpyro jax-data"] = numpyro_call(jax_data)

@@ -7,7 +7,7 @@ n = int(sys.argv[1])
 data, params = B.make_problem(B.FULL["sizes"], B.FULL["rows"])
 t = hb.models.from_logdensity(B.logprior, B.loglik, data, params=params)
 def run(k):
-    return hb.sample(t, hb.samplers.sgld(1e-6), batch_size=128, num_samples=k, checks="off", progress_bar=False, init=params, seed=0)
+    return hb.sample(t, hb.samplers.sgld(1e-6), batch_size=128, num_samples=k, checks="off", progress_bar=False, init=params, seed=0, num_warmup=0)
 r = run(1); del r
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 r = run(n)

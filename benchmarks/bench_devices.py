@@ -50,12 +50,12 @@ def main():
     def chains_run(n):
         return lambda: hb.sample(chains_target, sgld, batch_size=500, num_samples=1000, num_chains=64,
                                  shard="chains" if n > 1 else None, devices=devices[:n], progress_bar=False,
-                                 keep="moments")
+                                 keep="moments", num_warmup=0)
 
     def data_run(n):
         return lambda: hb.sample(data_target, svrg, batch_size=500, num_samples=500, num_chains=8,
                                  shard="data" if n > 1 else None, devices=devices[:n], progress_bar=False,
-                                 keep="moments")
+                                 keep="moments", num_warmup=0)
 
     def measured(fn):
         def run():

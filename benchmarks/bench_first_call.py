@@ -207,10 +207,10 @@ def child(contender, model, cfg, steps):
                     numpyro.sample("y", dist.Bernoulli(logits=X @ w), obs=y)
 
             kw["init"] = {"w": params}
-            res = hb.sample(npmodel, hb.samplers.sgld(h), data={"X": data[0], "y": data[1]}, **kw)
+            res = hb.sample(npmodel, hb.samplers.sgld(h), data={"X": data[0], "y": data[1]}, **kw, num_warmup=0)
         else:
             target = hb.models.from_logdensity(logprior, loglik, data, params=params)
-            res = hb.sample(target, hb.samplers.sgld(h), **kw)
+            res = hb.sample(target, hb.samplers.sgld(h), **kw, num_warmup=0)
         out = res.moments["mean"] if res.moments else res.samples
     jax.block_until_ready(out)
     wall = time.perf_counter() - t0

@@ -231,7 +231,7 @@ def run_method(ref, sampler, grid, seeds=(0,)):
     counts = np.zeros(len(grid), int)
     for seed in seeds:
         res = hb.sample(ref.model, sampler, data=ref.data, batch_size=BATCH, num_samples=int(1.1 * smax),
-                        num_chains=4 * REPLICATES, seed=seed, progress_bar=False)
+                        num_chains=4 * REPLICATES, seed=seed, progress_bar=False, num_warmup=0)
         counts += np.asarray(bars_counts(ref, res.samples, grid))
     star = first_reached(grid, list(counts), REPLICATES * len(seeds))
     return star, list(counts), time.perf_counter() - t0, res

@@ -207,7 +207,7 @@ def hb_sample_measure(model, sampler, data, batch, steps, num_chains=1):
     def run():
         t0 = time.perf_counter()
         r = hb.sample(model, sampler, data=data, batch_size=batch, num_samples=steps, num_chains=num_chains,
-                      seed=0, progress_bar=False)
+                      seed=0, progress_bar=False, num_warmup=0)
         total = time.perf_counter() - t0
         return {"time": total, "run": r.wall_time - r.compile_time, "compile": r.compile_time}
 
@@ -340,7 +340,7 @@ def main(argv=None):
         d_floor = np.asarray(compiled["floor"]())
         d_nat = np.asarray(compiled["natural (numpyro+blackjax)"]()["w"])
         r = hb.sample(numpyro_model, sampler, data={"X": X, "y": y}, batch_size=B, num_samples=S,
-                      progress_bar=False)
+                      progress_bar=False, num_warmup=0)
         half = S // 2
         sd = d_floor[half:].std(0).max()
         for name, d in [("natural", d_nat), ("hb.sample (numpyro)", r.samples["w"][0])]:

@@ -31,7 +31,7 @@ def per_step(target, params, make, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hb.sample(target, make(), batch_size=128, num_samples=50, keep="moments", checks="off",
-                  progress_bar=False, init=params, seed=0, **kw)
+                  progress_bar=False, init=params, seed=0, **kw, num_warmup=0)
     costs = []
     for _, compiled in loop.COMPILED.entries.values():
         ca = compiled.cost_analysis()

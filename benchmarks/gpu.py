@@ -99,7 +99,7 @@ def logistic_section(smoke: bool, repeats: int):
 
     def hb_call(make):
         return lambda: hb.sample(target, make(), batch_size=n, num_samples=steps, init=w0, checks="off",
-                                 progress_bar=False).samples["theta"]
+                                 progress_bar=False, num_warmup=0).samples["theta"]
 
     contenders = {
         "floor": lambda: floor(w0, key),

@@ -102,8 +102,8 @@ def logistic(args, result):
         opts = dict(batch_size=n, num_samples=steps, init=w0, checks="off", progress_bar=False)
         opts.update(kw)
         if opts.get("keep") == "moments":
-            return lambda: hb.sample(target, hb.samplers.sgld(h), **opts).moments["mean"]
-        return lambda: hb.sample(target, hb.samplers.sgld(h), **opts).samples["theta"]
+            return lambda: hb.sample(target, hb.samplers.sgld(h), **opts, num_warmup=0).moments["mean"]
+        return lambda: hb.sample(target, hb.samplers.sgld(h), **opts, num_warmup=0).samples["theta"]
 
     contenders = {
         "floor": lambda: floor(w0, key),
@@ -132,7 +132,7 @@ def mlp(args, result):
         opts = dict(batch_size=batch, num_samples=n, keep="moments", checks="off", progress_bar=False,
                     init=params, seed=0)
         opts.update(kw)
-        return lambda: hb.sample(target, hb.samplers.sgld(h), **opts).moments["mean"]
+        return lambda: hb.sample(target, hb.samplers.sgld(h), **opts, num_warmup=0).moments["mean"]
 
     contenders = {
         "floor": lambda: hand(params, key),
@@ -141,7 +141,7 @@ def mlp(args, result):
         "hb moments x2 steps": hb_call(2 * steps),
         "hb sghmc fused moments": lambda: hb.sample(
             target, hb.samplers.sghmc(math.sqrt(h), 1.0, fuse_noise=True), batch_size=batch, num_samples=steps,
-            keep="moments", checks="off", progress_bar=False, init=params, seed=0).moments["mean"],
+            keep="moments", checks="off", progress_bar=False, init=params, seed=0, num_warmup=0).moments["mean"],
     }
     timed(contenders, args, steps, result, "mlp", ("floor", "hb moments"))
 

@@ -69,7 +69,7 @@ def distance(ref, result) -> dict:
 
 def _run(ref, make, n, seed):
     return hb.sample(ref.model, make(), data=ref.data, batch_size=BATCH, num_samples=n, thinning=THIN, num_chains=CHAINS,
-                     seed=seed, progress_bar=False, checks="off")
+                     seed=seed, progress_bar=False, checks="off", num_warmup=0)
 
 
 def timed_run(run, seconds, seed=0):

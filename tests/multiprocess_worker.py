@@ -47,15 +47,15 @@ if mode == "ckpt-stop":
     Checkpoint.commit = commit_then_die
 if mode == "federated":
     r = hb.sample(target, hb.samplers.fsgld(5e-5, conducive=q), shard="chains",
-                  batching=batching.federated(ids, local_steps=5, availability=0.2), **kw)
+                  batching=batching.federated(ids, local_steps=5, availability=0.2), **kw, num_warmup=0)
     extra = {"rounds_served": r.stats["rounds_served"]}
 elif mode in ("federated-data", "ckpt-stop", "ckpt-resume"):
     ckpt = {"ckpt-stop": {"checkpoint": out + ".ckpt"}, "ckpt-resume": {"resume": out + ".ckpt"}}.get(mode, {})
     r = hb.sample(target, hb.samplers.fsgld(5e-5, conducive=q), shard="data", chunk_size=10,
-                  batching=batching.federated(ids, local_steps=5, availability=0.2), **ckpt, **kw)
+                  batching=batching.federated(ids, local_steps=5, availability=0.2), **ckpt, **kw, num_warmup=0)
     extra = {"rounds_served": r.stats["rounds_served"]}
 else:
-    r = hb.sample(target, hb.samplers.sgld(5e-5), shard=mode, **kw)
+    r = hb.sample(target, hb.samplers.sgld(5e-5), shard=mode, **kw, num_warmup=0)
     extra = {}
 if pid == 0:
     np.savez(out, theta=r.samples["theta"], **extra)

@@ -187,9 +187,9 @@ def test_shards_as_a_list_as_ids_and_as_a_numpyro_argument_give_the_same_run():
     kw = dict(batch_size=5, num_samples=20, num_chains=2, seed=4, progress_bar=False, checks="off",
               init={"mu": np.zeros(2, np.float32)})
     a = hb.sample(model, hb.samplers.fsgld(1e-3), data={"x": data}, batching=batching.federated(ids, local_steps=4),
-                  **kw)
+                  **kw, num_warmup=0)
     b = hb.sample(model, hb.samplers.fsgld(1e-3), data={"x": data, "client": ids},
-                  batching=batching.federated("client", local_steps=4), **kw)
+                  batching=batching.federated("client", local_steps=4), **kw, num_warmup=0)
     np.testing.assert_array_equal(a.samples["mu"], b.samples["mu"])
     assert a.stats["rounds_served"].shape == (2, 20, 2)
     np.testing.assert_array_equal(a.stats["steps_served"][:, -1].sum(-1), 20)

@@ -359,7 +359,8 @@ def test_a_noise_source_replaces_every_kernels_noise(noisy, cold):
     """With a noise source that draws zeros, a sampler at T = 1 moves like its T = 0 limit
     (the initial momentum aside, which SGHMC draws at T: both start from init momentum 0 here)."""
     target, _, _ = _gaussian_target()
-    kw = dict(num_samples=20, seed=0, progress_bar=False, init={"x": np.array([0.3, 0.1, -0.4], np.float32)})
+    kw = dict(num_samples=20, num_warmup=0, seed=0, progress_bar=False,
+              init={"x": np.array([0.3, 0.1, -0.4], np.float32)})
     if "momentum" in noisy.init(jnp.zeros(3), None)._fields:
         # SGHMC/SGNHT draw r ~ N(0, T M) at init with the init key; without a key it is 0 for both.
         noisy = noisy._replace(init=lambda p, key=None, f=noisy.init: f(p, None))

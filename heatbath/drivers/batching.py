@@ -243,7 +243,8 @@ def _federated_build(table, labels, sizes, f, pi, mask, rate, K, local_steps):
         if mask is not None and mask.shape[0] * local_steps < num_steps:
             raise ValueError(
                 f"availability has {mask.shape[0]} rounds but the run takes {-(-num_steps // local_steps)} rounds "
-                f"of {local_steps} steps ({num_steps} steps): give a row per round"
+                f"of {local_steps} steps ({num_steps} steps, the warmup's included: hb.sample's default "
+                "num_warmup is a quarter of the sampling steps): give a row per round, or num_warmup=0"
             )
         tab, size, prob, served_prob = (jnp.asarray(table), jnp.asarray(sizes, jnp.int32), jnp.asarray(f),
                                         jnp.asarray(pi))

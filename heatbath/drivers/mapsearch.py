@@ -23,7 +23,9 @@ zoom line search) in a ``lax.while_loop`` when the full-data gradient is cheap (
 4000, ... steps, checked between segments; at each check up to two Newton steps (the CG
 solve the check has already made) polish a point inside the quadratic region (decrement < 1):
 float32 line searches cannot resolve it further, and a minibatch optimizer's noise ball is
-left in one step. A chain whose search ends non-finite, or whose log density is
+left in one step. In the Adam search the steps are also taken from further out (at large N
+Adam's noise ball is several posterior sds wide), where CG solved a positive definite system,
+and kept only where the log density rises and the decrement falls. A chain whose search ends non-finite, or whose log density is
 still climbing when the budget ends (no mode: e.g. a hierarchical scale going to 0), gets its
 start point back, with ``usable`` False and the reason.
 """

@@ -22,7 +22,8 @@ replacement with the state's key, estimate the gradient of the log posterior on 
              + sqrt(2 h T) xi.
 
 A chain started from ``MCMC.run(k, ...)`` with one chain follows exactly the draws of chain 0
-of ``hb.sample(..., seed=s)`` when ``k = jax.random.fold_in(jax.random.key(s), 0)``.
+of ``hb.sample(..., seed=s, num_warmup=w)`` when ``k = jax.random.fold_in(jax.random.key(s), 0)``
+and ``MCMC`` has the same ``num_warmup=w`` (``hb.sample``'s default warmup is its own).
 
 The state (:class:`HeatbathState`) keeps the unconstrained position in ``z`` (the
 ``sample_field``; ``postprocess_fn`` maps it to the user's space with the deterministic
