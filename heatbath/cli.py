@@ -112,7 +112,10 @@ def _print_table(rows, file=None):
     }
     cells = [[(fmt.get(c, "{}") if not isinstance(r[c], str) else "{}").format(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |", file=file)
+    # Markdown: a "|" inside a header cell is escaped, so the table keeps its columns.
+    heads = [c.replace("|", "\\|") for c in cols]
+    widths = [max(w, len(h)) for w, h in zip(widths, heads)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(heads, widths)) + " |", file=file)
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=file)
     for row in cells:
         print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |", file=file)

@@ -21,7 +21,7 @@ def test_demo_prints_the_table_and_writes_the_figure(tmp_path, capsys):
     out = capsys.readouterr().out
     for method in ("SGLD", "pSGLD", "SGLD-CV"):
         assert f"| {method} (h=" in out
-    assert "max |mean-ref|/sd" in out and "min ESS" in out and "max R-hat" in out
+    assert "max \\|mean-ref\\|/sd" in out and "min ESS" in out and "max R-hat" in out
     assert os.path.getsize(fig) > 10_000
 
 

@@ -68,3 +68,46 @@ def test_an_automatic_runs_checkpoint_records_the_tuned_settings_and_a_resume_ch
         json.dump(meta, f)
     with pytest.raises(ValueError, match="tuned"):
         hb.sample(t, hb.samplers.sgld(), checkpoint=path, resume=True, **kw)
+
+
+@pytest.mark.parametrize("thinning, chains, div", [(1, 2, "stop"), (3, 1, "flag")])
+def test_a_short_runs_warmup_in_its_sampling_chunk_gives_the_same_chains_with_one_compile(thinning, chains, div):
+    """The warmup run by the sampling chunk's compiled code (draws dropped) equals the dedicated
+    warmup chunk bit for bit, and the call compiles one chunk instead of two."""
+    import jax
+
+    from heatbath.drivers import loop
+
+    t = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum((p - 3.0) ** 2), lambda p, b: -0.5 * jnp.sum((b - p) ** 2),
+                                  np.ones((50, 2), np.float32), params=jnp.zeros(2))
+    kw = dict(batch_size=10, num_samples=300, thinning=thinning, num_chains=chains, seed=5, progress_bar=False,
+              checks="off", on_divergence=div)
+    compiles = []
+
+    def run(flag, step):
+        loop.WARMUP_IN_DRAWS = flag
+        try:
+            with jax.log_compiles(True):
+                import logging
+
+                class H(logging.Handler):
+                    def emit(self, record):
+                        if "Finished XLA compilation of jit(chunk)" in record.getMessage():
+                            compiles.append(flag)
+
+                h = H()
+                logging.getLogger("jax").addHandler(h)
+                try:
+                    return hb.sample(t, hb.samplers.sgld(step), **kw)
+                finally:
+                    logging.getLogger("jax").removeHandler(h)
+        finally:
+            loop.WARMUP_IN_DRAWS = True
+
+    # Distinct step sizes per parametrisation: nothing compiled before is reused.
+    step = 1e-2 + 1e-4 * thinning
+    a, b = run(True, step), run(False, step)
+    assert a.samples["theta"].shape[:2] == (chains, 300)
+    np.testing.assert_array_equal(a.samples["theta"], b.samples["theta"])
+    np.testing.assert_array_equal(a.stats["lp"], b.stats["lp"])
+    assert compiles.count(True) == 1 and compiles.count(False) == 1  # the second run compiled only the warmup

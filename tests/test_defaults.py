@@ -145,11 +145,11 @@ def test_init_median_map_values_and_optimize_result(reg_data):
     assert all(info["converged"])
     np.testing.assert_allclose(np.asarray(mp["a"]), 1.5, atol=0.05)
     opt = hb.optimize(regression, data=reg_data, num_steps=3000)
-    res = hb.sample(regression, hb.samplers.sgld(1e-4), data=reg_data, num_samples=3, init=opt, progress_bar=False)
+    res = hb.sample(regression, hb.samplers.sgld(1e-4), data=reg_data, num_samples=3, init=opt, progress_bar=False, num_warmup=0)
     np.testing.assert_allclose(res.samples["a"][0, 0], opt.values["a"], atol=0.05)
     # A Result's values hold deterministic sites: accepted and ignored as init.
     vals = {k: np.asarray(v)[0, -1] for k, v in res.samples.items()}
-    hb.sample(regression, hb.samplers.sgld(1e-4), data=reg_data, num_samples=2, init=vals, progress_bar=False)
+    hb.sample(regression, hb.samplers.sgld(1e-4), data=reg_data, num_samples=2, init=vals, progress_bar=False, num_warmup=0)
     # hb.fit takes the same: the OptimizeResult, or its values with the deterministic site a2.
     for init in (opt, dict(opt.values)):
         assert "a2" in opt.values

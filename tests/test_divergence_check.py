@@ -71,8 +71,8 @@ def test_the_sampler_check_gives_the_full_pass_answers(mode, make, kind):
     fires and the flags from then on are compared). SGLD reads its gradient's sum of squares;
     SGHMC one pass over the position, the kinetic energy and the gradient's sum of squares."""
     h = 2.5 if make is not support_target else 0.9
-    kw = dict(num_samples=120, num_chains=3, seed=5, init=jnp.ones((3, 2)), on_divergence=mode, progress_bar=False,
-              checks="off")
+    kw = dict(num_samples=120, num_warmup=0, num_chains=3, seed=5, init=jnp.ones((3, 2)), on_divergence=mode,
+              progress_bar=False, checks="off")
     fast = SAMPLERS[kind](h)
     slow = fast._replace(checks_state=False)
     assert fast.checks_state and cache.sampler_key(fast)[0] != cache.sampler_key(slow)[0]

@@ -309,7 +309,7 @@ def test_chunks_are_sized_by_what_is_recorded():
 
     with mock.patch.object(loop, "make_chunk", spy):
         hb.sample(model, hb.samplers.sgld(1e-6), data={"X": X, "y": y}, batch_size=100, num_samples=400,
-                  progress_bar=False)
+                  progress_bar=False, num_warmup=0)
     # 800 kB per draw: the default 128 MiB chunk holds at most ~167 draws.
     assert max(seen) <= 170
 

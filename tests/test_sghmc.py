@@ -443,7 +443,7 @@ def _replicates_meeting_bars(ref, sampler, steps, seed=0, replicates=8):
     """Replicates of 4 chains (one run of 4 * replicates chains) meeting the bars after ``steps``
     kept draws (the first steps/10 discarded): max |z| <= 0.25, sd ratios in [0.9, 1.2]."""
     res = hb.sample(ref.model, sampler, data=ref.data, batch_size=100, num_samples=steps + steps // 10,
-                    num_chains=4 * replicates, seed=seed, progress_bar=False)
+                    num_chains=4 * replicates, seed=seed, progress_bar=False, num_warmup=0)
     n = 0
     for i in range(replicates):
         c = ref.compare({k: v[4 * i:4 * i + 4, steps // 10:] for k, v in res.samples.items()})

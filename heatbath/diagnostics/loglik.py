@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["pointwise_loglik", "predictive", "model_call", "LoglikUnavailable", "CHUNK_VALUES", "MAX_VALUES",
+__all__ = ["pointwise_loglik", "loglik_of_rows", "predictive", "model_call", "LoglikUnavailable", "CHUNK_VALUES", "MAX_VALUES",
            "unobserved"]
 
 CHUNK_VALUES = 1 << 20  # log-likelihood values computed per compiled chunk of draws
@@ -253,6 +253,23 @@ def pointwise_loglik(target, samples: dict, unconstrained=None, *, chunk_size=No
     if out is None:
         out = _by_target(target, flat, flat_u, chunk_size)
     return {k: np.reshape(v, shape + np.shape(v)[1:]) for k, v in out.items()}
+
+
+def loglik_of_rows(target, samples: dict, rows, unconstrained=None) -> np.ndarray:
+    """log p(y_i | theta) of the data rows ``rows`` (indices) for every draw, by the Target's
+    route: an array (chain, draw, len(rows)). A few rows' log-likelihoods are a summary of what
+    the draws predict (the self-check reads R-hat and ESS from them where the sites have exact
+    symmetries). Raises :class:`LoglikUnavailable` where the Target's route does not apply."""
+    if target.minibatch_error:
+        raise LoglikUnavailable("this target runs full-batch only: its likelihood does not split into rows")
+    shape = np.shape(next(iter(samples.values())))[:2]
+    u = _flat(unconstrained, 2) if unconstrained is not None else _unconstrained_draws(target, _flat(samples, 2))
+    if u is None:
+        raise LoglikUnavailable("the draws cannot be mapped back to the unconstrained space")
+    idx = np.asarray(rows, int)
+    fn = target.memo("pointwise_loglik_rows", lambda: _rows_fn(target))
+    out = _chunked(fn, u, jax.tree.map(lambda x: np.asarray(x)[idx], target.data), per_draw=len(idx))
+    return np.reshape(np.asarray(out), shape + (len(idx),))
 
 
 def loglik_size(target, num_draws: int) -> int:

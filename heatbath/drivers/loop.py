@@ -85,6 +85,7 @@ class RunOut(NamedTuple):
     steps_done: int = 0
 
 
+WARMUP_IN_DRAWS = True  # a short run's warmup runs in its sampling chunk's compiled code (see run)
 MIN_CAPACITY = 256  # draws a sampling chunk holds at least (within the memory budget)
 WARMUP_CAPACITY = 1 << 30  # a warmup chunk keeps nothing per step: one compiled chunk serves every length
 
@@ -274,13 +275,16 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     # Blocks of draws with a static trip count on an accelerator (make_chunk's block).
     block = block_for(_platform(positions))
 
-    def get(length, steps, keep_, progress, widen=True):
+    def cap(length, keep_, widen=True):
         if keep_ and chunk_size and widen:
             # The run's last, shorter sampling chunk runs in the full chunks' compiled code (a
             # traced count): 1,000 draws of an 84k-weight network in chunks of 399, 399 and 202
             # compiled twice (capacities 399 and 256), 7-10 s each.
             length = max(length, min(chunk_size, cfg.num_draws))
-        length = capacity(length, max(1, CHUNK_BYTES // max(per_draw, 1)), keep_)
+        return capacity(length, max(1, CHUNK_BYTES // max(per_draw, 1)), keep_)
+
+    def get(length, steps, keep_, progress, widen=True):
+        length = cap(length, keep_, widen)
         every = progress.every if progress is not None and progress.enabled else None
         key = (skey, tkey, rkey, id(spec), cfg.batch_size, cfg.on_divergence, length, steps,
                keep_, moments, cfg.swag_rank, every, block, signature)
@@ -297,6 +301,13 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
         return COMPILED.get(key, spins + tpins + (rpin, spec), build)
 
     done_steps = sum(n * t for n, t, _ in segments[:start])
+    # A short run's warmup runs in its sampling chunk's compiled code, the draws dropped on the
+    # device (each step reads the same keys and rows by its global index, so the chains are the
+    # same): one compile instead of two, which on a first call was about half its time. Not with
+    # running moments (the sampling chunk folds its states into them) or a timed first chunk.
+    first_draws = next((n for n, _, is_draws in segments if is_draws), None)
+    warm_in_draws = (WARMUP_IN_DRAWS and not moments and not calibrate and first_draws is not None
+                     and all(n % cfg.thinning == 0 for n, _, is_draws in segments if not is_draws))
     pending = []
     interrupt = plan.Interrupt()
     with Progress(cfg.num_warmup + cfg.num_draws * cfg.thinning, cfg.desc, cfg.progress_bar) as progress, \
@@ -307,11 +318,23 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
             length, steps, is_draws = segments[j]
             # Not the timed first chunk of a calibrated run: it is sized to its own length, so
             # the copy of a large buffer does not enter the timing that sizes the others.
-            chunk_fn = get(length, steps, is_draws, progress, widen=not (calibrate and j == 0))
             t0 = time.perf_counter()
-            (carry, acc), out = chunk_fn(carry, acc, shared_est, data, jnp.int32(done_steps), jnp.int32(length),
-                                         tuned)
-            done_steps += length * steps
+            if not is_draws and warm_in_draws:
+                chunk_fn, size = get(first_draws, cfg.thinning, True, progress), cap(first_draws, True)
+                left = length // cfg.thinning
+                while left:
+                    k = min(left, size)
+                    (carry, acc), out = chunk_fn(carry, acc, shared_est, data, jnp.int32(done_steps), jnp.int32(k),
+                                                 tuned)
+                    del out
+                    done_steps += k * cfg.thinning
+                    left -= k
+                out = None
+            else:
+                chunk_fn = get(length, steps, is_draws, progress, widen=not (calibrate and j == 0))
+                (carry, acc), out = chunk_fn(carry, acc, shared_est, data, jnp.int32(done_steps), jnp.int32(length),
+                                             tuned)
+                done_steps += length * steps
             if is_draws:
                 values, info = jax.tree.map(lambda x: x if x.shape[0] == length else np.array(x[:length]),
                                             to_host(out))

@@ -97,6 +97,48 @@ def _rhat_ess(samples: dict, chains) -> dict:
     return out
 
 
+SYMMETRIC_ATTR = "heatbath_symmetric_sites"  # set on a model function by models.network.network_model
+FUNCTION_ROWS = 32  # training rows whose log-likelihood stands in for symmetric sites in R-hat and ESS
+
+
+def symmetric_sites(target) -> tuple:
+    """The sample sites of ``target``'s NumPyro model whose posterior has exact symmetries (a
+    network's weights: hidden units can be permuted and, with odd activations, flipped), so that
+    their per-coordinate R-hat and ESS do not measure convergence; () for any other target."""
+    from heatbath.diagnostics.loglik import model_call
+
+    call = model_call(target) if target is not None else None
+    return tuple(getattr(call[0], SYMMETRIC_ATTR, ()) or ()) if call is not None else ()
+
+
+def _convergence_statistics(result, sym) -> tuple:
+    """(statistics for R-hat and ESS, what they are). Without symmetric sites: the draws. With
+    them: the other sites, the log density ``lp`` and the log-likelihood of ``FUNCTION_ROWS``
+    training rows per draw (invariant under the symmetries: what the chains predict)."""
+    if not sym:
+        return result.samples, None
+    stats = {k: v for k, v in result.samples.items() if k not in sym}
+    what = []
+    if "lp" in result.stats:
+        stats["lp"] = np.asarray(result.stats["lp"], np.float64)
+        what.append("the log density")
+    from heatbath.diagnostics import loglik
+
+    t = result.target
+    idx = np.unique(np.linspace(0, t.num_data - 1, min(FUNCTION_ROWS, t.num_data)).astype(int))
+    try:
+        ll = loglik.loglik_of_rows(t, result.samples, idx, result.unconstrained)
+        stats["loglik_rows"] = np.asarray(ll, np.float64)
+        what.append(f"the log-likelihood of {len(idx)} training rows")
+    except loglik.LoglikUnavailable:  # e.g. a full-batch-only target: the log density alone
+        pass
+    if any(k not in sym for k in result.samples):
+        what.append("the other sites")
+    head = f"R-hat and ESS over {', '.join(what)}" if what else "no R-hat or ESS"
+    return stats, (f"{head}: the sites {list(sym)[:3]}{'...' if len(sym) > 3 else ''} have exact symmetries (a "
+                   "network's hidden units can be permuted), so their own R-hat does not measure convergence")
+
+
 def _frozen(unconstrained, chains) -> dict:
     """Coordinates of the unconstrained draws that never changed in a chain (every draw equal).
 
@@ -238,13 +280,17 @@ def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed
         return []
     T = is_constant(sampler.temperature)
     if result.samples:
-        checks.update(_rhat_ess(result.samples, chains))
+        conv_stats, over = _convergence_statistics(result, symmetric_sites(result.target))
+        checks.update(_rhat_ess(conv_stats, chains))
+        if over:
+            checks["rhat_over"] = over
         if checks.get("rhat_max", 1.0) > RHAT_MAX:
             what = "the two halves of the chain disagree" if len(chains) == 1 else "the chains disagree"
             severe = (" At this level the draws do not represent the posterior: do not use them as they are."
                       if checks["rhat_max"] > RHAT_UNUSABLE else "")
             msgs.append(f"R-hat {checks['rhat_max']:.3f} > {RHAT_MAX}: {what} (different modes, or not mixed yet); "
-                        "run longer, and compare the chains' means (Result.samples) for separate modes" + severe)
+                        "run longer, and compare the chains' means (Result.samples) for separate modes" + severe
+                        + (f" ({over})" if over else ""))
         if checks.get("ess_bulk_min", np.inf) < ESS_MIN:
             msgs.append(f"bulk ESS {checks['ess_bulk_min']:.0f} < {ESS_MIN:.0f} for some coordinate: the draws are "
                         "too autocorrelated for reliable means; run more steps (num_samples or thinning)")
@@ -306,9 +352,12 @@ def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed
                         " x too large in the worst direction (h lambda_max(H + V/T) / 2 from the measured curvature and"
                         " gradient noise): lower the step size, raise batch_size, or use step_size=None")
         if noise.get("predicted_excess_temperature", 0.0) > NOISE_MAX:
+            tk = checks.get("kinetic_temperature")
             msgs.append(f"the friction is too low for the measured gradient noise: predicted temperature "
-                        f"{1 + noise['predicted_excess_temperature']:.2f} T (h v / (2 C)); raise friction or batch_size, "
-                        "or use friction=None")
+                        f"{1 + noise['predicted_excess_temperature']:.2f} T (h v / (2 C)) in the direction of the "
+                        "largest gradient noise (v its variance)"
+                        + (f"; the kinetic temperature averaged over all directions reads {tk / T:.3g} T" if tk else "")
+                        + "; raise friction or batch_size, or use friction=None")
     checks["warnings"] = msgs
     result.checks = checks
     return msgs
