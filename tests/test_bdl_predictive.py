@@ -246,8 +246,8 @@ def test_normal_likelihood_learned_noise_scale():
 def test_rhat_and_ess_of_a_network_are_read_from_what_it_predicts():
     """A network's weights have exact symmetries (hidden units can be permuted), so chains from
     prior draws disagree in weight space whatever the sampler does. The end-of-run check reads
-    R-hat and ESS from the log density and the log-likelihood of 32 training rows instead, and
-    says so; these equal the statistics computed here by hand."""
+    R-hat and ESS from the log-likelihood of 32 training rows at every draw instead, and says
+    so; these equal the statistics computed here by hand. Also through a Target given data=."""
     from heatbath.diagnostics import rank_stats
     from heatbath.drivers import selfcheck
 
@@ -262,10 +262,12 @@ def test_rhat_and_ess_of_a_network_are_read_from_what_it_predicts():
         return np.log(p[np.arange(len(idx)), Y[idx]])
 
     ll = np.stack([np.stack([rows_ll(c, s) for s in range(300)]) for c in range(3)])  # (chain, draw, row)
-    x = np.concatenate([np.asarray(r.stats["lp"], np.float64)[..., None], ll.astype(np.float64)], axis=-1)
-    rhat, ess = rank_stats.rhat_and_bulk_ess(x)
+    rhat, ess = rank_stats.rhat_and_bulk_ess(ll.astype(np.float64))
     assert r.checks["rhat_max"] == pytest.approx(float(np.max(rhat)), rel=1e-2)  # float32 log-likelihoods
     assert r.checks["ess_bulk_min"] == pytest.approx(float(np.min(ess)), rel=5e-2)
     # Weight space alone would read a much larger R-hat: the chains sit in permuted modes.
     weights = selfcheck._rhat_ess(r.samples, [0, 1, 2])
     assert weights["rhat_max"] > r.checks["rhat_max"]
+    # A Target built from the model, given its data again with data= (Target.with_data), keeps the marking.
+    t = hb.models.from_numpyro(bn.model, X=X, y=Y)
+    assert t.symmetric_sites == bn.sites and t.with_data({"X": X, "y": Y}).symmetric_sites == bn.sites

@@ -85,6 +85,7 @@ def test_a_short_runs_warmup_in_its_sampling_chunk_gives_the_same_chains_with_on
     compiles = []
 
     def run(flag, step):
+        before = loop.WARMUP_IN_DRAWS
         loop.WARMUP_IN_DRAWS = flag
         try:
             with jax.log_compiles(True):
@@ -102,7 +103,7 @@ def test_a_short_runs_warmup_in_its_sampling_chunk_gives_the_same_chains_with_on
                 finally:
                     logging.getLogger("jax").removeHandler(h)
         finally:
-            loop.WARMUP_IN_DRAWS = True
+            loop.WARMUP_IN_DRAWS = before
 
     # Distinct step sizes per parametrisation: nothing compiled before is reused.
     step = 1e-2 + 1e-4 * thinning

@@ -255,7 +255,7 @@ def pointwise_loglik(target, samples: dict, unconstrained=None, *, chunk_size=No
     return {k: np.reshape(v, shape + np.shape(v)[1:]) for k, v in out.items()}
 
 
-def loglik_of_rows(target, samples: dict, rows, unconstrained=None) -> np.ndarray:
+def loglik_of_rows(target, samples: dict, rows, unconstrained=None, *, chunk_size=None) -> np.ndarray:
     """log p(y_i | theta) of the data rows ``rows`` (indices) for every draw, by the Target's
     route: an array (chain, draw, len(rows)). A few rows' log-likelihoods are a summary of what
     the draws predict (the self-check reads R-hat and ESS from them where the sites have exact
@@ -268,7 +268,7 @@ def loglik_of_rows(target, samples: dict, rows, unconstrained=None) -> np.ndarra
         raise LoglikUnavailable("the draws cannot be mapped back to the unconstrained space")
     idx = np.asarray(rows, int)
     fn = target.memo("pointwise_loglik_rows", lambda: _rows_fn(target))
-    out = _chunked(fn, u, jax.tree.map(lambda x: np.asarray(x)[idx], target.data), per_draw=len(idx))
+    out = _chunked(fn, u, jax.tree.map(lambda x: x[idx], target.data), per_draw=len(idx), chunk_size=chunk_size)
     return np.reshape(np.asarray(out), shape + (len(idx),))
 
 

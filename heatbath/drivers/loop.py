@@ -193,6 +193,11 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
         recorded = jax.eval_shape(record, jax.tree.map(lambda x: x[0], positions), data)
     else:
         recorded = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), positions)
+    # A record about the size of the position (the constrained latent sites, no deterministic
+    # site of the data's size): cheap enough to compute at every warmup draw (see run's warmup).
+    small_record = record is None or (
+        sum(int(np.prod(x.shape)) for x in jax.tree.leaves(recorded))
+        <= 2 * sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(positions)) + 64)
     moments = cfg.keep == "moments"
     acc = _moments.moments_init(recorded, num_chains, cfg.swag_rank) if moments else ()
     if places is not None:
@@ -304,9 +309,11 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     # A short run's warmup runs in its sampling chunk's compiled code, the draws dropped on the
     # device (each step reads the same keys and rows by its global index, so the chains are the
     # same): one compile instead of two, which on a first call was about half its time. Not with
-    # running moments (the sampling chunk folds its states into them) or a timed first chunk.
+    # running moments (the sampling chunk folds its states into them), a timed first chunk, or a
+    # record much larger than the position (deterministic sites of the data's size: computing
+    # them at every warmup draw could cost more than the compile saved).
     first_draws = next((n for n, _, is_draws in segments if is_draws), None)
-    warm_in_draws = (WARMUP_IN_DRAWS and not moments and not calibrate and first_draws is not None
+    warm_in_draws = (WARMUP_IN_DRAWS and small_record and not moments and not calibrate and first_draws is not None
                      and all(n % cfg.thinning == 0 for n, _, is_draws in segments if not is_draws))
     pending = []
     interrupt = plan.Interrupt()

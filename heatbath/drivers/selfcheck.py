@@ -99,41 +99,49 @@ def _rhat_ess(samples: dict, chains) -> dict:
 
 SYMMETRIC_ATTR = "heatbath_symmetric_sites"  # set on a model function by models.network.network_model
 FUNCTION_ROWS = 32  # training rows whose log-likelihood stands in for symmetric sites in R-hat and ESS
+ROWS_CHUNK_BYTES = 1 << 26  # unconstrained draws per compiled chunk of the rows' log-likelihood
 
 
 def symmetric_sites(target) -> tuple:
-    """The sample sites of ``target``'s NumPyro model whose posterior has exact symmetries (a
-    network's weights: hidden units can be permuted and, with odd activations, flipped), so that
-    their per-coordinate R-hat and ESS do not measure convergence; () for any other target."""
-    from heatbath.diagnostics.loglik import model_call
-
-    call = model_call(target) if target is not None else None
-    return tuple(getattr(call[0], SYMMETRIC_ATTR, ()) or ()) if call is not None else ()
+    """The sample sites of ``target`` whose posterior has exact symmetries (a network's weights:
+    hidden units can be permuted and, with odd activations, flipped), so that their per-coordinate
+    R-hat and ESS do not measure convergence (``Target.symmetric_sites``); () for other targets."""
+    return tuple(getattr(target, "symmetric_sites", ()) or ()) if target is not None else ()
 
 
 def _convergence_statistics(result, sym) -> tuple:
     """(statistics for R-hat and ESS, what they are). Without symmetric sites: the draws. With
-    them: the other sites, the log density ``lp`` and the log-likelihood of ``FUNCTION_ROWS``
-    training rows per draw (invariant under the symmetries: what the chains predict)."""
+    them: the log-likelihood of ``FUNCTION_ROWS`` training rows at every draw (invariant under the
+    symmetries: what the chains predict) and the other sites (evenly thinned so that the rows stay
+    within ``MAX_RHAT_COORDS``); where the rows cannot be computed (a full-batch-only target), the
+    run's log density per step instead."""
     if not sym:
         return result.samples, None
-    stats = {k: v for k, v in result.samples.items() if k not in sym}
-    what = []
-    if "lp" in result.stats:
-        stats["lp"] = np.asarray(result.stats["lp"], np.float64)
-        what.append("the log density")
+    stats, what = {}, []
     from heatbath.diagnostics import loglik
 
     t = result.target
     idx = np.unique(np.linspace(0, t.num_data - 1, min(FUNCTION_ROWS, t.num_data)).astype(int))
     try:
-        ll = loglik.loglik_of_rows(t, result.samples, idx, result.unconstrained)
+        d = sum(int(np.prod(np.shape(v)[2:])) for v in result.samples.values())  # values per draw
+        ll = loglik.loglik_of_rows(t, result.samples, idx, result.unconstrained,
+                                   chunk_size=max(1, ROWS_CHUNK_BYTES // (4 * max(d, 1))))
         stats["loglik_rows"] = np.asarray(ll, np.float64)
         what.append(f"the log-likelihood of {len(idx)} training rows")
-    except loglik.LoglikUnavailable:  # e.g. a full-batch-only target: the log density alone
-        pass
-    if any(k not in sym for k in result.samples):
-        what.append("the other sites")
+    except Exception as e:  # noqa: BLE001 - a failed check must not lose the run
+        if "lp" in result.stats:
+            stats["lp"] = np.asarray(result.stats["lp"], np.float64)
+            what.append(f"the log density of each step (the training rows' log-likelihood was not available: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})")
+    others = {k: v for k, v in result.samples.items() if k not in sym}
+    if others:
+        flat = np.concatenate([np.reshape(np.asarray(v, np.float64), np.shape(v)[:2] + (-1,)) for v in others.values()],
+                              axis=-1)
+        room = max(1, MAX_RHAT_COORDS - FUNCTION_ROWS - 1)
+        if flat.shape[-1] > room:
+            flat = flat[..., np.linspace(0, flat.shape[-1] - 1, room).astype(int)]
+        stats["other_sites"] = flat
+        what.append("the other sites" + (f" ({room} of their coordinates)" if flat.shape[-1] == room else ""))
     head = f"R-hat and ESS over {', '.join(what)}" if what else "no R-hat or ESS"
     return stats, (f"{head}: the sites {list(sym)[:3]}{'...' if len(sym) > 3 else ''} have exact symmetries (a "
                    "network's hidden units can be permuted), so their own R-hat does not measure convergence")
@@ -280,7 +288,7 @@ def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed
         return []
     T = is_constant(sampler.temperature)
     if result.samples:
-        conv_stats, over = _convergence_statistics(result, symmetric_sites(result.target))
+        conv_stats, over = _convergence_statistics(result, symmetric_sites(getattr(result, "target", None)))
         checks.update(_rhat_ess(conv_stats, chains))
         if over:
             checks["rhat_over"] = over
@@ -356,7 +364,8 @@ def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed
             msgs.append(f"the friction is too low for the measured gradient noise: predicted temperature "
                         f"{1 + noise['predicted_excess_temperature']:.2f} T (h v / (2 C)) in the direction of the "
                         "largest gradient noise (v its variance)"
-                        + (f"; the kinetic temperature averaged over all directions reads {tk / T:.3g} T" if tk else "")
+                        + (f"; the kinetic temperature averaged over all directions reads {tk / T:.3g} T"
+                           if tk is not None and np.isfinite(tk) else "")
                         + "; raise friction or batch_size, or use friction=None")
     checks["warnings"] = msgs
     result.checks = checks

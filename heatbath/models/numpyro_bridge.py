@@ -385,6 +385,7 @@ def _from_numpyro(model, model_args, model_kwargs) -> Target:
         observed_data=observed_data,
         discrete_error=discrete_error,
         prior_init=prior_init,
+        symmetric_sites=tuple(getattr(model, "heatbath_symmetric_sites", ()) or ()),
     )
     target.memo("numpyro_model", lambda: call_args({}))  # model + args, for log-likelihoods and predictive checks
     return target

@@ -50,6 +50,10 @@ class Target:
     # median of 15 prior draws per site, NumPyro's init_to_median) or "sample" (one prior draw);
     # None for targets that have no prior to draw from (plain log densities).
     prior_init: Optional[Callable] = None
+    # Sample sites whose posterior has exact symmetries (a network's weights: hidden units can be
+    # permuted), so that their own R-hat and ESS do not measure convergence (the self-check reads
+    # them from what the draws predict instead); set from a model's ``heatbath_symmetric_sites``.
+    symmetric_sites: tuple = ()
 
     # -- the contract's derived functions -------------------------------------------------
     def logprior(self, params):

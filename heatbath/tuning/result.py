@@ -61,6 +61,7 @@ class TuneResult:
             raise ValueError("this TuneResult keeps no chain positions or target to go on from")
         run_target = dataclasses.replace(self.target, unconstrain=lambda values: values)
         kwargs.setdefault("progress_bar", False)
+        kwargs.setdefault("num_warmup", 0)  # the chains go on from the tuning's: they are past their burn-in
         return sample(run_target, self.sampler, batch_size=self.best["batch_size"], num_samples=num_samples,
                       num_chains=int(np.shape(jax.tree.leaves(self.positions)[0])[0]), seed=seed,
                       init=self.positions, **kwargs)
