@@ -115,7 +115,7 @@ def main(argv=None):
     for name, sampler in methods.items():
         t0 = time.perf_counter()
         res = hb.sample(target, sampler, batch_size=args.batch, num_samples=num_draws, thinning=args.thinning,
-                        num_chains=1, init=start, seed=args.seed, progress_bar=False)
+                        num_chains=1, init=start, seed=args.seed, progress_bar=False, num_warmup=0)
         draws = {k: v[0] for k, v in res.samples.items()}
         ll, acc = metrics_along_the_run(draws, X_te, y_te, burn)
         curves[name] = (ll, acc)

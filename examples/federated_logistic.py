@@ -48,7 +48,7 @@ def main():
         sampler = hb.samplers.dsgld(3e-5) if name == "dsgld" else hb.samplers.fsgld(3e-5)
         # One draw per round (thinning T), from the first round on.
         r = hb.sample(ref.model, sampler, data=ref.data, batch_size=100, num_samples=args.steps // T, thinning=T,
-                      num_chains=args.chains, seed=0, init="map", progress_bar=False, checks="off",
+                      num_chains=args.chains, seed=0, init="map", progress_bar=False, checks="off", num_warmup=0,
                       batching=batching.federated(ids, local_steps=T, availability=availability))
         w = r.samples["weights"].astype(np.float64)  # (chain, round, 25)
         burn = w.shape[1] // 5
