@@ -206,7 +206,8 @@ def _unconstrained_draws(target, samples):
     return None
 
 
-def _by_target(target, samples, unconstrained, chunk_size):
+def _by_target(target, samples, unconstrained, chunk_size, rows=None):
+    """The Target's route on every data row, or on the rows ``rows`` (indices) only."""
     if target.minibatch_error:
         raise LoglikUnavailable(
             "this target runs full-batch only (" + target.minibatch_error.split(";")[0] + "), so its likelihood "
@@ -219,7 +220,8 @@ def _by_target(target, samples, unconstrained, chunk_size):
             "the inverse of its constrain): run hb.sample(..., record_unconstrained=True)"
         )
     fn = target.memo("pointwise_loglik_rows", lambda: _rows_fn(target))
-    out = _chunked(fn, u, target.data, per_draw=target.num_data, chunk_size=chunk_size)
+    data = target.data if rows is None else jax.tree.map(lambda x: x[np.asarray(rows, int)], target.data)
+    out = _chunked(fn, u, data, per_draw=target.num_data if rows is None else len(rows), chunk_size=chunk_size)
     observed = list(target.observed_data or {})
     return {observed[0] if len(observed) == 1 else "loglik": out}
 
@@ -260,16 +262,10 @@ def loglik_of_rows(target, samples: dict, rows, unconstrained=None, *, chunk_siz
     route: an array (chain, draw, len(rows)). A few rows' log-likelihoods are a summary of what
     the draws predict (the self-check reads R-hat and ESS from them where the sites have exact
     symmetries). Raises :class:`LoglikUnavailable` where the Target's route does not apply."""
-    if target.minibatch_error:
-        raise LoglikUnavailable("this target runs full-batch only: its likelihood does not split into rows")
     shape = np.shape(next(iter(samples.values())))[:2]
-    u = _flat(unconstrained, 2) if unconstrained is not None else _unconstrained_draws(target, _flat(samples, 2))
-    if u is None:
-        raise LoglikUnavailable("the draws cannot be mapped back to the unconstrained space")
-    idx = np.asarray(rows, int)
-    fn = target.memo("pointwise_loglik_rows", lambda: _rows_fn(target))
-    out = _chunked(fn, u, jax.tree.map(lambda x: x[idx], target.data), per_draw=len(idx), chunk_size=chunk_size)
-    return np.reshape(np.asarray(out), shape + (len(idx),))
+    flat_u = None if unconstrained is None else _flat(unconstrained, 2)
+    out = next(iter(_by_target(target, _flat(samples, 2), flat_u, chunk_size, rows=rows).values()))
+    return np.reshape(np.asarray(out), shape + (len(rows),))
 
 
 def loglik_size(target, num_draws: int) -> int:

@@ -49,7 +49,7 @@ from heatbath.drivers.measurement import (  # noqa: F401 - re-exported: callers 
     CURVATURE_ROWS, MEASURED, NUM_BATCHES, POWER_ITERS, _family, _measure, _metric, _metric_settings,
     _second_moment, curvature_rows, measure,
 )
-from heatbath.kernels.schedules import Tuned, is_constant
+from heatbath.kernels.schedules import Tuned, as_schedule, is_constant
 
 __all__ = ["EPS", "auto_names", "curvature_rows", "measure", "choose", "warmup", "default_num_warmup"]
 
@@ -71,6 +71,22 @@ def auto_names(sampler) -> tuple:
 def default_num_warmup(steps: int) -> int:
     """Warmup steps when the step size is automatic: a quarter of the sampling steps, at least 200."""
     return max(200, steps // 4)
+
+
+def default_warmup_for(sampler, auto, steps: int, batching) -> int:
+    """``hb.sample``'s ``num_warmup`` when not given (and not resuming): with an automatic
+    setting, or every setting a constant and T > 0, :func:`default_num_warmup` (the chains start
+    away from the typical set, uniform(-2, 2) unconstrained by default, and their way there is
+    not a posterior draw), rounded up to whole rounds of federated batching; 0 at T = 0 or on a
+    step-size or temperature schedule (an optimizer, annealing, cyclical steps: the path from
+    the start is the point)."""
+    T = is_constant(sampler.temperature)
+    h = sampler.hyperparameters.get("step_size")
+    constant = T is not None and T > 0 and (h is None or is_constant(as_schedule(h, "step_size")) is not None)
+    if not (auto or constant):
+        return 0
+    rounds = int((getattr(batching, "params", None) or {}).get("local_steps", 1) or 1)
+    return -(-default_num_warmup(steps) // rounds) * rounds
 
 
 def _symmetric(sampler) -> bool:

@@ -18,8 +18,7 @@ from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.cache import IdentityCache
 from heatbath.drivers.placement import shardings, spans_processes
 from heatbath.drivers.results import Result
-from heatbath.drivers.settings import open_checkpoint
-from heatbath.kernels.schedules import as_schedule, is_constant
+from heatbath.drivers.settings import open_checkpoint, stored_setting, tuned_digest
 from heatbath.kernels.validate import check_bool, check_choice, check_count, seed_key
 from heatbath.samplers.base import Sampler
 
@@ -170,7 +169,9 @@ def sample(
     # them as driver-level thinning: every step draws its own minibatch.
     steps_per_draw = thinning * sampler.steps_per_draw
     if num_warmup is None:
-        num_warmup = _default_num_warmup(sampler, auto, num_samples * steps_per_draw, batching, checkpoint, resume)
+        stored = stored_setting(checkpoint, resume, "num_warmup")  # a resume takes the checkpoint's
+        num_warmup = (stored if isinstance(stored, int) and stored >= 0 else
+                      autotune.default_warmup_for(sampler, auto, num_samples * steps_per_draw, batching))
     num_warmup = check_count(num_warmup, "num_warmup", 0)
     if auto and num_warmup < 2:
         raise ValueError(f"an automatic {' and '.join(auto)} is chosen during warmup: num_warmup must be >= 2 "
@@ -302,7 +303,7 @@ def sample(
         if auto and ckpt is not None:
             # A resume tunes again: it must arrive at the same settings (another heatbath version
             # may not), else its sampler state would be read in other coordinates or steps.
-            ckpt.settings["tuned"] = _tuned_digest(sampler, affine)
+            ckpt.settings["tuned"] = tuned_digest(sampler, affine)
         if ckpt is not None and gradient_info is not None:
             # A resume must read the same rows per step: the choice is part of the run's settings.
             ckpt.settings["run_batch_size"] = batch_size
@@ -353,53 +354,6 @@ def estimator_state(estimator, positions, data):
         init = jax.jit(estimator.init) if estimator.rows_at_init else estimator.init
         return init(chain0, data)
     return jax.vmap(estimator.init, in_axes=(0, None))(positions, data)
-
-
-def _default_num_warmup(sampler, auto, steps, batching, checkpoint, resume) -> int:
-    """``num_warmup`` when not given. A run resuming a checkpoint takes the checkpoint's. Else
-    with an automatic setting, or every setting a constant and T > 0: a quarter of the sampling
-    steps, at least 200 (the chains start away from the typical set, uniform(-2, 2) unconstrained
-    by default, and their way there is not a posterior draw); rounded up to whole rounds of
-    federated batching. None at T = 0 or on a step-size or temperature schedule (an optimizer,
-    annealing, cyclical steps: the path from the start is the point)."""
-    stored = _stored_setting(checkpoint, resume, "num_warmup")
-    if isinstance(stored, int) and stored >= 0:
-        return stored
-    T = is_constant(sampler.temperature)
-    h = sampler.hyperparameters.get("step_size")
-    constant = T is not None and T > 0 and (h is None or is_constant(as_schedule(h, "step_size")) is not None)
-    if not (auto or constant):
-        return 0
-    warm = autotune.default_num_warmup(steps)
-    rounds = int((getattr(batching, "params", None) or {}).get("local_steps", 1) or 1)
-    return -(-warm // rounds) * rounds
-
-
-def _stored_setting(checkpoint, resume, name):
-    """A setting of the checkpoint this call would resume, if there is one (else None)."""
-    from heatbath.drivers.checkpoint import Checkpoint
-    from heatbath.drivers.settings import resume_mode
-
-    try:
-        path, mode = resume_mode(checkpoint, resume)
-        if mode is None or mode == "fresh":
-            return None
-        return (Checkpoint.read_meta(path).get("settings") or {}).get(name)
-    except Exception:  # nothing to resume (yet), or unreadable: the run's own checks say so later
-        return None
-
-
-def _tuned_digest(sampler, affine) -> dict:
-    """What the automatic tuning chose, for the checkpoint's settings: the tuned hyperparameters
-    (exact float reprs) and a digest of the metric."""
-    import hashlib
-
-    hp = sampler.hyperparameters
-    out = {k: repr(float(hp[k])) for k in ("step_size", "friction", "decay") if isinstance(hp.get(k), float)}
-    if affine is not None:
-        out["metric"] = hashlib.sha256(np.ascontiguousarray(affine.mu, np.float64).tobytes()
-                                       + np.ascontiguousarray(affine.L, np.float64).tobytes()).hexdigest()[:16]
-    return out
 
 
 def _chain_first(tree):

@@ -41,6 +41,7 @@ from heatbath.diagnostics import rank_stats
 from heatbath.kernels import curvature
 from heatbath.kernels import tree as _tree
 from heatbath.kernels.schedules import is_constant
+from heatbath.models.target import SYMMETRIC_ATTR  # noqa: F401 - a model's symmetric sites (network_model sets it)
 
 __all__ = ["LEVELS", "default_level", "run_checks"]
 
@@ -97,7 +98,6 @@ def _rhat_ess(samples: dict, chains) -> dict:
     return out
 
 
-SYMMETRIC_ATTR = "heatbath_symmetric_sites"  # set on a model function by models.network.network_model
 FUNCTION_ROWS = 32  # training rows whose log-likelihood stands in for symmetric sites in R-hat and ESS
 ROWS_CHUNK_BYTES = 1 << 26  # unconstrained draws per compiled chunk of the rows' log-likelihood
 

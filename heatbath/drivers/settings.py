@@ -226,3 +226,26 @@ def data_digest(target: Target) -> str:
         h.update(str((arr.shape, arr.dtype.str)).encode())
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
+
+
+def stored_setting(checkpoint, resume, name):
+    """A setting of the checkpoint this call would resume, if there is one (else None)."""
+    try:
+        path, mode = resume_mode(checkpoint, resume)
+        if mode is None or mode == "fresh":
+            return None
+        return (Checkpoint.read_meta(path).get("settings") or {}).get(name)
+    except Exception:  # noqa: BLE001 - nothing to resume (yet), or unreadable: the run's own checks say so later
+        return None
+
+
+def tuned_digest(sampler, affine) -> dict:
+    """What the automatic tuning chose, for the checkpoint's settings (a resume tunes again and
+    must arrive at the same): the tuned hyperparameters (exact float reprs) and a digest of the
+    metric (:class:`heatbath.drivers.metric.Affine`, or None)."""
+    hp = sampler.hyperparameters
+    out = {k: repr(float(hp[k])) for k in ("step_size", "friction", "decay") if isinstance(hp.get(k), float)}
+    if affine is not None:
+        out["metric"] = hashlib.sha256(np.ascontiguousarray(affine.mu, np.float64).tobytes()
+                                       + np.ascontiguousarray(affine.L, np.float64).tobytes()).hexdigest()[:16]
+    return out

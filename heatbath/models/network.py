@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from heatbath.models.target import SYMMETRIC_ATTR
+
 __all__ = ["network_model", "BayesianNetwork", "LIKELIHOODS"]
 
 LIKELIHOODS = ("categorical", "bernoulli", "normal")
@@ -234,7 +236,7 @@ def network_model(
 
     # Hidden units can be permuted (and flipped, with odd activations) without changing the
     # function: the self-check reads R-hat and ESS from what the draws predict instead.
-    setattr(model, "heatbath_symmetric_sites", tuple(names))
+    setattr(model, SYMMETRIC_ATTR, tuple(names))
 
     def noise_sd(draw):
         return draw[NOISE_SITE] if noise_prior is not None else jnp.asarray(noise_scale)

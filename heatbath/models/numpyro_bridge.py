@@ -62,7 +62,7 @@ from heatbath.kernels import tree as _tree
 from heatbath.models.bridge_handler import Bridge, is_array, row_frame
 from heatbath.models.bridge_inputs import convert_input
 from heatbath.models.minibatch_check import Checker, originals
-from heatbath.models.target import Target, validate_data
+from heatbath.models.target import SYMMETRIC_ATTR, Target, validate_data
 
 __all__ = ["from_numpyro", "TRACE_LOCK"]
 
@@ -385,7 +385,7 @@ def _from_numpyro(model, model_args, model_kwargs) -> Target:
         observed_data=observed_data,
         discrete_error=discrete_error,
         prior_init=prior_init,
-        symmetric_sites=tuple(getattr(model, "heatbath_symmetric_sites", ()) or ()),
+        symmetric_sites=tuple(getattr(model, SYMMETRIC_ATTR, ()) or ()),
     )
     target.memo("numpyro_model", lambda: call_args({}))  # model + args, for log-likelihoods and predictive checks
     return target

@@ -33,6 +33,9 @@ PyTree = Any
 __all__ = ["Target", "from_logdensity", "validate_data", "named_leaves"]
 
 
+SYMMETRIC_ATTR = "heatbath_symmetric_sites"  # a model function's sites with exact symmetries (network_model sets it)
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     terms: Callable
@@ -52,7 +55,7 @@ class Target:
     prior_init: Optional[Callable] = None
     # Sample sites whose posterior has exact symmetries (a network's weights: hidden units can be
     # permuted), so that their own R-hat and ESS do not measure convergence (the self-check reads
-    # them from what the draws predict instead); set from a model's ``heatbath_symmetric_sites``.
+    # them from what the draws predict instead); set from a model's SYMMETRIC_ATTR attribute.
     symmetric_sites: tuple = ()
 
     # -- the contract's derived functions -------------------------------------------------
