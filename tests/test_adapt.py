@@ -290,3 +290,124 @@ def test_an_sghmc_run_on_full_batches_is_right_and_says_so(monkeypatch):
     assert np.all(np.abs(x.std(0) * np.sqrt(prec) - 1.0 / np.sqrt(1.0 - 0.2)) < 0.07)
     # a friction that dominates no noise: critical damping of the softest direction
     assert res.tuning["friction"] < 2.5
+
+
+def _gaussian_target(d=6):
+    def logprior(p):
+        return -0.5 * jnp.sum(p["x"] ** 2)
+
+    def loglik(p, batch):
+        return 0.0 * jnp.sum(batch) * jnp.sum(p["x"])
+
+    return hb.models.from_logdensity(logprior, loglik, np.zeros((50, 1), np.float32), params={"x": jnp.zeros(d)})
+
+
+def test_a_chain_far_below_the_others_and_still_climbing_is_lost():
+    d, k = 6, 200
+    t = _gaussian_target(d)
+    positions = {"x": jnp.zeros((4, d))}
+    rng = np.random.default_rng(5)
+    draws = rng.normal(size=(4, k, d))
+    u = rng.normal(size=d)
+    u /= np.linalg.norm(u)
+    # chain 3 crawls back from radius 40 to 30: log p from -800 to -450, 10 sds = 17 below the others
+    draws[3] = np.linspace(40.0, 30.0, k)[:, None] * u + rng.normal(size=(k, d))
+    lost, info, cost = adapt.lost_chains(t, draws, np.ones(4, bool), positions, None)
+    assert lost.tolist() == [False, False, False, True]
+    assert info["lost_chains"] == [3] and info["lp_scale"] >= np.sqrt(d / 2)
+    # exact: the mean of -|x|^2 / 2 over the draws read in the second half
+    idx = np.linspace(k // 2, k - 1, adapt.LOST_POINTS).round().astype(int)
+    np.testing.assert_allclose(info["lp_second_half"][3], np.mean(-0.5 * np.sum(draws[3, idx] ** 2, axis=1)), rtol=1e-5)
+    assert cost == 2 * adapt.LOST_POINTS * t.num_data
+    # far below but at equilibrium there (another mode): not lost
+    still = draws.copy()
+    still[3] = 35.0 * u + rng.normal(size=(k, d))
+    assert not adapt.lost_chains(t, still, np.ones(4, bool), positions, None)[0].any()
+    # climbing but near the others: not lost; a dead chain is not judged
+    near = draws.copy()
+    near[3] = np.linspace(4.0, 2.0, k)[:, None] * u + rng.normal(size=(k, d))
+    assert not adapt.lost_chains(t, near, np.ones(4, bool), positions, None)[0].any()
+    assert not adapt.lost_chains(t, draws, np.array([True, True, True, False]), positions, None)[0].any()
+    # one live chain: nothing to compare with
+    assert not adapt.lost_chains(t, draws, np.array([False, False, False, True]), positions, None)[0].any()
+
+
+def test_a_lost_chain_is_left_out_of_the_metric_and_restarted_at_the_runs_start(monkeypatch):
+    t = hyperbolic_target()
+    seen, refined = [], []
+    real_positions_after, real_refine = adapt.positions_after, adapt.refine
+
+    def flag_chain_one(target, draws, alive, positions, batch_size):
+        lost = np.zeros(draws.shape[0], bool)
+        if not seen:
+            lost[1] = True
+        return lost, {"lost_chains": np.nonzero(lost)[0].tolist()}, 0.0
+
+    def spy_refine(draws, alive):
+        refined.append(np.asarray(alive).tolist())
+        return real_refine(draws, alive)
+
+    def spy(draws, alive, starts, old, new):
+        seen.append(np.asarray(alive).tolist())
+        out = real_positions_after(draws, alive, starts, old, new)
+        if len(seen) == 1:
+            # chain 1 starts again at the run's start (the mode, theta = 0), not where it was
+            theta = new.mu + new.L @ np.asarray(out["x"][1], np.float64)
+            np.testing.assert_allclose(theta, np.zeros(3), atol=1e-3)
+            assert np.abs(np.asarray(out["x"][0]) - np.asarray(out["x"][1])).max() > 1e-2
+        return out
+
+    monkeypatch.setattr(adapt, "lost_chains", flag_chain_one)
+    monkeypatch.setattr(adapt, "refine", spy_refine)
+    monkeypatch.setattr(adapt, "positions_after", spy)
+    res = hb.sample(t, hb.samplers.sgld(), num_samples=4000, num_chains=3, seed=0, progress_bar=False, checks="off")
+    assert seen[0] == [True, False, True] and refined[0] == [True, False, True]
+    assert res.tuning["metric"]["adaptation"][0]["chains"]["lost_chains"] == [1]
+    assert np.all(np.isfinite(np.asarray(res.samples["x"])))
+
+
+def test_a_lost_chain_restarts_even_where_the_metric_is_kept(monkeypatch):
+    t = hyperbolic_target()
+    calls = []
+
+    def flag_once(target, draws, alive, positions, batch_size):
+        lost = np.zeros(draws.shape[0], bool)
+        if not calls:
+            lost[0] = True
+        calls.append(1)
+        return lost, {"lost_chains": np.nonzero(lost)[0].tolist()}, 0.0
+
+    monkeypatch.setattr(adapt, "lost_chains", flag_once)
+    monkeypatch.setattr(adapt, "refine", lambda draws, alive: (None, None, {"adapted": False, "reason": "kept"}))
+    res = hb.sample(t, hb.samplers.sgld(), num_samples=4000, num_chains=2, seed=0, progress_bar=False, checks="off")
+    rounds = res.tuning["metric"]["adaptation"]
+    # the first window kept the metric but lost chain 0: a pilot ran again, then the next window
+    # (if the pilot's points still doubt the metric) or the sampling
+    assert rounds[0]["chains"]["lost_chains"] == [0] and len(res.tuning["earlier_passes"]) == 1
+    assert 1 <= len(rounds) <= adapt.ROUNDS and "condition_number_adapted" not in res.tuning["metric"]
+
+
+def test_restart_lost_puts_a_lost_chain_back_in_a_fresh_state():
+    d, k, nc = 6, 8, 4
+    t = _gaussian_target(d)
+    sampler = hb.samplers.sghmc(0.1, friction=1.0)
+    start = {"x": jnp.zeros((nc, d))}
+    states = jax.vmap(sampler.init)(start, jax.random.split(jax.random.key(0), nc))
+    states = states._replace(position={"x": jnp.ones((nc, d))}, step=jnp.full((nc,), 50, jnp.int32))
+    rng = np.random.default_rng(7)
+    pts = rng.normal(size=(nc, k, d))
+    u = np.ones(d) / np.sqrt(d)
+    pts[2] = np.linspace(40.0, 30.0, k)[:, None] * u + rng.normal(size=(k, d))
+    points = {"x": jnp.asarray(np.swapaxes(pts, 0, 1).reshape(-1, d), jnp.float32)}  # point * chain
+    restart = {"x": jnp.full((nc, d), -2.0)}
+    keys = jax.random.split(jax.random.key(1), nc)
+    new, info, cost = adapt.restart_lost(t, sampler, states, points, start, restart, keys, None)
+    assert info["lost_chains"] == [2] and cost > 0
+    x = np.asarray(new.position["x"])
+    np.testing.assert_array_equal(x[2], -2.0)
+    np.testing.assert_array_equal(x[[0, 1, 3]], 1.0)
+    np.testing.assert_array_equal(np.asarray(new.step), 50)  # the step count is kept
+    # no chain lost: the states come back as they were
+    calm = {"x": jnp.asarray(rng.normal(size=(k * nc, d)), jnp.float32)}
+    same, info2, _ = adapt.restart_lost(t, sampler, states, calm, start, restart, keys, None)
+    assert info2["lost_chains"] == [] and same is states

@@ -23,10 +23,11 @@ max |log eig(S_w)| > log(ADOPT) (some direction's variance is off by more than A
 
 so theta = mu + L z = (mu + L m) + (L C) z': a new :class:`~heatbath.drivers.metric.Affine`.
 The chains continue from their last draws, mapped to z', and the step size (and friction) is
-tuned again there, in a second tuning pilot of half the first one's length; its points may open
-another window (SUSPECT = 4.0  # a pilot point variance off by more than this factor opens a window
-ROUNDS = 3 at most, each as long as the first). A posterior the Laplace metric
-already fits keeps it: no window, or a window whose S is near I was warmup, nothing else changes.
+tuned again there, in a second tuning pilot of half the first one's length (a chain the
+warmup threw far out, :func:`lost_chains`, restarts instead); its points may open
+another window (ROUNDS = 3 at most, each as long as the first). A posterior the Laplace metric
+already fits keeps it: no window, or a window whose S is near I was warmup, nothing else changes
+(unless it lost a chain: then the metric stays, that chain restarts and a pilot runs again).
 Reported in ``Result.tuning["metric"]["adaptation"]`` (one entry per window).
 """
 
@@ -43,14 +44,18 @@ from heatbath.drivers import loop
 from heatbath.drivers.keys import fold_each
 from heatbath.drivers.metric import Affine
 
-__all__ = ["DRAWS", "ADOPT", "MIN_STEPS", "ROUNDS", "suspect", "window", "refine", "compose", "positions_after",
-           "last_draws"]
+__all__ = ["DRAWS", "ADOPT", "MIN_STEPS", "ROUNDS", "LOST_GAP", "LOST_RISE", "LOST_POINTS", "suspect", "window",
+           "refine", "compose", "positions_after", "last_draws", "lost_chains", "starts_of", "restart_lost",
+           "from_origin"]
 
 DRAWS = 200  # positions recorded per chain in the window
 ADOPT = 2.5  # a direction's variance off by more than this factor: the metric is replaced
 MIN_STEPS = 500  # a shorter window adapts nothing (short runs: the Laplace metric as it is)
 SUSPECT = 4.0  # a pilot point variance off by more than this factor opens a window
 ROUNDS = 3  # adaptation windows at most (each one adopted is followed by a tuning pilot)
+LOST_GAP = 10.0  # a chain this many lp sds below the best one, and still climbing, is lost
+LOST_RISE = 2.5  # ... and the rise over the window this many standard errors of its own values
+LOST_POINTS = 6  # window draws per half per chain at which the full-data log density is read
 
 
 def _flat(position, data):
@@ -167,3 +172,116 @@ def last_draws(draws, alive, old: Affine, new: Affine, k: int = 8, dtype=jnp.flo
     if not rows:
         return None
     return jax.vmap(new.unravel)(jnp.asarray(np.stack(rows), dtype))
+
+
+def _lp_function(target, unravel, dim, batch_size, dtype):
+    """The full-data log density at one flat point per chain (chain, d), jitted and memoised on
+    the target (called once per point: the memory of one full-data pass per chain, as a step's)."""
+    from heatbath.drivers import mapsearch
+
+    chunk = mapsearch._chunk_rows(target, batch_size)
+
+    def build():
+        vg = mapsearch._potential(target, unravel, chunk)[0]
+        return jax.jit(jax.vmap(lambda x, data: -vg(x, data)[0], in_axes=(0, None)))
+
+    return target.memo(("adapt_lp", dim, chunk, str(dtype)), build)
+
+
+def lost_chains(target, draws, alive, positions, batch_size):
+    """Chains that the warmup so far left far below the others and still climbing.
+
+    A tuning pilot run at settings measured at the mode (e.g. SGHMC with the friction of the mode's
+    softest direction) can throw a chain far out on a network's or a hierarchy's landscape, where it
+    then crawls back for the rest of the run (a 26-weight network: three of four chains at log
+    density -1,114, -221 and -38 in the first window against +57, still rising after 10,000 draws,
+    sd ratios up to 4.3). The full-data log density is read at ``LOST_POINTS`` draws in each half of
+    the window of every live chain; with ``lp1``, ``lp2`` a chain's means over the two halves, and
+    ``s`` the larger of sqrt(d / 2) (the sd of log p over a d-dimensional Gaussian) and the spread
+    of the best chain's values, a chain is lost when
+
+        max_c lp2 - lp2 > LOST_GAP * s    and    lp2 - lp1 > max(s, LOST_RISE * se)
+
+    with se = sqrt(2 / LOST_POINTS) times the spread of the chain's own values within the halves
+    (ten sds below the best chain, and still rising by more than one sd and more than its own noise
+    allows: a chain at equilibrium in another mode does not rise). A lost chain is
+    treated as a dead one, left out of the refined metric, but restarted at the run's starting point
+    (its mode, for a MAP start; :func:`starts_of`), not at the pilot's start, where an earlier pilot
+    may have thrown it.
+
+    The se treats the points as independent; the window's draws are autocorrelated, so a chain at
+    equilibrium far below the best one is flagged more often than the 1.5% measured on independent
+    draws; it then only starts again from its own start.
+
+    Returns ``(lost (chain,) bool, info dict, cost per chain in per-datum gradients)``.
+    """
+    from heatbath.drivers import mapsearch
+
+    alive = np.asarray(alive, bool)
+    nc, k, d = draws.shape
+    lost = np.zeros(nc, bool)
+    half = k // 2
+    per = min(LOST_POINTS, half)
+    if per < 2 or alive.sum() < 2:
+        return lost, {}, 0.0
+    idx = np.concatenate([np.linspace(0, half - 1, per).round(), np.linspace(half, k - 1, per).round()]).astype(int)
+    pts = draws[:, idx]  # (chain, 2 per, d)
+    dtype = jax.tree.leaves(positions)[0].dtype
+    fn = _lp_function(target, mapsearch.unravel_of(target, positions), d, batch_size, dtype)
+    lp = np.stack([np.asarray(fn(jnp.asarray(pts[:, j], dtype), target.data), np.float64)
+                   for j in range(pts.shape[1])], axis=1)  # (chain, 2 per)
+    ok = alive & np.all(np.isfinite(lp), axis=1) & np.all(np.isfinite(pts), axis=(1, 2))
+    if ok.sum() < 2:
+        return lost, {}, 0.0
+    lp1, lp2 = lp[:, :per].mean(axis=1), lp[:, per:].mean(axis=1)
+    best = int(np.argmax(np.where(ok, lp2, -np.inf)))
+    s = max(np.sqrt(d / 2.0), float(lp[best, per:].std(ddof=1)))
+    # the rise against its own noise: the spread within the halves (the trend between them left out)
+    within = np.sqrt(0.5 * (lp[:, :per].var(axis=1, ddof=1) + lp[:, per:].var(axis=1, ddof=1)))
+    rise_se = within * np.sqrt(2.0 / per)
+    lost = ok & (lp2[best] - lp2 > LOST_GAP * s) & (lp2 - lp1 > np.maximum(s, LOST_RISE * rise_se))
+    info = {"lp_first_half": lp1.tolist(), "lp_second_half": lp2.tolist(), "lp_scale": s,
+            "lost_chains": np.nonzero(lost)[0].tolist()}
+    return lost, info, float(lp.shape[1] * target.num_data)
+
+
+def from_origin(origin_flat, origin: Affine, affine: Affine):
+    """The run's starting points (chain, d), given in ``origin``'s coordinates, in ``affine``'s."""
+    return np.stack([_to_refined(np.asarray(z, np.float64), origin, affine) for z in np.asarray(origin_flat)])
+
+
+def starts_of(starts, lost, origin_flat, origin: Affine, old: Affine):
+    """The points (chain, d) in ``old``'s coordinates the next pilot starts from when a chain is
+    not alive after a window: the pilot's own start, except for a lost chain, which goes back to
+    the run's starting point (its mode, for a MAP start; a pilot start may be where an earlier
+    pilot had already thrown it)."""
+    if not np.any(lost):
+        return starts
+    back = from_origin(origin_flat, origin, old)
+    return np.where(np.asarray(lost, bool)[:, None], back, starts).astype(starts.dtype)
+
+
+def restart_lost(target, sampler, states, points, positions, restart, keys, batch_size):
+    """After the last tuning pilot, the chains it threw far out (:func:`lost_chains` on its
+    measurement points) start again at ``restart`` (the run's starting points, e.g. the modes,
+    in the current coordinates; a pytree with a leading chain axis) in a fresh sampler state
+    (momentum drawn again, caches empty; pSGLD's RMSprop average and the step count kept).
+
+    The windows check the pilots before them; this checks the last one, whose chains go
+    straight into the sampling. ``points``: the pilot's measurement points, leading axis
+    point * chain (draw-major). Returns ``(states, info, cost per chain)``.
+    """
+    from heatbath.drivers import mapsearch
+
+    flat = np.asarray(mapsearch.flat_positions(points), np.float64)
+    nc = jax.tree.leaves(positions)[0].shape[0]
+    draws = np.swapaxes(flat.reshape(-1, nc, flat.shape[1]), 0, 1)  # (chain, point, d)
+    lost, info, cost = lost_chains(target, draws, np.ones(nc, bool), positions, batch_size)
+    if not lost.any():
+        return states, info, cost
+    fresh = jax.vmap(sampler.init)(restart, fold_each(keys, 31))
+    mask = jnp.asarray(lost)
+    new = jax.tree.map(lambda f, o: jnp.where(mask.reshape((-1,) + (1,) * (jnp.ndim(o) - 1)), f, o).astype(o.dtype),
+                       fresh, states)
+    keep = {k: getattr(states, k) for k in ("step", "preconditioner") if hasattr(states, k)}
+    return new._replace(**keep), info, cost

@@ -203,8 +203,9 @@ def mixing_cost(m: dict, temperature: float, symmetric: bool, rows_per_step: flo
 
 
 def choose_again(target, sampler, draws, alive, old, new, positions, key, batch_size, *, full_batch=False):
-    """The choice made again after an adopted metric window (:mod:`heatbath.drivers.adapt`):
-    control variates centred at the window draws' mean (z' = 0 in the refined coordinates ``new``),
+    """The choice made again after an adopted metric window, or one that lost a chain
+    (:mod:`heatbath.drivers.adapt`): control variates centred at z' = 0 in the refined coordinates
+    ``new`` (the window draws' mean when a metric was adopted; the old centre when it was kept),
     measured at up to the last 8 window draws of each live chain. ``draws``: the window's flat
     draws (chain, K, d) in the ``old`` coordinates; ``positions``: the chains' positions in the
     new ones. Returns ``(sampler, info, cost per chain)`` as :func:`choose`, or None when no

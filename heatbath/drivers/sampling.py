@@ -7,6 +7,7 @@ import warnings
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from heatbath.drivers import autotune
@@ -249,7 +250,9 @@ def sample(
             num_warmup -= pilot
             map_cost += tune_cost
             map_compile += tune_compile
-            window, rounds = num_warmup, []
+            window, rounds, pilot_last = num_warmup, [], False
+            # where the chains started (e.g. their modes): a lost chain starts there again
+            origin, origin_flat = affine, np.asarray(mapsearch.flat_positions(positions), np.float64)
             while (affine is not None and window >= _adapt.MIN_STEPS and len(rounds) < _adapt.ROUNDS
                    and _adapt.suspect(np.asarray(mapsearch.flat_positions(points)))):
                 # An adaptation window: the metric refined from its draws, the step tuned again.
@@ -259,15 +262,23 @@ def sample(
                 map_cost += w_cost
                 map_compile += w_compile
                 num_warmup = 0
+                lost, lost_info, lost_cost = _adapt.lost_chains(target, draws, alive, positions, batch_size)
+                map_cost += lost_cost
+                alive = alive & ~lost
                 m, C, adapted = _adapt.refine(draws, alive)
+                if lost_info:
+                    adapted["chains"] = lost_info
                 rounds.append(adapted)
-                if C is None:
-                    break
+                if C is None and not lost.any():
+                    break  # the window checked the last pilot's chains
+                if C is None:  # the metric stays; the lost chains restart and the step is tuned again
+                    m, C = np.zeros(draws.shape[2]), np.eye(draws.shape[2])
                 old = affine
                 affine = _adapt.compose(old, m, C)
                 target = _metric.whiten(user_target, affine)
-                positions = _adapt.positions_after(draws, alive, np.asarray(mapsearch.flat_positions(positions)),
-                                                   old, affine)
+                starts = _adapt.starts_of(np.asarray(mapsearch.flat_positions(positions)), lost, origin_flat, origin,
+                                          old)
+                positions = _adapt.positions_after(draws, alive, starts, old, affine)
                 if centre is not None:
                     centre = affine.inverse(old.forward(centre))
                     spec = spec.with_centre(centre)
@@ -293,8 +304,19 @@ def sample(
                 tuning.update(info)
                 map_cost += tune_cost
                 map_compile += tune_compile
+                pilot_last = True
                 if ckpt is not None:
                     ckpt.settings["coordinates"] = "adapted metric"
+            if rounds and pilot_last:
+                # The last pilot's chains go straight into the sampling: one it threw far out
+                # starts again where the run started it (adapt.restart_lost).
+                restart = jax.vmap(affine.unravel)(jnp.asarray(_adapt.from_origin(origin_flat, origin, affine),
+                                                               jax.tree.leaves(positions)[0].dtype))
+                states, restart_info, r_cost = _adapt.restart_lost(target, sampler, states, points, positions,
+                                                                   restart, keys, batch_size)
+                map_cost += r_cost
+                if restart_info:
+                    tuning["metric"]["last_pilot"] = restart_info
             if rounds:
                 tuning["metric"]["adaptation"] = rounds
                 if any(r["adapted"] for r in rounds):
