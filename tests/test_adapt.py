@@ -411,3 +411,35 @@ def test_restart_lost_puts_a_lost_chain_back_in_a_fresh_state():
     calm = {"x": jnp.asarray(rng.normal(size=(k * nc, d)), jnp.float32)}
     same, info2, _ = adapt.restart_lost(t, sampler, states, calm, start, restart, keys, None)
     assert info2["lost_chains"] == [] and same is states
+
+
+def test_the_last_pilot_is_checked_only_when_no_window_follows_it(monkeypatch):
+    t = hyperbolic_target()
+    checked, refines = [], []
+    real_restart, real_refine = adapt.restart_lost, adapt.refine
+
+    def spy_restart(*args, **kwargs):
+        checked.append(1)
+        return real_restart(*args, **kwargs)
+
+    def refine_then_keep(draws, alive):
+        refines.append(1)
+        if len(refines) == 1:
+            return real_refine(draws, alive)
+        return None, None, {"adapted": False, "reason": "kept"}
+
+    monkeypatch.setattr(adapt, "restart_lost", spy_restart)
+    monkeypatch.setattr(adapt, "refine", refine_then_keep)
+    monkeypatch.setattr(adapt, "suspect", lambda points: True)
+    kw = dict(num_samples=4000, num_chains=2, seed=0, progress_bar=False, checks="off")
+    res = hb.sample(t, hb.samplers.sgld(), **kw)
+    # window 1 adopted, pilot 2, window 2 kept the metric and checked pilot 2's chains: no check
+    assert [r["adapted"] for r in res.tuning["metric"]["adaptation"]] == [True, False]
+    assert checked == [] and "last_pilot" not in res.tuning["metric"]
+    # one window, then the last pilot goes straight into the sampling: checked
+    calls = iter([True, False])
+    monkeypatch.setattr(adapt, "suspect", lambda points: next(calls))
+    refines.clear()
+    res = hb.sample(t, hb.samplers.sgld(), **kw)
+    assert len(res.tuning["metric"]["adaptation"]) == 1 and checked == [1]
+    assert res.tuning["metric"]["last_pilot"]["lost_chains"] == []

@@ -279,7 +279,7 @@ def restart_lost(target, sampler, states, points, positions, restart, keys, batc
     lost, info, cost = lost_chains(target, draws, np.ones(nc, bool), positions, batch_size)
     if not lost.any():
         return states, info, cost
-    fresh = jax.vmap(sampler.init)(restart, fold_each(keys, 31))
+    fresh = jax.vmap(sampler.init)(restart, fold_each(fold_each(keys, 37), 1))  # a fold no window uses
     mask = jnp.asarray(lost)
     new = jax.tree.map(lambda f, o: jnp.where(mask.reshape((-1,) + (1,) * (jnp.ndim(o) - 1)), f, o).astype(o.dtype),
                        fresh, states)

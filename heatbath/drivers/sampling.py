@@ -261,7 +261,7 @@ def sample(
                     steps=window, batch_size=batch_size, batching=batching, progress_bar=progress_bar)
                 map_cost += w_cost
                 map_compile += w_compile
-                num_warmup = 0
+                num_warmup, pilot_last = 0, False
                 lost, lost_info, lost_cost = _adapt.lost_chains(target, draws, alive, positions, batch_size)
                 map_cost += lost_cost
                 alive = alive & ~lost
