@@ -319,10 +319,23 @@ def test_a_chain_far_below_the_others_and_still_climbing_is_lost():
     idx = np.linspace(k // 2, k - 1, adapt.LOST_POINTS).round().astype(int)
     np.testing.assert_allclose(info["lp_second_half"][3], np.mean(-0.5 * np.sum(draws[3, idx] ** 2, axis=1)), rtol=1e-5)
     assert cost == 2 * adapt.LOST_POINTS * t.num_data
-    # far below but at equilibrium there (another mode): not lost
+    # far below but at equilibrium in another mode (of weight e^-30): not lost
+    far = jnp.asarray(35.0 * u, jnp.float32)
+
+    def two_modes(p):
+        return jnp.logaddexp(-0.5 * jnp.sum(p["x"] ** 2), -30.0 - 0.5 * jnp.sum((p["x"] - far) ** 2))
+
+    t2 = hb.models.from_logdensity(two_modes, lambda p, b: 0.0 * jnp.sum(b) * jnp.sum(p["x"]),
+                                   np.zeros((50, 1), np.float32), params={"x": jnp.zeros(d)})
     still = draws.copy()
     still[3] = 35.0 * u + rng.normal(size=(k, d))
-    assert not adapt.lost_chains(t, still, np.ones(4, bool), positions, None)[0].any()
+    lost, info, _ = adapt.lost_chains(t2, still, np.ones(4, bool), positions, None)
+    assert info["lp_second_half"][0] - info["lp_second_half"][3] > adapt.LOST_GAP * info["lp_scale"]
+    assert not lost.any()
+    # thrown about far below (log p spread by thousands, no trend): lost
+    wild = draws.copy()
+    wild[3] = rng.choice([30.0, 60.0], size=k)[:, None] * u + rng.normal(size=(k, d))
+    assert adapt.lost_chains(t, wild, np.ones(4, bool), positions, None)[0].tolist() == [False, False, False, True]
     # climbing but near the others: not lost; a dead chain is not judged
     near = draws.copy()
     near[3] = np.linspace(4.0, 2.0, k)[:, None] * u + rng.normal(size=(k, d))
@@ -443,3 +456,24 @@ def test_the_last_pilot_is_checked_only_when_no_window_follows_it(monkeypatch):
     res = hb.sample(t, hb.samplers.sgld(), **kw)
     assert len(res.tuning["metric"]["adaptation"]) == 1 and checked == [1]
     assert res.tuning["metric"]["last_pilot"]["lost_chains"] == []
+
+
+def test_a_run_too_short_for_a_window_still_restarts_a_lost_chain(monkeypatch):
+    t = hyperbolic_target()
+
+    def flag_chain_one(target, draws, alive, positions, batch_size):
+        lost = np.zeros(draws.shape[0], bool)
+        lost[1] = True
+        return lost, {"lost_chains": [1]}, 0.0
+
+    monkeypatch.setattr(adapt, "lost_chains", flag_chain_one)
+    kw = dict(num_samples=1000, num_chains=2, seed=0, progress_bar=False, checks="off")
+    # 250 warmup steps: the pilot's 125 leave less than MIN_STEPS for a window
+    monkeypatch.setattr(adapt, "suspect", lambda points: True)
+    res = hb.sample(t, hb.samplers.sgld(), **kw)
+    assert "adaptation" not in res.tuning["metric"] and res.tuning["metric"]["last_pilot"]["lost_chains"] == [1]
+    assert np.all(np.isfinite(np.asarray(res.samples["x"])))
+    # points that do not doubt the metric: no check (nothing is spent on the common path)
+    monkeypatch.setattr(adapt, "suspect", lambda points: False)
+    res = hb.sample(t, hb.samplers.sgld(), **kw)
+    assert "last_pilot" not in res.tuning["metric"]

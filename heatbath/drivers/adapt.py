@@ -54,7 +54,7 @@ MIN_STEPS = 500  # a shorter window adapts nothing (short runs: the Laplace metr
 SUSPECT = 4.0  # a pilot point variance off by more than this factor opens a window
 ROUNDS = 3  # adaptation windows at most (each one adopted is followed by a tuning pilot)
 LOST_GAP = 10.0  # a chain this many lp sds below the best one, and still climbing, is lost
-LOST_RISE = 2.5  # ... and the rise over the window this many standard errors of its own values
+LOST_RISE = 2.5  # ... and the t statistic of its log density's slope over the window above this
 LOST_POINTS = 6  # window draws per half per chain at which the full-data log density is read
 
 
@@ -200,18 +200,21 @@ def lost_chains(target, draws, alive, positions, batch_size):
     ``s`` the larger of sqrt(d / 2) (the sd of log p over a d-dimensional Gaussian) and the spread
     of the best chain's values, a chain is lost when
 
-        max_c lp2 - lp2 > LOST_GAP * s    and    lp2 - lp1 > max(s, LOST_RISE * se)
+        max_c lp2 - lp2 > LOST_GAP * s    and    (lp2 - lp1 > s and t > LOST_RISE,  or  sd(lp) > LOST_GAP * s)
 
-    with se = sqrt(2 / LOST_POINTS) times the spread of the chain's own values within the halves
-    (ten sds below the best chain, and still rising by more than one sd and more than its own noise
-    allows: a chain at equilibrium in another mode does not rise). A lost chain is
+    with t the t statistic of the slope of a straight line through the chain's values against
+    their draw index (ten sds below the best chain, and still rising by more than one sd and more
+    than its own noise about that line allows: a chain at equilibrium in another mode does not
+    rise; a steady climb is not mistaken for noise), or thrown about: its own values spread over
+    more than LOST_GAP * s (at equilibrium in any near-Gaussian mode, however wide, log p has sd
+    sqrt(d / 2); a pilot's unstable step throws a chain by thousands). A lost chain is
     treated as a dead one, left out of the refined metric, but restarted at the run's starting point
     (its mode, for a MAP start; :func:`starts_of`), not at the pilot's start, where an earlier pilot
     may have thrown it.
 
-    The se treats the points as independent; the window's draws are autocorrelated, so a chain at
-    equilibrium far below the best one is flagged more often than the 1.5% measured on independent
-    draws; it then only starts again from its own start.
+    The t statistic treats the points as independent; the window's draws are autocorrelated, so a
+    chain at equilibrium far below the best one is flagged more often than on independent draws;
+    it then only starts again from its own start.
 
     Returns ``(lost (chain,) bool, info dict, cost per chain in per-datum gradients)``.
     """
@@ -236,11 +239,19 @@ def lost_chains(target, draws, alive, positions, batch_size):
     lp1, lp2 = lp[:, :per].mean(axis=1), lp[:, per:].mean(axis=1)
     best = int(np.argmax(np.where(ok, lp2, -np.inf)))
     s = max(np.sqrt(d / 2.0), float(lp[best, per:].std(ddof=1)))
-    # the rise against its own noise: the spread within the halves (the trend between them left out)
-    within = np.sqrt(0.5 * (lp[:, :per].var(axis=1, ddof=1) + lp[:, per:].var(axis=1, ddof=1)))
-    rise_se = within * np.sqrt(2.0 / per)
-    lost = ok & (lp2[best] - lp2 > LOST_GAP * s) & (lp2 - lp1 > np.maximum(s, LOST_RISE * rise_se))
-    info = {"lp_first_half": lp1.tolist(), "lp_second_half": lp2.tolist(), "lp_scale": s,
+    # the rise against its own noise: the t statistic of a straight line's slope through the
+    # chain's values (the residuals about the line: a steady climb is not counted as noise)
+    x = idx.astype(np.float64) - idx.mean()
+    slope = lp @ x / (x @ x)
+    resid = lp - lp.mean(axis=1, keepdims=True) - slope[:, None] * x
+    se = np.sqrt((resid ** 2).sum(axis=1) / max(len(x) - 2, 1) / (x @ x))
+    t = slope / np.maximum(se, 1e-300)
+    rising = (lp2 - lp1 > s) & (t > LOST_RISE)
+    # ... or thrown about: log p at equilibrium in any near-Gaussian mode, however wide, has sd
+    # sqrt(d / 2); a chain whose values spread over more than LOST_GAP times s is not there
+    wild = lp.std(axis=1, ddof=1) > LOST_GAP * s
+    lost = ok & (lp2[best] - lp2 > LOST_GAP * s) & (rising | wild)
+    info = {"lp_first_half": lp1.tolist(), "lp_second_half": lp2.tolist(), "lp_scale": s, "rise_t": t.tolist(),
             "lost_chains": np.nonzero(lost)[0].tolist()}
     return lost, info, float(lp.shape[1] * target.num_data)
 

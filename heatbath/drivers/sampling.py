@@ -250,7 +250,7 @@ def sample(
             num_warmup -= pilot
             map_cost += tune_cost
             map_compile += tune_compile
-            window, rounds, pilot_last = num_warmup, [], False
+            window, rounds, pilot_last = num_warmup, [], True
             # where the chains started (e.g. their modes): a lost chain starts there again
             origin, origin_flat = affine, np.asarray(mapsearch.flat_positions(positions), np.float64)
             while (affine is not None and window >= _adapt.MIN_STEPS and len(rounds) < _adapt.ROUNDS
@@ -307,9 +307,11 @@ def sample(
                 pilot_last = True
                 if ckpt is not None:
                     ckpt.settings["coordinates"] = "adapted metric"
-            if rounds and pilot_last:
+            if pilot_last and affine is not None and (rounds or _adapt.suspect(np.asarray(
+                    mapsearch.flat_positions(points)))):
                 # The last pilot's chains go straight into the sampling: one it threw far out
-                # starts again where the run started it (adapt.restart_lost).
+                # starts again where the run started it (adapt.restart_lost). Checked where a
+                # window ran or the pilot's points doubt the metric (a run too short for a window).
                 restart = jax.vmap(affine.unravel)(jnp.asarray(_adapt.from_origin(origin_flat, origin, affine),
                                                                jax.tree.leaves(positions)[0].dtype))
                 states, restart_info, r_cost = _adapt.restart_lost(target, sampler, states, points, positions,
