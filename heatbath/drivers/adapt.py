@@ -40,13 +40,14 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from heatbath.drivers import loop
+from heatbath.drivers import loop, mapsearch
 from heatbath.drivers.keys import fold_each
 from heatbath.drivers.metric import Affine
+from heatbath.kernels.gradients import full_data_value_and_grad
 
 __all__ = ["DRAWS", "ADOPT", "MIN_STEPS", "ROUNDS", "LOST_GAP", "LOST_RISE", "LOST_POINTS", "suspect", "window",
            "refine", "compose", "positions_after", "last_draws", "lost_chains", "starts_of", "restart_lost",
-           "from_origin"]
+           "from_origin", "check_last_pilot", "full_data_lp"]
 
 DRAWS = 200  # positions recorded per chain in the window
 ADOPT = 2.5  # a direction's variance off by more than this factor: the metric is replaced
@@ -174,18 +175,22 @@ def last_draws(draws, alive, old: Affine, new: Affine, k: int = 8, dtype=jnp.flo
     return jax.vmap(new.unravel)(jnp.asarray(np.stack(rows), dtype))
 
 
-def _lp_function(target, unravel, dim, batch_size, dtype):
-    """The full-data log density at one flat point per chain (chain, d), jitted and memoised on
-    the target (called once per point: the memory of one full-data pass per chain, as a step's)."""
-    from heatbath.drivers import mapsearch
-
-    chunk = mapsearch._chunk_rows(target, batch_size)
+def full_data_lp(target, positions, batch_size=None):
+    """``fn(x, data) -> (chain,)``: the exact log density at one flat point per chain (x: (chain,
+    d)), summed over the rows in chunks of a few minibatches (:func:`mapsearch.chunk_rows`;
+    ``full_data_value_and_grad``, whose unused gradient XLA drops), jitted, memoised on the target."""
+    unravel = mapsearch.unravel_of(target, positions)
+    chunk = mapsearch.chunk_rows(target, batch_size)
 
     def build():
-        vg = mapsearch._potential(target, unravel, chunk)[0]
-        return jax.jit(jax.vmap(lambda x, data: -vg(x, data)[0], in_axes=(0, None)))
+        def lp(x, data):
+            return full_data_value_and_grad(target.terms, unravel(x), data, target.num_data, chunk)[0]
 
-    return target.memo(("adapt_lp", dim, chunk, str(dtype)), build)
+        return jax.jit(jax.vmap(lp, in_axes=(0, None)))
+
+    key = ("full_data_lp", int(mapsearch.flat_positions(positions).shape[1]), str(jax.tree.leaves(positions)[0].dtype),
+           chunk)
+    return target.memo(key, build)
 
 
 def lost_chains(target, draws, alive, positions, batch_size):
@@ -218,8 +223,6 @@ def lost_chains(target, draws, alive, positions, batch_size):
 
     Returns ``(lost (chain,) bool, info dict, cost per chain in per-datum gradients)``.
     """
-    from heatbath.drivers import mapsearch
-
     alive = np.asarray(alive, bool)
     nc, k, d = draws.shape
     lost = np.zeros(nc, bool)
@@ -230,7 +233,7 @@ def lost_chains(target, draws, alive, positions, batch_size):
     idx = np.concatenate([np.linspace(0, half - 1, per).round(), np.linspace(half, k - 1, per).round()]).astype(int)
     pts = draws[:, idx]  # (chain, 2 per, d)
     dtype = jax.tree.leaves(positions)[0].dtype
-    fn = _lp_function(target, mapsearch.unravel_of(target, positions), d, batch_size, dtype)
+    fn = full_data_lp(target, positions, batch_size)  # one point per chain at a time: a step's memory
     lp = np.stack([np.asarray(fn(jnp.asarray(pts[:, j], dtype), target.data), np.float64)
                    for j in range(pts.shape[1])], axis=1)  # (chain, 2 per)
     ok = alive & np.all(np.isfinite(lp), axis=1) & np.all(np.isfinite(pts), axis=(1, 2))
@@ -282,8 +285,6 @@ def restart_lost(target, sampler, states, points, positions, restart, keys, batc
     straight into the sampling. ``points``: the pilot's measurement points, leading axis
     point * chain (draw-major). Returns ``(states, info, cost per chain)``.
     """
-    from heatbath.drivers import mapsearch
-
     flat = np.asarray(mapsearch.flat_positions(points), np.float64)
     nc = jax.tree.leaves(positions)[0].shape[0]
     draws = np.swapaxes(flat.reshape(-1, nc, flat.shape[1]), 0, 1)  # (chain, point, d)
@@ -296,3 +297,17 @@ def restart_lost(target, sampler, states, points, positions, restart, keys, batc
                        fresh, states)
     keep = {k: getattr(states, k) for k in ("step", "preconditioner") if hasattr(states, k)}
     return new._replace(**keep), info, cost
+
+
+def check_last_pilot(target, sampler, states, points, positions, origin_flat, origin: Affine, affine: Affine, keys,
+                     batch_size, windowed: bool):
+    """The last pilot's chains go straight into the sampling: :func:`restart_lost` on its points,
+    where a window ran or those points doubt the metric (a run too short for a window); a lost
+    chain starts again at the run's starting point. Returns ``(states, info or None, cost)``."""
+    if not (windowed or suspect(np.asarray(mapsearch.flat_positions(points)))):
+        return states, None, 0.0
+    dtype = jax.tree.leaves(positions)[0].dtype
+    restart = jax.vmap(affine.unravel)(jnp.asarray(from_origin(origin_flat, origin, affine), dtype))
+    states, info, cost = restart_lost(target, sampler, states, points, positions, restart, keys, batch_size)
+    return states, info or None, cost
+

@@ -40,7 +40,7 @@ from jax.flatten_util import ravel_pytree
 from heatbath.kernels.gradients import full_data_value_and_grad, minibatch_logdensity
 
 __all__ = ["TOL", "MAX_HVPS", "FULL_BATCH_WORK", "find_map", "search", "diagnose", "decrement", "verdict",
-           "unravel_of", "flat_positions", "flat_names"]
+           "unravel_of", "flat_positions", "flat_names", "chunk_rows"]
 
 TOL = 0.05  # posterior sds (Newton decrement) below which a point counts as a mode
 MAX_HVPS = 50  # conjugate-gradient iterations (Hessian-vector products) of one check
@@ -52,7 +52,7 @@ _CG_RTOL = 1e-3
 # ----------------------------------------------------------------------------------------
 # The potential V = -log p on a flat vector, over the full data (in chunks when it is large)
 # ----------------------------------------------------------------------------------------
-def _chunk_rows(target, batch_size):
+def chunk_rows(target, batch_size):
     """Rows per chunk of a full-data pass: all at once for small data or a full-batch-only
     target, else a few minibatches' worth (memory stays that of a minibatch step)."""
     if target.minibatch_error or batch_size is None or target.num_data <= 4 * batch_size:
@@ -177,7 +177,7 @@ def _functions(target, positions, batch_size, max_hvps):
     """The jitted, chain-vmapped check and Newton polish (memoised on the target)."""
     unravel = unravel_of(target, positions)
     dim = int(flat_positions(positions).shape[1])
-    chunk = _chunk_rows(target, batch_size)
+    chunk = chunk_rows(target, batch_size)
     iters = int(min(2 * dim + 2, max_hvps))  # CG in float32 may need more than d steps
 
     def build():

@@ -7,7 +7,6 @@ import warnings
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from heatbath.drivers import autotune
@@ -307,18 +306,12 @@ def sample(
                 pilot_last = True
                 if ckpt is not None:
                     ckpt.settings["coordinates"] = "adapted metric"
-            if pilot_last and affine is not None and (rounds or _adapt.suspect(np.asarray(
-                    mapsearch.flat_positions(points)))):
-                # The last pilot's chains go straight into the sampling: one it threw far out
-                # starts again where the run started it (adapt.restart_lost). Checked where a
-                # window ran or the pilot's points doubt the metric (a run too short for a window).
-                restart = jax.vmap(affine.unravel)(jnp.asarray(_adapt.from_origin(origin_flat, origin, affine),
-                                                               jax.tree.leaves(positions)[0].dtype))
-                states, restart_info, r_cost = _adapt.restart_lost(target, sampler, states, points, positions,
-                                                                   restart, keys, batch_size)
+            if pilot_last and affine is not None:  # a lost chain of the last pilot starts again
+                states, last, r_cost = _adapt.check_last_pilot(target, sampler, states, points, positions, origin_flat,
+                                                               origin, affine, keys, batch_size, bool(rounds))
                 map_cost += r_cost
-                if restart_info:
-                    tuning["metric"]["last_pilot"] = restart_info
+                if last is not None:
+                    tuning["metric"]["last_pilot"] = last
             if rounds:
                 tuning["metric"]["adaptation"] = rounds
                 if any(r["adapted"] for r in rounds):
