@@ -221,3 +221,73 @@ def test_starts_that_overflow_fall_back_and_the_run_is_finite():
 def test_a_non_finite_curvature_is_a_clear_error():
     with pytest.raises(FloatingPointError, match=r"not finite for chain\(s\) \[1\]"):
         autotune._check_measured({"lam_hv": np.array([1.0, np.nan]), "lam_h": np.array([1.0, np.nan])}, "here")
+
+
+def _stalled_search(end):
+    """A mode search that stops at ``end`` (flat) for every chain and says it found no mode."""
+    def search(target, positions, keys, batch_size=None, **kw):
+        n = jax.tree.leaves(positions)[0].shape[0]
+        x = jnp.tile(jnp.asarray(end, jnp.float32), (n, 1))
+        outcome = {"converged": np.zeros(n, bool), "usable": np.zeros(n, bool), "decrement": np.full(n, 0.5),
+                   "grad_norm": np.ones(n), "lp": np.zeros(n), "steps": np.full(n, 500), "cost": np.full(n, 1e3),
+                   "negative_curvature": np.zeros(n, bool), "reason": ["no mode found: still rising"] * n,
+                   "method": ["lbfgs"] * n}
+        return x, outcome, {}
+    return search
+
+
+def test_a_stalled_mode_search_is_finished_by_newton_from_where_it_ended_without_a_false_warning(monkeypatch):
+    """The search stops 0.3 away from the mode and says it found none (as L-BFGS in float32 did on
+    the diamonds regression, condition number 3e5). Newton finishes it from there: the chains
+    start at the mode, in one or two iterations, and no warning claims they start elsewhere.
+    Without the metric (no Newton) the warning stands."""
+    from heatbath.drivers import mapsearch
+
+    monkeypatch.setattr(mapsearch, "search", _stalled_search(MEAN + 0.3))
+    t = correlated_gaussian()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = hb.sample(t, hb.samplers.sgld(), num_samples=20, num_warmup=20, num_chains=2, progress_bar=False,
+                        checks="off", keep="moments")
+    assert not [w for w in caught if "mode search failed" in str(w.message)]
+    init = res.tuning["init"]
+    assert init["converged"] == [True, True] and init["usable"] == [True, True] and init["reason"] == ["", ""]
+    assert init["newton"]["from"] == "the search's end" and init["newton"]["converged"] == [0, 1]
+    assert max(init["newton"]["iterations"].values()) <= 2  # a quadratic from 0.3 away, not from the uniform start
+    with pytest.warns(RuntimeWarning, match=r"mode search failed for chain\(s\) \[0, 1\]"):
+        hb.sample(t, hb.samplers.sgld(), num_samples=20, num_warmup=20, num_chains=2, progress_bar=False,
+                  checks="off", keep="moments", metric="identity")
+
+
+def test_rescue_tries_the_fallback_start_for_a_chain_with_no_mode_where_its_search_ended():
+    """initialize._rescue: chain 0 (no mode found) is not rescued from its search's end but is from
+    the fallback start; chain 1 (usable, unconverged) keeps Newton's steps though it did not
+    converge; chain 2 (converged) is not tried; chain 3 (no mode, non-finite end) starts from the
+    fallback and is not rescued."""
+    from heatbath.drivers import initialize
+
+    ends = jnp.array([[5.0], [1.0], [2.0], [np.nan]])
+    fallback = jnp.array([[-1.0], [-1.0], [-1.0], [-1.0]])
+    calls = []
+
+    def rescue(p, converged):
+        calls.append((np.asarray(p).ravel().tolist(), np.asarray(converged).tolist()))
+        todo = ~np.asarray(converged)
+        moved = np.asarray(p).copy()
+        conv = np.asarray(converged).copy()
+        for c in np.nonzero(todo)[0]:
+            moved[c] += 0.5  # "a step up"
+            conv[c] = (len(calls) == 2 and c == 0)  # only chain 0, from the fallback
+        return jnp.asarray(moved), conv, {"tried": np.nonzero(todo)[0].tolist(), "converged": [],
+                                          "iterations": {}, "cost_per_chain": 1.0}
+
+    info = {}
+    ok, usable = np.array([False, False, True, False]), np.array([False, True, True, False])
+    points, conv = initialize._rescue(rescue, ends, fallback, ok, usable, info)
+    assert calls[0] == ([5.0, 1.0, 2.0, -1.0], [False, False, True, False])
+    assert calls[1] == ([-1.0, -1.0, -1.0, -1.0], [False, True, True, True])  # chain 0 only: 3's end was not finite
+    assert conv.tolist() == [True, False, True, False]
+    got = np.asarray(points).ravel()
+    assert got[0] == -0.5 and got[1] == 1.5 and got[2] == 2.0 and np.isnan(got[3])
+    assert info["newton"]["converged"] == [0] and info["newton"]["tried"] == [0, 1, 3]
+    assert info["newton"]["from"] == "the search's end, then the fallback start"

@@ -75,11 +75,18 @@ def _prior(target, how, keys):
     return jax.tree.map(lambda p, u: jnp.where(jnp.isfinite(p), p, u), positions, uniform)
 
 
-def resolve(target, init, keys, num_chains, batch_size, *, default="uniform"):
+def resolve(target, init, keys, num_chains, batch_size, *, default="uniform", rescue=None):
     """Unconstrained starting positions (leading axis chain) and a description of how they were found.
 
     ``keys``: one key per chain (the chain's init key). Returns ``(positions, info)``; ``info``
     is a dict (``strategy``, and for ``"map"`` the search's per-chain outcome and cost).
+
+    ``rescue``: for ``"map"``, a second search for the chains whose first one did not converge,
+    ``rescue(positions, converged) -> (positions, converged, info or None)`` (the driver passes
+    the dense Newton of :func:`heatbath.drivers.metric.newton`). It starts where the first search
+    ended (finite) and, for a chain the first search found no mode for and it does not rescue
+    from there, again from the fallback start. Only the chains it does not rescue start at the
+    fallback, and only they are warned about.
     """
     init = default if init is None else given_values(target, init)
     if isinstance(init, str):
@@ -91,7 +98,7 @@ def resolve(target, init, keys, num_chains, batch_size, *, default="uniform"):
             return inputs.initial_positions(target, None, keys, num_chains), info
         if init in ("median", "sample"):
             return _prior(target, init, keys), info
-        return _map(target, keys, num_chains, batch_size, info)
+        return _map(target, keys, num_chains, batch_size, info, rescue)
     return inputs.initial_positions(target, init, keys, num_chains), {"strategy": "values"}
 
 
@@ -112,40 +119,59 @@ def sampler_default(sampler, target, init, positions, strategy="uniform"):
     return positions
 
 
-def _adam_map(target, starts, keys, batch_size):
-    """Fallback mode search: the default Adam for 2,000 full-batch steps per chain (no convergence check)."""
-    from heatbath.drivers.optimizing import as_optimizer, optimize_from
-
-    out = []
-    n = jax.tree.leaves(starts)[0].shape[0]
-    for c in range(n):
-        res = optimize_from(target, as_optimizer(None, 2000), jax.tree.map(lambda x: x[c:c + 1], starts),
-                            keys[c:c + 1], batch_size=None, num_steps=2000, trace_every=2000)
-        out.append(res.params)
-    found = jax.tree.map(lambda *xs: jnp.stack(xs), *out)
-    return found, {"converged": np.ones(n, bool), "cost": np.full(n, 2000.0 * target.num_data)}
+def _where(mask, a, b):
+    """Per chain: ``a`` where ``mask`` else ``b`` (pytrees with leading axis chain)."""
+    return jax.tree.map(lambda x, y: jnp.where(jnp.asarray(mask).reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b)
 
 
-def _map(target, keys, num_chains, batch_size, info):
-    try:
-        from heatbath.drivers.mapsearch import find_map
-    except ImportError:  # pragma: no cover - until the convergence-checked search lands
-        find_map = _adam_map
+def _rescue(rescue, ends, fallback, ok, usable, info):
+    """The second search (``rescue``) for the chains the first did not converge: from where the
+    first search ended (when finite) and, for a chain with no mode found that it does not rescue
+    from there, again from ``fallback``. Returns the points (a chain not tried, or not rescued and
+    without a usable mode, keeps its ``ends`` point) and the converged mask (rescued chains count
+    as converged)."""
+    finite = np.asarray(jax.vmap(_tree.all_finite)(ends), bool)
+    new, conv, first = rescue(_where(finite, ends, fallback), ok.copy())
+    conv = np.asarray(conv, bool)
+    runs = [first] if first is not None else []
+    again = ~conv & ~usable & finite  # tried from the search's end, no mode there: the fallback start
+    if again.any():
+        new2, conv2, second = rescue(fallback, ~again)
+        conv2 = np.asarray(conv2, bool) & again
+        new, conv = _where(conv2, new2, new), conv | conv2
+        runs += [second] if second is not None else []
+    # Newton only takes steps that raise the log density: a usable chain keeps them even when
+    # it did not converge; a chain with no mode found keeps them only when rescued.
+    points = _where(conv | usable, new, ends)
+    if runs:
+        info["newton"] = {"tried": np.nonzero(~ok)[0].tolist(), "converged": np.nonzero(conv & ~ok)[0].tolist(),
+                          "from": "the search's end" + (", then the fallback start" if len(runs) > 1 else ""),
+                          "iterations": {k: v for r in runs for k, v in r["iterations"].items()},
+                          "cost_per_chain": float(sum(r["cost_per_chain"] for r in runs))}
+    return points, conv
+
+
+def _map(target, keys, num_chains, batch_size, info, rescue=None):
+    from heatbath.drivers.mapsearch import search, unravel_of
 
     starts = inputs.initial_positions(target, None, keys, num_chains)
     inputs.check_init_finite(target, starts, target.data)
-    found, outcome = find_map(target, starts, jax.vmap(lambda k: jax.random.fold_in(k, 11))(keys),
-                              batch_size=batch_size)
+    x, outcome, _ = search(target, starts, jax.vmap(lambda k: jax.random.fold_in(k, 11))(keys), batch_size=batch_size)
+    ends = jax.vmap(unravel_of(target, starts))(x)  # where each chain's search ended
     outcome = dict(outcome)
     ok = np.asarray(outcome["converged"], bool)
-    finite = np.asarray(jax.vmap(_tree.all_finite)(found), bool)
-    usable = finite & np.asarray(outcome.get("usable", finite), bool)
+    usable = np.asarray(outcome["usable"], bool) & np.asarray(jax.vmap(_tree.all_finite)(ends), bool)
     fallback = starts
     if target.prior_init is not None and not usable.all():
         fallback = _prior(target, "median", keys)
-    positions = jax.tree.map(
-        lambda f, s: jnp.where(usable.reshape((-1,) + (1,) * (f.ndim - 1)), f, s), found, fallback)
-    info.update(converged=ok.tolist(), cost=float(np.sum(outcome.get("cost", 0.0))),
+    if rescue is not None and not ok.all():
+        ends, ok = _rescue(rescue, ends, fallback, ok, usable, info)
+        usable = usable | ok
+        outcome["usable"] = usable
+        outcome["reason"] = [("" if ok[c] else r) for c, r in enumerate(outcome["reason"])]
+    positions = _where(usable, ends, fallback)
+    cost = float(np.sum(outcome.get("cost", 0.0))) + info.get("newton", {}).get("cost_per_chain", 0.0) * num_chains
+    info.update(converged=ok.tolist(), cost=cost,
                 **{k: np.asarray(v).tolist() for k, v in outcome.items() if k not in ("converged", "cost")})
     bad = np.nonzero(~usable)[0].tolist()
     if bad:

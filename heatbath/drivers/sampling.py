@@ -193,8 +193,12 @@ def sample(
     )
     with hold(ckpt):  # the checkpoint lock, released however the run ends
         keys = loop.chain_keys(master, num_chains)
+        newton = None  # the dense Newton for chains whose mode search did not converge
+        if auto and metric == "auto" and _metric.applies(sampler):
+            def newton(p, converged):
+                return _metric.newton(target, p, converged, jax.random.fold_in(master, 4))
         positions, init_info = initialize.resolve(target, init, loop.fold_each(keys, 0), num_chains, batch_size,
-                                                  default="map" if auto else "uniform")
+                                                  default="map" if auto else "uniform", rescue=newton)
         positions = initialize.sampler_default(sampler, target, init, positions, init_info["strategy"])
         inputs.check_init_finite(target, positions, target.data)
         if getattr(sampler, "check_start", None) is not None:  # e.g. a mirror map's domain (heatbath.samplers.bregman)
@@ -202,11 +206,6 @@ def sample(
         user_target, affine, metric_info = target, None, None
         if auto and metric == "auto" and init_info["strategy"] == "map" and _metric.applies(sampler):
             usable = np.asarray(init_info["converged"], bool)
-            positions, usable, rescue = _metric.newton(target, positions, usable, jax.random.fold_in(master, 4))
-            if rescue is not None:
-                init_info["newton"] = rescue
-                init_info["converged"] = usable.tolist()
-                init_info["cost"] = init_info.get("cost", 0.0) + rescue["cost_per_chain"] * num_chains
             affine, metric_info = _metric.laplace(target, positions, usable, jax.random.fold_in(master, 5))
             if affine is not None:
                 target = _metric.whiten(target, affine)
