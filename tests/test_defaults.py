@@ -52,6 +52,20 @@ def test_choose_follows_the_stated_formulas():
     assert c["friction"] == pytest.approx(10.0)  # critical damping of the softest direction
 
 
+def test_the_friction_floor_where_the_curvature_is_indefinite():
+    """Where lambda_min <= 0 at some measurement point the softest curvature is floored: at
+    lambda_max / 100 (C = 0.2 omega_max), and in the metric's coordinates (unit scale) at most at 1
+    (C = 2, critical damping of a direction of scale 1)."""
+    stiff = {"lam_h": np.array([1000.0, 400.0]), "lam_v": np.array([0.0]), "lam_min": np.array([-0.5, 2.0])}
+    assert autotune.choose("sghmc", stiff, 1.0)["friction"] == pytest.approx(2 * np.sqrt(10.0))
+    assert autotune.choose("sghmc", stiff, 1.0, unit_scale=True)["friction"] == pytest.approx(2.0)
+    soft = dict(stiff, lam_h=np.array([50.0]))  # the floor lambda_max / 100 = 0.5 is below 1 anyway
+    for unit in (False, True):
+        assert autotune.choose("sghmc", soft, 1.0, unit_scale=unit)["friction"] == pytest.approx(2 * np.sqrt(0.5))
+    positive = dict(stiff, lam_min=np.array([4.0, 9.0]))  # no floor: the smallest measured value
+    assert autotune.choose("sghmc", positive, 1.0, unit_scale=True)["friction"] == pytest.approx(4.0)
+
+
 # -- a Gaussian target whose curvature is known ------------------------------------------------
 
 PREC = np.array([400.0, 100.0, 4.0])  # posterior precisions (N = 200 rows)

@@ -194,9 +194,10 @@ def mixing_cost(m: dict, temperature: float, symmetric: bool, rows_per_step: flo
 
     if not noise:
         m = dict(m, lam_v=np.zeros_like(np.asarray(m["lam_v"])))
-    chosen = autotune.choose("sghmc", m, temperature, symmetric)
+    # Weighed only in the metric's coordinates (wants_choice): unit scale.
+    chosen = autotune.choose("sghmc", m, temperature, symmetric, unit_scale=True)
     h, friction = chosen["step_size"], chosen["friction"]
-    omega2 = autotune.softest_curvature(m)
+    omega2 = autotune.softest_curvature(m, unit_scale=True)
     half = friction / 2.0
     rate = half if half * half <= omega2 else omega2 / (half + np.sqrt(half * half - omega2))
     return float(rows_per_step / (h * rate))

@@ -243,7 +243,7 @@ def sample(
             est_state = estimator_state(estimator, positions, target.data)
             sampler, states, pilot, info, tune_cost, tune_compile, points = autotune.warmup(
                 target, sampler, estimator, est_state, positions, keys, batch_size=batch_size, batching=batching,
-                num_warmup=num_warmup, progress_bar=progress_bar)
+                num_warmup=num_warmup, progress_bar=progress_bar, unit_scale=affine is not None)
             tuning.update(info)
             num_warmup -= pilot
             map_cost += tune_cost
@@ -298,7 +298,8 @@ def sample(
                 tuning.setdefault("earlier_passes", []).append({k: tuning[k] for k in info if k in tuning})
                 sampler, states, _, info, tune_cost, tune_compile, points = autotune.warmup(
                     target, untuned, estimator, est_state, positions, loop.fold_each(keys, 23 + len(rounds)),
-                    batch_size=batch_size, batching=batching, num_warmup=max(4, pilot), progress_bar=progress_bar)
+                    batch_size=batch_size, batching=batching, num_warmup=max(4, pilot), progress_bar=progress_bar,
+                    unit_scale=True)
                 tuning.update(info)
                 map_cost += tune_cost
                 map_compile += tune_compile
