@@ -460,3 +460,23 @@ def test_observations_that_are_not_model_arguments_are_refused_with_the_reason()
         refused(target, "observed site 'y' still has 40 rows", "pass the observations as a model argument")
         r = hb.sample(target, hb.samplers.sgld(1e-3), num_samples=3, progress_bar=False)  # full batch runs
         assert r.samples["w"].shape == (1, 3, 3)
+
+
+def test_a_prior_draw_that_makes_a_parameter_invalid_is_named_as_such():
+    """Covariates of scale 100 under a log link: the model's trace at a prior draw of beta
+    overflows exp(X @ beta) and NumPyro's validation rejects the Gamma rate. The error says the
+    model ran at a prior draw and what to do, not only that it failed 'on its arguments'."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    def gamma_glm(X, y):
+        beta = numpyro.sample("beta", dist.Normal(0, 1).expand([3]).to_event(1))
+        shape = numpyro.sample("shape", dist.Gamma(2.0, 0.5))
+        with numpyro.plate("data", X.shape[0]):
+            numpyro.sample("y", dist.Gamma(shape, shape / jnp.exp(X @ beta)), obs=y)
+
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(300, 3)) * np.array([100.0, 1.0, 0.01])).astype(np.float32)
+    y = rng.gamma(2.0, 1.0, size=300).astype(np.float32)
+    with pytest.raises(ValueError, match=r"invalid rate parameter.*one draw from their priors.*rescale the covariates"):
+        hb.sample(gamma_glm, hb.samplers.sgld(), data=dict(X=X, y=y), num_samples=10, progress_bar=False)

@@ -191,6 +191,10 @@ def _from_numpyro(model, model_args, model_kwargs) -> Target:
                 "arrays) before the run."
             )
         message = f"{type(err).__name__}: {str(err).rstrip('.')}"
+        if "parameter" in str(err) or "support" in str(err):
+            hint += (" The model ran with its latent sites at one draw from their priors: if the error is about a "
+                     "distribution's parameters, that draw may have made them invalid (e.g. exp(X @ beta) overflowing "
+                     "for covariates of a large scale): rescale the covariates or narrow the priors.")
         raise ValueError(f"the NumPyro model failed when run on its arguments: {message}.{hint}") from err
 
     latent = {}
