@@ -58,12 +58,13 @@ def test_the_friction_floor_where_the_curvature_is_indefinite():
     (C = 2, critical damping of a direction of scale 1)."""
     stiff = {"lam_h": np.array([1000.0, 400.0]), "lam_v": np.array([0.0]), "lam_min": np.array([-0.5, 2.0])}
     assert autotune.choose("sghmc", stiff, 1.0)["friction"] == pytest.approx(2 * np.sqrt(10.0))
-    assert autotune.choose("sghmc", stiff, 1.0, unit_scale=True)["friction"] == pytest.approx(2.0)
+    assert autotune.choose("sghmc", stiff, 1.0, cap=1.0)["friction"] == pytest.approx(2.0)
+    assert autotune.choose("sghmc", stiff, 1.0, cap=4.0)["friction"] == pytest.approx(4.0)  # mass 1/4
     soft = dict(stiff, lam_h=np.array([50.0]))  # the floor lambda_max / 100 = 0.5 is below 1 anyway
-    for unit in (False, True):
-        assert autotune.choose("sghmc", soft, 1.0, unit_scale=unit)["friction"] == pytest.approx(2 * np.sqrt(0.5))
+    for cap in (None, 1.0):
+        assert autotune.choose("sghmc", soft, 1.0, cap=cap)["friction"] == pytest.approx(2 * np.sqrt(0.5))
     positive = dict(stiff, lam_min=np.array([4.0, 9.0]))  # no floor: the smallest measured value
-    assert autotune.choose("sghmc", positive, 1.0, unit_scale=True)["friction"] == pytest.approx(4.0)
+    assert autotune.choose("sghmc", positive, 1.0, cap=1.0)["friction"] == pytest.approx(4.0)
 
 
 # -- a Gaussian target whose curvature is known ------------------------------------------------

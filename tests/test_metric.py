@@ -244,6 +244,14 @@ def test_a_stalled_mode_search_is_finished_by_newton_from_where_it_ended_without
     from heatbath.drivers import mapsearch
 
     monkeypatch.setattr(mapsearch, "search", _stalled_search(MEAN + 0.3))
+    starts = []
+    real_newton = metric.newton
+
+    def spy(target, positions, converged, key):
+        starts.append(np.asarray(positions["x"]))
+        return real_newton(target, positions, converged, key)
+
+    monkeypatch.setattr(metric, "newton", spy)
     t = correlated_gaussian()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -253,7 +261,8 @@ def test_a_stalled_mode_search_is_finished_by_newton_from_where_it_ended_without
     init = res.tuning["init"]
     assert init["converged"] == [True, True] and init["usable"] == [True, True] and init["reason"] == ["", ""]
     assert init["newton"]["from"] == "the search's end" and init["newton"]["converged"] == [0, 1]
-    assert max(init["newton"]["iterations"].values()) <= 2  # a quadratic from 0.3 away, not from the uniform start
+    assert len(starts) == 1  # rescued from the search's end: no second try from the fallback start
+    np.testing.assert_allclose(starts[0], np.tile(MEAN + 0.3, (2, 1)), rtol=1e-6)
     with pytest.warns(RuntimeWarning, match=r"mode search failed for chain\(s\) \[0, 1\]"):
         hb.sample(t, hb.samplers.sgld(), num_samples=20, num_warmup=20, num_chains=2, progress_bar=False,
                   checks="off", keep="moments", metric="identity")
@@ -290,4 +299,24 @@ def test_rescue_tries_the_fallback_start_for_a_chain_with_no_mode_where_its_sear
     got = np.asarray(points).ravel()
     assert got[0] == -0.5 and got[1] == 1.5 and got[2] == 2.0 and np.isnan(got[3])
     assert info["newton"]["converged"] == [0] and info["newton"]["tried"] == [0, 1, 3]
-    assert info["newton"]["from"] == "the search's end, then the fallback start"
+    assert info["newton"]["from"] == ("the search's end where finite, else the fallback start, "
+                                      "then the fallback start")
+
+
+def test_sghmc_friction_floor_is_capped_only_in_the_metric_coordinates(monkeypatch):
+    """The softest curvature's cap (1 / M, the curvature of a unit-scale direction) is passed to
+    the friction's choice in the metric's coordinates and not in the model's."""
+    caps = []
+    real_choose = autotune.choose
+
+    def spy(family, m, T, symmetric=True, friction_given=None, cap=None):
+        caps.append(cap)
+        return real_choose(family, m, T, symmetric, friction_given, cap)
+
+    monkeypatch.setattr(autotune, "choose", spy)
+    t = correlated_gaussian()
+    for metric_mode, expected in (("auto", 0.5), ("identity", None)):
+        caps.clear()
+        hb.sample(t, hb.samplers.sghmc(mass=2.0), num_samples=20, num_warmup=20, num_chains=2, progress_bar=False,
+                  checks="off", keep="moments", metric=metric_mode)
+        assert caps and all(c == expected for c in caps), (metric_mode, caps)

@@ -105,24 +105,32 @@ def _check_measured(m: dict, where: str):
             "hb.optimize result), rescale the model's covariates, or give step_size=")
 
 
-def softest_curvature(m: dict, unit_scale: bool = False) -> float:
+def softest_curvature(m: dict, cap: Optional[float] = None) -> float:
     """lambda_min for SGHMC's friction: away from a mode H need not be positive definite
     (funnels, neural networks), so the softest direction's scale is floored at lambda_max / 100
     (the friction is then at least 0.2 omega_max).
 
-    ``unit_scale``: the run is in the metric's coordinates (:mod:`heatbath.drivers.metric`), where
-    the posterior's scale is about 1 in every direction; the floor is then at most 1, the
-    critical damping of a direction of that scale. Without it a posterior whose local curvature
-    is indefinite and reaches lambda_max ~ 1,000 in places (the 8-unit network of the defaults
-    table: lambda_min < 0 at most measurement points) got C = 0.2 omega_max ~ 6, overdamped for
-    its directions of scale 1 (relaxation rate 1/6 instead of 1): min ESS of its predictions 14
-    with C = 6 against 35 with C = 2 (4 x 10,000 draws, seed 0).
+    ``cap``: the run is in the metric's coordinates (:mod:`heatbath.drivers.metric`), where the
+    posterior's scale is about 1 in every direction; the floor is then at most ``cap``, the
+    curvature of a direction of scale 1 in the measured units (1 / M, :func:`unit_curvature`),
+    so that the floor's friction is at most the critical damping of such a direction. Without
+    it a posterior whose local curvature is indefinite and reaches lambda_max ~ 1,000 in places
+    (the 8-unit network of the defaults table: lambda_min < 0 at most measurement points) got
+    C = 0.2 omega_max ~ 6, overdamped for its directions of scale 1 (relaxation rate 1/6
+    instead of 1): min ESS of its predictions 14 with C = 6 against 35 with C = 2 (4 x 10,000
+    draws, seed 0).
     """
     lam_h = float(np.max(m["lam_h"]))
     floor = lam_h * 1e-2
-    if unit_scale:
-        floor = min(floor, 1.0)
+    if cap is not None:
+        floor = min(floor, float(cap))
     return float(np.clip(np.min(m["lam_min"]), floor, lam_h))
+
+
+def unit_curvature(sampler) -> float:
+    """omega^2 of a direction of scale 1 for ``sampler`` (SGHMC's 1 / M; 1 without a mass)."""
+    mass = sampler.hyperparameters.get("mass", 1.0)
+    return 1.0 / float(mass) if isinstance(mass, (int, float)) and mass > 0 else 1.0
 
 
 def _as_tuned(values: dict) -> dict:
@@ -132,15 +140,15 @@ def _as_tuned(values: dict) -> dict:
 
 
 def choose(family: str, m: dict, T: float, symmetric: bool = True, friction_given: Optional[float] = None,
-           unit_scale: bool = False):
+           cap: Optional[float] = None):
     """The step size (and friction) from measured eigenvalues (worst chain). See the module docstring
-    (``unit_scale``: :func:`softest_curvature`)."""
+    (``cap``: :func:`softest_curvature`)."""
     if family in ("sgld", "psgld"):
         lam = float(np.max(m["lam_hv"]))
         return {"step_size": 2.0 * EPS / lam}
     lam_h = float(np.max(m["lam_h"]))
     lam_v = float(np.max(m["lam_v"]))
-    lam_min = softest_curvature(m, unit_scale)
+    lam_min = softest_curvature(m, cap)
     h = math.sqrt(4.0 * EPS / lam_h) * (1.0 if symmetric else 0.5)
     if friction_given is not None:
         return {"step_size": h}
@@ -184,7 +192,8 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
     m0, cost0 = _measure(target, sampler, family, estimator, est_state, positions, jax.random.fold_in(key, 0),
                          batch_size, T)
     _check_measured(m0, "at the chains' starting points")
-    chosen0 = choose(family, m0, T, symmetric, friction_given, unit_scale)
+    cap = unit_curvature(sampler) if unit_scale else None  # in the metric's coordinates: scale ~1
+    chosen0 = choose(family, m0, T, symmetric, friction_given, cap)
     pilot = max(2, num_warmup // 2)
     # The second measurement is taken at POINTS positions per chain spread over the second half
     # of the tuning warmup (curvature varies: one point per chain under-samples a funnel).
@@ -235,7 +244,7 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
     _check_measured(m1, "in the first half of the warmup")
     cost1 *= points
     cost += cost1
-    chosen = choose(family, m1, T, symmetric, friction_given, unit_scale)
+    chosen = choose(family, m1, T, symmetric, friction_given, cap)
     if step_scale < 1.0:  # the first half needed smaller steps than measured: keep the margin
         chosen["step_size"] = min(chosen["step_size"], values["step_size"])
     changes = {k: v for k, v in chosen.items() if k in names}

@@ -131,9 +131,10 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
     }
     if full_batch and full_batch_candidate(sampler, family, target, batch_size, ms["naive"]):
         symmetric = autotune._symmetric(sampler)
-        costs = {name: mixing_cost(ms[name], temperature, symmetric, rows)
+        cap = autotune.unit_curvature(sampler)  # weighed only in the metric's coordinates (wants_choice)
+        costs = {name: mixing_cost(ms[name], temperature, symmetric, rows, cap=cap)
                  for name, rows in (("naive", batch_size), ("control_variates", 2 * batch_size))}
-        costs["full_batch"] = mixing_cost(ms["naive"], temperature, symmetric, target.num_data, noise=False)
+        costs["full_batch"] = mixing_cost(ms["naive"], temperature, symmetric, target.num_data, noise=False, cap=cap)
         gain = min(costs["naive"], costs["control_variates"]) / costs["full_batch"]
         info.update(mixing_cost_rows=costs, full_batch_gain=gain,
                     full_batch_rule=f"full batches when the cheaper minibatch estimator's data rows per unit of "
@@ -180,7 +181,8 @@ def full_batch_candidate(sampler, family, target, batch_size, measured) -> bool:
     return bool(np.all(np.isfinite(lam)) and lam[0] > 0.0)
 
 
-def mixing_cost(m: dict, temperature: float, symmetric: bool, rows_per_step: float, noise: bool = True) -> float:
+def mixing_cost(m: dict, temperature: float, symmetric: bool, rows_per_step: float, noise: bool = True,
+                cap: Optional[float] = None) -> float:
     """SGHMC's data rows per unit of relaxation time of its softest direction.
 
     With the step h and friction C of :func:`heatbath.drivers.autotune.choose` (unit mass) and
@@ -188,16 +190,16 @@ def mixing_cost(m: dict, temperature: float, symmetric: bool, rows_per_step: flo
     the rate C/2 when C <= 2 omega and C/2 - sqrt(C^2/4 - omega^2) = omega^2 / (C/2 + sqrt(...))
     beyond (about omega^2 / C: overdamped). The cost is rows_per_step / (h rate). With the
     minibatch noise v the friction is at least h v / (2 EPS T): overdamped, the rate falls as
-    1/v. ``noise=False``: the exact (full-batch) gradient, v = 0.
+    1/v. ``noise=False``: the exact (full-batch) gradient, v = 0. ``cap``: the softest
+    curvature's floor cap of the metric's coordinates (:func:`heatbath.drivers.autotune.softest_curvature`).
     """
     from heatbath.drivers import autotune
 
     if not noise:
         m = dict(m, lam_v=np.zeros_like(np.asarray(m["lam_v"])))
-    # Weighed only in the metric's coordinates (wants_choice): unit scale.
-    chosen = autotune.choose("sghmc", m, temperature, symmetric, unit_scale=True)
+    chosen = autotune.choose("sghmc", m, temperature, symmetric, cap=cap)
     h, friction = chosen["step_size"], chosen["friction"]
-    omega2 = autotune.softest_curvature(m, unit_scale=True)
+    omega2 = autotune.softest_curvature(m, cap)
     half = friction / 2.0
     rate = half if half * half <= omega2 else omega2 / (half + np.sqrt(half * half - omega2))
     return float(rows_per_step / (h * rate))

@@ -8,9 +8,13 @@
 - ``"map"``: each chain climbs from its own uniform(-2, 2) start to a mode of the posterior with
   a convergence-checked search (:func:`heatbath.drivers.mapsearch.find_map`). Chains started
   apart find different modes when there are several, so the end-of-run R-hat can see that
-  they disagree. A chain whose search fails (no mode: the density grows without bound, e.g.
-  a hierarchical scale going to 0) starts at its median (NumPyro models) or uniform start
-  instead, with a warning. The default when the step size is automatic.
+  they disagree. With the automatic metric, a search that stalls is finished by dense Newton
+  (``resolve(..., rescue=)``) from where it ended and, for a chain with no mode found there,
+  from its fallback start. A chain neither reaches (no mode: the density grows without bound,
+  e.g. a hierarchical scale going to 0) starts at its median (NumPyro models) or uniform start
+  instead, with a warning. The default when the step size is automatic. In
+  ``Result.tuning["init"]``, ``decrement``, ``lp``, ``grad_norm`` and ``steps`` describe where the
+  search ended; ``newton`` what Newton did after it; ``converged`` and ``usable`` the outcome.
 - a dict of values on the user's (constrained) scale (missing sites: uniform), a pytree of
   unconstrained parameters for plain targets, or an ``OptimizeResult`` (its ``values``).
 
@@ -135,7 +139,7 @@ def _rescue(rescue, ends, fallback, ok, usable, info):
     conv = np.asarray(conv, bool)
     runs = [first] if first is not None else []
     again = ~conv & ~usable & finite  # tried from the search's end, no mode there: the fallback start
-    if again.any():
+    if first is not None and again.any():  # (None: Newton did not run, e.g. too many dimensions)
         new2, conv2, second = rescue(fallback, ~again)
         conv2 = np.asarray(conv2, bool) & again
         new, conv = _where(conv2, new2, new), conv | conv2
@@ -145,7 +149,8 @@ def _rescue(rescue, ends, fallback, ok, usable, info):
     points = _where(conv | usable, new, ends)
     if runs:
         info["newton"] = {"tried": np.nonzero(~ok)[0].tolist(), "converged": np.nonzero(conv & ~ok)[0].tolist(),
-                          "from": "the search's end" + (", then the fallback start" if len(runs) > 1 else ""),
+                          "from": ("the search's end" if finite[~ok].all() else "the search's end where finite, "
+                                   "else the fallback start") + (", then the fallback start" if len(runs) > 1 else ""),
                           "iterations": {k: v for r in runs for k, v in r["iterations"].items()},
                           "cost_per_chain": float(sum(r["cost_per_chain"] for r in runs))}
     return points, conv
