@@ -271,3 +271,26 @@ def test_a_tuned_psgld_window_is_an_argument_of_the_compiled_chunk():
     assert not np.array_equal(b.samples["theta"], _tuned_run(make(0.01, 0.995)).samples["theta"])
     assert not isinstance(hb.samplers.psgld(0.01, decay=Tuned(0.9, "decay"), correction=True)
                           .hyperparameters["decay"], Tuned)
+
+
+def test_caches_are_emptied_near_the_kernel_limit_on_memory_mappings(monkeypatch):
+    """Each compiled CPU program maps its code into the process, and the caches keep them: past
+    Linux's vm.max_map_count the next compile fails (LLVM "Cannot allocate memory", then a
+    crash, seen after 17 defaults-table runs in one process). Before a new entry of a checking
+    cache heatbath empties the caches, with a warning, once the process holds more than half."""
+    from heatbath.drivers import cache
+
+    real = cache._mapping_counts()  # read from /proc on Linux
+    assert real is None or (real[0] > 0 and real[1] > 0)
+    held = cache.IdentityCache(4)
+    held.get("a", (), lambda: 1)
+    checking = cache.IdentityCache(4, check_mappings=True)
+    monkeypatch.setattr(cache, "_mapping_counts", lambda: (100, 65530))
+    assert checking.get("b", (), lambda: 2) == 2 and "a" in held.entries  # far from the limit: kept
+    monkeypatch.setattr(cache, "_mapping_counts", lambda: (40000, 65530))
+    assert checking.get("b", (), lambda: 3) == 2  # a hit builds nothing and checks nothing
+    with pytest.warns(UserWarning, match=r"emptied its caches.*40000 memory mappings of the kernel's limit of 65530"):
+        assert checking.get("c", (), lambda: 4) == 4
+    assert "a" not in held.entries and list(checking.entries) == ["c"]
+    monkeypatch.setattr(cache, "_mapping_counts", lambda: None)  # not Linux: nothing to read
+    assert cache.relieve_mapping_pressure() is False

@@ -22,7 +22,7 @@ __all__ = ["as_target", "model_arguments", "check_total_steps", "check_centre", 
            "initial_positions", "check_init_finite", "default_init", "numpyro_target", "check_oracle_uses",
            "TARGETS"]
 
-TARGETS = IdentityCache(8)
+TARGETS = IdentityCache(8, check_mappings=True)
 
 
 def as_target(model_or_target, data=None) -> Target:

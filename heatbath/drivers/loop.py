@@ -41,7 +41,7 @@ __all__ = ["LoopConfig", "RunOut", "make_step", "make_chunk", "run", "fold_each"
 DIVERGENCE_MODES = ("stop", "restart", "flag")
 KEEP_MODES = ("draws", "moments")
 CHUNK_BYTES = 1 << 27  # draws kept on device per chunk (128 MiB)
-COMPILED = IdentityCache(32)  # compiled chunks, reused across calls with the same objects and shapes
+COMPILED = IdentityCache(32, check_mappings=True)  # compiled chunks, reused across calls with the same objects and shapes
 
 
 @dataclasses.dataclass(frozen=True)
