@@ -276,21 +276,39 @@ def test_a_tuned_psgld_window_is_an_argument_of_the_compiled_chunk():
 def test_caches_are_emptied_near_the_kernel_limit_on_memory_mappings(monkeypatch):
     """Each compiled CPU program maps its code into the process, and the caches keep them: past
     Linux's vm.max_map_count the next compile fails (LLVM "Cannot allocate memory", then a
-    crash, seen after 17 defaults-table runs in one process). Before a new entry of a checking
-    cache heatbath empties the caches, with a warning, once the process holds more than half."""
+    crash, seen after 17 defaults-table runs in one process). At the start of a call that
+    follows a compile, heatbath empties the caches, with a warning, once the process holds more
+    than half of the limit; never within a call, and without counting after calls that built nothing."""
     from heatbath.drivers import cache
 
     real = cache._mapping_counts()  # read from /proc on Linux
     assert real is None or (real[0] > 0 and real[1] > 0)
+    monkeypatch.setattr(cache, "MAPPING_FRACTION", 0.5)
     held = cache.IdentityCache(4)
     held.get("a", (), lambda: 1)
     checking = cache.IdentityCache(4, check_mappings=True)
-    monkeypatch.setattr(cache, "_mapping_counts", lambda: (100, 65530))
-    assert checking.get("b", (), lambda: 2) == 2 and "a" in held.entries  # far from the limit: kept
-    monkeypatch.setattr(cache, "_mapping_counts", lambda: (40000, 65530))
-    assert checking.get("b", (), lambda: 3) == 2  # a hit builds nothing and checks nothing
+    reads = []
+
+    def counts(value):
+        def read():
+            reads.append(value)
+            return value
+        return read
+
+    monkeypatch.setattr(cache, "_mapping_counts", counts((100, 65530)))
+    cache.relieve_mapping_pressure()  # whatever was built before this test: seen now (far from the limit)
+    monkeypatch.setattr(cache, "_mapping_counts", counts((40000, 65530)))
+    reads.clear()
+    assert cache.relieve_mapping_pressure() is False and reads == []  # nothing built since: not counted
+    checking.get("b", (), lambda: 2)  # a build: no count within the call
+    assert reads == [] and "a" in held.entries
+    monkeypatch.setattr(cache, "_mapping_counts", counts((100, 65530)))
+    assert cache.relieve_mapping_pressure() is False and reads == [(100, 65530)] and "a" in held.entries
+    checking.get("c", (), lambda: 3)
+    monkeypatch.setattr(cache, "_mapping_counts", counts((40000, 65530)))
     with pytest.warns(UserWarning, match=r"emptied its caches.*40000 memory mappings of the kernel's limit of 65530"):
-        assert checking.get("c", (), lambda: 4) == 4
-    assert "a" not in held.entries and list(checking.entries) == ["c"]
+        assert cache.relieve_mapping_pressure() is True
+    assert not held.entries and not checking.entries
+    checking.get("d", (), lambda: 4)
     monkeypatch.setattr(cache, "_mapping_counts", lambda: None)  # not Linux: nothing to read
     assert cache.relieve_mapping_pressure() is False

@@ -38,8 +38,8 @@ class IdentityCache:
 
     def __init__(self, size: int, check_mappings: bool = False):
         self.size = size
-        # Before a build (a compile, for the caches of compiled loops and targets): empty the
-        # caches when the process nears the kernel's limit on memory mappings (relieve_mapping_pressure).
+        # A build here (a compile, for the caches of compiled loops and targets) makes the next
+        # public call count the process's memory mappings (relieve_mapping_pressure).
         self.check_mappings = check_mappings
         self.entries: "collections.OrderedDict" = collections.OrderedDict()
         self.lock = threading.Lock()  # lookups and insertions from several threads (builds run outside it)
@@ -52,7 +52,7 @@ class IdentityCache:
                 self.entries.move_to_end(key)
                 return hit[1]
         if self.check_mappings:
-            relieve_mapping_pressure(stacklevel=5)
+            _BUILDS[0] += 1  # counted at the next call's start (relieve_mapping_pressure), never mid-call
         value = build()
         with self.lock:
             self.entries[key] = (owners, value)
@@ -224,6 +224,7 @@ def clear_caches():
 
 
 MAPPING_FRACTION = 0.5  # of the kernel's limit on a process's memory mappings (vm.max_map_count)
+_BUILDS = [0, 0]  # builds of the checking caches: made, and seen by the last count
 
 
 def _mapping_counts():
@@ -250,10 +251,14 @@ def relieve_mapping_pressure(stacklevel: int = 3) -> bool:
     (``vm.max_map_count``, 65,530 by default); past it LLVM cannot allocate memory for the next
     compile and the process crashes (seen in a process that ran 17 defaults-table rows). With
     the caches emptied the count stays flat (about 1,100 over 12 such calls, measured). Called
-    before each new entry of the caches of compiled loops and of targets (counting the
-    mappings reads ``/proc/self/maps``: about 20 ms at 20,000 mappings, so not on every call);
-    the next calls compile again.
+    at the start of ``hb.sample``, ``optimize`` and ``fit``, never within a call (what the call
+    builds stays until it is done); it counts only when the caches of compiled loops or targets
+    gained an entry since the last count (reading ``/proc/self/maps`` costs about 20 ms at
+    20,000 mappings). The next calls compile again.
     """
+    if _BUILDS[0] == _BUILDS[1]:
+        return False
+    _BUILDS[1] = _BUILDS[0]
     counts = _mapping_counts()
     if counts is None or counts[0] <= MAPPING_FRACTION * counts[1]:
         return False

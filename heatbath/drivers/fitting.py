@@ -14,7 +14,7 @@ from jax.flatten_util import ravel_pytree
 from heatbath.drivers import centre as _centre
 from heatbath.drivers import initialize, inputs, loop
 from heatbath.drivers.batching import as_batching
-from heatbath.drivers.cache import IdentityCache
+from heatbath.drivers.cache import IdentityCache, relieve_mapping_pressure
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.placement import spans_processes
 from heatbath.drivers.settings import open_checkpoint
@@ -115,6 +115,7 @@ def fit(
       diverged warns loudly; a non-finite Gaussian says DIVERGED in its repr and refuses
       ``sample``/``elbo`` (FloatingPointError).
     """
+    relieve_mapping_pressure()  # a long session nears the kernel's limit on mappings: empty the caches
     t_start = time.perf_counter()
     if not isinstance(method, VIMethod):
         raise TypeError(

@@ -11,7 +11,7 @@ import numpy as np
 
 from heatbath.drivers import initialize, inputs, loop, mapsearch
 from heatbath.drivers.batching import as_batching
-from heatbath.drivers.cache import IdentityCache
+from heatbath.drivers.cache import IdentityCache, relieve_mapping_pressure
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.results import OptimizeResult
 from heatbath.drivers.placement import spans_processes
@@ -84,6 +84,7 @@ def optimize(
         the smooth part the check reads).
       Other arguments as in :func:`heatbath.sample`.
     """
+    relieve_mapping_pressure()  # a long session nears the kernel's limit on mappings: empty the caches
     t_start = time.perf_counter()
     auto = isinstance(num_steps, str)
     if auto and num_steps != "auto":

@@ -15,7 +15,7 @@ from heatbath.drivers import federation, initialize, inputs, loop, selfcheck
 from heatbath.drivers import adapt as _adapt, estimator_choice, mapsearch, metric as _metric
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.checkpoint import hold
-from heatbath.drivers.cache import IdentityCache
+from heatbath.drivers.cache import IdentityCache, relieve_mapping_pressure
 from heatbath.drivers.placement import shardings, spans_processes
 from heatbath.drivers.results import Result
 from heatbath.drivers.settings import open_checkpoint, stored_setting, tuned_digest
@@ -138,6 +138,7 @@ def sample(
     Returns:
       A :class:`Result`.
     """
+    relieve_mapping_pressure()  # a long session nears the kernel's limit on mappings: empty the caches
     t_start = time.perf_counter()
     inputs.check_sampler(sampler)
     batching = as_batching(batching)
