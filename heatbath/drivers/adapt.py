@@ -43,6 +43,7 @@ import numpy as np
 from heatbath.drivers import loop, mapsearch
 from heatbath.drivers.keys import fold_each
 from heatbath.drivers.metric import Affine
+from heatbath.kernels import tree as _tree
 from heatbath.kernels.gradients import full_data_value_and_grad
 
 __all__ = ["DRAWS", "ADOPT", "MIN_STEPS", "ROUNDS", "LOST_GAP", "LOST_RISE", "LOST_POINTS", "suspect", "window",
@@ -292,9 +293,7 @@ def restart_lost(target, sampler, states, points, positions, restart, keys, batc
     if not lost.any():
         return states, info, cost
     fresh = jax.vmap(sampler.init)(restart, fold_each(fold_each(keys, 37), 1))  # a fold no window uses
-    mask = jnp.asarray(lost)
-    new = jax.tree.map(lambda f, o: jnp.where(mask.reshape((-1,) + (1,) * (jnp.ndim(o) - 1)), f, o).astype(o.dtype),
-                       fresh, states)
+    new = jax.tree.map(lambda n, o: n.astype(o.dtype), _tree.where_leading(lost, fresh, states), states)
     keep = {k: getattr(states, k) for k in ("step", "preconditioner") if hasattr(states, k)}
     return new._replace(**keep), info, cost
 

@@ -176,7 +176,7 @@ def _alive(out, mode):
 
 
 def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size, batching, num_warmup,
-           progress_bar, mass=1.0, unit_scale=False):
+           progress_bar, unit_scale=False):
     """Tune the sampler's automatic hyperparameters during the first half of the warmup.
 
     Returns ``(sampler with the chosen values, the chains' states after the first half, steps

@@ -123,11 +123,6 @@ def sampler_default(sampler, target, init, positions, strategy="uniform"):
     return positions
 
 
-def _where(mask, a, b):
-    """Per chain: ``a`` where ``mask`` else ``b`` (pytrees with leading axis chain)."""
-    return jax.tree.map(lambda x, y: jnp.where(jnp.asarray(mask).reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b)
-
-
 def _rescue(rescue, ends, fallback, ok, usable, info):
     """The second search (``rescue``) for the chains the first did not converge: from where the
     first search ended (when finite) and, for a chain with no mode found that it does not rescue
@@ -135,18 +130,18 @@ def _rescue(rescue, ends, fallback, ok, usable, info):
     without a usable mode, keeps its ``ends`` point) and the converged mask (rescued chains count
     as converged)."""
     finite = np.asarray(jax.vmap(_tree.all_finite)(ends), bool)
-    new, conv, first = rescue(_where(finite, ends, fallback), ok.copy())
+    new, conv, first = rescue(_tree.where_leading(finite, ends, fallback), ok.copy())
     conv = np.asarray(conv, bool)
     runs = [first] if first is not None else []
     again = ~conv & ~usable & finite  # tried from the search's end, no mode there: the fallback start
     if first is not None and again.any():  # (None: Newton did not run, e.g. too many dimensions)
         new2, conv2, second = rescue(fallback, ~again)
         conv2 = np.asarray(conv2, bool) & again
-        new, conv = _where(conv2, new2, new), conv | conv2
+        new, conv = _tree.where_leading(conv2, new2, new), conv | conv2
         runs += [second] if second is not None else []
     # Newton only takes steps that raise the log density: a usable chain keeps them even when
     # it did not converge; a chain with no mode found keeps them only when rescued.
-    points = _where(conv | usable, new, ends)
+    points = _tree.where_leading(conv | usable, new, ends)
     if runs:
         info["newton"] = {"tried": np.nonzero(~ok)[0].tolist(), "converged": np.nonzero(conv & ~ok)[0].tolist(),
                           "from": ("the search's end" if finite[~ok].all() else "the search's end where finite, "
@@ -174,7 +169,7 @@ def _map(target, keys, num_chains, batch_size, info, rescue=None):
         usable = usable | ok
         outcome["usable"] = usable
         outcome["reason"] = [("" if ok[c] else r) for c, r in enumerate(outcome["reason"])]
-    positions = _where(usable, ends, fallback)
+    positions = _tree.where_leading(usable, ends, fallback)
     cost = float(np.sum(outcome.get("cost", 0.0))) + info.get("newton", {}).get("cost_per_chain", 0.0) * num_chains
     info.update(converged=ok.tolist(), cost=cost,
                 **{k: np.asarray(v).tolist() for k, v in outcome.items() if k not in ("converged", "cost")})

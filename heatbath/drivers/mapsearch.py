@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from heatbath.kernels import tree as _tree
 from heatbath.kernels.gradients import full_data_value_and_grad, minibatch_logdensity
 
 __all__ = ["TOL", "MAX_HVPS", "FULL_BATCH_WORK", "find_map", "search", "diagnose", "decrement", "verdict",
@@ -199,8 +200,7 @@ def _functions(target, positions, batch_size, max_hvps):
                 c_new = check(x_new, data)
                 better = (i == 0) | (ok & jnp.isfinite(c_new["lp"]) & (c_new["decrement"] < c["decrement"])
                                      & (inside | (c_new["lp"] > c["lp"])))
-                keep = lambda a, b: jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
-                return keep(x_new, x), jax.tree.map(keep, c_new, c)
+                return _tree.where_leading(better, x_new, x), _tree.where_leading(better, c_new, c)
 
             c0 = jax.eval_shape(check, x, data)
             c0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), c0)

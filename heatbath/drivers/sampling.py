@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from typing import Optional
@@ -11,7 +12,7 @@ import numpy as np
 
 from heatbath.drivers import autotune
 from heatbath.drivers import centre as _centre
-from heatbath.drivers import federation, initialize, inputs, loop, selfcheck
+from heatbath.drivers import collect, federation, initialize, inputs, loop, selfcheck
 from heatbath.drivers import adapt as _adapt, estimator_choice, mapsearch, metric as _metric
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.checkpoint import hold
@@ -19,6 +20,7 @@ from heatbath.drivers.cache import IdentityCache, relieve_mapping_pressure
 from heatbath.drivers.placement import shardings, spans_processes
 from heatbath.drivers.results import Result
 from heatbath.drivers.settings import open_checkpoint, stored_setting, tuned_digest
+from heatbath.kernels import tree as _tree
 from heatbath.kernels.validate import check_bool, check_choice, check_count, seed_key
 from heatbath.samplers.base import Sampler
 
@@ -194,10 +196,9 @@ def sample(
     )
     with hold(ckpt):  # the checkpoint lock, released however the run ends
         keys = loop.chain_keys(master, num_chains)
-        newton = None  # the dense Newton for chains whose mode search did not converge
-        if auto and metric == "auto" and _metric.applies(sampler):
-            def newton(p, converged):
-                return _metric.newton(target, p, converged, jax.random.fold_in(master, 4))
+        # the dense Newton finishes mode searches that did not converge (with the automatic metric)
+        newton = (functools.partial(_metric.newton, target, key=jax.random.fold_in(master, 4))
+                  if auto and metric == "auto" and _metric.applies(sampler) else None)
         positions, init_info = initialize.resolve(target, init, loop.fold_each(keys, 0), num_chains, batch_size,
                                                   default="map" if auto else "uniform", rescue=newton)
         positions = initialize.sampler_default(sampler, target, init, positions, init_info["strategy"])
@@ -328,7 +329,7 @@ def sample(
         # The configurational-temperature check reads unconstrained draws: kept for it when small.
         keep_unc = record_unconstrained or (
             level == "full" and keep == "draws"
-            and _size(positions) // num_chains * num_samples * num_chains <= selfcheck_unconstrained_budget)
+            and _tree.size(positions) // num_chains * num_samples * num_chains <= selfcheck_unconstrained_budget)
         cfg = loop.LoopConfig(
             batching=batching, batch_size=batch_size, num_draws=num_samples, thinning=steps_per_draw,
             num_warmup=num_warmup, desc=sampler.name, record=_record(target, keep_unc),
@@ -340,7 +341,7 @@ def sample(
         if out.interrupted and out.steps_done <= num_warmup:
             raise KeyboardInterrupt(f"interrupted during the warmup, after {out.steps_done} of {num_warmup} steps "
                                     "(no draws were made)")
-    result = _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start,
+    result = collect.result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start,
                      keep_unc, tuning)
     if affine is not None:  # back to the target's coordinates (the sampler's state stays in the run's)
         result.target = user_target
@@ -361,10 +362,6 @@ def sample(
 selfcheck_unconstrained_budget = 25_000_000  # unconstrained values kept for the checks (100 MB in float32)
 
 
-def _size(tree) -> int:
-    return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
-
-
 def estimator_state(estimator, positions, data):
     """The gradient estimator's state at the chains' positions (shared: one copy), for measurements."""
     if estimator.shared:
@@ -372,72 +369,3 @@ def estimator_state(estimator, positions, data):
         init = jax.jit(estimator.init) if estimator.rows_at_init else estimator.init
         return init(chain0, data)
     return jax.vmap(estimator.init, in_axes=(0, None))(positions, data)
-
-
-def _chain_first(tree):
-    """(draw, chain, ...) -> (chain, draw, ...)."""
-    return jax.tree.map(lambda v: np.swapaxes(np.asarray(v), 0, 1), tree)
-
-
-def _result(out, target, sampler, estimator, cfg, num_chains, centre, map_cost, map_compile, t_start, unconstrained,
-            tuning=None):
-    draws, unc = out.draws, None
-    if unconstrained and cfg.keep == "draws":
-        draws, unc = draws["values"], _chain_first(draws["position"])
-    samples = {k: v for k, v in _chain_first(draws).items()} if cfg.keep == "draws" else {}
-    stats = {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in out.infos._asdict().items()}
-    # The last draw's log density was never evaluated by a step: check it here.
-    stats["diverging"][:, -1] |= ~loop.finite_log_density(target, out.carry[0].position)
-    moments = None
-    if cfg.keep == "moments":
-        acc = out.moments
-        count = int(acc["count"])
-        pick = (lambda t: t["values"]) if unconstrained else (lambda t: t)
-        mean, m2, ring = pick(acc["mean"]), pick(acc["m2"]), pick(acc["ring"])
-        moments = {
-            "count": count,
-            "mean": {k: np.asarray(v) for k, v in mean.items()},
-            "var": {k: np.asarray(v) / max(count - 1, 1) for k, v in m2.items()},
-        }
-        if cfg.swag_rank:
-            moments["deviations"] = {k: np.asarray(ring[k]) - np.asarray(mean[k])[:, None] for k in ring}
-    num_steps = out.steps_done
-    if out.interrupted:
-        done = int(np.shape(stats["diverging"])[1])
-        where = " and committed to the checkpoint (resume it to finish the run)" if cfg.checkpoint is not None else ""
-        warnings.warn(
-            f"interrupted (Ctrl-C) after {out.steps_done} steps: the Result holds the {done} of {cfg.num_draws} "
-            f"draws made{where}",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    result = Result(
-        samples=samples,
-        stats=stats,
-        final_state=out.carry[0],
-        grad_evals=map_cost + loop.grad_evals_per_chain(estimator, sampler.grads_per_step, cfg.batch_size,
-                                                        target.num_data, num_steps),
-        num_data=target.num_data,
-        wall_time=time.perf_counter() - t_start,
-        compile_time=out.compile_time + map_compile,
-        sampler_name=sampler.name,
-        observed_data=target.observed_data,
-        centre=centre,
-        moments=moments,
-        unconstrained=unc,
-        tuning=tuning,
-        target=target,
-        on_divergence=cfg.on_divergence,
-    )
-    bad = result.diverged_chains()
-    if bad:
-        first = [int(np.argmax(stats["diverging"][c])) for c in bad]
-        what = {"stop": "stopped at its last state with a finite log density", "restart": "steps rejected and restarted",
-                "flag": "left non-finite"}[cfg.on_divergence]
-        warnings.warn(
-            f"{len(bad)} of {num_chains} chain(s) diverged (non-finite state or log density; {what}): chains {bad}, first at "
-            f"draws {first}. Their draws are flagged in stats['diverging']; lower the step size.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return result

@@ -23,6 +23,7 @@ __all__ = [
     "scale",
     "mul",
     "zeros_like",
+    "where_leading",
     "dot",
     "sq_norm",
     "norm",
@@ -80,6 +81,12 @@ def norm(x: PyTree) -> jax.Array:
 def size(x: PyTree) -> int:
     """Number of scalars in the tree (static)."""
     return int(sum(jnp.size(leaf) for leaf in jax.tree.leaves(x)))
+
+
+def where_leading(mask, x: PyTree, y: PyTree) -> PyTree:
+    """Leafwise ``where(mask, x, y)`` with ``mask`` along the leading axis (one flag per chain)."""
+    mask = jnp.asarray(mask)
+    return jax.tree.map(lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (jnp.ndim(a) - 1)), a, b), x, y)
 
 
 def all_finite(x: PyTree) -> jax.Array:
