@@ -15,12 +15,16 @@ to the optax floor:
                   (randint indices, gather, jax.grad of the loss, the update).
   optax (A/A)     the same program jitted a second time: the A/A control of the floor.
   hand SGLD       a hand-written SGLD scan: gradient + threefry normals (the Gaussian floor).
+  hand SGLD moments  the hand SGLD scan keeping a running mean and sum of squared deviations
+                  of its draws (Welford) in the carry: the floor of keep="moments".
   hand SGLD signs the same with packed Rademacher signs (the cheap-noise floor).
   hb SGLD ...     ``hb.sample`` (the public call, everything compiled already: a second call
                   with a new sampler object of the same settings), keep="moments",
                   checks="off", progress_bar=False, on the from_logdensity target: SGLD with
                   Gaussian, Rademacher and uniform(8-bit) noise; SGHMC OBABO plain, fused
                   (one draw per step) and fused with Rademacher noise; pSGLD.
+  hb SGLD last draw  ``hb.sample`` SGLD returning only its last draw (``num_samples=1``,
+                  ``thinning`` = the steps): what the hand SGLD scan returns.
   hb SGLD numpyro the same network written as a NumPyro model (``numpyro.sample`` per
                   weight array, a ``numpyro.plate`` over the rows, ``dist.Categorical``),
                   through ``hb.sample``'s NumPyro bridge: its paired ratio to ``hb SGLD`` is the
@@ -134,11 +138,32 @@ def hand_scans(data, params, num_steps, batch, h):
 
         return run
 
+    def sgld_moments_run(p, key):
+        # The floor of keep="moments": the same SGLD scan with a running mean and sum of squared
+        # deviations (Welford) of the draws in the carry.
+        def body(c, k):
+            p, mean, m2, n = c
+            k1, k2 = jax.random.split(k)
+            idx = jax.random.randint(k1, (batch,), 0, N)
+            g = grad(p, idx)
+            xi = normal(k2, p)
+            p = jax.tree.map(lambda a, b, c: a - h * b + math.sqrt(2 * h) * c, p, g, xi)
+            n = n + 1.0
+            delta = jax.tree.map(lambda x, m: x - m, p, mean)
+            mean = jax.tree.map(lambda m, dl: m + dl / n, mean, delta)
+            m2 = jax.tree.map(lambda s, dl, x, m: s + dl * (x - m), m2, delta, p, mean)
+            return (p, mean, m2, n), None
+
+        zeros = jax.tree.map(jnp.zeros_like, p)
+        (p, mean, m2, _), _ = jax.lax.scan(body, (p, zeros, zeros, jnp.zeros(())), jax.random.split(key, num_steps))
+        return mean, m2
+
     normal = lambda k, p: hb.kernels.tree.normal_like(k, p)  # noqa: E731
     return {
         "optax": jax.jit(optax_run),
         "optax (A/A)": jax.jit(lambda p, k: optax_run(p, k)),
         "hand SGLD": jax.jit(sgld_run(normal)),
+        "hand SGLD moments": jax.jit(sgld_moments_run),
         "hand SGLD signs": jax.jit(sgld_run(_signs_like)),
     }
 
@@ -179,6 +204,10 @@ def hb_contenders(data, params, num_steps, batch, h):
                                  checks="off", progress_bar=False, init=params, seed=0, num_warmup=0).moments["mean"]
 
     out = {name: call(make) for name, make in makers.items()}
+    # The last draw only (one draw per call, thinning = the steps): what the hand scan returns.
+    out["hb SGLD last draw"] = lambda: hb.sample(
+        target, hb.samplers.sgld(h), batch_size=batch, num_samples=1, thinning=num_steps, checks="off",
+        progress_bar=False, init=params, seed=0, num_warmup=0).samples
     np_data = {"X": np.asarray(data[0]), "y": np.asarray(data[1])}
     sizes = [params["W0"].shape[0]] + [params[f"W{i}"].shape[1] for i in range(len(params) // 2)]
     model = numpyro_mlp(sizes)
@@ -216,7 +245,8 @@ def run(config, num_steps, repeats, out_path=None, verbose=True, only=None):
         ratios[name] = {"median_ratio_to_optax": med, "q25": q25, "q75": q75, "min_seconds": t.best,
                         "ms_per_step_min": 1e3 * t.best / num_steps}
         rows.append([name, f"{med:.2f}x", f"{q25:.2f}-{q75:.2f}", f"{1e3 * t.best / num_steps:.2f}"])
-    pairs = [("hb SGLD", "hand SGLD"), ("hb SGLD rademacher", "hand SGLD signs"), ("hb SGHMC obabo fused", "hb SGLD"),
+    pairs = [("hb SGLD", "hand SGLD"), ("hb SGLD", "hand SGLD moments"), ("hb SGLD last draw", "hand SGLD"),
+             ("hb SGLD rademacher", "hand SGLD signs"), ("hb SGHMC obabo fused", "hb SGLD"),
              ("hb SGHMC obabo", "hb SGLD"), ("hb SGHMC fused rademacher", "hb SGLD rademacher"),
              ("optax (A/A)", "optax"), ("hb SGLD numpyro", "hb SGLD")]
     extra = {f"{a} / {b}": paired_ratio(timings, a, b)[0] for a, b in pairs if a in timings and b in timings}

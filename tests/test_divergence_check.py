@@ -161,3 +161,34 @@ def test_a_severe_r_hat_says_the_draws_are_not_usable():
     with pytest.warns(RuntimeWarning, match="R-hat") as record:  # mildly unmixed: the usual advice only
         hb.sample(gaussian(), hb.samplers.sgld(0.3), init=jnp.array([[-1.0, -1.0], [1.0, 1.0]]), **{**kw, "num_samples": 100})
     assert not any("do not use them" in str(w.message) for w in record)
+
+
+@pytest.mark.parametrize("kind, h", [("sghmc-obabo", 0.1), ("sgld", 0.5)])
+def test_stop_freezes_the_position_and_leaves_the_other_chains_alone(kind, h):
+    """Under "stop" the guard keeps and freezes the position only (the rest of a stopped
+    chain's state is its rejected steps'): from its first flagged draw on, a stopped chain's
+    draws and its final position are its last draw before the divergence; a chain that never
+    diverges has the same draws as under "flag" (no guard), bit for bit."""
+    init = jnp.array([[2.0, 1.0], [1e-4, 1.0], [2.5, -0.5]])  # chain 1 leaves the support (NaN)
+    kw = dict(num_samples=60, num_warmup=0, num_chains=3, seed=2, init=init, progress_bar=False, checks="off")
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        stop = hb.sample(support_target(), SAMPLERS[kind](h), on_divergence="stop", **kw)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        flag = hb.sample(support_target(), SAMPLERS[kind](h), on_divergence="flag", **kw)
+    div = stop.stats["diverging"]
+    bad = div.any(axis=1)
+    assert bad[1] and not bad[2]
+    theta, last = stop.samples["theta"], np.asarray(stop.final_state.position)
+    for c in range(3):
+        if bad[c]:
+            first = int(np.argmax(div[c]))
+            assert div[c, first:].all()
+            frozen = theta[c, first - 1] if first else np.asarray(init[c])
+            assert np.isfinite(frozen).all()
+            # The first flagged draw may be the state whose log density turned out NaN (SGLD
+            # reads it at the next step's start); the chain is frozen from the next draw on.
+            assert (theta[c, first] == frozen).all() or theta[c, first, 0] < 0
+            np.testing.assert_array_equal(theta[c, first + 1:], np.broadcast_to(frozen, theta[c, first + 1:].shape))
+            np.testing.assert_array_equal(last[c], frozen)
+        else:
+            np.testing.assert_array_equal(theta[c], flag.samples["theta"][c])

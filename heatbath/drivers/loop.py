@@ -185,7 +185,8 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     alive = jnp.ones((num_chains,), bool)
     # The fallback state of stop / restart: none when the sampler checked the log density each
     # state starts with (Sampler.checks_start_lp; make_step).
-    guard = alive if cfg.on_divergence == "flag" else (alive, () if sampler.checks_start_lp else states)
+    fallback = states.position if cfg.on_divergence == "stop" else states
+    guard = alive if cfg.on_divergence == "flag" else (alive, () if sampler.checks_start_lp else fallback)
     carry = (states, est_states, run_keys, guard, batch_states)
     # What `record` returns for one draw (constrained values and deterministic sites, which may
     # be much larger than the position): the moments' shapes and the bytes kept per draw.

@@ -30,10 +30,11 @@ def make_step(sampler, estimator: Estimator, batcher, target, on_divergence: str
     number, leaves the state finite). It is caught here, inside the scan: with
     ``on_divergence="restart"`` the step is rejected (the chain goes back to its last state
     with a finite log density and goes on with fresh randomness), with ``"stop"`` the chain
-    freezes there for good, with ``"flag"`` it is only flagged. The guard is ``(alive, prev)``
-    for stop and restart (``prev``: the last state whose log density was found finite before the
-    current one, the fallback when the current state's log density turns out non-finite; one
-    extra copy of the state per chain)
+    freezes there for good (its position: the rest of a stopped chain's state, momentum and
+    caches, is that of its rejected steps, possibly non-finite), with ``"flag"`` it is only
+    flagged. The guard is ``(alive, prev)`` for stop and restart (``prev``: the last state, for
+    "stop" the last position, whose log density was found finite before the current one, the
+    fallback when the current state's log density turns out non-finite; one extra copy per chain)
     and ``alive`` alone for ``"flag"``; ``prev`` is ``()`` for a sampler that checked each state's
     log density when it made it (``Sampler.checks_start_lp``, SGHMC's FSAL splittings), whose
     states are their own fallbacks. Rejected or frozen steps are flagged ``diverging``.
@@ -76,15 +77,25 @@ def make_step(sampler, estimator: Estimator, batcher, target, on_divergence: str
             # is non-finite) the one before it. It is also the fallback of the next step (two
             # selects over the state per step, not three: the fallback is always a state whose log
             # density was finite).
+            # Under "stop" only the position is kept and frozen: a stopped chain's draws are its
+            # position, and its other fields (momentum, caches, preconditioner) never matter
+            # again, so they are left to its rejected steps (one select over the position per
+            # step, not over the whole state: SGHMC's is three parameter-sized arrays).
+            frozen = on_divergence == "stop"
+            start = state.position if frozen else state
             if getattr(sampler, "checks_start_lp", False):
                 # The state's log density was checked when it was made (an FSAL cache): the
                 # state is its own fallback, and lp_ok is False only where prev would be the
                 # state itself (the initial state). The same draws without the copy.
-                base = state
+                base = start
             else:
-                base = jax.tree.map(lambda a, b: jnp.where(lp_ok, a, b), state, prev)
+                base = jax.tree.map(lambda a, b: jnp.where(lp_ok, a, b), start, prev)
                 prev = base
-            new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, base)
+            if frozen:
+                new_state = new_state._replace(
+                    position=jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state.position, base))
+            else:
+                new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, base)
             info = info._replace(diverging=jnp.logical_or(info.diverging, jnp.logical_not(ok)))
             guard = (alive, prev)
         return (new_state, est_state if estimator.shared else current, key, guard, batch_state), info
