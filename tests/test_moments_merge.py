@@ -53,3 +53,25 @@ def test_the_first_merge_is_the_chunk_itself_and_the_last_leaves_the_device_accu
     np.testing.assert_allclose(h2["mean"]["a"], [1.0, 2.0])
     np.testing.assert_allclose(h2["m2"]["a"], [1.0, 0.5])
     assert int(h2["count"]) == 6
+
+
+def test_the_draws_buffer_is_allocated_without_changing_numpys_huge_page_setting():
+    """``empty_host`` (the Collector's buffers) turns NumPy's huge-page advice off only for its
+    own allocation: the process's setting is the same afterwards, whichever it was."""
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # NumPy < 2
+        from numpy.core.multiarray import _set_madvise_hugepage
+    before = _set_madvise_hugepage(True)
+    try:
+        a = _moments.empty_host((3, 5), np.float32)
+        assert a.shape == (3, 5) and a.dtype == np.float32
+        assert _set_madvise_hugepage(False) is True  # still on after the call
+        _moments.empty_host((2,), np.int64)
+        assert _set_madvise_hugepage(False) is False  # still off after the call
+    finally:
+        _set_madvise_hugepage(before)
+    c = _moments.Collector(4)
+    c.add({"x": np.arange(6.0).reshape(2, 3)})
+    c.add({"x": np.arange(6.0, 12.0).reshape(2, 3)})
+    np.testing.assert_array_equal(c.result()["x"], np.arange(12.0).reshape(4, 3))

@@ -277,7 +277,8 @@ def from_logdensity(
 
     if params is not None:
         shapes = _param_shapes(params)
-        probe = jax.tree.map(lambda x: x[:2], data)
+        # Shapes only (slicing the arrays would compile two eager slices on a first call).
+        probe = jax.tree.map(lambda x: jax.ShapeDtypeStruct((min(2, x.shape[0]),) + x.shape[1:], x.dtype), data)
         try:
             lp_shape, ll_shape = jax.eval_shape(terms, shapes, probe)
         except Exception as err:  # noqa: BLE001 - re-raised with context
