@@ -1,6 +1,7 @@
 """The per-step divergence check: exact finiteness of a state, SGLD's check through its
 gradient (``Sampler.checks_state``), and the end-of-run check of positions."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -192,3 +193,43 @@ def test_stop_freezes_the_position_and_leaves_the_other_chains_alone(kind, h):
             np.testing.assert_array_equal(last[c], frozen)
         else:
             np.testing.assert_array_equal(theta[c], flag.samples["theta"][c])
+
+
+@pytest.mark.parametrize("kind", ["sghmc-obabo", "psgld"])
+def test_a_chain_dead_in_a_window_is_handed_on_with_a_fresh_state(kind):
+    """Under "stop" only the position of a dead chain is frozen, so a metric window
+    (``adapt.window``) hands the chain on with a fresh sampler state at that position: finite
+    momentum, cache and preconditioner, so that the run that starts from the window's states
+    (sampling's path when the window changes nothing) moves the chain again instead of flagging
+    it at once. A divergence here is one rare minibatch (one outlier row out of 500, batch 1)
+    from a harmless state."""
+    from heatbath.drivers import adapt, loop
+    from heatbath.drivers.batching import as_batching
+    from heatbath.kernels import tree as _tree
+
+    n_rows, chains = 500, 8
+    data = jnp.zeros((n_rows,)).at[7].set(1e30)
+    target = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p**2),
+                                       lambda p, b: -0.5 * jnp.sum(b) * jnp.sum(p**2), data, params=jnp.ones(2))
+    sampler = {"sghmc-obabo": lambda: hb.samplers.sghmc(0.1, 1.0), "psgld": lambda: hb.samplers.psgld(0.1)}[kind]()
+    est = sampler.gradient.build(target.terms, target.num_data)
+    keys = loop.chain_keys(jax.random.key(0), chains)
+    init = jnp.ones((chains, 2))
+    states = jax.vmap(sampler.init)(init, loop.fold_each(keys, 1))
+    states, draws, alive, _, _ = adapt.window(target, sampler, est, states, init, keys, steps=300, batch_size=1,
+                                              batching=as_batching("uniform"), progress_bar=False)
+    dead = np.nonzero(~alive)[0]
+    assert dead.size and alive.any()
+    for leaf in jax.tree.leaves(states):
+        leaf = np.asarray(leaf)
+        if np.issubdtype(leaf.dtype, np.inexact):
+            assert np.isfinite(leaf).all()
+    for c in dead:  # the frozen position: its last draw
+        np.testing.assert_array_equal(np.asarray(states.position)[c], draws[c, -1].astype(np.float32))
+    cfg = loop.LoopConfig(batching=as_batching("uniform"), batch_size=1, num_draws=60, thinning=1, num_warmup=0,
+                          desc="main", record=lambda position, data: position, on_divergence="stop", states=states)
+    out = loop.run(target, sampler, est, states.position, loop.fold_each(keys, 7), cfg)
+    moved = np.asarray(out.draws)  # (draw, chain, 2)
+    for c in dead:
+        assert len(np.unique(moved[:10, c, 0])) > 1, f"chain {c} did not move after the window"
+    assert _tree.size(jax.tree.map(lambda x: x[0], states.position)) == 2

@@ -84,7 +84,23 @@ def window(target, sampler, estimator, states, positions, keys, *, steps, batch_
     alive = np.asarray(out.carry[3][0], bool).reshape(-1)  # on_divergence="stop": (alive, ...)
     draws = np.swapaxes(np.asarray(out.draws, np.float64), 0, 1)
     cost = loop.grad_evals_per_chain(estimator, sampler.grads_per_step, batch_size, target.num_data, steps)
-    return out.carry[0], draws, alive, float(cost), out.compile_time
+    return fresh_where_dead(sampler, out.carry[0], alive, fold_each(keys, 31)), draws, alive, float(cost), \
+        out.compile_time
+
+
+def fresh_where_dead(sampler, states, alive, keys):
+    """The states with each dead chain's replaced by a fresh one at its frozen position (its
+    step count kept). Under on_divergence="stop" only a chain's position is frozen: the rest of
+    a dead chain's state (SGHMC's momentum and gradient cache, pSGLD's preconditioner) is that
+    of its rejected steps, maybe non-finite, and a run that starts from these states (the main
+    run after a window) would have the chain diverge at once, or (restart) stay stuck."""
+    alive = np.asarray(alive, bool)
+    if alive.all():
+        return states
+    fresh = jax.vmap(sampler.init)(states.position, keys)
+    if hasattr(fresh, "step") and hasattr(states, "step"):
+        fresh = fresh._replace(step=states.step)
+    return _tree.where_leading(alive, states, fresh)
 
 
 def suspect(points) -> bool:

@@ -326,7 +326,7 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
             length, steps, is_draws = segments[j]
             # Not the timed first chunk of a calibrated run: it is sized to its own length, so
             # the copy of a large buffer does not enter the timing that sizes the others.
-            t0 = time.perf_counter()
+            t0, compiled_before = time.perf_counter(), compile_time
             if not is_draws and warm_in_draws:
                 chunk_fn, size = get(first_draws, cfg.thinning, True, progress), cap(first_draws, True)
                 left = length // cfg.thinning
@@ -359,7 +359,10 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
                     host, acc = _moments.merge_moments(host, acc, reset=not final)
             if calibrate and j == 0:
                 jax.block_until_ready(carry)
-                chunk_size, warmup_chunk = plan.sized_by_time(cfg, first, time.perf_counter() - t0, mem_chunk)
+                # The chunk's own run time: without its compile (seconds on a loaded machine,
+                # which made the other chunks several times too short).
+                ran = time.perf_counter() - t0 - (compile_time - compiled_before)
+                chunk_size, warmup_chunk = plan.sized_by_time(cfg, first, ran, mem_chunk)
                 segments = plan.segments(cfg, chunk_size, warmup_chunk, first)
                 if ckpt is not None:
                     ckpt.settings.update(chunk_size=chunk_size, warmup_chunk=warmup_chunk)

@@ -32,7 +32,9 @@ class Result:
         previous draw) and whatever else the sampler reports.
       final_state: the sampler state of every chain after the last step (leading axis chain);
         ``final_state.position`` is the unconstrained position, in the run's coordinates (with
-        the automatic Laplace metric, z with theta = mu + L z: ``tuning["metric"]``).
+        the automatic Laplace metric, z with theta = mu + L z: ``tuning["metric"]``). For a
+        chain stopped by ``on_divergence="stop"`` only ``position`` is kept (its last state
+        with a finite log density); its other fields are those of its rejected steps.
       grad_evals: per-datum likelihood-gradient evaluations per chain (MAP search included).
       num_data: N. ``grad_evals / num_data`` is the cost in passes over the data.
       wall_time, compile_time: seconds (wall_time includes compile_time).

@@ -14,6 +14,7 @@ from heatbath.drivers import autotune
 from heatbath.drivers import centre as _centre
 from heatbath.drivers import collect, federation, initialize, inputs, loop, selfcheck
 from heatbath.drivers import adapt as _adapt, estimator_choice, mapsearch, metric as _metric
+from heatbath.drivers import keys as _keys
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.cache import IdentityCache, relieve_mapping_pressure
@@ -100,8 +101,9 @@ def sample(
       progress_bar: show a tqdm bar fed from inside the scan.
       chunk_size: draws per compiled chunk (bounded memory); default: about 128 MiB of draws.
       on_divergence: what a chain does when its state becomes non-finite, decided inside the
-        scan: ``"stop"`` (default: it freezes at its last finite state, every later draw is
-        flagged), ``"restart"`` (the step is rejected and the chain goes on from its last
+        scan: ``"stop"`` (default: its position freezes at its last finite state, every later
+        draw is flagged; the rest of its state and its later stats are its rejected steps'),
+        ``"restart"`` (the step is rejected and the chain goes on from its last
         finite state with fresh noise), ``"flag"`` (nothing is done; the state is non-finite).
       keep: ``"draws"`` (default) keeps every recorded draw; ``"moments"`` keeps only running
         means and variances per chain (and, with ``swag_rank=K``, the last K draws as SWAG-style
@@ -167,7 +169,7 @@ def sample(
         raise ValueError("swag_rank needs keep='moments'")
     inputs.check_target_for_gradients(target, batch_size)
     inputs.check_oracle_uses(target, sampler, batching)
-    sampler = federation.prepare(target, sampler, batching, lambda: jax.random.fold_in(seed_key(seed), 2**31 - 2))
+    sampler = federation.prepare(target, sampler, batching, lambda: _keys.fold_in(seed_key(seed), 2**31 - 2))
     # Samplers that take several integrator steps per draw (SGHMC's num_steps_per_sample) get
     # them as driver-level thinning: every step draws its own minibatch.
     steps_per_draw = thinning * sampler.steps_per_draw
@@ -197,7 +199,7 @@ def sample(
     with hold(ckpt):  # the checkpoint lock, released however the run ends
         keys = loop.chain_keys(master, num_chains)
         # the dense Newton finishes mode searches that did not converge (with the automatic metric)
-        newton = (functools.partial(_metric.newton, target, key=jax.random.fold_in(master, 4))
+        newton = (functools.partial(_metric.newton, target, key=_keys.fold_in(master, 4))
                   if auto and metric == "auto" and _metric.applies(sampler) else None)
         positions, init_info = initialize.resolve(target, init, loop.fold_each(keys, 0), num_chains, batch_size,
                                                   default="map" if auto else "uniform", rescue=newton)
@@ -208,7 +210,7 @@ def sample(
         user_target, affine, metric_info = target, None, None
         if auto and metric == "auto" and init_info["strategy"] == "map" and _metric.applies(sampler):
             usable = np.asarray(init_info["converged"], bool)
-            affine, metric_info = _metric.laplace(target, positions, usable, jax.random.fold_in(master, 5))
+            affine, metric_info = _metric.laplace(target, positions, usable, _keys.fold_in(master, 5))
             if affine is not None:
                 target = _metric.whiten(target, affine)
                 positions = _metric.to_run(affine, positions)
@@ -220,7 +222,7 @@ def sample(
         full_ok = batching.name in ("uniform", "reshuffle")  # full batches would drop e.g. federated rounds
         if auto and estimator_choice.wants_choice(sampler, target, batch_size, affine):
             sampler, gradient_info, choice_cost = estimator_choice.choose(
-                target, sampler, positions, usable, jax.random.fold_in(master, 6), batch_size,
+                target, sampler, positions, usable, _keys.fold_in(master, 6), batch_size,
                 autotune.constant_temperature(sampler), full_batch=full_ok)
             batch_size = estimator_choice.run_batch_size(gradient_info, minibatch)
 
@@ -286,7 +288,7 @@ def sample(
                     # The estimator chosen again where the chains now are (estimator_choice.choose_again).
                     again = estimator_choice.choose_again(
                         target, untuned, draws, alive, old, affine, positions,
-                        jax.random.fold_in(master, 40 + len(rounds)), minibatch, full_batch=full_ok)
+                        _keys.fold_in(master, 40 + len(rounds)), minibatch, full_batch=full_ok)
                     if again is not None:
                         untuned, gradient_info, choice_cost = again
                         batch_size = estimator_choice.run_batch_size(gradient_info, minibatch)
@@ -351,7 +353,7 @@ def sample(
             result.unconstrained = jax.tree.map(np.asarray, _metric.from_run(affine, result.unconstrained, lead=2))
     if not out.interrupted:
         msgs = selfcheck.run_checks(result, sampler, estimator, lambda p: estimator_state(estimator, p, target.data),
-                                    batch_size, level, jax.random.fold_in(master, 3), run_target=target)
+                                    batch_size, level, _keys.fold_in(master, 3), run_target=target)
         for msg in msgs:
             warnings.warn(f"{sampler.name}: {msg}", RuntimeWarning, stacklevel=2)
     if keep_unc and not record_unconstrained:

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from heatbath.drivers import keys as _keys
 from heatbath.diagnostics import rank_stats
 from heatbath.kernels import curvature
 from heatbath.kernels import tree as _tree
@@ -205,7 +206,7 @@ def _configurational(target, unconstrained, chains, key) -> dict:
     idx = np.unique(np.linspace(num_draws // 2, num_draws - 1, per_chain).astype(int))
     pts = jax.tree.map(lambda x: np.asarray(x)[np.asarray(chains)][:, idx].reshape((-1,) + x.shape[2:]),
                        unconstrained)
-    rows, _ = autotune.curvature_rows(target, jax.random.fold_in(key, 7))
+    rows, _ = autotune.curvature_rows(target, _keys.fold_in(key, 7))
 
     def build():
         def one(p, k, rows):
@@ -352,7 +353,7 @@ def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed
     if level == "full" and T and T > 0:
         # The configurational temperature reads grad log p only: not the law of a target with a nonsmooth g.
         if result.unconstrained is not None and result.target.nonsmooth is None:
-            conf = _configurational(result.target, result.unconstrained, chains, jax.random.fold_in(seed_key, 1))
+            conf = _configurational(result.target, result.unconstrained, chains, _keys.fold_in(seed_key, 1))
             checks.update(conf)
             if conf:
                 tc, se = conf["configurational_temperature"], conf["configurational_temperature_se"]
@@ -365,7 +366,7 @@ def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed
                                 "step_size=None), or a run too short")
         positions = jax.tree.map(lambda x: x[np.asarray(chains)], result.final_state.position)
         noise = _noise_bias(result.target if run_target is None else run_target, sampler, estimator, est_state_fn(positions), positions,
-                            jax.random.fold_in(seed_key, 2), batch_size)
+                            _keys.fold_in(seed_key, 2), batch_size)
         checks.update(noise)
         if noise.get("predicted_variance_inflation", 0.0) > NOISE_MAX:
             msgs.append(f"the step size makes the predicted posterior variance {1 + noise['predicted_variance_inflation']:.2f}"

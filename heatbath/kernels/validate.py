@@ -158,4 +158,6 @@ def seed_key(seed):
         raise TypeError(f"seed must be an integer or a JAX key, got {seed!r}")
     if not -(2**63) <= int(seed) < 2**63:
         raise ValueError(f"seed must fit in 64 bits, got {seed}")
-    return jax.random.key(int(seed))
+    from heatbath.drivers.keys import key_from_seed  # no XLA program for the usual seeds
+
+    return key_from_seed(int(seed))

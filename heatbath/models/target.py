@@ -94,7 +94,8 @@ class Target:
 
     def example_params(self):
         """Shapes and dtypes of the unconstrained parameters (no computation)."""
-        return jax.eval_shape(self.init_params, jax.random.key(0))
+        # The key made inside the trace: an eager jax.random.key compiles a program of its own.
+        return jax.eval_shape(lambda: self.init_params(jax.random.key(0)))
 
     def memo(self, name, build: Callable):
         """``build()``, computed once per Target object and kept on it (e.g. a jitted helper)."""
