@@ -6,7 +6,10 @@ predictive, RMSE, NLL and the calibration error of central intervals).
 Data (``--data``): scikit-learn's bundled breast cancer set (569 rows, 30 features, 2 classes;
 the default) or digits (1797 rows, 8x8 images as 64 features, 10 classes), standardised with the
 training rows' mean and sd (sd 1 for a column constant on them: digits has all-zero pixels),
-split ``--n-train`` train / the rest test with a fixed permutation. Model: the MLP D-H-K (tanh)
+split ``--n-train`` train / the rest test with a fixed permutation. ``--data moons``: scikit-learn's
+two interleaved half-moons with label noise, ``make_moons(1000, noise=0.3, random_state=0)``
+(generated, the same 1000 rows for every seed; 2 features, 2 overlapping classes; default 100
+train / 900 test, H = 50: few rows and a wide layer, where a point estimate overfits). Model: the MLP D-H-K (tanh)
 of ``heatbath.models.network`` (D features, H = ``--hidden``, K classes) with N(0, 1/fan_in)
 priors on weights, N(0, 1) on biases, a categorical likelihood; ``--prior-sd S`` puts N(0, S^2)
 on every weight and bias instead (Izmailov et al. 2021 use S^2 = 1/5, ``--prior-sd 0.447``).
@@ -46,6 +49,7 @@ standard error over test points (NLL) and a bootstrap standard error over test p
     python benchmarks/bdl_scoreboard.py --data digits --n-train 500 --hidden 16   # 10 classes
     python benchmarks/bdl_scoreboard.py --prior-sd 0.447 --paired   # Izmailov et al.'s prior; vs the MAP
     python benchmarks/bdl_scoreboard.py --data diabetes --paired   # regression, 10-16-1
+    python benchmarks/bdl_scoreboard.py --data moons --paired   # noisy overlapping classes, 2-50-2 on 100 rows
     python benchmarks/bdl_scoreboard.py --data diabetes --seeds 0,1,2,3,4 --jobs 2   # 5 splits, pooled
 
 ``--seed`` sets the train/test split and the methods' keys; ``--seeds`` runs several and pools
@@ -72,9 +76,11 @@ BATCH = 50
 CHAINS = 4
 
 
-DATASETS = {"breast_cancer": "breast cancer", "digits": "digits", "diabetes": "diabetes"}  # --data -> printed
+DATASETS = {"breast_cancer": "breast cancer", "digits": "digits", "diabetes": "diabetes",
+            "moons": "two moons (noise 0.3)"}  # --data -> printed
 REGRESSION = ("diabetes",)
-DEFAULTS = {"breast_cancer": (400, 8), "digits": (400, 8), "diabetes": (300, 16)}  # (--n-train, --hidden)
+DEFAULTS = {"breast_cancer": (400, 8), "digits": (400, 8), "diabetes": (300, 16),
+            "moons": (100, 50)}  # (--n-train, --hidden)
 # step sizes when not given: a Normal likelihood at sigma ~ 0.7 is ~10x as curved as a logistic one
 STEPS = {"classification": dict(h_sgld=2e-4, h_sghmc=1e-2, h_csgld=1e-3, h_swag=2e-4),
          "regression": dict(h_sgld=5e-5, h_sghmc=3e-3, h_csgld=1e-4, h_swag=5e-5)}
@@ -88,7 +94,10 @@ def load(data="breast_cancer", seed=0, n_train=400):
 
     if data not in DATASETS:
         raise ValueError(f"data must be one of {sorted(DATASETS)}, got {data!r}")
-    X, y = getattr(sklearn.datasets, f"load_{data}")(return_X_y=True)
+    if data == "moons":  # generated with a fixed random_state: the same rows for every seed
+        X, y = sklearn.datasets.make_moons(n_samples=1000, noise=0.3, random_state=0)
+    else:
+        X, y = getattr(sklearn.datasets, f"load_{data}")(return_X_y=True)
     if not 0 < n_train < len(y):
         raise ValueError(f"n_train must lie in 1..{len(y) - 1} ({data} has {len(y)} rows), got {n_train}")
     perm = np.random.default_rng(seed).permutation(len(y))
@@ -348,10 +357,10 @@ def report_regression(args, rows, info, Xtr, ytr, yte, d, prior):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", choices=sorted(DATASETS), default="breast_cancer",
-                    help="scikit-learn's bundled data set (diabetes: regression)")
-    ap.add_argument("--hidden", type=int, default=None, help="hidden units (default 8; diabetes 16)")
+                    help="scikit-learn's bundled data set (diabetes: regression; moons: generated)")
+    ap.add_argument("--hidden", type=int, default=None, help="hidden units (default 8; diabetes 16; moons 50)")
     ap.add_argument("--n-train", type=int, default=None,
-                    help="training rows, the rest are the test set (default 400; diabetes 300)")
+                    help="training rows, the rest are the test set (default 400; diabetes 300; moons 100)")
     ap.add_argument("--epochs", type=int, default=2000, help="gradient budget per method, in passes over the data")
     ap.add_argument("--nuts-warmup", type=int, default=500)
     ap.add_argument("--nuts-samples", type=int, default=500)

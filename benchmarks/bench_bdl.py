@@ -24,7 +24,8 @@ to the optax floor:
                   Gaussian, Rademacher and uniform(8-bit) noise; SGHMC OBABO plain, fused
                   (one draw per step) and fused with Rademacher noise; pSGLD.
   hb SGLD last draw  ``hb.sample`` SGLD returning only its last draw (``num_samples=1``,
-                  ``thinning`` = the steps): what the hand SGLD scan returns.
+                  ``thinning`` = the steps): what the hand SGLD scan returns; ``... flag`` the
+                  same with ``on_divergence="flag"`` (no divergence guard: what it costs).
   hb SGLD numpyro the same network written as a NumPyro model (``numpyro.sample`` per
                   weight array, a ``numpyro.plate`` over the rows, ``dist.Categorical``),
                   through ``hb.sample``'s NumPyro bridge: its paired ratio to ``hb SGLD`` is the
@@ -204,10 +205,12 @@ def hb_contenders(data, params, num_steps, batch, h):
                                  checks="off", progress_bar=False, init=params, seed=0, num_warmup=0).moments["mean"]
 
     out = {name: call(make) for name, make in makers.items()}
-    # The last draw only (one draw per call, thinning = the steps): what the hand scan returns.
-    out["hb SGLD last draw"] = lambda: hb.sample(
-        target, hb.samplers.sgld(h), batch_size=batch, num_samples=1, thinning=num_steps, checks="off",
-        progress_bar=False, init=params, seed=0, num_warmup=0).samples
+    # The last draw only (one draw per call, thinning = the steps): what the hand scan returns;
+    # and the same without the divergence guard (on_divergence="flag"), what the guard costs.
+    for name, mode in (("hb SGLD last draw", "stop"), ("hb SGLD last draw flag", "flag")):
+        out[name] = (lambda mode=mode: hb.sample(
+            target, hb.samplers.sgld(h), batch_size=batch, num_samples=1, thinning=num_steps, checks="off",
+            progress_bar=False, init=params, seed=0, num_warmup=0, on_divergence=mode).samples)
     np_data = {"X": np.asarray(data[0]), "y": np.asarray(data[1])}
     sizes = [params["W0"].shape[0]] + [params[f"W{i}"].shape[1] for i in range(len(params) // 2)]
     model = numpyro_mlp(sizes)
@@ -246,6 +249,7 @@ def run(config, num_steps, repeats, out_path=None, verbose=True, only=None):
                         "ms_per_step_min": 1e3 * t.best / num_steps}
         rows.append([name, f"{med:.2f}x", f"{q25:.2f}-{q75:.2f}", f"{1e3 * t.best / num_steps:.2f}"])
     pairs = [("hb SGLD", "hand SGLD"), ("hb SGLD", "hand SGLD moments"), ("hb SGLD last draw", "hand SGLD"),
+             ("hb SGLD last draw flag", "hand SGLD"),
              ("hb SGLD rademacher", "hand SGLD signs"), ("hb SGHMC obabo fused", "hb SGLD"),
              ("hb SGHMC obabo", "hb SGLD"), ("hb SGHMC fused rademacher", "hb SGLD rademacher"),
              ("optax (A/A)", "optax"), ("hb SGLD numpyro", "hb SGLD")]
