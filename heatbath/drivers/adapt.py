@@ -89,8 +89,9 @@ def window(target, sampler, estimator, states, positions, keys, *, steps, batch_
 
 
 def fresh_where_dead(sampler, states, alive, keys):
-    """The states with each dead chain's replaced by a fresh one at its frozen position (its
-    step count kept). Under on_divergence="stop" only a chain's position is frozen: the rest of
+    """The states with each dead chain's replaced by a fresh one at its frozen position (its step
+    count too: pSGLD's Adam bias correction and divergence-correction delay read it against the
+    fresh moments, and ``noise.with_memory`` keeps it in two places). Under on_divergence="stop" only a chain's position is frozen: the rest of
     a dead chain's state (SGHMC's momentum and gradient cache, pSGLD's preconditioner) is that
     of its rejected steps, maybe non-finite, and a run that starts from these states (the main
     run after a window) would have the chain diverge at once, or (restart) stay stuck."""
@@ -98,8 +99,6 @@ def fresh_where_dead(sampler, states, alive, keys):
     if alive.all():
         return states
     fresh = jax.vmap(sampler.init)(states.position, keys)
-    if hasattr(fresh, "step") and hasattr(states, "step"):
-        fresh = fresh._replace(step=states.step)
     return _tree.where_leading(alive, states, fresh)
 
 

@@ -8,6 +8,8 @@ float32 recursion never runs long enough to drift.
 
 from __future__ import annotations
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +40,9 @@ def moments_update(acc, values, swag_rank: int):
     return {"count": count, "mean": mean, "m2": m2, "ring": ring, "ring_count": acc["ring_count"] + 1}
 
 
+_HUGEPAGE_LOCK = threading.Lock()
+
+
 def empty_host(shape, dtype) -> np.ndarray:
     """``np.empty`` without NumPy's transparent-huge-page advice (``madvise(MADV_HUGEPAGE)`` on
     every allocation of 4 MiB or more). Where the kernel defragments memory for such pages on
@@ -54,11 +59,12 @@ def empty_host(shape, dtype) -> np.ndarray:
             from numpy.core.multiarray import _set_madvise_hugepage
         except ImportError:
             return np.empty(shape, dtype)
-    before = _set_madvise_hugepage(False)
-    try:
-        return np.empty(shape, dtype)
-    finally:
-        _set_madvise_hugepage(before)
+    with _HUGEPAGE_LOCK:  # two threads' set/restore must not interleave (the flag left off)
+        before = _set_madvise_hugepage(False)
+        try:
+            return np.empty(shape, dtype)
+        finally:
+            _set_madvise_hugepage(before)
 
 
 class Collector:

@@ -169,15 +169,19 @@ def _frozen(unconstrained, chains) -> dict:
     step size. R-hat leaves such coordinates out (zero variance), so they need their own check."""
     if unconstrained is None:
         return {}
-    x = _flat_draws(dict(enumerate(jax.tree.leaves(unconstrained))), chains)
-    if x.size == 0 or x.shape[1] < 2:
-        return {}
-    stuck = np.all(x == x[:, :1, :], axis=1)  # (chain, coordinate)
-    per_chain = stuck.sum(axis=1)
+    # Compared in each leaf's own dtype (an exact equality: no float64 copy of every draw).
+    per_chain, total = np.zeros(len(chains), np.int64), 0
+    for leaf in jax.tree.leaves(unconstrained):
+        a = np.asarray(leaf)
+        if not np.issubdtype(a.dtype, np.floating) or a.ndim < 2 or a.shape[1] < 2:
+            continue
+        a = a[chains].reshape(len(chains), a.shape[1], -1)
+        per_chain += np.all(a == a[:, :1, :], axis=1).sum(axis=1)
+        total += a.shape[2]
     if not per_chain.any():
         return {}
     return {"frozen_coordinates": {int(chains[i]): int(n) for i, n in enumerate(per_chain) if n},
-            "frozen_of": int(x.shape[2])}
+            "frozen_of": int(total)}
 
 
 def _batch_ratio(a: np.ndarray, b: np.ndarray, batches: int = 8):
