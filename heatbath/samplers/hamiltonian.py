@@ -264,9 +264,11 @@ def sghmc(
       step_size: h > 0, a number or a schedule of the step count; None (default): chosen by
         ``hb.sample`` during warmup from the measured curvature (:mod:`heatbath.drivers.autotune`).
       friction: C > 0 (number or schedule). The momentum relaxes at the rate C / M. None
-        (default): chosen by ``hb.sample`` from the measured gradient noise, so that it
-        dominates it (excess kinetic temperature <= 5% of T), and at least critical damping
-        of the softest direction.
+        (default): chosen by ``hb.sample`` from the gradient noise measured during warmup, so
+        that it dominates it (predicted excess temperature h v / (2 C) <= 0.2 T in the noisiest
+        direction, ``autotune.EPS``: posterior sds at most about 10% wide there), and at least
+        critical damping of the softest direction. The end-of-run check measures the noise
+        again at the chains' final positions and warns when it predicts more.
       integrator: ``"obabo"`` (default), ``"baoab"``, ``"aboba"``, ``"lie_trotter"``,
         ``"euler"`` (Chen et al.'s SGHMC), any word in A, B, O, E (e.g. ``"OABAO"``), or a
         :class:`heatbath.kernels.integrators.Splitting`. Every named scheme costs one
