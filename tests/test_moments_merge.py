@@ -55,39 +55,48 @@ def test_the_first_merge_is_the_chunk_itself_and_the_last_leaves_the_device_accu
     assert int(h2["count"]) == 6
 
 
-def test_the_draws_buffer_is_allocated_without_changing_numpys_huge_page_setting():
-    """``empty_host`` (the Collector's buffers) turns NumPy's huge-page advice off only for its
-    own allocation: the process's setting is the same afterwards, whichever it was."""
+def _setter():
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
     except ImportError:  # NumPy < 2
         from numpy.core.multiarray import _set_madvise_hugepage
-    before = _set_madvise_hugepage(True)
+    return _set_madvise_hugepage
+
+
+def test_the_huge_page_advice_is_off_inside_and_restored_after_nested_blocks():
+    """``hostmem.no_huge_pages`` (around ``hb.sample``, and the draws' buffer): off inside, nested
+    blocks counted, the setting found restored by the outermost, whichever it was."""
+    from heatbath.drivers import hostmem
+
+    setter = _setter()
+    before = setter(True)
     try:
-        a = _moments.empty_host((3, 5), np.float32)
-        assert a.shape == (3, 5) and a.dtype == np.float32
-        assert _set_madvise_hugepage(False) is True  # still on after the call
-        _moments.empty_host((2,), np.int64)
-        assert _set_madvise_hugepage(False) is False  # still off after the call
+        with hostmem.no_huge_pages():
+            assert setter(False) is False  # off inside
+            with hostmem.no_huge_pages():
+                a = _moments.empty_host((3, 5), np.float32)
+            assert setter(False) is False  # the inner block did not restore
+        assert setter(False) is True  # restored: it was on
+        with hostmem.no_huge_pages():
+            pass
+        assert setter(False) is False  # restored: it was off
     finally:
-        _set_madvise_hugepage(before)
+        setter(before)
+    assert a.shape == (3, 5) and a.dtype == np.float32
     c = _moments.Collector(4)
     c.add({"x": np.arange(6.0).reshape(2, 3)})
     c.add({"x": np.arange(6.0, 12.0).reshape(2, 3)})
     np.testing.assert_array_equal(c.result()["x"], np.arange(12.0).reshape(4, 3))
 
 
-def test_the_huge_page_setting_survives_threads():
-    """Threads allocating draw buffers at once leave NumPy's huge-page setting as it was (their
-    set / restore pairs must not interleave: a helper's review found the flag left off). A race:
-    without the lock this failed in 1 of 3 runs here."""
+def test_the_huge_page_setting_survives_threads_and_a_sample_call():
+    """Threads allocating draw buffers at once, and ``hb.sample``, leave NumPy's huge-page setting
+    as it was (their set / restore pairs must not interleave: a helper's review found the flag
+    left off). A race: without the lock this failed in 1 of 3 runs here."""
     import threading
 
-    try:
-        from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:  # NumPy < 2
-        from numpy.core.multiarray import _set_madvise_hugepage
-    before = _set_madvise_hugepage(True)
+    setter = _setter()
+    before = setter(True)
     try:
         def work():
             for _ in range(3000):
@@ -98,6 +107,9 @@ def test_the_huge_page_setting_survives_threads():
             t.start()
         for t in threads:
             t.join()
-        assert _set_madvise_hugepage(True) is True
+        assert setter(True) is True
+        hb.sample(logistic(200, 3, 0), hb.samplers.sgld(1e-3), batch_size=8, num_samples=20, num_warmup=0,
+                  progress_bar=False, checks="off")
+        assert setter(True) is True
     finally:
-        _set_madvise_hugepage(before)
+        setter(before)

@@ -8,11 +8,11 @@ float32 recursion never runs long enough to drift.
 
 from __future__ import annotations
 
-import threading
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from heatbath.drivers import hostmem as _hostmem
 
 __all__ = ["moments_init", "moments_update", "Collector", "host_moments", "merge_moments", "MOMENT_CHUNK"]
 
@@ -40,31 +40,9 @@ def moments_update(acc, values, swag_rank: int):
     return {"count": count, "mean": mean, "m2": m2, "ring": ring, "ring_count": acc["ring_count"] + 1}
 
 
-_HUGEPAGE_LOCK = threading.Lock()
-
-
 def empty_host(shape, dtype) -> np.ndarray:
-    """``np.empty`` without NumPy's transparent-huge-page advice (``madvise(MADV_HUGEPAGE)`` on
-    every allocation of 4 MiB or more). Where the kernel defragments memory for such pages on
-    demand (Linux's default ``defrag=madvise``) the first touch of a fresh buffer can stall on
-    compaction: on the 2-core test machine, filling a fresh 336 MB buffer (1,000 draws of 84k
-    weights) took 2.3 s with the advice and 0.17 s without. Draws are written once and read
-    a few times, so huge pages buy them nothing. (The flag is process-wide: an allocation by
-    another thread in the same instant goes without the advice too, which costs it nothing
-    but speed.)"""
-    try:
-        from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:  # NumPy < 2
-        try:
-            from numpy.core.multiarray import _set_madvise_hugepage
-        except ImportError:
-            return np.empty(shape, dtype)
-    with _HUGEPAGE_LOCK:  # two threads' set/restore must not interleave (the flag left off)
-        before = _set_madvise_hugepage(False)
-        try:
-            return np.empty(shape, dtype)
-        finally:
-            _set_madvise_hugepage(before)
+    """``np.empty`` without NumPy's huge-page advice (:mod:`heatbath.drivers.hostmem`)."""
+    return _hostmem.empty(shape, dtype)
 
 
 class Collector:
