@@ -113,3 +113,20 @@ def test_the_huge_page_setting_survives_threads_and_a_sample_call():
         assert setter(True) is True
     finally:
         setter(before)
+
+
+def test_sample_warnings_still_point_at_the_callers_line():
+    """The huge-page context wraps the end-of-run checks, not ``hb.sample`` itself: a wrapper
+    would move the frame every ``hb.sample`` warning points at (it did, for one commit)."""
+    import warnings
+
+    import jax.numpy as jnp
+
+    target = hb.models.from_logdensity(lambda p: -0.5 * jnp.sum(p**2), lambda p, b: 0.0 * jnp.sum(b),
+                                       np.zeros((4, 1), np.float32), params=jnp.zeros(2))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        hb.sample(target, hb.samplers.sgld(2.5), num_samples=50, num_warmup=0, num_chains=2, progress_bar=False,
+                  checks="basic")
+    ours = [w for w in rec if issubclass(w.category, RuntimeWarning) and str(w.message).startswith("sgld")]
+    assert ours and all(w.filename == __file__ for w in ours), [(w.filename, str(w.message)[:60]) for w in rec]

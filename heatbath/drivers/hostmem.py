@@ -7,8 +7,10 @@ compaction. On the 2-core test machine, filling a fresh 336 MB buffer (1,000 dra
 84k-weight network) took 2.3 s with the advice and 0.17 s without, and the end-of-run R-hat
 and ESS of 2,000 coordinates took 0.97 s on their first call in a process against 0.22 s
 later (their work arrays). heatbath's host arrays (draws, diagnostics' work arrays) are written
-once and read a few times, so huge pages buy them nothing: ``hb.sample`` runs under
-:func:`no_huge_pages`.
+once and read a few times, so huge pages buy them nothing: the draws' buffer
+(``moments.empty_host``) and the end-of-run checks (``selfcheck.run_checks``, through
+:func:`without_huge_pages`) are made under :func:`no_huge_pages`. (Not the whole of
+``hb.sample``: a wrapper would shift the frame its warnings point at.)
 
 The setting is process-wide: while a call runs, NumPy allocations by other threads go
 without the advice too (which costs them nothing but speed); nested and concurrent calls

@@ -18,7 +18,6 @@ from heatbath.drivers import keys as _keys
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.cache import IdentityCache, relieve_mapping_pressure
-from heatbath.drivers.hostmem import without_huge_pages
 from heatbath.drivers.placement import shardings, spans_processes
 from heatbath.drivers.results import Result
 from heatbath.drivers.settings import open_checkpoint, stored_setting, tuned_digest
@@ -51,7 +50,6 @@ def _record(target, unconstrained: bool):
     return _UNCONSTRAINED.get(id(target.constrain_fn), (target.constrain_fn,), build)
 
 
-@without_huge_pages  # host arrays without NumPy's huge-page advice (drivers/hostmem.py)
 def sample(
     model_or_target,
     sampler: Sampler,

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from heatbath.drivers import keys as _keys
+from heatbath.drivers.hostmem import without_huge_pages
 from heatbath.diagnostics import rank_stats
 from heatbath.kernels import curvature
 from heatbath.kernels import tree as _tree
@@ -289,6 +290,7 @@ def _noise_bias(target, sampler, estimator, est_state, positions, key, batch_siz
     return {"predicted_variance_inflation": infl, "lam_hv": float(np.max(m["lam_hv"]))}
 
 
+@without_huge_pages  # their work arrays without NumPy's huge-page advice (drivers/hostmem.py)
 def run_checks(result, sampler, estimator, est_state_fn, batch_size, level, seed_key, run_target=None):
     """Fill ``result.checks`` and warn about what looks wrong. Returns the list of warning messages.
 
