@@ -368,12 +368,9 @@ def load_tree(directory: str, desc: dict, like: Any, field: str = "file") -> Any
         leaves_like, treedef = jax.tree.flatten(like)
         kinds = desc["kinds"]
         if len(kinds) != len(leaves_like):
-            raise ValueError(
-                f"checkpoint {path} holds {len(kinds)} arrays, the run expects {len(leaves_like)}: it was "
-                "written by a different sampler or model, or by an earlier heatbath whose run state had "
-                "another layout (before 2026-12-05 the on_divergence='stop' guard kept a "
-                "whole sampler state per chain; it keeps the position now): rerun it from the start"
-            )
+            raise ValueError(f"checkpoint {path} holds {len(kinds)} arrays, the run expects {len(leaves_like)}: it "
+                             "was written by a different sampler or model, or by a heatbath before 2026-12-05 (whose "
+                             "on_divergence='stop' guard kept a whole state per chain): rerun it from the start")
         for (kind, impl), ref in zip(kinds, leaves_like):
             if (kind == "key") != is_key(ref):
                 raise ValueError(f"checkpoint {path} does not match this run (a PRNG key where an array is "

@@ -67,10 +67,9 @@ def _wrap(data, like):
     return jax.device_put(keys, like.sharding) if like.committed else keys
 
 
-def _check_index(i):
-    if isinstance(i, bool) or not isinstance(i, (numbers.Integral, np.integer)) or not 0 <= int(i) < 2**32:
-        return False
-    return True
+def _check_index(i) -> bool:
+    """A Python or NumPy integer in [0, 2**32): what the host path folds in."""
+    return not isinstance(i, bool) and isinstance(i, (numbers.Integral, np.integer)) and 0 <= int(i) < 2**32
 
 
 def fold_in(key, i):

@@ -40,9 +40,7 @@ def moments_update(acc, values, swag_rank: int):
     return {"count": count, "mean": mean, "m2": m2, "ring": ring, "ring_count": acc["ring_count"] + 1}
 
 
-def empty_host(shape, dtype) -> np.ndarray:
-    """``np.empty`` without NumPy's huge-page advice (:mod:`heatbath.drivers.hostmem`)."""
-    return _hostmem.empty(shape, dtype)
+empty_host = _hostmem.empty  # the draws' buffer without NumPy's huge-page advice
 
 
 class Collector:
