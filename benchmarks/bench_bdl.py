@@ -14,7 +14,11 @@ to the optax floor:
   optax           floor: a hand-written ``optax.sgd`` training step in a jitted lax.scan
                   (randint indices, gather, jax.grad of the loss, the update).
   optax (A/A)     the same program jitted a second time: the A/A control of the floor.
-  hand SGLD       a hand-written SGLD scan: gradient + threefry normals (the Gaussian floor).
+  hand SGLD       a hand-written SGLD scan: gradient + threefry normals (the Gaussian floor),
+                  drawn with ``heatbath.kernels.tree.normal_like`` (jax.random.normal's values
+                  in one fused pass: ``heatbath/kernels/threefry.py``).
+  hand SGLD jax.random  the same scan calling ``jax.random.normal`` per parameter array
+                  (what a hand-written scan usually does; the floor before 2026-12-05).
   hand SGLD moments  the hand SGLD scan keeping a running mean and sum of squared deviations
                   of its draws (Welford) in the carry: the floor of keep="moments".
   hand SGLD signs the same with packed Rademacher signs (the cheap-noise floor).
@@ -160,10 +164,17 @@ def hand_scans(data, params, num_steps, batch, h):
         return mean, m2
 
     normal = lambda k, p: hb.kernels.tree.normal_like(k, p)  # noqa: E731
+
+    def jax_normal(k, p):  # what a hand-written scan usually calls: jax.random.normal per leaf
+        leaves, treedef = jax.tree.flatten(p)
+        keys = jax.random.split(k, len(leaves))
+        return jax.tree.unflatten(treedef, [jax.random.normal(kk, x.shape, x.dtype) for kk, x in zip(keys, leaves)])
+
     return {
         "optax": jax.jit(optax_run),
         "optax (A/A)": jax.jit(lambda p, k: optax_run(p, k)),
         "hand SGLD": jax.jit(sgld_run(normal)),
+        "hand SGLD jax.random": jax.jit(sgld_run(jax_normal)),
         "hand SGLD moments": jax.jit(sgld_moments_run),
         "hand SGLD signs": jax.jit(sgld_run(_signs_like)),
     }
@@ -248,7 +259,7 @@ def run(config, num_steps, repeats, out_path=None, verbose=True, only=None):
         ratios[name] = {"median_ratio_to_optax": med, "q25": q25, "q75": q75, "min_seconds": t.best,
                         "ms_per_step_min": 1e3 * t.best / num_steps}
         rows.append([name, f"{med:.2f}x", f"{q25:.2f}-{q75:.2f}", f"{1e3 * t.best / num_steps:.2f}"])
-    pairs = [("hb SGLD", "hand SGLD"), ("hb SGLD", "hand SGLD moments"), ("hb SGLD last draw", "hand SGLD"),
+    pairs = [("hb SGLD", "hand SGLD"), ("hand SGLD", "hand SGLD jax.random"), ("hb SGLD", "hand SGLD moments"), ("hb SGLD last draw", "hand SGLD"),
              ("hb SGLD last draw flag", "hand SGLD"),
              ("hb SGLD rademacher", "hand SGLD signs"), ("hb SGHMC obabo fused", "hb SGLD"),
              ("hb SGHMC obabo", "hb SGLD"), ("hb SGHMC fused rademacher", "hb SGLD rademacher"),

@@ -20,27 +20,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["fold_each", "chain_keys", "fold_in", "key_from_seed"]
+from heatbath.kernels import threefry as _threefry
 
-_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-_PARITY = np.uint32(0x1BD11BDA)
+__all__ = ["fold_each", "chain_keys", "fold_in", "key_from_seed"]
 
 
 def threefry2x32(k1, k2, x0, x1):
-    """The Threefry-2x32 block function on uint32 arrays (broadcast together): 20 rounds, a
-    key injection after every 4. Returns the two output words."""
+    """The Threefry-2x32 block function on NumPy uint32 arrays (broadcast together)."""
     k1, k2, x0, x1 = (np.asarray(v, np.uint32) for v in (k1, k2, x0, x1))
-    ks = (k1, k2, k1 ^ k2 ^ _PARITY)
     with np.errstate(over="ignore"):
-        x0, x1 = x0 + ks[0], x1 + ks[1]
-        for i in range(5):
-            for r in _ROTATIONS[i % 2]:
-                x0 = x0 + x1
-                x1 = (x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r))
-                x1 = x0 ^ x1
-            x0 = x0 + ks[(i + 1) % 3]
-            x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
-    return x0, x1
+        return _threefry.block(k1, k2, x0, x1)
 
 
 def _host_fold_in(data, i):

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from heatbath.kernels import fbm as _fbm
+from heatbath.kernels import threefry as _threefry
 from heatbath.kernels import tree
 from heatbath.kernels import validate as _validate
 
@@ -54,7 +55,7 @@ class NoiseSource(NamedTuple):
 
 def _brownian_draws(key, like: PyTree, num: int) -> list:
     leaves, treedef, keys = tree.split_like(key, like)
-    draws = [jax.random.normal(k, (num,) + jnp.shape(leaf), jnp.result_type(leaf)) for k, leaf in zip(keys, leaves)]
+    draws = [_threefry.normal(k, (num,) + jnp.shape(leaf), jnp.result_type(leaf)) for k, leaf in zip(keys, leaves)]
     return [jax.tree.unflatten(treedef, [d[i] for d in draws]) for i in range(num)]
 
 

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from heatbath.kernels import threefry as _threefry
 from heatbath.kernels import tree
 from heatbath.kernels.noise import NoiseSource
 
@@ -50,7 +51,7 @@ __all__ = ["rademacher", "uniform", "gaussian16"]
 
 
 def _words(key, count: int):
-    return jax.random.bits(key, (max(1, count),), jnp.uint32)
+    return _threefry.bits(key, (max(1, count),))  # jax.random.bits's values, one fused pass
 
 
 def _signs(key, n: int, dtype):

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from heatbath.kernels import threefry as _threefry
+
 PyTree = Any
 
 __all__ = [
@@ -113,11 +115,12 @@ def normal_like(key: jax.Array, tree: PyTree) -> PyTree:
 
     One key per leaf (split in flatten order; a one-leaf tree uses ``key`` itself), so the
     noise of a leaf depends only on the key and the leaf's position in the tree, never on a
-    flattening of the whole state.
+    flattening of the whole state. The values are ``jax.random.normal``'s, computed in one fused
+    pass (:func:`heatbath.kernels.threefry.normal`).
     """
     leaves, treedef, keys = split_like(key, tree)
     noise = [
-        jax.random.normal(k, jnp.shape(leaf), dtype=jnp.result_type(leaf))
+        _threefry.normal(k, jnp.shape(leaf), jnp.result_type(leaf))
         for k, leaf in zip(keys, leaves)
     ]
     return jax.tree.unflatten(treedef, noise)
