@@ -37,6 +37,9 @@ SGLD, cyclical SGLD (cSG-MCMC), SGHMC (and SGHMC at a cold temperature, ``--cold
 deviations, sampled), the Laplace approximation at the MAP (last-layer full GGN and diagonal GGN,
 linearised probit predictive), mean-field Gaussian VI (FB-GVI, diagonal covariance), a deep
 ensemble (4 chains of SGD: SGLD at T = 0 from prior draws) and the MAP (Adam, ``hb.optimize``).
+Cyclical SGLD: ``--cycles`` cosine cycles from ``--h-csgld``, the noise off for the first
+``--exploration`` of each cycle (default 0.8; moons: h0 1e-2 and 0.5, ``DATA_STEPS``).
+``--only "cyclical SGLD,SGHMC"`` runs only those methods (the MAP and NUTS always run).
 The table counts each method's measured gradient evaluations (``grad_evals`` of its result,
 MAP searches and curvature excluded where noted). ``--paired`` adds each method's NLL and ECE
 (regression: calibration error) minus the MAP's on the same test points, with the paired
@@ -51,6 +54,8 @@ standard error over test points (NLL) and a bootstrap standard error over test p
     python benchmarks/bdl_scoreboard.py --data diabetes --paired   # regression, 10-16-1
     python benchmarks/bdl_scoreboard.py --data moons --paired   # noisy overlapping classes, 2-50-2 on 100 rows
     python benchmarks/bdl_scoreboard.py --data diabetes --seeds 0,1,2,3,4 --jobs 2   # 5 splits, pooled
+    python benchmarks/bdl_scoreboard.py --data moons --seeds 10,11,12 --only "cyclical SGLD" \
+        --h-csgld 3e-3 --exploration 0.5 --cycles 10   # one method's setting, against the MAP
 
 ``--seed`` sets the train/test split and the methods' keys; ``--seeds`` runs several and pools
 each method's paired differences against the MAP over them (independent splits: SE = sd over
@@ -84,6 +89,15 @@ DEFAULTS = {"breast_cancer": (400, 8), "digits": (400, 8), "diabetes": (300, 16)
 # step sizes when not given: a Normal likelihood at sigma ~ 0.7 is ~10x as curved as a logistic one
 STEPS = {"classification": dict(h_sgld=2e-4, h_sghmc=1e-2, h_csgld=1e-3, h_swag=2e-4),
          "regression": dict(h_sgld=5e-5, h_sghmc=3e-3, h_csgld=1e-4, h_swag=5e-5)}
+# per-data-set overrides of STEPS (and of cyclical SGLD's exploration fraction, default 0.8).
+# moons: h0 = 1e-2 with exploration 0.5, chosen out of h0 in {1e-3, 3e-3, 1e-2} x exploration in
+# {0.8, 0.5} x cycles in {4, 10} on the selection splits --seeds 10,11,12 (pooled NLL - MAP).
+# At 1e-3 / 0.8 the sampling phase's steps are under 1e-4, the draws stayed near SGD points and
+# lost to the MAP; at 1e-2 / 0.5 the noise is on from h = 5e-3 down (TV to NUTS 3-4x the MAP's).
+DATA_STEPS = {"moons": dict(h_csgld=1e-2, exploration=0.5)}
+# the methods --only can pick (the MAP and the NUTS reference always run: the paired differences need them)
+METHODS = ("SGLD", "SGHMC", "SGHMC cold", "cyclical SGLD", "SWAG", "deep ensemble", "Laplace last-layer full",
+           "Laplace diag", "mean-field VI")
 
 
 def load(data="breast_cancer", seed=0, n_train=400):
@@ -240,6 +254,11 @@ def run_methods(bn, Xtr, ytr, Xte, args):
             return gaussian_predictive(source, bn, Xte, **kw)
         return predictive_moments(source, bn.predict, Xte, **kw).mean
 
+    only = getattr(args, "only", None)
+
+    def want(name):  # --only: a method's name without its parenthesised tail ("SGHMC cold", "deep ensemble")
+        return only is None or name.split(" (")[0] in only
+
     common = dict(data=data, batch_size=BATCH, num_chains=CHAINS, seed=args.seed, progress_bar=False,
                   init="sample", checks=False)
 
@@ -250,32 +269,39 @@ def run_methods(bn, Xtr, ytr, Xte, args):
         out[name] = (pm(r), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
         return r
 
-    sampled("SGLD", hb.samplers.sgld(args.h_sgld))
-    sampled("SGHMC", hb.samplers.sghmc(args.h_sghmc, friction=args.friction))
-    sampled(f"SGHMC cold (T = {args.cold})", hb.samplers.sghmc(args.h_sghmc, friction=args.friction,
-                                                              temperature=args.cold))
+    if want("SGLD"):
+        sampled("SGLD", hb.samplers.sgld(args.h_sgld))
+    if want("SGHMC"):
+        sampled("SGHMC", hb.samplers.sghmc(args.h_sghmc, friction=args.friction))
+    if want("SGHMC cold"):
+        sampled(f"SGHMC cold (T = {args.cold})", hb.samplers.sghmc(args.h_sghmc, friction=args.friction,
+                                                                  temperature=args.cold))
 
-    # cyclical SGLD: cosine step size, noise on in the last 20% of each cycle, draws kept there
-    t0 = time.perf_counter()
-    cyc = hb.samplers.sgld(schedules.cyclical(args.h_csgld, S, args.cycles),
-                           temperature=schedules.cyclical_temperature(1.0, S, args.cycles))
-    r = hb.sample(bn.model, cyc, num_warmup=0, num_samples=S // thin, thinning=thin, **common)
-    mask = hb.optim.sampling_phase(r)
-    draws = {k: np.asarray(r.samples[k])[mask] for k in sites}
-    out["cyclical SGLD"] = (pm(draws), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
+    # cyclical SGLD: cosine step size, noise on in the last 1 - exploration of each cycle (default
+    # the last 20%), draws kept there
+    if want("cyclical SGLD"):
+        t0 = time.perf_counter()
+        cyc = hb.samplers.sgld(schedules.cyclical(args.h_csgld, S, args.cycles),
+                               temperature=schedules.cyclical_temperature(1.0, S, args.cycles, args.exploration))
+        r = hb.sample(bn.model, cyc, num_warmup=0, num_samples=S // thin, thinning=thin, **common)
+        mask = hb.optim.sampling_phase(r)
+        draws = {k: np.asarray(r.samples[k])[mask] for k in sites}
+        out["cyclical SGLD"] = (pm(draws), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
 
     # SWAG: SGD iterates (SGLD at T = 0), moments and the last 20 deviations of the thinned draws
-    t0 = time.perf_counter()
-    r = hb.sample(bn.model, hb.samplers.sgld(args.h_swag, temperature=0.0), num_warmup=S // 2,
-                  num_samples=(S - S // 2) // thin, thinning=thin, keep="moments", swag_rank=20, **common)
-    q = hb.vi.swag(r, sites=sites)
-    out["SWAG"] = (pm(q, num_draws=400, seed=1), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
+    if want("SWAG"):
+        t0 = time.perf_counter()
+        r = hb.sample(bn.model, hb.samplers.sgld(args.h_swag, temperature=0.0), num_warmup=S // 2,
+                      num_samples=(S - S // 2) // thin, thinning=thin, keep="moments", swag_rank=20, **common)
+        q = hb.vi.swag(r, sites=sites)
+        out["SWAG"] = (pm(q, num_draws=400, seed=1), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
 
     # deep ensemble: 4 SGD chains (T = 0) from prior draws; each member's last state
-    t0 = time.perf_counter()
-    r = hb.sample(bn.model, hb.samplers.sgld(args.h_swag, temperature=0.0), num_warmup=0, num_samples=1,
-                  thinning=S, **common)
-    out["deep ensemble (4)"] = (pm(r), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
+    if want("deep ensemble"):
+        t0 = time.perf_counter()
+        r = hb.sample(bn.model, hb.samplers.sgld(args.h_swag, temperature=0.0), num_warmup=0, num_samples=1,
+                      thinning=S, **common)
+        out["deep ensemble (4)"] = (pm(r), r.grad_evals * CHAINS / N, time.perf_counter() - t0)
 
     # the MAP: Adam over the whole budget
     t0 = time.perf_counter()
@@ -290,6 +316,8 @@ def run_methods(bn, Xtr, ytr, Xte, args):
     curvature = dict(curvature="hessian") if regression else dict(curvature="ggn", network=bn)
     for name, kw in [("Laplace last-layer full", dict(structure="full", subset=("l2.b", "l2.w"))),
                      ("Laplace diag", dict(structure="diag"))]:
+        if not want(name):
+            continue
         t0 = time.perf_counter()
         q = hb.fit(bn.model, hb.vi.laplace(args.h_map, total_steps, **curvature, **kw),
                    data=data, batch_size=BATCH, seed=args.seed, progress_bar=False)
@@ -297,6 +325,8 @@ def run_methods(bn, Xtr, ytr, Xte, args):
         out[name] = (pred, q.grad_evals / N, time.perf_counter() - t0)
 
     # mean-field Gaussian VI (FB-GVI with a diagonal covariance), automatic step size
+    if not want("mean-field VI"):
+        return out
     t0 = time.perf_counter()
     # antithetic pairs: 2 gradients per step; regression starts narrow (sd 0.1: a unit-sd start
     # in log sigma reaches sigma ~ 0.1, gradients ~ 100x as large, and diverged)
@@ -368,8 +398,11 @@ def main(argv=None):
     ap.add_argument("--h-sgld", type=float, default=None, help="default 2e-4 (diabetes: see STEPS)")
     ap.add_argument("--h-sghmc", type=float, default=None, help="default 1e-2 (diabetes: see STEPS)")
     ap.add_argument("--friction", type=float, default=10.0)
-    ap.add_argument("--h-csgld", type=float, default=None, help="default 1e-3 (diabetes: see STEPS)")
+    ap.add_argument("--h-csgld", type=float, default=None, help="default 1e-3 (diabetes, moons: see STEPS, DATA_STEPS)")
     ap.add_argument("--cycles", type=int, default=4)
+    ap.add_argument("--exploration", type=float, default=None,
+                    help="cyclical SGLD: the fraction of each cycle run without noise, the rest sampled "
+                         "(default 0.8; moons 0.5)")
     ap.add_argument("--cold", type=float, default=0.1, help="temperature of the cold-posterior SGHMC row")
     ap.add_argument("--h-swag", type=float, default=None, help="default 2e-4 (diabetes: see STEPS)")
     ap.add_argument("--h-map", type=float, default=1e-2)
@@ -383,7 +416,14 @@ def main(argv=None):
     ap.add_argument("--paired", action="store_true",
                     help="also print each method's NLL and ECE minus the MAP's, with paired / bootstrap SEs")
     ap.add_argument("--figure", default=None, help="write reliability diagrams to this file")
+    ap.add_argument("--only", default=None, metavar="M1,M2,...",
+                    help=f"run only these methods (of {', '.join(METHODS)}); the MAP and NUTS always run")
     args = ap.parse_args(argv)
+    if args.only is not None:
+        args.only = tuple(m.strip() for m in args.only.split(",") if m.strip())
+        unknown = [m for m in args.only if m not in METHODS]
+        if unknown:
+            ap.error(f"--only: unknown method(s) {unknown}; choose from {list(METHODS)}")
     if args.seeds:
         from bdl_seeds import pooled
 
@@ -391,7 +431,9 @@ def main(argv=None):
     n_train, hidden = DEFAULTS[args.data]
     args.n_train = n_train if args.n_train is None else args.n_train
     args.hidden = hidden if args.hidden is None else args.hidden
-    for k, v in STEPS["regression" if args.data in REGRESSION else "classification"].items():
+    steps = {**STEPS["regression" if args.data in REGRESSION else "classification"], "exploration": 0.8,
+             **DATA_STEPS.get(args.data, {})}
+    for k, v in steps.items():
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
 
     regression = args.data in REGRESSION
