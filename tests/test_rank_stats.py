@@ -80,3 +80,43 @@ def test_blocks_of_coordinates_give_the_same_numbers(monkeypatch):
     blocked = rank_stats.rhat_and_bulk_ess(x)
     np.testing.assert_array_equal(whole[0], blocked[0])
     np.testing.assert_array_equal(whole[1], blocked[1])
+
+
+def _tau_one(rho, n):
+    """ArviZ's loop on one coordinate (the reference of rank_stats._taus)."""
+    r = rho.tolist()
+    kept = [0.0] * n
+    kept[0] = 1.0
+    even, odd = 1.0, r[1]
+    kept[1] = odd
+    t = 1
+    while t < n - 3 and even + odd > 0.0:
+        even, odd = r[t + 1], r[t + 2]
+        if even + odd >= 0:
+            kept[t + 1], kept[t + 2] = even, odd
+        t += 2
+    max_t = t - 2
+    if even > 0:
+        kept[max_t + 1] = even
+    t = 1
+    while t <= max_t - 2:
+        if kept[t + 1] + kept[t + 2] > kept[t - 1] + kept[t]:
+            kept[t + 1] = kept[t + 2] = (kept[t - 1] + kept[t]) / 2.0
+        t += 2
+    return -1.0 + 2.0 * sum(kept[: max_t + 1]) + sum(kept[max_t + 1: max_t + 2])
+
+
+def test_vectorised_geyer_sequences_equal_the_loop():
+    # autocorrelations that stop early, late, at the last lag, at pair 0, rise again (monotone
+    # step), on odd and even lengths down to 4
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        n = int(rng.integers(4, 200))
+        phi = rng.uniform(-0.9, 0.999, size=12)
+        rho = phi[None, :] ** np.arange(n)[:, None] + rng.normal(scale=[0, 0.01, 0.1, 0.5][trial % 4], size=(n, 12))
+        rho[0] = 1.0
+        rho[1, 0] = -1.5  # P_0 <= 0
+        rho[2:, 1] = 0.9  # never stops
+        rho[2::2, 2], rho[3::2, 2] = 0.3, 0.0  # pair sums tied at 0.3 (no monotone step)
+        want = np.array([_tau_one(rho[:, j], n) for j in range(12)])
+        np.testing.assert_allclose(rank_stats._taus(rho, n), want, rtol=1e-13, atol=1e-13)

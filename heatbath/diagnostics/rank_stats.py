@@ -95,31 +95,6 @@ def _autocov(z: np.ndarray) -> np.ndarray:
     return np.fft.irfft(f * np.conjugate(f), n=m, axis=1)[:, :n] / n
 
 
-def _tau(rho: np.ndarray, n: int) -> float:
-    """Geyer's initial positive and monotone sequences on one coordinate's autocorrelations
-    ``rho`` (rho[0] = 1), as ArviZ sums them."""
-    r = rho.tolist()
-    kept = [0.0] * n
-    kept[0] = 1.0
-    even, odd = 1.0, r[1]
-    kept[1] = odd
-    t = 1
-    while t < n - 3 and even + odd > 0.0:
-        even, odd = r[t + 1], r[t + 2]
-        if even + odd >= 0:
-            kept[t + 1], kept[t + 2] = even, odd
-        t += 2
-    max_t = t - 2
-    if even > 0:
-        kept[max_t + 1] = even
-    t = 1
-    while t <= max_t - 2:
-        if kept[t + 1] + kept[t + 2] > kept[t - 1] + kept[t]:
-            kept[t + 1] = kept[t + 2] = (kept[t - 1] + kept[t]) / 2.0
-        t += 2
-    return -1.0 + 2.0 * sum(kept[: max_t + 1]) + sum(kept[max_t + 1: max_t + 2])
-
-
 def bulk_ess(draws) -> np.ndarray:
     """Bulk effective sample size per coordinate (``arviz.ess(method="bulk")``). ``draws``:
     (chain, draw) or (chain, draw, coordinate). NaN for fewer than four draws or a non-finite column."""
@@ -164,15 +139,38 @@ def _bulk_ess_z(z: np.ndarray) -> np.ndarray:
         var_plus = var_plus + np.var(np.mean(z, axis=1), axis=0, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = 1.0 - (mean_var[None, :] - np.mean(acov, axis=0)) / var_plus[None, :]  # (nd, kk)
-    res = np.empty(kk)
-    for j in range(kk):
-        zj = z[:, :, j]
-        if np.max(zj) - np.min(zj) < np.finfo(float).resolution:
-            res[j] = size
-            continue
-        if np.isnan(rho[:, j]).any():
-            res[j] = np.nan
-            continue
-        tau = max(_tau(rho[:, j], nd), 1.0 / np.log10(size))
-        res[j] = size / tau
+    res = _taus(rho, nd)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        res = size / np.maximum(res, 1.0 / np.log10(size))
+    res[np.isnan(rho).any(axis=0)] = np.nan
+    res[np.max(z, axis=(0, 1)) - np.min(z, axis=(0, 1)) < np.finfo(float).resolution] = size  # constant
     return res
+
+
+def _taus(rho: np.ndarray, n: int) -> np.ndarray:
+    """Geyer's initial positive and monotone sequences on each column's autocorrelations ``rho``
+    (n, k; rho[0] = 1), as ArviZ sums them (ArviZ loops over the lags of one coordinate; here
+    every coordinate at once: the same sums, added pairwise).
+
+    Pair 0 is (1, rho[1]), pair j >= 1 (rho[2j], rho[2j+1]), P_j their sums. Geyer's initial
+    positive sequence reads pairs j = 1, 2, ... while the previous sum is positive and 2j - 1 <
+    n - 3, so it stops at J: the first j with P_j <= 0 (J = 0 when P_0 <= 0), or the last pair
+    read. The initial monotone sequence replaces P_q by min(P_0, ..., P_q) for q < J. Then
+    tau = -1 + 2 sum_{q < J} min(P_0..P_q) + kept, where kept is rho[2J] when P_J >= 0 or
+    rho[2J] > 0 (and 1 when J = 0), else 0."""
+    k = rho.shape[1]
+    last = 0  # the last pair the loop can read: 2j - 1 < n - 3
+    while 2 * (last + 1) - 1 < n - 3:
+        last += 1
+    P = np.empty((last + 1, k))
+    P[0] = 1.0 + rho[1]
+    if last:
+        P[1:] = rho[2:2 * last + 1:2] + rho[3:2 * last + 2:2]
+    stop = P <= 0.0  # (pairs, k); pair 0's stop means J = 0
+    J = np.where(stop.any(axis=0), np.argmax(stop, axis=0), last)
+    cols = np.arange(k)
+    even = np.where(J > 0, rho[2 * J, cols], 1.0)
+    kept = np.where((J == 0) | (P[J, cols] >= 0.0) | (even > 0.0), even, 0.0)
+    low = np.minimum.accumulate(P, axis=0)
+    total = np.where(np.arange(last + 1)[:, None] < J[None, :], low, 0.0).sum(axis=0)
+    return -1.0 + 2.0 * total + kept

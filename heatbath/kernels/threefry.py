@@ -29,6 +29,7 @@ and float64, and arrays of 2^32 or more entries take ``jax.random.normal`` itsel
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -64,29 +65,24 @@ def _fast(key, shape) -> bool:
             and math.prod(shape) < 2**32)
 
 
-def _words(key, shape):
-    """The two Threefry output words of each flat index of ``shape`` (JAX's partitionable layout)."""
+def _words(key, size: int):
+    """The two Threefry output words of each flat index 0..size-1 (JAX's partitionable layout)."""
     data = jax.random.key_data(key)
-    counts = lax.iota(jnp.uint32, math.prod(shape))
+    counts = lax.iota(jnp.uint32, size)
     return block(data[0], data[1], jnp.zeros_like(counts), counts)
 
 
-def bits(key, shape) -> jax.Array:
-    """``jax.random.bits(key, shape, jnp.uint32)``, the same values, one fused pass."""
-    shape = tuple(int(s) for s in shape)
-    if not _fast(key, shape):
-        return jax.random.bits(key, shape, jnp.uint32)
-    b0, b1 = _words(key, shape)
-    return (b0 ^ b1).reshape(shape)
+# Compiled functions of (key, size[, dtype]), as JAX's own samplers are: traced once per size and
+# dtype in a process (the 20 rounds are about 100 array operations to trace), then a cached call.
+@partial(jax.jit, static_argnums=1)
+def _bits_flat(key, size: int):
+    b0, b1 = _words(key, size)
+    return b0 ^ b1
 
 
-def normal(key, shape, dtype=jnp.float32) -> jax.Array:
-    """``jax.random.normal(key, shape, dtype)``, the same values, one fused pass (module docstring)."""
-    shape = tuple(int(s) for s in shape)
-    dtype = jax.dtypes.canonicalize_dtype(dtype)  # float64 is float32 without jax_enable_x64
-    if not (_fast(key, shape) and np.dtype(dtype) in _FAST_DTYPES):
-        return jax.random.normal(key, shape, dtype)
-    b0, b1 = _words(key, shape)
+@partial(jax.jit, static_argnums=(1, 2))
+def _normal_flat(key, size: int, dtype):
+    b0, b1 = _words(key, size)
     finfo = jnp.finfo(dtype)
     if finfo.bits == 32:
         bits, uint = b0 ^ b1, np.uint32
@@ -98,4 +94,21 @@ def normal(key, shape, dtype=jnp.float32) -> jax.Array:
     lo = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype), dtype=dtype)
     width = np.array(1.0, dtype) - lo  # in dtype, as XLA computes maxval - minval
     u = lax.max(jnp.asarray(lo, dtype), floats * jnp.asarray(width, dtype) + jnp.asarray(lo, dtype))
-    return (jnp.asarray(np.sqrt(2), dtype) * lax.erf_inv(u)).reshape(shape)
+    return jnp.asarray(np.sqrt(2), dtype) * lax.erf_inv(u)
+
+
+def bits(key, shape) -> jax.Array:
+    """``jax.random.bits(key, shape, jnp.uint32)``, the same values, one fused pass."""
+    shape = tuple(int(s) for s in shape)
+    if not _fast(key, shape):
+        return jax.random.bits(key, shape, jnp.uint32)
+    return _bits_flat(key, math.prod(shape)).reshape(shape)
+
+
+def normal(key, shape, dtype=jnp.float32) -> jax.Array:
+    """``jax.random.normal(key, shape, dtype)``, the same values, one fused pass (module docstring)."""
+    shape = tuple(int(s) for s in shape)
+    dtype = jax.dtypes.canonicalize_dtype(dtype)  # float64 is float32 without jax_enable_x64
+    if not (_fast(key, shape) and np.dtype(dtype) in _FAST_DTYPES):
+        return jax.random.normal(key, shape, dtype)
+    return _normal_flat(key, math.prod(shape), np.dtype(dtype)).reshape(shape)
