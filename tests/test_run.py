@@ -132,7 +132,9 @@ def test_num_steps_per_sample_is_driver_level_thinning():
                                   params=jnp.zeros(2))
     a = hb.sample(t, hb.samplers.sghmc(0.1, 1.0, num_steps_per_sample=3), num_samples=10, progress_bar=False)
     b = hb.sample(t, hb.samplers.sghmc(0.1, 1.0), num_samples=30, progress_bar=False)
-    np.testing.assert_array_equal(a.samples["theta"], b.samples["theta"][:, 2::3])
+    # The same keys and steps: equal up to float32 rounding (the thinned run's steps are compiled
+    # inside an inner scan, where XLA fuses the Gaussian noise into other kernels: last-bit differences)
+    np.testing.assert_allclose(a.samples["theta"], b.samples["theta"][:, 2::3], rtol=1e-6, atol=1e-6)
     assert a.grad_evals == b.grad_evals
 
 

@@ -12,6 +12,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import jaxpr_as_fun
 
 from heatbath.drivers import moments as _moments
 from heatbath.drivers.progress import Progress, tick
@@ -249,8 +250,20 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
         if count is None:
             return last(jax.lax.scan(body, (carry, acc), jnp.arange(num_draws, dtype=jnp.int32)),
                         jnp.int32(num_draws))
-        shapes = jax.eval_shape(lambda ca: body(ca, jnp.int32(0))[1], (carry, acc))
         size = min(block, num_draws)
+        if size <= 1:
+            # The loop body is body(c_acc, i) itself: trace it once, for its output's shapes and
+            # for the loop (a network's step takes about 0.25 s to trace; it was traced twice).
+            closed, whole = jax.make_jaxpr(body, return_shape=True)((carry, acc), jnp.int32(0))
+            whole_tree = jax.tree.structure(whole)
+            shapes = whole[1]
+
+            def traced_body(c_acc, i):
+                flat = jaxpr_as_fun(closed)(*jax.tree.leaves((c_acc, i)))
+                return jax.tree.unflatten(whole_tree, flat)
+        else:
+            shapes = jax.eval_shape(lambda ca: body(ca, jnp.int32(0))[1], (carry, acc))
+            traced_body = body
         pack, unpack = _packing(shapes) if block else (lambda out: out, lambda bufs: bufs)
         buffers = jax.tree.map(lambda x: jnp.zeros((num_draws,) + x.shape, x.dtype),
                                jax.eval_shape(pack, shapes))
@@ -259,7 +272,7 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
             c_acc, bufs, i = state
             # After the blocks, the leftover draws do not tick (their count would restart at the
             # chunk's start and count the blocks' steps again): loop.run sets the bar after the chunk.
-            c_acc, out = body(c_acc, i, ticks=size <= 1)
+            c_acc, out = traced_body(c_acc, i) if size <= 1 else body(c_acc, i, ticks=False)
             bufs = jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, i, 0), bufs, pack(out))
             return c_acc, bufs, i + 1
 
