@@ -13,9 +13,11 @@ forward and backward pass (benchmarks/RESULTS.md). These sources spend fewer bit
 - :func:`gaussian16`: Box-Muller on two 16-bit uniforms, **two normals per 32-bit word**
   (half the bits of ``jax.random.normal``); a Gaussian quantised to 2^16 levels of the
   radius and the angle (tails cut at sqrt(2 ln 2^17) = 4.8 sd). Measured on the 2-core CPU
-  (benchmarks/bench_noise.py, 669,706 float32): its log, cos and sin cost more than the bits
-  saved (2.7x threefry's normals), so it is kept for accelerators, not recommended on a CPU;
-  ``uniform()`` took 0.28x and ``rademacher()`` 0.08x of threefry's normals.
+  (benchmarks/bench_noise.py, 669,706 float32, 2026-12-02): its log, cos and sin cost more than
+  the bits saved (2.7x ``jax.random.normal``'s threefry normals), so it is kept for
+  accelerators, not recommended on a CPU; ``uniform()`` took 0.28x and ``rademacher()`` 0.08x of
+  ``jax.random.normal`` (the default noise, ``noise.brownian()``, now 0.68x of it:
+  :mod:`heatbath.kernels.threefry`).
 
 Weak order one. For SGLD (Euler-Maruyama) and SGHMC's O/E pieces, weak first-order
 convergence needs the increments' first three moments to match the Gaussian's (mean 0,

@@ -14,21 +14,28 @@ cannot fuse with what follows: every call is a ``while`` loop of its own, readin
 two counter-sized arrays per iteration, and every call is compiled separately. A network has
 one call per parameter array, so a Langevin step of a 784-100-50-10 MLP compiled six such
 loops. :func:`normal` computes the same values with the 20 rounds unrolled in plain array
-arithmetic, which XLA fuses with the uniform-to-normal map into one loop over the array.
-Measured (``benchmarks/bench_noise.py``; 2026-12-05, 2-core CPU): 0.68x the time of
-``jax.random.normal`` for a draw shaped like the 669,706-weight MLP, and the compile of a
-hand-written SGLD scan of the 84k-weight MLP 3.4-3.8 s -> 1.7 s.
+arithmetic, which XLA fuses with the uniform-to-normal map into one loop over the array. The
+counter of each entry is built from one iota per dimension times its stride, as JAX builds
+it, so that XLA's partitioner can split the hash along any sharded axis. Measured
+(``benchmarks/bench_noise.py``, against ``jax.random.normal`` per parameter array; 2026-12-05,
+2-core CPU): 0.68x the time for a draw shaped like the 669,706-weight MLP, and the compile of
+a hand-written SGLD scan of the 84k-weight MLP 3.4-3.8 s -> 1.7 s.
 
 :func:`bits` does the same for ``jax.random.bits`` (32-bit words: the cheap noise sources of
-:mod:`heatbath.kernels.noise_weak` draw them). The values are identical to ``jax.random.normal``'s (``tests/test_threefry.py`` compares them
-bit for bit), so a seed gives the same draws as before. Keys of other generators, JAX's
-non-partitionable layout (``jax_threefry_partitionable=False``), dtypes other than float32
-and float64, and arrays of 2^32 or more entries take ``jax.random.normal`` itself.
+:mod:`heatbath.kernels.noise_weak` draw them). The noise is identical to
+``jax.random.normal``'s (``tests/test_threefry.py`` compares them bit for bit); what a sampler
+computes from it can differ in the last bits from before, where XLA now fuses the noise with
+other operations. JAX's own functions are used for: keys of other generators, JAX's
+non-partitionable layout (``jax_threefry_partitionable=False``), ``jax_debug_key_reuse``
+(its checker counts a key's uses through JAX's samplers), dtypes other than float32 and
+float64 (and float64 without ``jax_enable_x64``, which JAX warns about), symbolic
+(shape-polymorphic) dimensions and arrays of 2^32 or more entries.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from functools import partial
 
 import jax
@@ -45,7 +52,8 @@ _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def block(k1, k2, x0, x1):
     """The Threefry-2x32 block function on uint32 arrays (NumPy or JAX, broadcast together):
-    20 rounds, a key injection after every 4. Returns the two output words."""
+    20 rounds, a key injection after every 4. Returns the two output words. The additions wrap
+    around; NumPy warns about it on scalars (callers suppress that: ``np.errstate(over="ignore")``)."""
     u32 = np.uint32 if isinstance(x0, (np.ndarray, np.generic)) else jnp.uint32
     ks = (k1, k2, k1 ^ k2 ^ u32(_PARITY))
     x0, x1 = x0 + ks[0], x1 + ks[1]
@@ -59,30 +67,44 @@ def block(k1, k2, x0, x1):
     return x0, x1
 
 
+def _static(shape):
+    """``shape`` as a tuple of ints, or None when a dimension is symbolic (shape polymorphism)."""
+    try:
+        return tuple(operator.index(d) for d in shape)
+    except TypeError:
+        return None
+
+
 def _fast(key, shape) -> bool:
-    return (hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and jnp.ndim(key) == 0
-            and str(jax.random.key_impl(key)) == "threefry2x32" and bool(jax.config.jax_threefry_partitionable)
+    return (shape is not None and hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            and jnp.ndim(key) == 0 and jax.random.key_impl(key) == "threefry2x32"
+            and bool(jax.config.jax_threefry_partitionable) and not jax.config.jax_debug_key_reuse
             and math.prod(shape) < 2**32)
 
 
-def _words(key, size: int):
-    """The two Threefry output words of each flat index 0..size-1 (JAX's partitionable layout)."""
+def _words(key, shape):
+    """The two Threefry output words of each entry of ``shape``, whose counter is the entry's
+    row-major flat index (JAX's partitionable layout; entries < 2^32, so the high word is 0)."""
     data = jax.random.key_data(key)
-    counts = lax.iota(jnp.uint32, size)
+    counts = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for dim in reversed(range(len(shape))):
+        counts = counts + lax.broadcasted_iota(jnp.uint32, shape, dim) * jnp.uint32(stride)
+        stride *= shape[dim]
     return block(data[0], data[1], jnp.zeros_like(counts), counts)
 
 
-# Compiled functions of (key, size[, dtype]), as JAX's own samplers are: traced once per size and
-# dtype in a process (the 20 rounds are about 100 array operations to trace), then a cached call.
+# Compiled functions of (key, shape[, dtype]), as JAX's own samplers are: traced once per shape
+# and dtype in a process (the 20 rounds are about 100 array operations to trace), then a cached call.
 @partial(jax.jit, static_argnums=1)
-def _bits_flat(key, size: int):
-    b0, b1 = _words(key, size)
+def _bits(key, shape):
+    b0, b1 = _words(key, shape)
     return b0 ^ b1
 
 
 @partial(jax.jit, static_argnums=(1, 2))
-def _normal_flat(key, size: int, dtype):
-    b0, b1 = _words(key, size)
+def _normal(key, shape, dtype):
+    b0, b1 = _words(key, shape)
     finfo = jnp.finfo(dtype)
     if finfo.bits == 32:
         bits, uint = b0 ^ b1, np.uint32
@@ -99,16 +121,16 @@ def _normal_flat(key, size: int, dtype):
 
 def bits(key, shape) -> jax.Array:
     """``jax.random.bits(key, shape, jnp.uint32)``, the same values, one fused pass."""
-    shape = tuple(int(s) for s in shape)
-    if not _fast(key, shape):
+    static = _static(shape)
+    if not _fast(key, static):
         return jax.random.bits(key, shape, jnp.uint32)
-    return _bits_flat(key, math.prod(shape)).reshape(shape)
+    return _bits(key, static)
 
 
 def normal(key, shape, dtype=jnp.float32) -> jax.Array:
     """``jax.random.normal(key, shape, dtype)``, the same values, one fused pass (module docstring)."""
-    shape = tuple(int(s) for s in shape)
-    dtype = jax.dtypes.canonicalize_dtype(dtype)  # float64 is float32 without jax_enable_x64
-    if not (_fast(key, shape) and np.dtype(dtype) in _FAST_DTYPES):
+    static = _static(shape)
+    dtype = np.dtype(dtype)
+    if not (_fast(key, static) and dtype in _FAST_DTYPES and jax.dtypes.canonicalize_dtype(dtype) == dtype):
         return jax.random.normal(key, shape, dtype)
-    return _normal_flat(key, math.prod(shape), np.dtype(dtype)).reshape(shape)
+    return _normal(key, static, dtype)
