@@ -154,7 +154,7 @@ def test_svrg_refresh_stays_a_cond_under_the_chain_vmap():
         ests = () if est.shared else jax.vmap(est.init, in_axes=(0, None))(pos, t.data)
         shared = est.init(pos, t.data) if est.shared else ()
         states = jax.vmap(s.init)(pos)
-        carry = (states, ests, jax.random.split(jax.random.key(1), 3), (jnp.ones(3, bool), states), ())
+        carry = (states, ests, jax.random.split(jax.random.key(1), 3), (jnp.ones(3, bool), states.position), ())
         counts[name] = str(jax.make_jaxpr(chunk)(carry, (), shared, t.data, jnp.int32(0))).count("cond[")
     assert counts == {"naive": 0, "svrg": 1}
 
