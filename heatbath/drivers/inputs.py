@@ -182,7 +182,7 @@ def initial_positions(target: Target, init, keys, num_chains):
                 else:
                     v = as_array((jax.tree_util.DictKey(k),), values[k], example[k].dtype)
                     try:
-                        leaves[k] = jnp.broadcast_to(v, (num_chains,) + example[k].shape)
+                        leaves[k] = _chains_of(v, (num_chains,) + example[k].shape)
                     except ValueError as err:
                         raise ValueError(
                             f"init leaf {k!r} of shape {v.shape} does not match the parameter shape {example[k].shape}"
@@ -198,7 +198,7 @@ def initial_positions(target: Target, init, keys, num_chains):
         def broadcast(path, v, e):
             v = as_array(path, v, e.dtype)
             if v.shape == e.shape:
-                return jnp.broadcast_to(v, (num_chains,) + e.shape)
+                return _chains_of(v, (num_chains,) + e.shape)
             if v.shape == (num_chains,) + e.shape:
                 return v
             raise ValueError(f"init leaf of shape {v.shape} does not match the parameter shape {e.shape}")
@@ -208,7 +208,15 @@ def initial_positions(target: Target, init, keys, num_chains):
     values = jax.tree_util.tree_map_with_path(as_array, values)
     if not jax.tree.leaves(values):
         raise ValueError(f"init has no arrays (got {init!r}): the target needs at least one parameter array")
-    return jax.tree.map(lambda v: jnp.broadcast_to(v, (num_chains,) + jnp.shape(v)), values)
+    return jax.tree.map(lambda v: _chains_of(v, (num_chains,) + jnp.shape(v)), values)
+
+
+def _chains_of(v, shape):
+    """``broadcast_to(v, shape)`` (a chain axis in front), made on the host and copied: an eager
+    ``jnp.broadcast_to`` compiles a program per shape (one per parameter array on a first call)."""
+    if isinstance(v, jax.core.Tracer):
+        return jnp.broadcast_to(v, shape)
+    return jnp.asarray(np.broadcast_to(np.asarray(v), shape))
 
 
 def check_init_finite(target: Target, positions, data):

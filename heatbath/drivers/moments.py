@@ -21,10 +21,15 @@ MOMENT_CHUNK = 10_000  # draws per chunk when keeping moments
 
 def moments_init(example, num_chains: int, swag_rank: int):
     """Running moments (Welford) of the recorded values, per chain, and the SWAG ring buffer."""
-    zeros = jax.tree.map(lambda x: jnp.zeros((num_chains,) + jnp.shape(x), jnp.result_type(float)), example)
-    ring = jax.tree.map(lambda x: jnp.zeros((num_chains, swag_rank) + jnp.shape(x), jnp.result_type(float)), example)
-    return {"count": jnp.zeros((), jnp.int32), "mean": zeros, "m2": zeros, "ring": ring,
-            "ring_count": jnp.zeros((), jnp.int32)}
+    # Zeros made on the host and copied: an eager jnp.zeros compiles a program per shape (13 for
+    # a 3-layer network's first call).
+    def zeros(shape, dtype=None):
+        return jnp.asarray(np.zeros(shape, dtype or jnp.result_type(float)))
+
+    mean = jax.tree.map(lambda x: zeros((num_chains,) + jnp.shape(x)), example)
+    ring = jax.tree.map(lambda x: zeros((num_chains, swag_rank) + jnp.shape(x)), example)
+    return {"count": zeros((), jnp.int32), "mean": mean, "m2": mean, "ring": ring,
+            "ring_count": zeros((), jnp.int32)}
 
 
 def moments_update(acc, values, swag_rank: int):
