@@ -216,7 +216,7 @@ def _chains_of(v, shape):
     ``jnp.broadcast_to`` compiles a program per shape (one per parameter array on a first call)."""
     if isinstance(v, jax.core.Tracer):
         return jnp.broadcast_to(v, shape)
-    return jnp.asarray(np.broadcast_to(np.asarray(v), shape))
+    return jax.device_put(np.broadcast_to(np.asarray(v), shape))
 
 
 def check_init_finite(target: Target, positions, data):

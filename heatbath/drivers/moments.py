@@ -24,7 +24,7 @@ def moments_init(example, num_chains: int, swag_rank: int):
     # Zeros made on the host and copied: an eager jnp.zeros compiles a program per shape (13 for
     # a 3-layer network's first call).
     def zeros(shape, dtype=None):
-        return jnp.asarray(np.zeros(shape, dtype or jnp.result_type(float)))
+        return jax.device_put(np.zeros(shape, dtype or jnp.result_type(float)))
 
     mean = jax.tree.map(lambda x: zeros((num_chains,) + jnp.shape(x)), example)
     ring = jax.tree.map(lambda x: zeros((num_chains, swag_rank) + jnp.shape(x)), example)
