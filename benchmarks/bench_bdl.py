@@ -104,6 +104,13 @@ def num_weights(params):
     return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
+def jax_normal(key, params):
+    """What a hand-written scan usually calls: ``jax.random.normal`` per parameter array."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+
+
 def _signs_like(key, params):
     return noise_weak.rademacher().draw(key, params)
 
@@ -164,11 +171,6 @@ def hand_scans(data, params, num_steps, batch, h):
         return mean, m2
 
     normal = lambda k, p: hb.kernels.tree.normal_like(k, p)  # noqa: E731
-
-    def jax_normal(k, p):  # what a hand-written scan usually calls: jax.random.normal per leaf
-        leaves, treedef = jax.tree.flatten(p)
-        keys = jax.random.split(k, len(leaves))
-        return jax.tree.unflatten(treedef, [jax.random.normal(kk, x.shape, x.dtype) for kk, x in zip(keys, leaves)])
 
     return {
         "optax": jax.jit(optax_run),

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_bdl import FULL, make_problem  # noqa: E402
+from bench_bdl import FULL, jax_normal, make_problem  # noqa: E402
 from common import interleaved, machine_info, markdown_table, paired_ratio  # noqa: E402
 
 from heatbath.kernels import noise as hb_noise  # noqa: E402
@@ -29,11 +29,6 @@ def main(argv=None):
     ap.add_argument("--draws", type=int, default=20)
     args = ap.parse_args(argv)
     _, params = make_problem(FULL["sizes"], 10)
-    def jax_normal(key, like):
-        leaves, treedef = jax.tree.flatten(like)
-        keys = jax.random.split(key, len(leaves))
-        return jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
-
     sources = {"jax.random.normal": hb_noise.NoiseSource("jax.random.normal", jax_normal, None),
                "brownian (fused threefry)": hb_noise.brownian(), "gaussian16": noise_weak.gaussian16(),
                "uniform (8-bit)": noise_weak.uniform(), "rademacher": noise_weak.rademacher()}

@@ -159,9 +159,7 @@ def _taus(rho: np.ndarray, n: int) -> np.ndarray:
     tau = -1 + 2 sum_{q < J} min(P_0..P_q) + kept, where kept is rho[2J] when P_J >= 0 or
     rho[2J] > 0 (and 1 when J = 0), else 0."""
     k = rho.shape[1]
-    last = 0  # the last pair the loop can read: 2j - 1 < n - 3
-    while 2 * (last + 1) - 1 < n - 3:
-        last += 1
+    last = max(0, (n - 3) // 2)  # the last pair the loop can read: 2j - 1 < n - 3
     P = np.empty((last + 1, k))
     P[0] = 1.0 + rho[1]
     if last:

@@ -25,19 +25,13 @@ from heatbath.kernels import threefry as _threefry
 __all__ = ["fold_each", "chain_keys", "fold_in", "key_from_seed"]
 
 
-def threefry2x32(k1, k2, x0, x1):
-    """The Threefry-2x32 block function on NumPy uint32 arrays (broadcast together)."""
-    k1, k2, x0, x1 = (np.asarray(v, np.uint32) for v in (k1, k2, x0, x1))
-    with np.errstate(over="ignore"):
-        return _threefry.block(k1, k2, x0, x1)
-
-
 def _host_fold_in(data, i):
     """``fold_in`` on raw threefry key data (..., 2) uint32 and integers i (broadcast):
     threefry_2x32(key, threefry_seed(uint32(i))), whose count is the pair (0, i)."""
     data = np.asarray(data, np.uint32)
     i = np.asarray(i).astype(np.uint32)
-    y0, y1 = threefry2x32(data[..., 0], data[..., 1], np.zeros_like(i), i)
+    with np.errstate(over="ignore"):  # the hash's additions wrap around
+        y0, y1 = _threefry.block(data[..., 0], data[..., 1], np.zeros_like(i), i)
     return np.stack(np.broadcast_arrays(y0, y1), axis=-1)
 
 

@@ -251,28 +251,24 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
             return last(jax.lax.scan(body, (carry, acc), jnp.arange(num_draws, dtype=jnp.int32)),
                         jnp.int32(num_draws))
         size = min(block, num_draws)
-        if size <= 1:
-            # The loop body is body(c_acc, i) itself: trace it once, for its output's shapes and
-            # for the loop (a network's step takes about 0.25 s to trace; it was traced twice).
-            closed, whole = jax.make_jaxpr(body, return_shape=True)((carry, acc), jnp.int32(0))
-            whole_tree = jax.tree.structure(whole)
-            shapes = whole[1]
+        # One trace of the step (a network's step takes about 0.25 s to trace), for the buffers'
+        # shapes and for the loops. On the CPU the loop ticks the bar; after an accelerator's
+        # blocks the leftover draws do not (their count would restart at the chunk's start and
+        # count the blocks' steps again): loop.run sets the bar after the chunk.
+        closed, whole = jax.make_jaxpr(lambda ca, i: body(ca, i, ticks=size <= 1),
+                                       return_shape=True)((carry, acc), jnp.int32(0))
+        whole_tree, shapes = jax.tree.structure(whole), whole[1]
 
-            def traced_body(c_acc, i):
-                flat = jaxpr_as_fun(closed)(*jax.tree.leaves((c_acc, i)))
-                return jax.tree.unflatten(whole_tree, flat)
-        else:
-            shapes = jax.eval_shape(lambda ca: body(ca, jnp.int32(0))[1], (carry, acc))
-            traced_body = body
+        def traced_body(c_acc, i):
+            return jax.tree.unflatten(whole_tree, jaxpr_as_fun(closed)(*jax.tree.leaves((c_acc, i))))
+
         pack, unpack = _packing(shapes) if block else (lambda out: out, lambda bufs: bufs)
         buffers = jax.tree.map(lambda x: jnp.zeros((num_draws,) + x.shape, x.dtype),
                                jax.eval_shape(pack, shapes))
 
         def loop_body(state):
             c_acc, bufs, i = state
-            # After the blocks, the leftover draws do not tick (their count would restart at the
-            # chunk's start and count the blocks' steps again): loop.run sets the bar after the chunk.
-            c_acc, out = traced_body(c_acc, i) if size <= 1 else body(c_acc, i, ticks=False)
+            c_acc, out = traced_body(c_acc, i)
             bufs = jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, i, 0), bufs, pack(out))
             return c_acc, bufs, i + 1
 
@@ -282,7 +278,7 @@ def make_chunk(one_step, num_draws: int, thinning: int, record, progress: Option
                 c_acc, bufs, i = state
 
                 def inner(c_acc, k):
-                    c_acc, out = body(c_acc, i + k, ticks=False)
+                    c_acc, out = traced_body(c_acc, i + k)
                     return c_acc, pack(out)
 
                 c_acc, outs = jax.lax.scan(inner, c_acc, jnp.arange(size, dtype=jnp.int32))
