@@ -224,6 +224,10 @@ def hb_contenders(data, params, num_steps, batch, h):
         out[name] = (lambda mode=mode: hb.sample(
             target, hb.samplers.sgld(h), batch_size=batch, num_samples=1, thinning=num_steps, checks="off",
             progress_bar=False, init=params, seed=0, num_warmup=0, on_divergence=mode).samples)
+    # The weak noise's like-for-like pair of "hand SGLD signs" (which returns its last draw).
+    out["hb SGLD rademacher last draw"] = lambda: hb.sample(
+        target, hb.samplers.sgld(h, noise=noise_weak.rademacher()), batch_size=batch, num_samples=1,
+        thinning=num_steps, checks="off", progress_bar=False, init=params, seed=0, num_warmup=0).samples
     np_data = {"X": np.asarray(data[0]), "y": np.asarray(data[1])}
     sizes = [params["W0"].shape[0]] + [params[f"W{i}"].shape[1] for i in range(len(params) // 2)]
     model = numpyro_mlp(sizes)
@@ -263,7 +267,8 @@ def run(config, num_steps, repeats, out_path=None, verbose=True, only=None):
         rows.append([name, f"{med:.2f}x", f"{q25:.2f}-{q75:.2f}", f"{1e3 * t.best / num_steps:.2f}"])
     pairs = [("hb SGLD", "hand SGLD"), ("hand SGLD", "hand SGLD jax.random"), ("hb SGLD", "hand SGLD moments"), ("hb SGLD last draw", "hand SGLD"),
              ("hb SGLD last draw flag", "hand SGLD"),
-             ("hb SGLD rademacher", "hand SGLD signs"), ("hb SGHMC obabo fused", "hb SGLD"),
+             ("hb SGLD rademacher", "hand SGLD signs"),
+             ("hb SGLD rademacher last draw", "hand SGLD signs"), ("hb SGHMC obabo fused", "hb SGLD"),
              ("hb SGHMC obabo", "hb SGLD"), ("hb SGHMC fused rademacher", "hb SGLD rademacher"),
              ("optax (A/A)", "optax"), ("hb SGLD numpyro", "hb SGLD")]
     extra = {f"{a} / {b}": paired_ratio(timings, a, b)[0] for a, b in pairs if a in timings and b in timings}
