@@ -197,3 +197,30 @@ def test_numpyro_arguments_are_cached_by_contents():
     ref = hb.sample(logistic, s, data={"X": np.array(host), "y": Y}, **kw)
     assert not np.allclose(c.samples["w"], d.samples["w"])
     np.testing.assert_array_equal(d.samples["w"], ref.samples["w"])
+
+
+def test_ctrl_c_between_chunks_keeps_every_chunk_run(monkeypatch):
+    """A sampling chunk's draws are copied to the host while the next chunk runs (loop.run's
+    ``overlap``). Ctrl-C after the second chunk: the run returns both chunks' draws (the second
+    one's copy still waiting when the loop stops), equal to the uninterrupted run's first draws."""
+    from heatbath.drivers import plan
+
+    class Requested(plan.Interrupt):  # as if Ctrl-C came during the second chunk
+        reads = 0
+
+        @property
+        def requested(self):
+            Requested.reads += 1
+            return Requested.reads > 2  # the loop reads it twice per chunk
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    s = hb.samplers.sgld(1e-3)
+    full = hb.sample(logistic, s, num_samples=60, num_chains=2, seed=1, chunk_size=7, **KW, num_warmup=0)
+    monkeypatch.setattr(plan, "Interrupt", Requested)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        cut = hb.sample(logistic, s, num_samples=60, num_chains=2, seed=1, chunk_size=7, **KW, num_warmup=0)
+    assert cut.samples["w"].shape[1] == 14 and cut.stats["lp"].shape == (2, 14)
+    np.testing.assert_array_equal(cut.samples["w"], full.samples["w"][:, :14])

@@ -41,6 +41,11 @@ class Progress:
         if self.bar is not None and int(n) != self.bar.n:
             self.bar.update(int(n) - self.bar.n)
 
+    def advance_to(self, n):
+        """Move the bar forward to ``n`` steps done, never back (a chunk still running ticks it)."""
+        if self.bar is not None and int(n) > self.bar.n:
+            self.bar.update(int(n) - self.bar.n)
+
     def __exit__(self, *exc):
         _ACTIVE[0] = None
         if self.bar is not None:
