@@ -41,9 +41,9 @@ def terms_at(target):
             rows = jax.tree.map(lambda x: x[:1], data) if one_row else data
             return jax.vmap(target.terms, in_axes=(0, None))(positions, rows)
 
-        return jax.jit(fn)
+        return fn
 
-    return target.memo("terms_at", build)
+    return target.metric_memo("terms_at", build)
 
 
 def finite_log_density(target, positions) -> np.ndarray:

@@ -95,8 +95,8 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
     k_pts, k_naive, k_cv = jax.random.split(key, 3)
     num_chains = jax.tree.leaves(positions)[0].shape[0]
     if centre is None:
-        logp = target.memo("logdensity_of_chains",
-                           lambda: jax.jit(jax.vmap(lambda p: target.logdensity(p))))(positions)
+        logp = target.metric_memo("logdensity_of_chains",
+                                  lambda: jax.vmap(lambda p: target.logdensity(p)))(positions)
         logp = np.asarray(logp, np.float64)
         best = int(chains[np.argmax(logp[chains])])
         centre = jax.tree.map(lambda x: x[best], positions)
@@ -113,7 +113,7 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
     lam, ms, cost = {}, {}, 0.0
     for name, spec, k in (("naive", naive, k_naive), ("control_variates", cv, k_cv)):
         est = spec.build(target.terms, target.num_data)
-        state = jax.jit(est.init)(centre, target.data) if name == "control_variates" else ()
+        state = est.init(centre, target.data) if name == "control_variates" else ()  # compiled once per target
         m, c = autotune._measure(target, sampler, family, est, state, points, k, batch_size, temperature)
         lam[name] = np.asarray(m["lam_hv"], np.float64)
         ms[name] = m

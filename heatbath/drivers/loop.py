@@ -172,11 +172,10 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     states = jax.vmap(sampler.init)(positions, init_keys) if cfg.states is None else cfg.states
     if estimator.shared:
         chain0 = jax.tree.map(lambda x: x[0], positions)
-        # A full-data gradient (control variates) is compiled: eagerly, through a NumPyro model,
-        # it runs op by op (seconds). The naive estimator's init does nothing: called as is (a
-        # jit of a fresh closure would be traced and compiled again at every call).
-        init = jax.jit(estimator.init) if estimator.rows_at_init else estimator.init
-        shared_est = init(chain0, data)
+        # The control variates' full-data gradient at the centre is compiled once per target
+        # (gradients._full_data_compiled, the centre an argument), not per call; the naive
+        # estimator's init does nothing.
+        shared_est = estimator.init(chain0, data)
         est_states = ()
     else:
         shared_est = ()

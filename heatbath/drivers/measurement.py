@@ -70,7 +70,7 @@ def _host_rows(key, N) -> np.ndarray:
 
 
 def _take_rows(target):
-    return target.memo("curvature-rows-take", lambda: jax.jit(
+    return target.data_memo("curvature-rows-take", lambda: jax.jit(
         lambda idx, data: jax.tree.map(lambda x: x[idx], data)))
 
 
@@ -84,7 +84,7 @@ def curvature_rows(target, key):
     N = target.num_data
     if N >= HOST_CHOICE_MIN:
         return _take_rows(target)(_host_rows(key, N), target.data), CURVATURE_ROWS
-    take = target.memo(("curvature-rows", N), lambda: jax.jit(
+    take = target.data_memo(("curvature-rows", N), lambda: jax.jit(
         lambda k, data: jax.tree.map(lambda x: x[_row_index(k, N)], data)))
     return take(key, target.data), CURVATURE_ROWS
 
@@ -107,7 +107,7 @@ def _measurement_inputs(target, batch_size, num_chains, noisy):
             batches = jax.tree.map(lambda x: x[idx], data)
         return rows, batches, jax.random.split(key_vec, num_chains)
 
-    fn = target.memo(("measurement-inputs", N, batch_size if noisy else None, num_chains, noisy),
+    fn = target.data_memo(("measurement-inputs", N, batch_size if noisy else None, num_chains, noisy),
                      lambda: jax.jit(draw))
     return lambda key, data: fn(key, data, _host_rows(key, N) if host else None)
 
@@ -224,11 +224,11 @@ def _measure(target, sampler, family, estimator, est_state, positions, key, batc
         # Shapes (chains, batch size, rows) need no key: jit compiles once per shape.
         key_ = ("autotune-measure", estimator.name, estimator.rows_per_estimate, estimator.rows_at_init,
                 estimator.refresh_every, meta["noisy"], settings, float(T), in_axes)
-        if need != MEASURED and not target.has_memo((key_, MEASURED)):
+        if need != MEASURED and not target.has_metric_memo((key_, MEASURED)):
             one = _measure_one(target, estimator, meta["noisy"], T, metric_of, need)
         else:
             need = MEASURED
-        fn = target.memo((key_, need), lambda: jax.jit(jax.vmap(one, in_axes=in_axes)))
+        fn = target.metric_memo((key_, need), lambda: jax.vmap(one, in_axes=in_axes))
     else:
         if need != MEASURED:
             one = _measure_one(target, estimator, meta["noisy"], T, metric_of, need)

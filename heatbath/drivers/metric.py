@@ -307,8 +307,11 @@ def _whiten(target, affine: Affine):
         return inv(unconstrain0(values))
 
     prior_init = None if prior0 is None else (lambda key, how: inv(prior0(key, how)))
-    return dataclasses.replace(target, terms=terms, constrain_fn=constrain_fn, init_params=init_params,
-                               unconstrain=unconstrain, prior_init=prior_init)
+    out = dataclasses.replace(target, terms=terms, constrain_fn=constrain_fn, init_params=init_params,
+                              unconstrain=unconstrain, prior_init=prior_init)
+    # Target.data_memo / metric_memo: compiled helpers shared by every whitened copy of `target`.
+    object.__setattr__(out, "_heatbath_whitened_from", target)
+    return out
 
 
 def tuned_metric(target) -> dict:

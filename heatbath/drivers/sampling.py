@@ -368,6 +368,5 @@ def estimator_state(estimator, positions, data):
     """The gradient estimator's state at the chains' positions (shared: one copy), for measurements."""
     if estimator.shared:
         chain0 = jax.tree.map(lambda x: x[0], positions)
-        init = jax.jit(estimator.init) if estimator.rows_at_init else estimator.init
-        return init(chain0, data)
+        return estimator.init(chain0, data)
     return jax.vmap(estimator.init, in_axes=(0, None))(positions, data)

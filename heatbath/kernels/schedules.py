@@ -143,6 +143,20 @@ def tuned_values(values: dict):
         _TUNED.reset(token)
 
 
+def with_metric_argument(fn):
+    """``(fn, compiled)``: ``compiled(values, *args)`` is ``fn(*args)`` compiled with the
+    :class:`Tuned` values and a whitened target's metric read from ``values`` (its first
+    argument) while traced, so one compiled function serves every value (another seed's metric).
+    Call ``fn`` itself where a compiled loop's own values are being traced (:func:`current_tuned`
+    is not None): ``compiled`` would make the caller's values constants of that loop."""
+
+    def compiled(values, *args):
+        with tuned_values(values):
+            return fn(*args)
+
+    return fn, jax.jit(compiled)
+
+
 def current_tuned():
     """The values given by :func:`tuned_values` while the compiled loop is traced (None outside)."""
     return _TUNED.get()
