@@ -220,7 +220,13 @@ def test_starts_that_overflow_fall_back_and_the_run_is_finite():
 
 def test_a_non_finite_curvature_is_a_clear_error():
     with pytest.raises(FloatingPointError, match=r"not finite for chain\(s\) \[1\]"):
-        autotune._check_measured({"lam_hv": np.array([1.0, np.nan]), "lam_h": np.array([1.0, np.nan])}, "here")
+        autotune._check_measured({"lam_hv": np.array([1.0, np.nan]), "lam_h": np.array([1.0, np.nan])}, "here", 2)
+    # Measured at 8 points per chain (draw-major): points 22 and 26 of 4 chains are chain 2's
+    # (the message said "chain(s) [22, 26]" of a 4-chain run).
+    lam = np.ones(32)
+    lam[[22, 26]] = np.inf
+    with pytest.raises(FloatingPointError, match=r"not finite for chain\(s\) \[2\] "):
+        autotune._check_measured({"lam_hv": lam, "lam_h": np.ones(32)}, "in the first half of the warmup", 4)
 
 
 def _stalled_search(end):

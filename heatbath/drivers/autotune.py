@@ -95,9 +95,10 @@ def _symmetric(sampler) -> bool:
     return isinstance(word, str) and word.upper() == word.upper()[::-1] and "E" not in word.upper()
 
 
-def _check_measured(m: dict, where: str):
-    """A clear error where the curvature or noise measured for some chain is not finite."""
-    bad = sorted({int(i) % len(m["lam_hv"]) for k in ("lam_hv", "lam_h") for i in np.nonzero(~np.isfinite(m[k]))[0]})
+def _check_measured(m: dict, where: str, num_chains: int):
+    """A clear error where the curvature or noise measured for some chain is not finite. The
+    measurements' points are draw-major (point i belongs to chain i % num_chains)."""
+    bad = sorted({int(i) % num_chains for k in ("lam_hv", "lam_h") for i in np.nonzero(~np.isfinite(m[k]))[0]})
     if bad:
         raise FloatingPointError(
             f"automatic step size: the curvature measured {where} is not finite for chain(s) {bad} (the log density "
@@ -191,7 +192,8 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
     key = jax.random.fold_in(keys[0], 13)
     m0, cost0 = _measure(target, sampler, family, estimator, est_state, positions, jax.random.fold_in(key, 0),
                          batch_size, T)
-    _check_measured(m0, "at the chains' starting points")
+    num_chains = jax.tree.leaves(positions)[0].shape[0]
+    _check_measured(m0, "at the chains' starting points", num_chains)
     cap = unit_curvature(sampler) if unit_scale else None  # in the metric's coordinates: scale ~1
     chosen0 = choose(family, m0, T, symmetric, friction_given, cap)
     pilot = max(2, num_warmup // 2)
@@ -241,7 +243,7 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
         cost += NUM_BATCHES * (batch_size or target.num_data) * points * nc / max(nc, 1)
     m1, cost1 = _measure(target, sampler, family, estimator, est_state, where, jax.random.fold_in(key, 1),
                          batch_size, T, states=states, repeat=points)
-    _check_measured(m1, "in the first half of the warmup")
+    _check_measured(m1, "in the first half of the warmup", num_chains)
     cost1 *= points
     cost += cost1
     chosen = choose(family, m1, T, symmetric, friction_given, cap)
