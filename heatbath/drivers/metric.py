@@ -324,11 +324,24 @@ def to_run(affine: Optional[Affine], positions):
     return positions if affine is None else jax.vmap(affine.inverse)(positions)
 
 
+_FORWARD: dict = {}  # (structure, shapes, lead) -> compiled map with mu and L as arguments
+
+
 def from_run(affine: Optional[Affine], positions, lead: int = 1):
-    """Positions with ``lead`` leading batch axes mapped back to the target's coordinates."""
+    """Positions with ``lead`` leading batch axes mapped back to the target's coordinates.
+
+    Compiled once per structure and shapes with the metric's mu and L as arguments (a new
+    metric, every seed, compiled it again: 0.05 s of a 0.13 s second call)."""
     if affine is None:
         return positions
-    fn = affine.forward
-    for _ in range(lead):
-        fn = jax.vmap(fn)
-    return jax.jit(fn)(positions)
+    leaves, treedef = jax.tree.flatten(positions)
+    key = (treedef, tuple((np.shape(x), str(jnp.result_type(x))) for x in leaves), lead)
+    if key not in _FORWARD:
+        fn = affine.forward  # its unravel: the same for every affine of this structure and these shapes
+        axes = (0, None, None)
+        for _ in range(lead):
+            fn = jax.vmap(fn, in_axes=axes)
+        while len(_FORWARD) >= 16:
+            _FORWARD.pop(next(iter(_FORWARD)))
+        _FORWARD[key] = jax.jit(fn)
+    return _FORWARD[key](positions, jnp.asarray(affine.mu), jnp.asarray(affine.L))
