@@ -333,3 +333,31 @@ def test_caches_are_emptied_near_the_kernel_limit_on_memory_mappings(monkeypatch
     checking.get("d", (), lambda: 4)
     monkeypatch.setattr(cache, "_mapping_counts", lambda: None)  # not Linux: nothing to read
     assert cache.relieve_mapping_pressure() is False
+
+
+def test_the_full_data_pass_cache_is_emptied_by_clear_caches_and_takes_unhashable_terms():
+    """The control variates' compiled full-data pass is cached by the identity of the target's
+    terms (pinned; a NumPyro target's terms hold its data) in one of the drivers' caches:
+    hb.clear_caches() releases it, and terms that cannot be hashed work (a review found an
+    lru_cache doing neither)."""
+    import dataclasses
+
+    from heatbath.drivers.cache import clear_caches
+    from heatbath.kernels import gradients
+
+    @dataclasses.dataclass  # not frozen: __hash__ is None
+    class Terms:
+        def __call__(self, p, b):
+            return -0.5 * jnp.sum(p**2), _loglik(p, b)
+
+    terms = Terms()
+    with pytest.raises(TypeError):
+        hash(terms)
+    target = dataclasses.replace(_target(), terms=terms)
+    spec = hb.kernels.gradients.control_variates(centre=jnp.zeros(3))
+    r = hb.sample(target, hb.samplers.sgld(1e-3, gradient=spec), batch_size=20, num_samples=20, num_warmup=0,
+                  progress_bar=False, checks="off", seed=0)
+    assert np.all(np.isfinite(r.samples["theta"]))
+    assert len(gradients._passes()) >= 1
+    clear_caches()
+    assert len(gradients._passes()) == 0

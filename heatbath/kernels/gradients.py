@@ -240,7 +240,17 @@ def _full_data_fns(terms: TermsFn, num_data: int, chunk_rows: Optional[int]):
     return _schedules.with_metric_argument(fn)
 
 
-_full_data_jit = functools.lru_cache(maxsize=16)(_full_data_fns)
+_PASSES = []  # [the drivers' IdentityCache of compiled full-data passes], made on first use
+
+
+def _passes():
+    if not _PASSES:
+        # The drivers' cache: keyed by identity (unhashable terms are fine), pinning its terms,
+        # thread-safe, and emptied by hb.clear_caches() (a NumPyro target's terms hold its data).
+        from heatbath.drivers.cache import IdentityCache
+
+        _PASSES.append(IdentityCache(8))
+    return _PASSES[0]
 
 
 def _full_data_compiled(terms: TermsFn, num_data: int, chunk_rows: Optional[int]):
@@ -249,16 +259,14 @@ def _full_data_compiled(terms: TermsFn, num_data: int, chunk_rows: Optional[int]
     call) and SVRG's starting points no longer compile a program per call (0.15 s of a 0.2 s
     call at N = 2,000). A whitened target (``heatbath.drivers.metric``; a new copy, with new
     terms, whenever the metric differs) shares the compiled pass of the target it whitens, its
-    metric an argument."""
+    metric an argument (the first copy's terms build it: any copy's read the metric from the
+    argument while traced)."""
     base = getattr(terms, "_heatbath_base", (None, None))
     metric = getattr(terms, "_heatbath_tuned", None) if base[0] == "whitened" else None
-    if metric is None:
-        raw, compiled = _full_data_jit(terms, num_data, chunk_rows)
-        metric = {}
-    else:
-        # Cached by the base terms (the first copy's terms build it: any copy's read the metric
-        # from the argument while traced).
-        raw, compiled = _full_data_cache_by_base(base[1], num_data, chunk_rows, terms)
+    owner = terms if metric is None else base[1]
+    raw, compiled = _passes().get(("full-data-pass", id(owner), num_data, chunk_rows, metric is not None),
+                                  (owner,), lambda: _full_data_fns(terms, num_data, chunk_rows))
+    metric = metric or {}
 
     def call(params, data):
         if _schedules.current_tuned() is not None:  # inside a compiled loop (SVRG's refresh): its metric
@@ -266,18 +274,6 @@ def _full_data_compiled(terms: TermsFn, num_data: int, chunk_rows: Optional[int]
         return compiled({k: jnp.asarray(v) for k, v in metric.items()}, params, data)
 
     return call
-
-
-_BY_BASE: "dict" = {}
-
-
-def _full_data_cache_by_base(base_terms, num_data, chunk_rows, terms):
-    key = (base_terms, num_data, chunk_rows)
-    if key not in _BY_BASE:
-        while len(_BY_BASE) >= 16:
-            _BY_BASE.pop(next(iter(_BY_BASE)))
-        _BY_BASE[key] = _full_data_fns(terms, num_data, chunk_rows)
-    return _BY_BASE[key]
 
 
 def _centred_estimate(vg):
