@@ -229,6 +229,21 @@ def test_a_non_finite_curvature_is_a_clear_error():
         autotune._check_measured({"lam_hv": lam, "lam_h": np.ones(32)}, "in the first half of the warmup", 4)
 
 
+def test_the_first_half_leaves_out_points_with_a_non_finite_curvature_and_says_so():
+    """A chain thrown far into a tail (a zero-inflated Poisson whose gate sits near 0) reached
+    points where float32 second derivatives overflow: the step size is chosen from the other
+    points, with a warning naming the chain (it raised); with no finite point it still raises."""
+    lam = np.arange(1.0, 33.0)
+    lam[[22, 26]] = np.nan
+    m = {"lam_hv": lam, "lam_h": np.ones(32), "lam_v": np.ones(32), "lam_min": np.ones(32)}
+    with pytest.warns(RuntimeWarning, match=r"not finite at 2 of 32 measurement points .* chain\(s\) \[2\]"):
+        used = autotune._finite_points(m, 4)
+    assert used["lam_hv"].size == 30 and np.max(used["lam_hv"]) == 32.0 and used["lam_v"].size == 30
+    assert autotune._finite_points({k: np.ones(8) for k in m}, 4)["lam_hv"].size == 8
+    with pytest.raises(FloatingPointError, match="not finite"):
+        autotune._finite_points({k: np.full(8, np.nan) for k in m}, 4)
+
+
 def _stalled_search(end):
     """A mode search that stops at ``end`` (flat) for every chain and says it found no mode."""
     def search(target, positions, keys, batch_size=None, **kw):

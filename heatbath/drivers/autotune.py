@@ -37,6 +37,7 @@ times smaller (three tries). Everything measured is reported in ``Result.tuning`
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import jax
@@ -104,6 +105,30 @@ def _check_measured(m: dict, where: str, num_chains: int):
             f"automatic step size: the curvature measured {where} is not finite for chain(s) {bad} (the log density "
             "or its gradient overflows there); give init= values in the posterior's bulk (e.g. init='median' or an "
             "hb.optimize result), rescale the model's covariates, or give step_size=")
+
+
+def _finite_points(m: dict, num_chains: int) -> dict:
+    """The first half's measurements at the points where they are finite, with a warning naming
+    the chains of the others; an error (:func:`_check_measured`) when none is finite.
+
+    A chain the first steps threw far into a tail can reach points where the log density and
+    its gradient are finite but float32 second derivatives are not (a zero-inflated Poisson
+    whose gate sits near 0: logit(gate) <= -44, tens of posterior sds out); the step size is
+    then chosen from the other points (it raised, naming the whole run's tuning impossible)."""
+    ok = np.ones(len(m["lam_hv"]), bool)
+    for k in ("lam_hv", "lam_h"):
+        ok &= np.isfinite(np.asarray(m[k]))
+    if ok.all():
+        return m
+    if not ok.any():
+        _check_measured(m, "in the first half of the warmup", num_chains)
+    bad = sorted({int(i) % num_chains for i in np.nonzero(~ok)[0]})
+    warnings.warn(
+        f"automatic step size: the curvature was not finite at {int((~ok).sum())} of {ok.size} measurement points "
+        f"in the first half of the warmup, of chain(s) {bad} (far in a tail, where the log density's second "
+        "derivatives overflow in float32); the step size was chosen from the other points. If those chains' draws "
+        "look off (Result.checks), give step_size= or init=", RuntimeWarning, stacklevel=4)
+    return {k: np.asarray(v)[ok] for k, v in m.items()}
 
 
 def softest_curvature(m: dict, cap: Optional[float] = None) -> float:
@@ -243,10 +268,10 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
         cost += NUM_BATCHES * (batch_size or target.num_data) * points * nc / max(nc, 1)
     m1, cost1 = _measure(target, sampler, family, estimator, est_state, where, jax.random.fold_in(key, 1),
                          batch_size, T, states=states, repeat=points)
-    _check_measured(m1, "in the first half of the warmup", num_chains)
+    m1_used = _finite_points(m1, num_chains)
     cost1 *= points
     cost += cost1
-    chosen = choose(family, m1, T, symmetric, friction_given, cap)
+    chosen = choose(family, m1_used, T, symmetric, friction_given, cap)
     if step_scale < 1.0:  # the first half needed smaller steps than measured: keep the margin
         chosen["step_size"] = min(chosen["step_size"], values["step_size"])
     changes = {k: v for k, v in chosen.items() if k in names}
