@@ -105,11 +105,17 @@ def _measurement_inputs(target, batch_size, num_chains, noisy):
         if noisy:
             idx = jax.random.randint(key_batches, (NUM_BATCHES, batch_size), 0, N)
             batches = jax.tree.map(lambda x: x[idx], data)
+        return rows, batches, key_vec
+
+    # The chains' keys split outside: the number of points (the chains at the start, then points
+    # x chains) would otherwise compile the draw once per count (0.5 s each on a first call).
+    fn = target.data_memo(("measurement-inputs", N, batch_size if noisy else None, noisy), lambda: jax.jit(draw))
+
+    def inputs(key, data):
+        rows, batches, key_vec = fn(key, data, _host_rows(key, N) if host else None)
         return rows, batches, jax.random.split(key_vec, num_chains)
 
-    fn = target.data_memo(("measurement-inputs", N, batch_size if noisy else None, num_chains, noisy),
-                     lambda: jax.jit(draw))
-    return lambda key, data: fn(key, data, _host_rows(key, N) if host else None)
+    return inputs
 
 
 def measure(target, estimator, est_state, positions, key, batch_size, temperature, metric_of):
