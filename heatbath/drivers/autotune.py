@@ -96,10 +96,19 @@ def _symmetric(sampler) -> bool:
     return isinstance(word, str) and word.upper() == word.upper()[::-1] and "E" not in word.upper()
 
 
+def _finite(m: dict) -> np.ndarray:
+    """Per measurement point, whether its curvature is finite."""
+    return np.isfinite(np.asarray(m["lam_hv"])) & np.isfinite(np.asarray(m["lam_h"]))
+
+
+def _chains_of(points: np.ndarray, num_chains: int) -> list:
+    """The chains of measurement points (draw-major: point i belongs to chain i % num_chains)."""
+    return sorted({int(i) % num_chains for i in np.nonzero(points)[0]})
+
+
 def _check_measured(m: dict, where: str, num_chains: int):
-    """A clear error where the curvature or noise measured for some chain is not finite. The
-    measurements' points are draw-major (point i belongs to chain i % num_chains)."""
-    bad = sorted({int(i) % num_chains for k in ("lam_hv", "lam_h") for i in np.nonzero(~np.isfinite(m[k]))[0]})
+    """A clear error where the curvature or noise measured for some chain is not finite."""
+    bad = _chains_of(~_finite(m), num_chains)
     if bad:
         raise FloatingPointError(
             f"automatic step size: the curvature measured {where} is not finite for chain(s) {bad} (the log density "
@@ -115,14 +124,12 @@ def _finite_points(m: dict, num_chains: int) -> dict:
     its gradient are finite but float32 second derivatives are not (a zero-inflated Poisson
     whose gate sits near 0: logit(gate) <= -44, tens of posterior sds out); the step size is
     then chosen from the other points (it raised, naming the whole run's tuning impossible)."""
-    ok = np.ones(len(m["lam_hv"]), bool)
-    for k in ("lam_hv", "lam_h"):
-        ok &= np.isfinite(np.asarray(m[k]))
+    ok = _finite(m)
     if ok.all():
         return m
     if not ok.any():
         _check_measured(m, "in the first half of the warmup", num_chains)
-    bad = sorted({int(i) % num_chains for i in np.nonzero(~ok)[0]})
+    bad = _chains_of(~ok, num_chains)
     warnings.warn(
         f"automatic step size: the curvature was not finite at {int((~ok).sum())} of {ok.size} measurement points "
         f"in the first half of the warmup, of chain(s) {bad} (far in a tail, where the log density's second "

@@ -239,7 +239,11 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
                              cfg.thinning, True)
     segments = [tuple(first)] if calibrate else plan.segments(cfg, chunk_size, warmup_chunk, first)
 
-    draws, infos = _moments.Collector(cfg.num_draws), _moments.Collector(cfg.num_draws)
+    # The draws' host copy: chunk j's waits until chunk j + 1 is dispatched, so the device runs
+    # it meanwhile (not with a checkpoint, whose commits save the draws up to their chunk, or
+    # running moments, which copy nothing per draw).
+    sink = _moments.ChunkDraws(cfg.num_draws, defer=ckpt is None and not moments, keep_pending=ckpt is not None)
+    draws, infos = sink.draws, sink.infos
     host = _moments.host_moments(acc) if moments else None
     start, previous = 0, None
     if ckpt is not None:
@@ -315,25 +319,6 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
     first_draws = next((n for n, _, is_draws in segments if is_draws), None)
     warm_in_draws = (WARMUP_IN_DRAWS and small_record and not moments and not calibrate and first_draws is not None
                      and all(n % cfg.thinning == 0 for n, _, is_draws in segments if not is_draws))
-    pending = []
-    # A sampling chunk's draws are copied to the host while the next chunk runs (JAX dispatches
-    # it before the copy blocks): at 670k weights the copy of a 128 MiB chunk took about a
-    # fifth of the chunk's time. Not with a checkpoint (a commit saves the draws up to its
-    # chunk) or running moments (nothing per draw to copy).
-    overlap = ckpt is None and not moments
-    deferred = None  # (segment, device draws, length) of the chunk whose copy waits
-
-    def collect(item):
-        seg, out, length = item
-        # A view of the rows run, copied once by the Collector; a checkpoint's pending list
-        # keeps its own copy (a view would pin the chunk's whole buffer until the commit).
-        values, info = jax.tree.map(lambda x: x[:length] if ckpt is None or x.shape[0] == length
-                                    else np.array(x[:length]), to_host(out))
-        draws.add(values)
-        infos.add(info)
-        if ckpt is not None:  # kept for the next commit only: otherwise the Collector's copy is the one
-            pending.append((seg, (values, info)))
-
     interrupt = plan.Interrupt()
     with Progress(cfg.num_warmup + cfg.num_draws * cfg.thinning, cfg.desc, cfg.progress_bar) as progress, \
             hold(ckpt, lambda: (draws.result(), flag_lookahead(infos.result()))), interrupt:
@@ -360,14 +345,8 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
                 (carry, acc), out = chunk_fn(carry, acc, shared_est, data, jnp.int32(done_steps), jnp.int32(length),
                                              tuned)
                 before, done_steps = done_steps, done_steps + length * steps
-            if deferred is not None:  # the previous chunk's draws, while this one runs
-                collect(deferred)
-                deferred = None
             if is_draws:
-                if overlap:
-                    deferred = (j, out, length)
-                else:
-                    collect((j, out, length))
+                sink.add(j, out, length)  # copies the previous chunk's draws while this one runs
                 del out
                 if moments:
                     # The last chunk of a run without a checkpoint: nothing reads the device's
@@ -384,23 +363,21 @@ def run(target, sampler, estimator: Estimator, positions, keys, cfg: LoopConfig)
                 segments = plan.segments(cfg, chunk_size, warmup_chunk, first)
                 if ckpt is not None:
                     ckpt.settings.update(chunk_size=chunk_size, warmup_chunk=warmup_chunk)
-            if deferred is not None:
+            if sink.waiting is not None:
                 # This chunk may still be running (its own ticks move the bar): only what is done.
                 progress.advance_to(before)
             else:
                 progress.set(done_steps)
             last = j + 1 == len(segments) or interrupt.requested
             if ckpt is not None and ((j + 1) % cfg.checkpoint_every == 0 or last):
-                previous = ckpt.commit(j + 1, to_host((carry, acc, shared_est, host)), pending, previous,
+                previous = ckpt.commit(j + 1, to_host((carry, acc, shared_est, host)), sink.pending, previous,
                                        cfg.extra_state)
-                pending = []
+                sink.pending = []
             j += 1
             if interrupt.requested and j < len(segments):
                 break
-        if deferred is not None:
-            collect(deferred)
-            deferred = None
-            progress.set(done_steps)
+        sink.flush()
+        progress.set(done_steps)
         jax.block_until_ready(carry)
     moments_out = None
     if moments:

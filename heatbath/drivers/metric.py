@@ -40,6 +40,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from heatbath.drivers import autotune, mapsearch
+from heatbath.drivers.cache import IdentityCache
 from heatbath.kernels import schedules as _schedules
 
 __all__ = ["MODES", "DENSE_MAX", "FLOOR", "Affine", "applies", "laplace", "newton", "whiten", "centre_to_run"]
@@ -324,7 +325,7 @@ def to_run(affine: Optional[Affine], positions):
     return positions if affine is None else jax.vmap(affine.inverse)(positions)
 
 
-_FORWARD: dict = {}  # (structure, shapes, lead) -> compiled map with mu and L as arguments
+_FORWARD = IdentityCache(16)  # (structure, shapes, lead) -> compiled map with mu and L as arguments
 
 
 def from_run(affine: Optional[Affine], positions, lead: int = 1):
@@ -336,12 +337,14 @@ def from_run(affine: Optional[Affine], positions, lead: int = 1):
         return positions
     leaves, treedef = jax.tree.flatten(positions)
     key = (treedef, tuple((np.shape(x), str(jnp.result_type(x))) for x in leaves), lead)
-    if key not in _FORWARD:
-        fn = affine.forward  # its unravel: the same for every affine of this structure and these shapes
-        axes = (0, None, None)
+    # Only the unravel is kept (the same for every affine of this structure and these shapes),
+    # not this affine's dense mu, L and L^-1.
+    unravel = affine.unravel
+
+    def build():
+        fn = lambda z, mu, L: Affine(None, None, None, unravel).forward(z, mu, L)  # noqa: E731
         for _ in range(lead):
-            fn = jax.vmap(fn, in_axes=axes)
-        while len(_FORWARD) >= 16:
-            _FORWARD.pop(next(iter(_FORWARD)))
-        _FORWARD[key] = jax.jit(fn)
-    return _FORWARD[key](positions, jnp.asarray(affine.mu), jnp.asarray(affine.L))
+            fn = jax.vmap(fn, in_axes=(0, None, None))
+        return jax.jit(fn)
+
+    return _FORWARD.get(key, (), build)(positions, jnp.asarray(affine.mu), jnp.asarray(affine.L))

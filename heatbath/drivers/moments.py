@@ -14,7 +14,7 @@ import numpy as np
 
 from heatbath.drivers import hostmem as _hostmem
 
-__all__ = ["moments_init", "moments_update", "Collector", "host_moments", "merge_moments", "MOMENT_CHUNK"]
+__all__ = ["moments_init", "moments_update", "Collector", "ChunkDraws", "host_moments", "merge_moments", "MOMENT_CHUNK"]
 
 MOMENT_CHUNK = 10_000  # draws per chunk when keeping moments
 
@@ -72,6 +72,41 @@ class Collector:
             return {}
         return jax.tree.unflatten(self.treedef, [a[: self.filled] for a in self.arrays])
 
+
+
+class ChunkDraws:
+    """The run's draws and infos on the host (two :class:`Collector` s), chunk by chunk.
+
+    With ``defer`` (no checkpoint, no running moments) a chunk's copy waits until the next chunk
+    has been dispatched, so the device runs it during the copy (JAX dispatches asynchronously);
+    :meth:`flush` copies the one waiting (after the loop, also after Ctrl-C). With
+    ``keep_pending`` (a checkpoint) each chunk's host copy is also kept in :attr:`pending` for
+    the next commit, as its own array (a view would pin the chunk's whole device buffer)."""
+
+    def __init__(self, total: int, defer: bool, keep_pending: bool):
+        self.draws, self.infos = Collector(total), Collector(total)
+        self.defer, self.keep_pending = defer, keep_pending
+        self.waiting = None  # (segment, device (values, infos), length) of the chunk whose copy waits
+        self.pending = []
+
+    def add(self, segment: int, out, length: int):
+        """A sampling chunk's output (rows past ``length`` unused), just dispatched."""
+        self.flush()
+        self.waiting = (segment, out, length)
+        if not self.defer:
+            self.flush()
+
+    def flush(self):
+        if self.waiting is None:
+            return
+        segment, out, length = self.waiting
+        self.waiting = None
+        values, info = jax.tree.map(lambda x: np.array(x[:length]) if self.keep_pending and x.shape[0] != length
+                                    else x[:length], _to_host(out))
+        self.draws.add(values)
+        self.infos.add(info)
+        if self.keep_pending:
+            self.pending.append((segment, (values, info)))
 
 
 def host_moments(acc):

@@ -35,7 +35,6 @@ batcher (e.g. the federated round's shard).
 from __future__ import annotations
 
 import functools
-
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -234,23 +233,14 @@ def default_estimator():
     return spec
 
 
-def _full_data_fns(terms: TermsFn, num_data: int, chunk_rows: Optional[int]):
-    """``(raw, compiled)`` full-data value and gradient of ``terms`` (see _full_data_compiled)."""
-    fn = functools.partial(full_data_value_and_grad, terms, num_data=num_data, chunk_rows=chunk_rows)
-    return _schedules.with_metric_argument(fn)
-
-
-_PASSES = []  # [the drivers' IdentityCache of compiled full-data passes], made on first use
-
-
+@functools.lru_cache(maxsize=None)
 def _passes():
-    if not _PASSES:
-        # The drivers' cache: keyed by identity (unhashable terms are fine), pinning its terms,
-        # thread-safe, and emptied by hb.clear_caches() (a NumPyro target's terms hold its data).
-        from heatbath.drivers.cache import IdentityCache
+    """The compiled full-data passes: one of the drivers' caches (keyed by identity, so
+    unhashable terms are fine; pinning the terms, which for a NumPyro target hold its data;
+    emptied by hb.clear_caches()). Made on first use: the drivers sit above the kernels."""
+    from heatbath.drivers.cache import IdentityCache
 
-        _PASSES.append(IdentityCache(8))
-    return _PASSES[0]
+    return IdentityCache(8)
 
 
 def _full_data_compiled(terms: TermsFn, num_data: int, chunk_rows: Optional[int]):
@@ -264,16 +254,10 @@ def _full_data_compiled(terms: TermsFn, num_data: int, chunk_rows: Optional[int]
     base = getattr(terms, "_heatbath_base", (None, None))
     metric = getattr(terms, "_heatbath_tuned", None) if base[0] == "whitened" else None
     owner = terms if metric is None else base[1]
-    raw, compiled = _passes().get(("full-data-pass", id(owner), num_data, chunk_rows, metric is not None),
-                                  (owner,), lambda: _full_data_fns(terms, num_data, chunk_rows))
-    metric = metric or {}
-
-    def call(params, data):
-        if _schedules.current_tuned() is not None:  # inside a compiled loop (SVRG's refresh): its metric
-            return raw(params, data)
-        return compiled({k: jnp.asarray(v) for k, v in metric.items()}, params, data)
-
-    return call
+    shared = _passes().get(("full-data-pass", id(owner), num_data, chunk_rows, metric is not None), (owner,),
+                           lambda: _schedules.with_metric_argument(functools.partial(
+                               full_data_value_and_grad, terms, num_data=num_data, chunk_rows=chunk_rows)))
+    return functools.partial(shared, metric or {})
 
 
 def _centred_estimate(vg):

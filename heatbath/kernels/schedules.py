@@ -144,17 +144,24 @@ def tuned_values(values: dict):
 
 
 def with_metric_argument(fn):
-    """``(fn, compiled)``: ``compiled(values, *args)`` is ``fn(*args)`` compiled with the
-    :class:`Tuned` values and a whitened target's metric read from ``values`` (its first
-    argument) while traced, so one compiled function serves every value (another seed's metric).
-    Call ``fn`` itself where a compiled loop's own values are being traced (:func:`current_tuned`
-    is not None): ``compiled`` would make the caller's values constants of that loop."""
+    """``shared(values, *args)``: ``fn(*args)`` compiled once with the :class:`Tuned` values and
+    a whitened target's metric read from ``values`` (a dict of arrays) while traced, so one
+    compiled function serves every value (another seed's metric). Where a compiled loop's own
+    values are being traced (:func:`current_tuned` is not None) it calls ``fn`` itself, which
+    reads the loop's: the compiled function would make ``values`` constants of that loop."""
 
-    def compiled(values, *args):
+    def with_values(values, *args):
         with tuned_values(values):
             return fn(*args)
 
-    return fn, jax.jit(compiled)
+    compiled = jax.jit(with_values)
+
+    def shared(values, *args):
+        if current_tuned() is not None:
+            return fn(*args)
+        return compiled({k: jnp.asarray(v) for k, v in values.items()}, *args)
+
+    return shared
 
 
 def current_tuned():

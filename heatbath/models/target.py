@@ -20,6 +20,7 @@ Build one with :func:`from_logdensity` (plain JAX) or
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import jax
@@ -130,17 +131,10 @@ class Target:
         base = self.__dict__.get("_heatbath_whitened_from")
         if base is None:
             return self.memo(name, lambda: jax.jit(build_raw()))
-        from heatbath.kernels.schedules import current_tuned, with_metric_argument
+        from heatbath.kernels.schedules import with_metric_argument
 
-        raw, fn = base.memo(("whitened", name), lambda: with_metric_argument(build_raw()))
-        metric = self.terms._heatbath_tuned
-
-        def call(*args):
-            if current_tuned() is not None:  # traced in a compiled loop: its own metric argument applies
-                return raw(*args)
-            return fn({k: jnp.asarray(v) for k, v in metric.items()}, *args)
-
-        return call
+        shared = base.memo(("whitened", name), lambda: with_metric_argument(build_raw()))
+        return functools.partial(shared, self.terms._heatbath_tuned)
 
     def has_metric_memo(self, name) -> bool:
         """Whether :meth:`metric_memo` has already built ``name`` (for every whitened copy)."""
