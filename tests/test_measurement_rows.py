@@ -1,7 +1,9 @@
 """The curvature rows: all rows up to ``CURVATURE_ROWS``, a uniform subset without replacement
-beyond; from ``HOST_CHOICE_MIN`` rows on drawn on the host (O(rows), not a permutation of N)."""
+beyond, drawn on the host (O(rows), not a permutation of N, and no threefry program to compile);
+the measurement's minibatches likewise; its start vectors from hashed counters."""
 
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 
@@ -10,7 +12,7 @@ from heatbath.drivers import measurement as M
 
 
 def test_host_rows_are_a_uniform_subset_without_replacement():
-    N, m = M.HOST_CHOICE_MIN, M.CURVATURE_ROWS
+    N, m = 1 << 17, M.CURVATURE_ROWS
     counts = np.zeros(N)
     for s in range(200):
         idx = M._host_rows(jax.random.key(s), N)
@@ -30,8 +32,8 @@ def test_host_rows_are_a_uniform_subset_without_replacement():
     assert np.all(np.abs(blocks - expect) < 5 * np.sqrt(expect))
 
 
-def test_curvature_rows_beyond_the_host_threshold_are_the_data_at_the_drawn_indices():
-    N = M.HOST_CHOICE_MIN + 3
+@pytest.mark.parametrize("N", [M.CURVATURE_ROWS + 5, (1 << 17) + 3])
+def test_curvature_rows_are_the_data_at_the_drawn_indices(N):
     x = np.arange(N, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
     target = hb.models.from_logdensity(lambda w: -0.5 * jnp.sum(w * w), lambda w, b: -0.5 * jnp.sum((b - w) ** 2), x,
                                        params=jnp.zeros(2))
@@ -39,8 +41,14 @@ def test_curvature_rows_beyond_the_host_threshold_are_the_data_at_the_drawn_indi
     rows, count = M.curvature_rows(target, key)
     assert count == M.CURVATURE_ROWS
     np.testing.assert_array_equal(np.asarray(rows)[:, 0], M._host_rows(key, N).astype(np.float32))
-    # The measurement's inputs draw the same rows from the same key.
+    # The measurement's inputs: its rows from fold_in(key, 0), its minibatches from fold_in(key, 1)
+    # (uniform with replacement), the chains' keys fold_in(fold_in(key, 2), c).
     fn = M._measurement_inputs(target, 16, 2, True)
     r2, batches, vkeys = fn(key, target.data)
-    np.testing.assert_array_equal(np.asarray(r2), np.asarray(rows))
-    assert batches.shape == (M.NUM_BATCHES, 16, 2) and vkeys.shape[0] == 2
+    np.testing.assert_array_equal(np.asarray(r2)[:, 0], M._host_rows(jax.random.fold_in(key, 0), N).astype(np.float32))
+    idx = M._host_batches(jax.random.fold_in(key, 1), N, 16)
+    assert idx.shape == (M.NUM_BATCHES, 16) and idx.min() >= 0 and idx.max() < N
+    np.testing.assert_array_equal(np.asarray(batches)[..., 0], idx.astype(np.float32))
+    np.testing.assert_array_equal(jax.random.key_data(vkeys),
+                                  jax.random.key_data(jax.vmap(jax.random.fold_in, (None, 0))(
+                                      jax.random.fold_in(key, 2), jnp.arange(2))))

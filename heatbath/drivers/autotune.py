@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from heatbath.drivers import loop
-from heatbath.drivers.keys import fold_each
+from heatbath.drivers.keys import fold_each, fold_in
 from heatbath.drivers.measurement import (  # noqa: F401 - re-exported: callers read them here
     CURVATURE_ROWS, MEASURED, NUM_BATCHES, POWER_ITERS, _family, _measure, _metric, _metric_settings,
     _second_moment, curvature_rows, measure,
@@ -221,8 +221,8 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
     T = constant_temperature(sampler)
     symmetric = family != "sghmc" or _symmetric(sampler)
     friction_given = None if "friction" in names else sampler.hyperparameters.get("friction")
-    key = jax.random.fold_in(keys[0], 13)
-    m0, cost0 = _measure(target, sampler, family, estimator, est_state, positions, jax.random.fold_in(key, 0),
+    key = fold_in(keys[0], 13)  # (on the host: no program to compile)
+    m0, cost0 = _measure(target, sampler, family, estimator, est_state, positions, fold_in(key, 0),
                          batch_size, T)
     num_chains = jax.tree.leaves(positions)[0].shape[0]
     _check_measured(m0, "at the chains' starting points", num_chains)
@@ -267,13 +267,13 @@ def warmup(target, sampler, estimator, est_state, positions, keys, *, batch_size
         # The RMSprop average restarts at its typical-set value: E[g^2] over the measurement
         # points (started at the mode it holds the small gradients there, and with the long
         # window below it would take the whole run to forget them).
-        m2 = _second_moment(target, estimator, est_state, where, jax.random.fold_in(key, 2), batch_size, points)
+        m2 = _second_moment(target, estimator, est_state, where, fold_in(key, 2), batch_size, points)
         nc = jax.tree.leaves(positions)[0].shape[0]
         square = jax.tree.map(lambda v, old: jnp.broadcast_to(v, old.shape).astype(old.dtype), m2,
                               states.preconditioner.square_avg)
         states = states._replace(preconditioner=states.preconditioner._replace(square_avg=square))
         cost += NUM_BATCHES * (batch_size or target.num_data) * points * nc / max(nc, 1)
-    m1, cost1 = _measure(target, sampler, family, estimator, est_state, where, jax.random.fold_in(key, 1),
+    m1, cost1 = _measure(target, sampler, family, estimator, est_state, where, fold_in(key, 1),
                          batch_size, T, states=states, repeat=points)
     m1_used = _finite_points(m1, num_chains)
     cost1 *= points

@@ -54,9 +54,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from heatbath.drivers import adapt
+from heatbath.drivers import keys as _keys
+from heatbath.drivers.measurement import _host_rng as _measure_rng
 
 from heatbath.kernels import gradients as _gradients
-from heatbath.kernels import tree as _tree
 
 __all__ = ["COST_RATIO", "MARGIN", "FULL_MARGIN", "wants_choice", "choose", "choose_again", "mixing_cost"]
 
@@ -92,7 +93,7 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
     if chains.size == 0:
         return sampler, {"chosen": "naive", "reason": "no converged mode for a centre"}, 0.0
     family = autotune._family(sampler)
-    k_pts, k_naive, k_cv = jax.random.split(key, 3)
+    k_pts, k_naive, k_cv = (_keys.fold_in(key, i) for i in range(3))  # (on the host: nothing to compile)
     num_chains = jax.tree.leaves(positions)[0].shape[0]
     if centre is None:
         logp = target.metric_memo("logdensity_of_chains",
@@ -100,7 +101,10 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
         logp = np.asarray(logp, np.float64)
         best = int(chains[np.argmax(logp[chains])])
         centre = jax.tree.map(lambda x: x[best], positions)
-        noise = jax.vmap(_tree.normal_like)(jax.random.split(k_pts, num_chains), positions)
+        # Standard normal offsets drawn on the host (an eager vmap of threefry normals compiled a
+        # program of its own on a first call).
+        rng = _measure_rng(k_pts, 0x70747320)
+        noise = jax.tree.map(lambda p: rng.standard_normal(np.shape(p)).astype(p.dtype), positions)
         points = jax.tree.map(lambda p, e: p + e.astype(p.dtype), positions, noise)
         where = best
     else:

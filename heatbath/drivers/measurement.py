@@ -14,15 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from heatbath.kernels import curvature
-from heatbath.kernels import tree as _tree
+from heatbath.kernels import curvature, hashrand
 
 __all__ = ["NUM_BATCHES", "CURVATURE_ROWS", "POWER_ITERS", "MEASURED", "curvature_rows", "measure"]
 
 NUM_BATCHES = 32  # minibatch gradients per point for the noise covariance
 CURVATURE_ROWS = 4096  # data rows of the Hessian-vector products (all rows when N is smaller)
 POWER_ITERS = 20
-HOST_CHOICE_MIN = 1 << 17  # from this many data rows on, the curvature rows are drawn on the host
 MEASURED = ("lam_hv", "lam_h", "lam_v", "lam_min")
 
 
@@ -56,17 +54,24 @@ def _subsamples(target) -> bool:
     return not (target.minibatch_error or target.num_data <= CURVATURE_ROWS)
 
 
-def _row_index(key, N):
-    return jax.random.choice(key, N, (CURVATURE_ROWS,), replace=False)
+def _host_rng(key, salt: int) -> np.random.Generator:
+    """A NumPy generator seeded by ``key``'s bits (a typed key or raw uint32 data) and ``salt``."""
+    bits = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return np.random.default_rng([int(b) for b in np.asarray(bits).ravel()] + [salt])
 
 
 def _host_rows(key, N) -> np.ndarray:
     """``CURVATURE_ROWS`` distinct row indices (sorted) drawn on the host from ``key``'s bits:
     NumPy's choice without replacement costs O(rows) where ``jax.random.choice(replace=False)``
-    permutes all N rows (at N = 2e6: 1.2 s per draw on the CPU, and its own compile)."""
-    bits = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    rng = np.random.default_rng([int(b) for b in np.asarray(bits).ravel()] + [0x726F7773])
-    return np.sort(rng.choice(N, CURVATURE_ROWS, replace=False)).astype(np.int32)
+    permutes all N rows (at N = 2e6: 1.2 s per draw on the CPU) and compiles a program with
+    threefry and a sort (about 0.3 s, once per N)."""
+    return np.sort(_host_rng(key, 0x726F7773).choice(N, CURVATURE_ROWS, replace=False)).astype(np.int32)
+
+
+def _host_batches(key, N, batch_size) -> np.ndarray:
+    """``NUM_BATCHES`` minibatches of ``batch_size`` row indices (with replacement, as the uniform
+    batcher draws them) drawn on the host from ``key``'s bits."""
+    return _host_rng(key, 0x62617463).integers(0, N, (NUM_BATCHES, batch_size), dtype=np.int32)
 
 
 def _take_rows(target):
@@ -77,43 +82,34 @@ def _take_rows(target):
 def curvature_rows(target, key):
     """``(rows, count)``: the data rows curvature is measured on: all of them when N <=
     ``CURVATURE_ROWS`` (or the target cannot be minibatched), else that many drawn without
-    replacement with ``key`` (``target.logdensity`` rescales them to N); from
-    ``HOST_CHOICE_MIN`` rows on, the rows are drawn on the host (:func:`_host_rows`)."""
+    replacement on the host with ``key`` (:func:`_host_rows`; ``target.logdensity`` rescales
+    them to N)."""
     if not _subsamples(target):
         return target.data, target.num_data
-    N = target.num_data
-    if N >= HOST_CHOICE_MIN:
-        return _take_rows(target)(_host_rows(key, N), target.data), CURVATURE_ROWS
-    take = target.data_memo(("curvature-rows", N), lambda: jax.jit(
-        lambda k, data: jax.tree.map(lambda x: x[_row_index(k, N)], data)))
-    return take(key, target.data), CURVATURE_ROWS
+    return _take_rows(target)(_host_rows(key, target.num_data), target.data), CURVATURE_ROWS
 
 
 def _measurement_inputs(target, batch_size, num_chains, noisy):
-    """One compiled function ``(key, data) -> (rows, batches, chain keys)``: the random inputs of
-    :func:`measure`, drawn as before (the same bits) without a dozen eager operations, each of
-    which compiled on a first call."""
+    """``(key, data) -> (rows, batches, chain keys)``: the random inputs of :func:`measure`. The
+    row and minibatch indices are drawn on the host and the chains' keys derived there
+    (:mod:`heatbath.drivers.keys`): one compiled gather, no threefry program to compile."""
+    from heatbath.drivers import keys as _keys
+
     N, sub = target.num_data, _subsamples(target)
-    host = sub and N >= HOST_CHOICE_MIN
 
-    def draw(key, data, idx):
-        key_rows, key_batches, key_vec = jax.random.split(key, 3)
-        rows = None
-        if sub:
-            rows = jax.tree.map(lambda x: x[idx if host else _row_index(key_rows, N)], data)
-        batches = None
-        if noisy:
-            idx = jax.random.randint(key_batches, (NUM_BATCHES, batch_size), 0, N)
-            batches = jax.tree.map(lambda x: x[idx], data)
-        return rows, batches, key_vec
+    def gather(data, rows_idx, batch_idx):
+        rows = None if rows_idx is None else jax.tree.map(lambda x: x[rows_idx], data)
+        batches = None if batch_idx is None else jax.tree.map(lambda x: x[batch_idx], data)
+        return rows, batches
 
-    # The chains' keys split outside: the number of points (the chains at the start, then points
-    # x chains) would otherwise compile the draw once per count (0.5 s each on a first call).
-    fn = target.data_memo(("measurement-inputs", N, batch_size if noisy else None, noisy), lambda: jax.jit(draw))
+    fn = target.data_memo(("measurement-inputs", N, batch_size if noisy else None, noisy, sub),
+                          lambda: jax.jit(gather))
 
     def inputs(key, data):
-        rows, batches, key_vec = fn(key, data, _host_rows(key, N) if host else None)
-        return rows, batches, jax.random.split(key_vec, num_chains)
+        key_rows, key_batches, key_vec = (_keys.fold_in(key, i) for i in range(3))
+        rows, batches = fn(data, _host_rows(key_rows, N) if sub else None,
+                           _host_batches(key_batches, N, batch_size) if noisy else None)
+        return rows, batches, _keys.chain_keys(key_vec, num_chains)
 
     return inputs
 
@@ -174,17 +170,24 @@ def _measure_one(target, estimator, noisy, temperature, metric_of, need=MEASURED
             v_mv_s = None if v_mv is None else curvature.scaled(v_mv, metric)
         else:
             h_mv_s, hv_mv_s, v_mv_s = h_mv, hv_mv, v_mv
-        k1, k2, k3, k4 = jax.random.split(k, 4)
+        # Start vectors from hashed counters (heatbath.kernels.hashrand): any vector with a
+        # component along the sought eigenvector serves, and threefry would add 0.3-0.4 s to
+        # this program's compile.
+        w = hashrand.words(k)
+
+        def start(i):
+            return hashrand.uniform_like(w, p, stream=i)
+
         out = {}
         if "lam_hv" in need:
-            out["lam_hv"] = curvature.power_iteration(hv_mv_s, _tree.normal_like(k1, p), POWER_ITERS)[0]
+            out["lam_hv"] = curvature.power_iteration(hv_mv_s, start(1), POWER_ITERS)[0]
         if "lam_h" in need or "lam_min" in need:
-            out["lam_h"] = curvature.power_iteration(h_mv_s, _tree.normal_like(k2, p), POWER_ITERS)[0]
+            out["lam_h"] = curvature.power_iteration(h_mv_s, start(2), POWER_ITERS)[0]
         if "lam_v" in need:
             out["lam_v"] = jnp.zeros(()) if v_mv_s is None else curvature.power_iteration(
-                v_mv_s, _tree.normal_like(k3, p), POWER_ITERS)[0]
+                v_mv_s, start(3), POWER_ITERS)[0]
         if "lam_min" in need:
-            out["lam_min"] = curvature.bottom_eigenvalue(h_mv_s, out["lam_h"], _tree.normal_like(k4, p), 30)[0]
+            out["lam_min"] = curvature.bottom_eigenvalue(h_mv_s, out["lam_h"], start(4), 30)[0]
         return out
 
     return one
@@ -254,8 +257,7 @@ def _second_moment(target, estimator, est_state, points, key, batch_size, repeat
     N = target.num_data
     noisy = batch_size is not None and not target.minibatch_error
     if noisy:
-        idx = jax.random.randint(key, (NUM_BATCHES, batch_size), 0, N)
-        batches = jax.tree.map(lambda x: x[idx], target.data)
+        batches = _take_rows(target)(_host_batches(key, N, batch_size), target.data)
     if not estimator.shared and repeat > 1:
         est_state = jax.tree.map(lambda x: jnp.concatenate([x] * repeat), est_state)
 

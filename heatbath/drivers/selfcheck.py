@@ -40,7 +40,7 @@ import numpy as np
 from heatbath.drivers import keys as _keys
 from heatbath.drivers.hostmem import without_huge_pages
 from heatbath.diagnostics import rank_stats
-from heatbath.kernels import curvature
+from heatbath.kernels import curvature, hashrand
 from heatbath.kernels import tree as _tree
 from heatbath.kernels.schedules import is_constant
 from heatbath.models.target import SYMMETRIC_ATTR  # noqa: F401 - a model's symmetric sites (network_model sets it)
@@ -222,7 +222,10 @@ def _configurational(target, unconstrained, chains, key) -> dict:
                 return -target.logdensity(q, rows)
 
             g = jax.grad(u)(p)
-            probes = jax.vmap(lambda kk: _tree.rademacher_like(kk, p))(jax.random.split(k, PROBES))
+            # Signs from hashed counters (heatbath.kernels.hashrand): threefry under this vmap
+            # added about 0.7 s to the program's compile.
+            w = hashrand.words(k)
+            probes = jax.vmap(lambda j: hashrand.rademacher_like(w, p, stream=j))(jnp.arange(PROBES, dtype=jnp.uint32))
             quad = jax.vmap(lambda z: _tree.dot(z, curvature.hvp(u_rows, p, z)))(probes)
             return _tree.sq_norm(g), jnp.mean(quad)
 
@@ -230,7 +233,7 @@ def _configurational(target, unconstrained, chains, key) -> dict:
 
     fn = target.memo("selfcheck_tconf", build)
     n = jax.tree.leaves(pts)[0].shape[0]
-    a, b = fn(pts, jax.random.split(key, n), rows)
+    a, b = fn(pts, _keys.chain_keys(key, n), rows)  # (derived on the host: no program to compile)
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))) or np.mean(b) <= 0:
         return {}
