@@ -10,6 +10,8 @@ the friction, and the criterion) is :mod:`heatbath.drivers.autotune`.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,6 +211,12 @@ def _metric_settings(sampler, family):
     return (family,)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _group(tree, r, size):
+    """Rows ``r * size`` to ``(r + 1) * size`` of every leaf (one compiled slice for every r)."""
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, r * size, size), tree)
+
+
 def _measure(target, sampler, family, estimator, est_state, positions, key, batch_size, T, states=None, repeat=1,
              need=MEASURED):
     """``positions``: points with a leading axis ``repeat * chains`` (draw-major: point i belongs
@@ -223,10 +231,6 @@ def _measure(target, sampler, family, estimator, est_state, positions, key, batc
     one, meta = measure(target, estimator, est_state, positions, key, batch_size, T, metric_of)
     need = tuple(n for n in MEASURED if n in need)
     given = None if states is None or family != "psgld" else _metric(sampler, family, None, states)
-    tile = (lambda t: jax.tree.map(lambda x: jnp.concatenate([x] * repeat), t)) if repeat > 1 else (lambda t: t)
-    given = None if given is None else tile(given)
-    if not meta["shared"]:
-        est_state = tile(est_state)
     in_axes = (0, None if meta["shared"] else 0, 0, None if given is None else 0, None, None)
     settings = _metric_settings(sampler, family)
     if estimator.name in _STATELESS_ESTIMATORS and settings is not None:
@@ -242,8 +246,16 @@ def _measure(target, sampler, family, estimator, est_state, positions, key, batc
         if need != MEASURED:
             one = _measure_one(target, estimator, meta["noisy"], T, metric_of, need)
         fn = jax.jit(jax.vmap(one, in_axes=in_axes))
-    out = fn(positions, est_state, meta["vkeys"], given, meta["row_data"], meta["batch_data"])
-    out = {k: np.asarray(v, np.float64) for k, v in out.items()}
+    # The points in groups of one per chain (draw-major), each group with the chains' own estimator
+    # states and metric: one compiled shape serves the chains' starting points, the tuning's
+    # repeat * chains points and the end-of-run check (each other count of points compiled the
+    # measurement again: about 1 s of a logistic regression's first call).
+    chains = jax.tree.leaves(positions)[0].shape[0] // repeat
+    outs = []
+    for r in range(repeat):
+        pos, vkeys = (positions, meta["vkeys"]) if repeat == 1 else _group((positions, meta["vkeys"]), r, chains)
+        outs.append(fn(pos, est_state, vkeys, given, meta["row_data"], meta["batch_data"]))
+    out = {k: np.concatenate([np.asarray(o[k], np.float64) for o in outs]) for k in outs[0]}
     # Per chain: 2 gradients per Hessian-vector product on `rows` rows; K minibatch gradients.
     loops = len({"lam_h" if n == "lam_min" else n for n in need})
     hvps = 3 * POWER_ITERS + 30 + 1 if need == MEASURED else loops * (POWER_ITERS + 1) + 31 * ("lam_min" in need)
