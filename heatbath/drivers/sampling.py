@@ -15,6 +15,7 @@ from heatbath.drivers import centre as _centre
 from heatbath.drivers import collect, federation, initialize, inputs, loop, selfcheck
 from heatbath.drivers import adapt as _adapt, estimator_choice, mapsearch, metric as _metric
 from heatbath.drivers import keys as _keys
+from heatbath.drivers import stall as _stall
 from heatbath.drivers.batching import as_batching
 from heatbath.drivers.checkpoint import hold
 from heatbath.drivers.cache import IdentityCache, relieve_mapping_pressure
@@ -196,7 +197,8 @@ def sample(
         batching=repr(batching),
         **({"record_unconstrained": True} if record_unconstrained else {}),
     )
-    with hold(ckpt):  # the checkpoint lock, released however the run ends
+    watched = _stall.applies()  # a hang with no CPU use is reported (drivers/stall.py)
+    with hold(ckpt), _stall.watch("hb.sample", enabled=watched):  # the checkpoint lock, released however the run ends
         keys = loop.chain_keys(master, num_chains)
         # the dense Newton finishes mode searches that did not converge (with the automatic metric)
         newton = (functools.partial(_metric.newton, target, key=_keys.fold_in(master, 4))
@@ -352,8 +354,9 @@ def sample(
         if result.unconstrained is not None:
             result.unconstrained = jax.tree.map(np.asarray, _metric.from_run(affine, result.unconstrained, lead=2))
     if not out.interrupted:
-        msgs = selfcheck.run_checks(result, sampler, estimator, lambda p: estimator_state(estimator, p, target.data),
-                                    batch_size, level, _keys.fold_in(master, 3), run_target=target)
+        with _stall.watch("hb.sample's end-of-run checks", enabled=watched):
+            msgs = selfcheck.run_checks(result, sampler, estimator, lambda p: estimator_state(estimator, p, target.data),
+                                        batch_size, level, _keys.fold_in(master, 3), run_target=target)
         for msg in msgs:
             warnings.warn(f"{sampler.name}: {msg}", RuntimeWarning, stacklevel=2)
     if keep_unc and not record_unconstrained:
