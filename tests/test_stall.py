@@ -30,7 +30,7 @@ def test_a_block_that_waits_with_no_cpu_is_reported_once(capfd):
     started.wait()
     try:
         with stall.watch("a test block", window=0.4):
-            time.sleep(1.5)
+            time.sleep(2.5)
     finally:
         release.set()
         other.join()

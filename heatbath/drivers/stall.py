@@ -38,6 +38,7 @@ MESSAGE = (
 )
 
 _lock = threading.Lock()
+_wake = threading.Event()
 _active = {}  # token -> (what, window)
 _thread = None
 
@@ -67,7 +68,8 @@ def _loop():
             if token not in entries:
                 del samples[token]
         if not entries:
-            time.sleep(0.5)
+            _wake.wait(0.5)
+            _wake.clear()
             continue
         now, cpu = time.monotonic(), time.process_time()
         for token, (what, window) in entries.items():
@@ -79,7 +81,9 @@ def _loop():
                 warned.add(token)
                 sys.stderr.write(MESSAGE.format(what=what, secs=now - seq[0][0]))
                 sys.stderr.flush()
-        time.sleep(max(0.05, min([5.0] + [w / 10 for _, w in entries.values()])))
+        # (a new call wakes the loop at once: its own window sets the next poll)
+        _wake.wait(max(0.05, min([5.0] + [w / 10 for _, w in entries.values()])))
+        _wake.clear()
 
 
 def _start():
@@ -103,6 +107,7 @@ def watch(what: str = "hb.sample", window: float | None = None, enabled: bool = 
         token = next(_counter)
         _active[token] = (what, window)
         _start()
+    _wake.set()
     try:
         yield
     finally:
