@@ -55,7 +55,7 @@ import numpy as np
 
 from heatbath.drivers import adapt
 from heatbath.drivers import keys as _keys
-from heatbath.drivers.measurement import _host_rng as _measure_rng
+from heatbath.drivers.measurement import host_rng
 
 from heatbath.kernels import gradients as _gradients
 
@@ -103,7 +103,7 @@ def choose(target, sampler, positions, usable, key, batch_size, temperature, *, 
         centre = jax.tree.map(lambda x: x[best], positions)
         # Standard normal offsets drawn on the host (an eager vmap of threefry normals compiled a
         # program of its own on a first call).
-        rng = _measure_rng(k_pts, 0x70747320)
+        rng = host_rng(k_pts, 0x70747320)
         noise = jax.tree.map(lambda p: rng.standard_normal(np.shape(p)).astype(p.dtype), positions)
         points = jax.tree.map(lambda p, e: p + e.astype(p.dtype), positions, noise)
         where = best

@@ -18,7 +18,7 @@ import numpy as np
 
 from heatbath.kernels import curvature, hashrand
 
-__all__ = ["NUM_BATCHES", "CURVATURE_ROWS", "POWER_ITERS", "MEASURED", "curvature_rows", "measure"]
+__all__ = ["NUM_BATCHES", "CURVATURE_ROWS", "POWER_ITERS", "MEASURED", "curvature_rows", "measure", "host_rng"]
 
 NUM_BATCHES = 32  # minibatch gradients per point for the noise covariance
 CURVATURE_ROWS = 4096  # data rows of the Hessian-vector products (all rows when N is smaller)
@@ -56,7 +56,7 @@ def _subsamples(target) -> bool:
     return not (target.minibatch_error or target.num_data <= CURVATURE_ROWS)
 
 
-def _host_rng(key, salt: int) -> np.random.Generator:
+def host_rng(key, salt: int) -> np.random.Generator:
     """A NumPy generator seeded by ``key``'s bits (a typed key or raw uint32 data) and ``salt``."""
     bits = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     return np.random.default_rng([int(b) for b in np.asarray(bits).ravel()] + [salt])
@@ -67,13 +67,13 @@ def _host_rows(key, N) -> np.ndarray:
     NumPy's choice without replacement costs O(rows) where ``jax.random.choice(replace=False)``
     permutes all N rows (at N = 2e6: 1.2 s per draw on the CPU) and compiles a program with
     threefry and a sort (about 0.3 s, once per N)."""
-    return np.sort(_host_rng(key, 0x726F7773).choice(N, CURVATURE_ROWS, replace=False)).astype(np.int32)
+    return np.sort(host_rng(key, 0x726F7773).choice(N, CURVATURE_ROWS, replace=False)).astype(np.int32)
 
 
 def _host_batches(key, N, batch_size) -> np.ndarray:
     """``NUM_BATCHES`` minibatches of ``batch_size`` row indices (with replacement, as the uniform
     batcher draws them) drawn on the host from ``key``'s bits."""
-    return _host_rng(key, 0x62617463).integers(0, N, (NUM_BATCHES, batch_size), dtype=np.int32)
+    return host_rng(key, 0x62617463).integers(0, N, (NUM_BATCHES, batch_size), dtype=np.int32)
 
 
 def _take_rows(target):
